@@ -1,0 +1,395 @@
+"""One HTTP/1.1 server connection: the parser and the writer, and the rules between them.
+
+``ServerConnection`` is the only object a worker talks to. It does no I/O: the worker
+hands it received bytes and sends the bytes it returns.
+
+Rules kept:
+- Requests are answered in order. After a request's ``EndOfMessage`` the parser pauses
+  (``PAUSED``) until the worker calls ``start_next_cycle()`` after finishing the response,
+  so pipelined requests wait in the buffer, never parsed ahead.
+- Keep-alive (RFC 9112 §9.3): HTTP/1.1 persists unless either side says ``close``;
+  HTTP/1.0 only with ``Connection: keep-alive`` and a response with a known length. The
+  server side closes after any protocol error, a response whose framing broke (fewer bytes
+  than its Content-Length), a response without a length on HTTP/1.0, when the worker sets
+  ``close_after_response``, or when an unread request body is too large to drain
+  (``max_drain_size``) or was never sent because we did not answer ``100 Continue``.
+- ``Expect: 100-continue`` (RFC 9110 §10.1.1): ``send_continue()`` returns the interim
+  response only while it is still useful: the request asked for it, the body is not read,
+  and no final response has started. Workers call it when the app first reads the body.
+- Responses to HEAD, 1xx, 204 and 304 never carry a body, whatever the app yields.
+
+How it works (hot path): the buffer is a ``bytes`` object plus a read position, so a
+request that arrives in one ``recv()`` is parsed with no copy; the head's end is found with
+one ``bytes.find`` that resumes where the last incomplete search stopped.
+"""
+
+from __future__ import annotations
+
+from . import writer
+from .body import ChunkedReader, ContentLengthReader
+from .errors import BadRequestError, InvalidResponseError, ProtocolError
+from .events import CLOSED, NEED_DATA, PAUSED, Data, EndOfMessage, Request, Sentinel
+from .head import check_partial_head, parse_head
+
+# Their side (the request) and our side (the response).
+_IDLE, _BODY, _DONE, _ERROR = range(4)
+# Response body framing.
+_NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
+
+#: An unread request body up to this size is read and discarded so that the connection can
+#: be kept alive; beyond it the connection is closed instead (gunicorn reads them whole).
+DEFAULT_MAX_DRAIN_SIZE = 64 * 1024
+
+
+class ServerConnection:
+    """The server side of one HTTP/1.1 connection. Not thread-safe; one per connection."""
+
+    __slots__ = (
+        "_buf",
+        "_continue_sent",
+        "_eof",
+        "_error",
+        "_framing",
+        "_keep",
+        "_our_state",
+        "_out_remaining",
+        "_pos",
+        "_reader",
+        "_request",
+        "_scan",
+        "_skipped_crlf",
+        "_status_code",
+        "_their_state",
+        "close_after_response",
+        "max_body_size",
+        "max_drain_size",
+        "max_field_size",
+        "max_fields",
+        "max_head_size",
+        "max_line_size",
+        "server_line",
+    )
+
+    def __init__(
+        self,
+        max_line_size: int = 4094,
+        max_fields: int = 100,
+        max_field_size: int = 8190,
+        max_body_size: int = 0,
+        server_header: bytes = b"forkhorn",
+        max_drain_size: int = DEFAULT_MAX_DRAIN_SIZE,
+    ) -> None:
+        self.max_line_size = max_line_size
+        self.max_fields = max_fields
+        self.max_field_size = max_field_size
+        #: 0 means no limit.
+        self.max_body_size = max_body_size
+        # The largest head the limits above allow: one request line and max_fields lines.
+        self.max_head_size = max_line_size + 2 + max_fields * (max_field_size + 2) + 2
+        self.max_drain_size = max_drain_size
+        self.server_line = b"Server: " + server_header + b"\r\n" if server_header else b""
+        #: Set by the worker (shutdown, max_requests) to announce Connection: close.
+        self.close_after_response = False
+        self._buf = b""
+        self._pos = 0
+        self._scan = 0
+        self._eof = False
+        self._their_state = _IDLE
+        self._reader: ContentLengthReader | ChunkedReader | None = None
+        self._error: ProtocolError | None = None
+        self._request: Request | None = None
+        self._skipped_crlf = False
+        self._our_state = _IDLE
+        self._framing = _NO_BODY
+        self._out_remaining = 0
+        self._keep = False
+        self._continue_sent = False
+        self._status_code = 0
+
+    # ------------------------------------------------------------------ receiving
+    def receive_data(self, data: bytes) -> None:
+        """Add received bytes; ``b""`` means the peer closed its sending side."""
+        if not data:
+            self._eof = True
+            return
+        pos = self._pos
+        if pos >= len(self._buf):
+            self._buf = data
+        else:
+            self._buf = self._buf[pos:] + data
+            self._scan = max(0, self._scan - pos)
+        self._pos = 0
+
+    @property
+    def buffered(self) -> bytes:
+        """Received bytes the parser has not consumed yet."""
+        return self._buf[self._pos :]
+
+    @property
+    def request(self) -> Request | None:
+        """The request being served (None before the first head)."""
+        return self._request
+
+    @property
+    def peer_closed(self) -> bool:
+        return self._eof
+
+    def next_event(self) -> Request | Data | EndOfMessage | Sentinel:
+        """The next event, or NEED_DATA / PAUSED / CLOSED. Raises ProtocolError."""
+        state = self._their_state
+        try:
+            if state == _BODY:
+                reader = self._reader
+                if reader is None:
+                    self._their_state = _DONE
+                    return EndOfMessage()
+                event, self._pos = reader.read(self._buf, self._pos, self._eof)
+                if event.__class__ is EndOfMessage:
+                    self._their_state = _DONE
+                return event
+            if state == _IDLE:
+                return self._next_head()
+            if state == _DONE:
+                return PAUSED
+        except ProtocolError as exc:
+            self._their_state = _ERROR
+            self._error = exc
+            raise
+        assert self._error is not None
+        raise self._error
+
+    def _next_head(self) -> Request | Sentinel:
+        buf = self._buf
+        pos = self._pos
+        if pos >= len(buf):
+            return CLOSED if self._eof else NEED_DATA
+        if buf[pos] == 0x0D or buf[pos] == 0x0A:
+            # RFC 9112 §2.2: a server SHOULD ignore at least one empty line received before
+            # the request line. We ignore exactly one.
+            if buf.startswith(b"\r\n", pos) and not self._skipped_crlf:
+                self._skipped_crlf = True
+                self._pos = pos = pos + 2
+                self._scan = pos
+                if pos >= len(buf):
+                    return CLOSED if self._eof else NEED_DATA
+            elif buf[pos:] == b"\r" and not self._skipped_crlf and not self._eof:
+                return NEED_DATA
+            else:
+                raise BadRequestError("empty line before the request line")
+            if buf[pos] == 0x0D or buf[pos] == 0x0A:
+                if buf[pos:] == b"\r" and not self._eof:
+                    return NEED_DATA
+                raise BadRequestError("more than one empty line before the request line")
+        scan = self._scan
+        end = buf.find(b"\r\n\r\n", scan if scan > pos else pos)
+        if end < 0:
+            check_partial_head(
+                buf, pos, self.max_line_size, self.max_field_size, self.max_head_size
+            )
+            if self._eof:
+                raise BadRequestError("connection closed before the request head was complete")
+            self._scan = max(pos, len(buf) - 3)
+            return NEED_DATA
+        request = parse_head(
+            buf[pos : end + 2],
+            self.max_line_size,
+            self.max_fields,
+            self.max_field_size,
+            self.max_body_size,
+        )
+        self._pos = end + 4
+        self._scan = 0
+        self._request = request
+        self._their_state = _BODY
+        if request.chunked:
+            self._reader = ChunkedReader(self.max_body_size, self.max_fields, self.max_field_size)
+        elif request.content_length:
+            self._reader = ContentLengthReader(request.content_length)
+        else:
+            self._reader = None
+        return request
+
+    @property
+    def body_complete(self) -> bool:
+        """Has the current request's body been read to its end?"""
+        return self._their_state == _DONE
+
+    # ------------------------------------------------------------------ sending
+    def send_continue(self) -> bytes:
+        """``100 Continue`` if the client waits for it and it is still useful, else b""."""
+        request = self._request
+        if (
+            request is not None
+            and request.expect_continue
+            and not self._continue_sent
+            and self._our_state == _IDLE
+            and self._their_state == _BODY
+        ):
+            self._continue_sent = True
+            return writer.CONTINUE
+        return b""
+
+    def send_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        date: bytes = b"",
+        body_length: int | None = None,
+    ) -> bytes:
+        """Encode the response head for the current request.
+
+        ``headers`` are the app's (validated here; InvalidResponseError on bad input).
+        ``date`` is the IMF-fixdate for the Date header (the caller owns the clock).
+        ``body_length``: the server knows the whole body's size (e.g. a one-item list) and
+        a Content-Length is added when the app gave none.
+        """
+        request = self._request
+        if request is None or self._our_state != _IDLE:
+            raise RuntimeError("send_response() without a request, or twice")
+        code, status_line = writer.encode_status(status)
+        lines = [status_line]
+        length = -1
+        app_close = False
+        has_date = has_server = False
+        encode = writer.encode_field
+        for name, value in headers:
+            line, kind, value_length = encode(name, value)
+            if kind == writer.PLAIN:
+                lines.append(line)
+            elif kind == writer.CONTENT_LENGTH:
+                if length >= 0 and length != value_length:
+                    raise InvalidResponseError("conflicting Content-Length headers")
+                if length < 0:
+                    lines.append(line)
+                length = value_length
+            elif kind == writer.CONNECTION_CLOSE:
+                app_close = True
+            elif kind == writer.DATE:
+                has_date = True
+                lines.append(line)
+            elif kind == writer.SERVER:
+                has_server = True
+                lines.append(line)
+            # DROP: hop-by-hop, the server sets its own.
+
+        keep = request.keep_alive and not app_close and not self.close_after_response
+        if code < 200:
+            # A 1xx is an interim response: the client would go on waiting for the final
+            # one. WSGI has no way to send both, so this is an application error.
+            raise InvalidResponseError(f"{code} is not a final status")
+        if code == 204 or code == 304:
+            framing = _NO_BODY
+            if code == 204 and length >= 0:
+                # RFC 9110 §8.6: a server MUST NOT send Content-Length in a 204.
+                lines = [ln for ln in lines if not ln.lower().startswith(b"content-length:")]
+        elif request.method == b"HEAD":
+            framing = _NO_BODY
+            if length < 0 and body_length is not None and body_length > 0:
+                lines.append(b"Content-Length: %d\r\n" % body_length)
+        elif length >= 0:
+            framing = _LENGTH
+        elif body_length is not None:
+            framing = _LENGTH
+            length = body_length
+            lines.append(b"Content-Length: %d\r\n" % body_length)
+        elif request.http_version == b"1.1":
+            framing = _CHUNKED
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            framing = _UNTIL_CLOSE
+            keep = False
+
+        if keep and self._their_state == _BODY:
+            # The app answered without reading the whole body. Draining keeps the
+            # connection only when the rest is small and will actually arrive.
+            reader = self._reader
+            if (
+                request.chunked
+                or (request.expect_continue and not self._continue_sent)
+                or (
+                    isinstance(reader, ContentLengthReader)
+                    and reader.remaining > self.max_drain_size
+                )
+            ):
+                keep = False
+
+        if keep:
+            if request.http_version == b"1.0":
+                lines.append(b"Connection: keep-alive\r\n")
+        else:
+            lines.append(b"Connection: close\r\n")
+        if date and not has_date:
+            lines.append(b"Date: " + date + b"\r\n")
+        if self.server_line and not has_server:
+            lines.append(self.server_line)
+        lines.append(b"\r\n")
+
+        self._our_state = _BODY
+        self._framing = framing
+        self._out_remaining = length
+        self._keep = keep
+        self._status_code = code
+        return b"".join(lines)
+
+    def send_data(self, data: bytes) -> bytes:
+        """Frame a piece of the response body. Returns what to send (maybe b"")."""
+        framing = self._framing
+        if framing == _LENGTH:
+            remaining = self._out_remaining
+            if len(data) > remaining:
+                # The app wrote more than its Content-Length: cut it, and do not trust this
+                # connection for another request.
+                data = data[:remaining]
+                self._keep = False
+            self._out_remaining = remaining - len(data)
+            return data
+        if framing == _CHUNKED:
+            return writer.chunk(data) if data else b""
+        if framing == _UNTIL_CLOSE:
+            return data
+        return b""
+
+    def send_end(self) -> bytes:
+        """End the response body. Returns the bytes that end it (maybe b"")."""
+        framing = self._framing
+        self._our_state = _DONE
+        if framing == _CHUNKED:
+            return writer.LAST_CHUNK
+        if framing == _LENGTH and self._out_remaining:
+            # Fewer bytes than announced: the client will wait for the rest; only closing
+            # the connection ends the response (RFC 9112 §8).
+            self._keep = False
+        return b""
+
+    @property
+    def response_started(self) -> bool:
+        return self._our_state != _IDLE
+
+    @property
+    def status_code(self) -> int:
+        """Status of the response sent (0 before ``send_response``)."""
+        return self._status_code
+
+    @property
+    def keep_alive(self) -> bool:
+        """May this connection carry another request after the current response?"""
+        return self._keep and self._their_state != _ERROR and not self._eof
+
+    @property
+    def must_drain(self) -> bool:
+        """The response is done and the request body must be read and discarded first."""
+        return self._their_state == _BODY
+
+    def start_next_cycle(self) -> None:
+        """Reset for the next request once the response is sent and the body consumed."""
+        if self._their_state != _DONE or self._our_state != _DONE:
+            raise RuntimeError("start_next_cycle() before the request/response finished")
+        self._their_state = _IDLE
+        self._our_state = _IDLE
+        self._request = None
+        self._reader = None
+        self._skipped_crlf = False
+        self._continue_sent = False
+        self._framing = _NO_BODY
+        self._status_code = 0
+        self.close_after_response = False

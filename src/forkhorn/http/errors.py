@@ -1,0 +1,64 @@
+"""Protocol errors: every way a request can be refused, each with its status.
+
+Rules:
+- The parser raises only subclasses of ``ProtocolError``; anything else escaping it is a
+  bug (the fuzz test holds it to that).
+- Every class carries ``status`` and ``reason`` so that the error path in a worker is one
+  line: answer ``status``, log, close. The connection is never reused after a
+  ``ProtocolError``: the framing of whatever follows can no longer be trusted.
+- ``InvalidResponseError`` is not a protocol error: it means the *application* handed the
+  writer a status or header that would corrupt the response (CR/LF injection and the like);
+  the request cycle turns it into a 500.
+"""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """The peer sent something we refuse. ``status`` is the answer to give it."""
+
+    status = 400
+    reason = "Bad Request"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.reason)
+        self.detail = detail or self.reason
+
+
+class BadRequestError(ProtocolError):
+    status = 400
+    reason = "Bad Request"
+
+
+class UriTooLongError(ProtocolError):
+    status = 414
+    reason = "URI Too Long"
+
+
+class HeaderFieldsTooLargeError(ProtocolError):
+    status = 431
+    reason = "Request Header Fields Too Large"
+
+
+class BodyTooLargeError(ProtocolError):
+    status = 413
+    reason = "Content Too Large"
+
+
+class ExpectationFailedError(ProtocolError):
+    status = 417
+    reason = "Expectation Failed"
+
+
+class UnsupportedTransferCodingError(ProtocolError):
+    status = 501
+    reason = "Not Implemented"
+
+
+class UnsupportedVersionError(ProtocolError):
+    status = 505
+    reason = "HTTP Version Not Supported"
+
+
+class InvalidResponseError(ValueError):
+    """The application gave a status or header that cannot be sent safely."""

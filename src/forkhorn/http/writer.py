@@ -1,0 +1,108 @@
+"""Response head encoding: the status line and header validation.
+
+Rules kept:
+- The status is ``"NNN reason"`` with a 3-digit code and a reason free of CTLs (PEP 3333);
+  header names are tokens and values are latin-1 text without CR, LF, NUL or other CTLs
+  (HTAB allowed). Anything else raises ``InvalidResponseError``: an app can never inject a
+  header or split a response.
+- Hop-by-hop fields are the server's business (PEP 3333 forbids apps to set them): the
+  app's ``Transfer-Encoding`` and ``Keep-Alive`` are dropped, its ``Connection: close`` is
+  honoured and re-emitted by the connection, its ``Content-Length`` is validated and
+  becomes the response framing.
+
+How it works: validated lines are cached by (name, value), so an app that sends the same
+``Content-Type`` on every response pays one dict lookup per header, not two regex matches
+and an encode. The caches are bounded and simply cleared when full.
+"""
+
+from __future__ import annotations
+
+from .errors import InvalidResponseError
+from .grammar import FIELD_VALUE_STR_RE, STATUS_RE, TOKEN_STR_RE
+
+# What a header means to the framing logic.
+PLAIN = 0
+CONTENT_LENGTH = 1
+CONNECTION_CLOSE = 2  # "Connection" containing "close"
+DROP = 3  # hop-by-hop fields the server owns
+DATE = 4
+SERVER = 5
+
+_SPECIAL = {
+    "content-length": CONTENT_LENGTH,
+    "transfer-encoding": DROP,
+    "keep-alive": DROP,
+    "connection": DROP,
+    "date": DATE,
+    "server": SERVER,
+}
+
+_CACHE_LIMIT = 4096
+_status_cache: dict[str, tuple[int, bytes]] = {}
+_field_cache: dict[tuple[str, str], tuple[bytes, int, int]] = {}
+
+
+def encode_status(status: str) -> tuple[int, bytes]:
+    """``"200 OK"`` -> ``(200, b"HTTP/1.1 200 OK\\r\\n")``; raises InvalidResponseError."""
+    cached = _status_cache.get(status)
+    if cached is not None:
+        return cached
+    if not isinstance(status, str) or STATUS_RE.fullmatch(status) is None:  # type: ignore[redundant-expr]
+        raise InvalidResponseError(f"invalid status {status!r}")
+    try:
+        line = b"HTTP/1.1 " + status.encode("latin-1") + b"\r\n"
+    except UnicodeEncodeError:
+        raise InvalidResponseError(f"status {status!r} is not latin-1") from None
+    result = (int(status[:3]), line)
+    if len(_status_cache) >= _CACHE_LIMIT:
+        _status_cache.clear()
+    _status_cache[status] = result
+    return result
+
+
+def encode_field(name: str, value: str) -> tuple[bytes, int, int]:
+    """Validate one app header: returns ``(b"Name: value\\r\\n", kind, length)``.
+
+    ``length`` is the parsed value for Content-Length and 0 otherwise.
+    """
+    key = (name, value)
+    cached = _field_cache.get(key)
+    if cached is not None:
+        return cached
+    if not isinstance(name, str) or not isinstance(value, str):  # type: ignore[redundant-expr]
+        raise InvalidResponseError(f"header {name!r}: {value!r} is not a pair of str")
+    if TOKEN_STR_RE.fullmatch(name) is None:
+        raise InvalidResponseError(f"invalid header name {name!r}")
+    value = value.strip(" \t")
+    if FIELD_VALUE_STR_RE.fullmatch(value) is None:
+        raise InvalidResponseError(f"invalid value for header {name!r}: {value!r}")
+    try:
+        line = name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+    except UnicodeEncodeError:
+        raise InvalidResponseError(f"header {name!r} is not latin-1") from None
+    kind = _SPECIAL.get(name.lower(), PLAIN)
+    length = 0
+    if kind == CONTENT_LENGTH:
+        if not value.isascii() or not value.isdigit() or len(value) > 18:
+            raise InvalidResponseError(f"invalid Content-Length {value!r}")
+        length = int(value)
+    elif (
+        kind == DROP
+        and name.lower() == "connection"
+        and any(part.strip(" \t").lower() == "close" for part in value.split(","))
+    ):
+        kind = CONNECTION_CLOSE
+    result = (line, kind, length)
+    if len(_field_cache) >= _CACHE_LIMIT:
+        _field_cache.clear()
+    _field_cache[key] = result
+    return result
+
+
+def chunk(data: bytes) -> bytes:
+    """Frame one piece of a chunked body (RFC 9112 §7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
