@@ -1,0 +1,1 @@
+"""Example WSGI apps bundled with forkhorn: ``examples.hello:app`` and ``examples.todo:app``."""

@@ -1,0 +1,308 @@
+"""Access-log lines: gunicorn's format atoms, compiled once per format string.
+
+An access-log format is a printf-style string with named fields, ``%(h)s %(r)s ...``, as in
+gunicorn (and, through it, Apache's common and combined formats). ``AccessFormat(fmt)``
+parses the format once; ``render()`` then computes only the atoms that the format names and
+returns the line.
+
+Atoms (the same letters and meanings as gunicorn):
+
+    h  remote address            l  '-'                      u  user (HTTP Basic auth) or '-'
+    t  time, [27/Nov/2026:02:00:00 +0000]                    r  request line (method target proto)
+    m  method                    U  path (no query)          q  query string
+    H  protocol                  s  status code              B  body bytes sent
+    b  body bytes, '-' when 0    f  Referer                  a  User-Agent
+    T  seconds (int)             M  milliseconds (int)       D  microseconds (int)
+    L  seconds, decimal          p  <pid>
+    {name}i  request header      {name}o  response header    {var}e  WSGI environ key
+
+Rules kept here:
+- The format is checked once, at construction, by rendering a sample request; a bad format
+  raises ``ValueError`` then, not on the first request.
+- An atom with no value is ``-``; an unknown atom is ``-`` (gunicorn's SafeAtoms).
+- String values are escaped so that one request is always one line that splits on quotes:
+  ``"`` and ``\\`` get a backslash, and anything outside printable ASCII is written as
+  ``\\xhh`` (Apache's mod_log_config rule). gunicorn escapes only ``"``, which lets a header
+  value forge the rest of a line; here the escaping is stricter, the atoms are the same.
+- T M D B are ints (so ``%(D)d`` works), the rest are strings.
+- Nothing here reads the clock or the config: the caller passes ``now`` (``time.time()``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["DEFAULT_ACCESS_LOG_FORMAT", "AccessFormat"]
+
+# gunicorn's default: Apache's "combined" format.
+DEFAULT_ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+# Every "%(name)" in a format; names hold no ")" (gunicorn's header atoms don't either).
+_ATOM_RE = re.compile(r"%\(([^)]*)\)")
+
+# Characters written as-is: printable ASCII except '"' and '\'.
+_UNSAFE_RE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+_C_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+# Month names are fixed by the Common Log Format, whatever the locale (so no %b).
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+Headers = Sequence[tuple[str, str]]
+Getter = Callable[[Mapping[str, Any], str, Headers, int, float, float], object]
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    ch = match.group()
+    known = _C_ESCAPES.get(ch)
+    if known is not None:
+        return known
+    code = ord(ch)
+    if code <= 0xFF:
+        # PEP 3333: environ strings are latin-1 decodings of the wire bytes, so this is
+        # the byte that was received.
+        return f"\\x{code:02x}"
+    return "".join(f"\\x{b:02x}" for b in ch.encode("utf-8"))
+
+
+def escape(value: str) -> str:
+    """Return ``value`` safe to put between quotes on one log line."""
+    if _UNSAFE_RE.search(value) is None:
+        return value
+    return _UNSAFE_RE.sub(_escape_char, value)
+
+
+def format_clf_time(now: float) -> str:
+    """``now`` (seconds since the epoch) as local time in Common Log Format brackets."""
+    tm = time.localtime(now)
+    offset = tm.tm_gmtoff // 60
+    sign = "+" if offset >= 0 else "-"
+    hours, minutes = divmod(abs(offset), 60)
+    return (
+        f"[{tm.tm_mday:02d}/{_MONTHS[tm.tm_mon - 1]}/{tm.tm_year:04d}:"
+        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} {sign}{hours:02d}{minutes:02d}]"
+    )
+
+
+def basic_auth_user(environ: Mapping[str, Any]) -> str | None:
+    """The user name of an ``Authorization: Basic`` header, or None."""
+    auth = environ.get("HTTP_AUTHORIZATION")
+    if not auth:
+        return None
+    scheme, _, credentials = auth.partition(" ")
+    if scheme.lower() != "basic" or not credentials:
+        return None
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return decoded.partition(":")[0]
+
+
+def _header_environ_key(name: str) -> str:
+    # PEP 3333: Content-Type and Content-Length have no HTTP_ prefix.
+    key = name.upper().replace("-", "_")
+    if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        return key
+    return "HTTP_" + key
+
+
+def _micros(request_time: float) -> int:
+    return round(request_time * 1_000_000)
+
+
+def _environ_atom(key: str) -> Getter:
+    def get(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> object:
+        return e.get(key) or "-"
+
+    return get
+
+
+def _environ_var_atom(name: str) -> Getter:
+    # gunicorn matches {var}e case-insensitively; try the spellings seen in practice first.
+    exact, upper, lower = name, name.upper(), name.lower()
+
+    def get(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> object:
+        for key in (exact, upper):
+            if key in e:
+                value = e[key]
+                break
+        else:
+            value = next((v for k, v in e.items() if k.lower() == lower), None)
+        if value is None or value == "":
+            return "-"
+        return value if isinstance(value, str) else str(value)
+
+    return get
+
+
+def _response_header_atom(name: str) -> Getter:
+    lower = name.lower()
+
+    def get(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> object:
+        found = "-"
+        for key, value in o:
+            if key.lower() == lower:
+                found = value  # the last one wins, as in gunicorn
+        return found
+
+    return get
+
+
+def _request_line(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> str:
+    target = e.get("RAW_URI")
+    if target is None:
+        query = e.get("QUERY_STRING")
+        target = e.get("PATH_INFO", "") + ("?" + query if query else "")
+    return f"{e.get('REQUEST_METHOD', '-')} {target} {e.get('SERVER_PROTOCOL', '-')}"
+
+
+def _atoms() -> dict[str, Getter]:
+    """The fixed one-letter atoms."""
+
+    def dash(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> str:
+        return "-"
+
+    def user(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> str:
+        return basic_auth_user(e) or "-"
+
+    def status(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> str:
+        return s.partition(" ")[0]
+
+    def body(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> int:
+        return n
+
+    def body_clf(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> str:
+        return str(n) if n else "-"
+
+    def secs(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> int:
+        return _micros(rt) // 1_000_000
+
+    def millis(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> int:
+        return _micros(rt) // 1_000
+
+    def micros(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> int:
+        return _micros(rt)
+
+    def decimal(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> str:
+        whole, frac = divmod(_micros(rt), 1_000_000)
+        return f"{whole}.{frac:06d}"
+
+    def pid(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> str:
+        # Read per line, not cached: the Logger is built in the master, used after fork.
+        return f"<{os.getpid()}>"
+
+    return {
+        "h": _environ_atom("REMOTE_ADDR"),
+        "l": dash,
+        "u": user,
+        "r": _request_line,
+        "m": _environ_atom("REQUEST_METHOD"),
+        "U": _environ_atom("PATH_INFO"),
+        "q": _environ_atom("QUERY_STRING"),
+        "H": _environ_atom("SERVER_PROTOCOL"),
+        "s": status,
+        "B": body,
+        "b": body_clf,
+        "f": _environ_atom("HTTP_REFERER"),
+        "a": _environ_atom("HTTP_USER_AGENT"),
+        "T": secs,
+        "M": millis,
+        "D": micros,
+        "L": decimal,
+        "p": pid,
+    }
+
+
+def _unknown(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> str:
+    return "-"
+
+
+class AccessFormat:
+    """One compiled access-log format. Safe to share between threads.
+
+    Runs in: workers, once per response (``render``); construction anywhere.
+    """
+
+    __slots__ = ("_fmt", "_getters", "_time_second", "_time_text")
+
+    def __init__(self, fmt: str = DEFAULT_ACCESS_LOG_FORMAT) -> None:
+        self._fmt = fmt
+        fixed = _atoms()
+        getters: list[tuple[str, Getter]] = []
+        for key in dict.fromkeys(_ATOM_RE.findall(fmt)):  # unique, in order
+            getters.append((key, self._compile_atom(key, fixed)))
+        self._getters = tuple(getters)
+        # The "t" atom changes once a second; cache its text (a stale read from another
+        # thread only costs a recomputation).
+        self._time_second = -1
+        self._time_text = ""
+        self._check()
+
+    @property
+    def fmt(self) -> str:
+        return self._fmt
+
+    def _compile_atom(self, key: str, fixed: dict[str, Getter]) -> Getter:
+        if key == "t":
+            return self._clf_time
+        if key in fixed:
+            return fixed[key]
+        if key.startswith("{") and len(key) > 3 and key[-2] == "}":
+            name, kind = key[1:-2], key[-1]
+            if kind == "i":
+                return _environ_atom(_header_environ_key(name))
+            if kind == "o":
+                return _response_header_atom(name)
+            if kind == "e":
+                return _environ_var_atom(name)
+        return _unknown
+
+    def _clf_time(
+        self, e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float
+    ) -> str:
+        second = int(now)
+        if second != self._time_second:
+            self._time_text = format_clf_time(second)
+            self._time_second = second
+        return self._time_text
+
+    def _check(self) -> None:
+        # "%s" with a mapping would print the whole atoms dict; only named fields are allowed.
+        if "%" in _ATOM_RE.sub("", self._fmt.replace("%%", "")):
+            raise ValueError(
+                f"invalid access_log_format {self._fmt!r}: every field must be named, as in %(h)s"
+            )
+        sample = {
+            "REQUEST_METHOD": "GET",
+            "RAW_URI": "/?a=1",
+            "PATH_INFO": "/",
+            "QUERY_STRING": "a=1",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+        }
+        try:
+            self.render(sample, "200 OK", [("Content-Length", "2")], 2, 0.001, 0.0)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"invalid access_log_format {self._fmt!r}: {exc}") from None
+
+    def render(
+        self,
+        environ: Mapping[str, Any],
+        status: str,
+        response_headers: Headers,
+        sent_bytes: int,
+        request_time: float,
+        now: float,
+    ) -> str:
+        """The access-log line for one response (without a newline)."""
+        atoms: dict[str, object] = {}
+        for key, get in self._getters:
+            value = get(environ, status, response_headers, sent_bytes, request_time, now)
+            atoms[key] = escape(value) if type(value) is str else value
+        return self._fmt % atoms

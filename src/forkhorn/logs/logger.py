@@ -1,0 +1,417 @@
+"""The error log and the access log, wired from gunicorn-named settings.
+
+``Logger(cfg)`` sets up two stdlib loggers, ``forkhorn.error`` and ``forkhorn.access``, and
+is the only object the arbiter and the workers log through.
+
+Rules kept here:
+- Error-log lines look exactly like gunicorn's, which users grep and parse:
+  ``[2026-11-27 02:00:00 +0000] [1234] [INFO] Listening at: http://127.0.0.1:8000 (1234)``.
+- A message whose level is disabled is never formatted: arguments are printf-style and
+  handed to ``logging`` unformatted, after a level check.
+- A disabled access log costs one attribute test per request; an enabled one formats only
+  the atoms its format names (see ``access.py``) and skips logging's caller lookup.
+- ``errorlog``/``accesslog`` ``-`` mean stderr/stdout, anything else is a file opened in
+  append mode; a file that cannot be opened is a ``ConfigError`` (one line, at start-up).
+- ``logconfig_dict``, when non-empty, is merged over the handlers the settings above would
+  make and handed to ``logging.config.dictConfig``; the root logger is left alone unless the
+  dict configures it.
+- ``reopen_files()`` (SIGUSR1, after logrotate moved the files) reopens every file handler
+  of both loggers on the same path, and the captured stdout/stderr file.
+
+Runs in: the master and, inherited through fork, every worker. ``reopen_files`` is called
+from the main loop of each process, never from a signal handler.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import logging.config
+import logging.handlers
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import IO, Any, Protocol
+
+from forkhorn.errors import ConfigError
+from forkhorn.logs.access import DEFAULT_ACCESS_LOG_FORMAT, AccessFormat
+
+__all__ = ["ERROR_LOG_DATEFMT", "ERROR_LOG_FORMAT", "LogSettings", "Logger"]
+
+ERROR_LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
+ERROR_LOG_DATEFMT = "[%Y-%m-%d %H:%M:%S %z]"
+ACCESS_LOG_LINE_FORMAT = "%(message)s"
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+# syslog: gunicorn's address forms and its default (UDP to the local daemon).
+_SYSLOG_DEFAULT_ADDR = "udp://localhost:514"
+_SYSLOG_PORT = 514
+
+
+class LogSettings(Protocol):
+    """The settings ``Logger`` reads; the names are gunicorn's (``forkhorn.config.Config``).
+
+    Optional, read with defaults when absent: ``syslog``, ``syslog_addr``,
+    ``syslog_prefix``, ``syslog_facility``.
+    """
+
+    @property
+    def errorlog(self) -> str | None: ...
+    @property
+    def loglevel(self) -> str: ...
+    @property
+    def accesslog(self) -> str | None: ...
+    @property
+    def access_log_format(self) -> str | None: ...
+    @property
+    def capture_output(self) -> bool: ...
+    @property
+    def logconfig_dict(self) -> Mapping[str, Any] | None: ...
+    @property
+    def disable_redirect_access_to_syslog(self) -> bool: ...
+    @property
+    def proc_name(self) -> str | None: ...
+
+
+class _OwnFileHandler(logging.FileHandler):
+    """A file handler made by ``Logger``, so a second set-up can close it."""
+
+
+class _OwnStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stderr/stdout handler made by ``Logger``."""
+
+
+class _OwnSyslogHandler(logging.handlers.SysLogHandler):
+    """A syslog handler made by ``Logger``."""
+
+
+_OWN_HANDLERS = (_OwnFileHandler, _OwnStreamHandler, _OwnSyslogHandler)
+
+
+def parse_level(name: str | int) -> int:
+    """A ``loglevel`` setting as a ``logging`` level number."""
+    if isinstance(name, int):
+        return name
+    try:
+        return _LEVELS[name.strip().lower()]
+    except KeyError:
+        choices = ", ".join(k for k in _LEVELS if k != "warn")
+        raise ConfigError(f"loglevel = {name!r}: expected one of {choices}") from None
+
+
+def _error_formatter() -> logging.Formatter:
+    return logging.Formatter(ERROR_LOG_FORMAT, ERROR_LOG_DATEFMT)
+
+
+def _open_file_handler(path: str, what: str) -> logging.FileHandler:
+    try:
+        return _OwnFileHandler(path, mode="a", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot open {what} {path!r}: {exc.strerror or exc}") from None
+
+
+def _syslog_address(addr: str) -> tuple[str | tuple[str, int], socket.SocketKind]:
+    """gunicorn's syslog_addr forms: unix://PATH[#dgram|#stream], udp://H:P, tcp://H:P."""
+    scheme, sep, rest = addr.partition("://")
+    if not sep:
+        raise ConfigError(f"syslog_addr = {addr!r}: expected unix://, udp:// or tcp://")
+    scheme = scheme.lower()
+    if scheme == "unix":
+        path, _, kind = rest.partition("#")
+        socktype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+        return path, socktype
+    if scheme in ("udp", "tcp"):
+        host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+        host = host.strip("[]") or "localhost"
+        try:
+            number = int(port) if port else _SYSLOG_PORT
+        except ValueError:
+            raise ConfigError(f"syslog_addr = {addr!r}: bad port {port!r}") from None
+        socktype = socket.SOCK_DGRAM if scheme == "udp" else socket.SOCK_STREAM
+        return (host, number), socktype
+    raise ConfigError(f"syslog_addr = {addr!r}: expected unix://, udp:// or tcp://")
+
+
+class Logger:
+    """The error log and the access log of one forkhorn process tree.
+
+    ``debug/info/warning/error/critical/exception(msg, *args)`` take printf-style arguments,
+    as ``logging`` does. ``access(...)`` writes one access-log line when ``access_enabled``.
+    """
+
+    def __init__(self, cfg: LogSettings) -> None:
+        self.error_log = logging.getLogger("forkhorn.error")
+        self.access_log = logging.getLogger("forkhorn.access")
+        self.cfg = cfg
+        self._access_format = AccessFormat()
+        self._access_enabled = False
+        self._capture_path: str | None = None
+        self._capture_file: IO[str] | None = None
+        self.setup(cfg)
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def setup(self, cfg: LogSettings) -> None:
+        """(Re)configure both logs from ``cfg``; also used on HUP with the new config."""
+        self.cfg = cfg
+        fmt = cfg.access_log_format or DEFAULT_ACCESS_LOG_FORMAT
+        try:
+            access_format = AccessFormat(fmt)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        level = parse_level(cfg.loglevel or "info")
+
+        self._close_own_handlers()
+        self.error_log.propagate = False
+        self.error_log.setLevel(level)
+        self.access_log.propagate = False
+        self.access_log.setLevel(logging.INFO)
+        self._access_format = access_format
+
+        errorlog = cfg.errorlog or "-"
+        if cfg.capture_output and errorlog != "-":
+            self._capture_output(errorlog)
+
+        if cfg.logconfig_dict:
+            self._dict_config(cfg.logconfig_dict, errorlog, cfg.accesslog)
+            self._access_enabled = self.access_log.isEnabledFor(logging.INFO) and bool(
+                self.access_log.hasHandlers()
+            )
+            return
+
+        self.error_log.addHandler(self._make_error_handler(errorlog))
+        access_handler = self._make_access_handler(cfg.accesslog)
+        if access_handler is not None:
+            self.access_log.addHandler(access_handler)
+        if getattr(cfg, "syslog", False):
+            self.error_log.addHandler(self._make_syslog_handler("error"))
+            if not cfg.disable_redirect_access_to_syslog:
+                self.access_log.addHandler(self._make_syslog_handler("access"))
+        self._access_enabled = bool(self.access_log.handlers)
+
+    def _make_error_handler(self, errorlog: str) -> logging.Handler:
+        handler: logging.Handler
+        if errorlog == "-":
+            handler = _OwnStreamHandler(sys.stderr)
+        else:
+            handler = _open_file_handler(errorlog, "error log")
+        handler.setFormatter(_error_formatter())
+        return handler
+
+    def _make_access_handler(self, accesslog: str | None) -> logging.Handler | None:
+        handler: logging.Handler
+        if accesslog is None or accesslog == "":
+            return None
+        if accesslog == "-":
+            handler = _OwnStreamHandler(sys.stdout)
+        else:
+            handler = _open_file_handler(accesslog, "access log")
+        handler.setFormatter(logging.Formatter(ACCESS_LOG_LINE_FORMAT))
+        return handler
+
+    def _make_syslog_handler(self, which: str) -> logging.Handler:
+        addr = getattr(self.cfg, "syslog_addr", None) or _SYSLOG_DEFAULT_ADDR
+        address, socktype = _syslog_address(addr)
+        facility_name = (getattr(self.cfg, "syslog_facility", None) or "user").lower()
+        facility = logging.handlers.SysLogHandler.facility_names.get(facility_name)
+        if facility is None:
+            raise ConfigError(f"syslog_facility = {facility_name!r}: unknown facility")
+        try:
+            handler = _OwnSyslogHandler(address, facility, socktype)
+        except OSError as exc:
+            raise ConfigError(f"cannot open syslog {addr!r}: {exc.strerror or exc}") from None
+        prefix = getattr(self.cfg, "syslog_prefix", None) or self.cfg.proc_name or "forkhorn"
+        prefix = prefix.replace(":", ".")
+        handler.setFormatter(
+            logging.Formatter(f"{prefix}.{which}: [%(process)d] [%(levelname)s] %(message)s")
+        )
+        return handler
+
+    def _dict_config(self, user: Mapping[str, Any], errorlog: str, accesslog: str | None) -> None:
+        # The defaults describe the handlers the settings would make, so a dict that only
+        # changes a formatter or a level keeps --error-logfile/--access-logfile working.
+        # Sections merge by name, one level deep; anything else in the user's dict replaces
+        # the default. The handlers are made by factories inside dictConfig, because
+        # dictConfig first closes every handler that exists.
+        handlers: dict[str, Any] = {
+            "forkhorn_error": {"()": lambda: self._make_error_handler(errorlog)}
+        }
+        access_handlers: list[str] = []
+        if accesslog:
+            handlers["forkhorn_access"] = {"()": lambda: self._make_access_handler(accesslog)}
+            access_handlers.append("forkhorn_access")
+        merged: dict[str, Any] = {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {},
+            "handlers": handlers,
+            "loggers": {
+                "forkhorn.error": {
+                    "level": self.error_log.level,
+                    "handlers": ["forkhorn_error"],
+                    "propagate": False,
+                },
+                "forkhorn.access": {
+                    "level": "INFO",
+                    "handlers": access_handlers,
+                    "propagate": False,
+                },
+            },
+        }
+        for key, value in copy.deepcopy(dict(user)).items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            else:
+                merged[key] = value
+        try:
+            logging.config.dictConfig(merged)
+        except (ValueError, TypeError, AttributeError, ImportError) as exc:
+            if isinstance(exc.__cause__, ConfigError):
+                raise exc.__cause__ from None
+            raise ConfigError(f"logconfig_dict: {exc}") from None
+
+    def _capture_output(self, path: str) -> None:
+        """Send fds 1 and 2 (print(), C extensions, tracebacks) to the error log file."""
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        try:
+            capture = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - kept open
+        except OSError as exc:
+            raise ConfigError(f"cannot open error log {path!r}: {exc.strerror or exc}") from None
+        os.dup2(capture.fileno(), 1)
+        os.dup2(capture.fileno(), 2)
+        if self._capture_file is not None:
+            self._capture_file.close()
+        self._capture_file = capture
+        self._capture_path = path
+
+    def _close_own_handlers(self) -> None:
+        for logger in (self.error_log, self.access_log):
+            # Handlers someone else made (a logconfig_dict) are removed but left open.
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+                if isinstance(handler, _OWN_HANDLERS):
+                    handler.close()
+
+    def close(self) -> None:
+        """Remove and close the handlers this Logger made (tests; end of process)."""
+        self._close_own_handlers()
+        self._access_enabled = False
+        if self._capture_file is not None:
+            self._capture_file.close()
+            self._capture_file = None
+
+    def reopen_files(self) -> None:
+        """Reopen every log file on its path (SIGUSR1, after the files were rotated).
+
+        Runs in: the main loop of the master and of each worker, never a signal handler.
+        """
+        if self._capture_path is not None:
+            try:
+                self._capture_output(self._capture_path)
+            except ConfigError as exc:
+                self.error_log.error("Cannot reopen the captured output: %s", exc)
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                if isinstance(handler, logging.FileHandler):
+                    self._reopen_handler(handler)
+
+    def _reopen_handler(self, handler: logging.FileHandler) -> None:
+        try:
+            stream = handler._open()
+        except OSError as exc:
+            # Keep writing to the old file rather than losing lines.
+            self.error_log.error("Cannot reopen %s: %s", handler.baseFilename, exc)
+            return
+        old = handler.setStream(stream)
+        if old is not None:
+            old.close()
+
+    # -- the error log --------------------------------------------------------------------
+    # Each method tests the level before calling into logging, so a disabled debug() costs
+    # one cached lookup; stacklevel points logging's caller lookup past this wrapper.
+
+    def log(self, level: int | str, msg: object, *args: object, **kwargs: Any) -> None:
+        lvl = parse_level(level)
+        if self.error_log.isEnabledFor(lvl):
+            kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
+            self.error_log.log(lvl, msg, *args, **kwargs)
+
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.error_log.isEnabledFor(logging.DEBUG):
+            kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
+            self.error_log.debug(msg, *args, **kwargs)
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.error_log.isEnabledFor(logging.INFO):
+            kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
+            self.error_log.info(msg, *args, **kwargs)
+
+    def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.error_log.isEnabledFor(logging.WARNING):
+            kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
+            self.error_log.warning(msg, *args, **kwargs)
+
+    def error(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.error_log.isEnabledFor(logging.ERROR):
+            kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
+            self.error_log.error(msg, *args, **kwargs)
+
+    def critical(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.error_log.isEnabledFor(logging.CRITICAL):
+            kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
+            self.error_log.critical(msg, *args, **kwargs)
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        """Log at ERROR with the current exception's traceback."""
+        if self.error_log.isEnabledFor(logging.ERROR):
+            kwargs.setdefault("exc_info", True)
+            kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
+            self.error_log.error(msg, *args, **kwargs)
+
+    # -- the access log -------------------------------------------------------------------
+
+    @property
+    def access_enabled(self) -> bool:
+        """Whether ``access()`` writes anything; workers may skip timing when it is False."""
+        return self._access_enabled
+
+    def access(
+        self,
+        environ: Mapping[str, Any],
+        status: str,
+        response_headers: Sequence[tuple[str, str]],
+        sent_bytes: int,
+        request_time: float,
+    ) -> None:
+        """Write one access-log line: ``status`` like ``"200 OK"``, ``sent_bytes`` the body
+        bytes sent, ``request_time`` in seconds.
+
+        Runs in: a worker, after the response was sent. Never raises.
+        """
+        if not self._access_enabled:
+            return
+        log = self.access_log
+        if not log.isEnabledFor(logging.INFO):
+            return
+        try:
+            line = self._access_format.render(
+                environ, status, response_headers, sent_bytes, request_time, time.time()
+            )
+        except Exception:
+            self.error_log.exception("Failed to format the access log line")
+            return
+        # makeRecord + handle skips Logger.info's findCaller() stack walk, which would cost
+        # more than the formatting; the line is already formatted, so args are empty.
+        record = log.makeRecord(log.name, logging.INFO, "(access)", 0, line, (), None)
+        log.handle(record)

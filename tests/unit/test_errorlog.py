@@ -1,0 +1,326 @@
+"""The error log: gunicorn's line format, levels, laziness, files, reopen, logconfig_dict."""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forkhorn.errors import ConfigError
+from forkhorn.logs import Logger
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+LINE_RE = re.compile(
+    r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[(?P<pid>\d+)\] \[(?P<level>[A-Z]+)\] "
+    r"(?P<message>.*)$"
+)
+
+
+def settings(**overrides: Any) -> types.SimpleNamespace:
+    values: dict[str, Any] = {
+        "errorlog": "-",
+        "loglevel": "info",
+        "accesslog": None,
+        "access_log_format": None,
+        "capture_output": False,
+        "logconfig_dict": {},
+        "disable_redirect_access_to_syslog": False,
+        "proc_name": None,
+    }
+    values.update(overrides)
+    return types.SimpleNamespace(**values)
+
+
+@pytest.fixture
+def make_logger() -> Iterator[Callable[..., Logger]]:
+    made: list[Logger] = []
+
+    def make(**overrides: Any) -> Logger:
+        logger = Logger(settings(**overrides))
+        made.append(logger)
+        return logger
+
+    yield make
+    for logger in made:
+        logger.close()
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_line_format_is_gunicorns(tmp_path: Path, make_logger: Callable[..., Logger]) -> None:
+    path = tmp_path / "error.log"
+    log = make_logger(errorlog=str(path))
+    log.info("Listening at: %s (%s)", "http://127.0.0.1:8000", os.getpid())
+    [line] = lines(path)
+    match = LINE_RE.match(line)
+    assert match is not None, line
+    assert match["pid"] == str(os.getpid())
+    assert match["level"] == "INFO"
+    assert match["message"] == f"Listening at: http://127.0.0.1:8000 ({os.getpid()})"
+
+
+def test_timestamp_exactly(tmp_path: Path, make_logger: Callable[..., Logger]) -> None:
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "XST-05:30"
+    time.tzset()
+    try:
+        log = make_logger(errorlog=str(tmp_path / "error.log"))
+        [handler] = log.error_log.handlers
+        assert handler.formatter is not None
+        record = logging.LogRecord("forkhorn.error", logging.WARNING, "x", 1, "hi %s", ("x",), None)
+        record.created = float(calendar.timegm((2026, 11, 27, 2, 0, 0)))
+        record.process = 4242
+        assert handler.formatter.format(record) == (
+            "[2026-11-27 07:30:00 +0530] [4242] [WARNING] hi x"
+        )
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def test_every_level(tmp_path: Path, make_logger: Callable[..., Logger]) -> None:
+    path = tmp_path / "error.log"
+    log = make_logger(errorlog=str(path), loglevel="debug")
+    log.debug("d")
+    log.info("i")
+    log.warning("w")
+    log.error("e")
+    log.critical("c")
+    log.log("warning", "by name %d", 1)
+    log.log(logging.INFO, "by number")
+    found = [(m["level"], m["message"]) for m in map(LINE_RE.match, lines(path)) if m]
+    assert found == [
+        ("DEBUG", "d"),
+        ("INFO", "i"),
+        ("WARNING", "w"),
+        ("ERROR", "e"),
+        ("CRITICAL", "c"),
+        ("WARNING", "by name 1"),
+        ("INFO", "by number"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("loglevel", "expected"),
+    [
+        ("debug", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
+        ("INFO", ["INFO", "WARNING", "ERROR", "CRITICAL"]),
+        ("warning", ["WARNING", "ERROR", "CRITICAL"]),
+        ("error", ["ERROR", "CRITICAL"]),
+        ("critical", ["CRITICAL"]),
+    ],
+)
+def test_level_filter(
+    tmp_path: Path, make_logger: Callable[..., Logger], loglevel: str, expected: list[str]
+) -> None:
+    path = tmp_path / "error.log"
+    log = make_logger(errorlog=str(path), loglevel=loglevel)
+    for method in (log.debug, log.info, log.warning, log.error, log.critical):
+        method("x")
+    assert [m["level"] for m in map(LINE_RE.match, lines(path)) if m] == expected
+
+
+class Counted:
+    """An argument that counts how often it is turned into text."""
+
+    def __init__(self) -> None:
+        self.formatted = 0
+
+    def __str__(self) -> str:
+        self.formatted += 1
+        return "counted"
+
+
+def test_disabled_levels_are_never_formatted(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    path = tmp_path / "error.log"
+    log = make_logger(errorlog=str(path), loglevel="warning")
+    arg = Counted()
+    log.debug("value %s", arg)
+    log.info("value %s", arg)
+    assert arg.formatted == 0
+    log.warning("value %s", arg)
+    assert arg.formatted == 1
+    assert lines(path)[0].endswith("[WARNING] value counted")
+
+
+def test_exception_has_traceback(tmp_path: Path, make_logger: Callable[..., Logger]) -> None:
+    path = tmp_path / "error.log"
+    log = make_logger(errorlog=str(path))
+    try:
+        raise ZeroDivisionError("nope")
+    except ZeroDivisionError:
+        log.exception("Error handling request %s", "/boom")
+    text = path.read_text()
+    assert LINE_RE.match(text.splitlines()[0])
+    assert "[ERROR] Error handling request /boom\nTraceback (most recent call last):" in text
+    assert text.endswith("ZeroDivisionError: nope\n")
+
+
+def test_stderr_when_dash(
+    make_logger: Callable[..., Logger], capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = make_logger(errorlog="-")
+    log.info("Booting worker with pid: %s", 17)
+    out, err = capsys.readouterr()
+    assert out == ""
+    match = LINE_RE.match(err.rstrip("\n"))
+    assert match is not None and match["message"] == "Booting worker with pid: 17"
+
+
+def test_bad_loglevel_is_a_config_error(make_logger: Callable[..., Logger]) -> None:
+    with pytest.raises(ConfigError, match=r"loglevel = 'loud': expected one of debug, info"):
+        make_logger(loglevel="loud")
+
+
+def test_unopenable_file_is_a_config_error(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "error.log"
+    with pytest.raises(ConfigError) as info:
+        make_logger(errorlog=str(missing))
+    assert str(info.value) == f"cannot open error log {str(missing)!r}: No such file or directory"
+    with pytest.raises(ConfigError, match="cannot open access log"):
+        make_logger(accesslog=str(missing))
+
+
+def test_reopen_after_rename(tmp_path: Path, make_logger: Callable[..., Logger]) -> None:
+    path = tmp_path / "error.log"
+    rotated = tmp_path / "error.log.1"
+    log = make_logger(errorlog=str(path))
+    log.info("one")
+    path.rename(rotated)
+    log.info("two")  # the handler still holds the renamed file
+    log.reopen_files()
+    log.info("three")
+    assert [line.rsplit("] ", 1)[1] for line in lines(rotated)] == ["one", "two"]
+    assert [line.rsplit("] ", 1)[1] for line in lines(path)] == ["three"]
+
+
+def test_reopen_failure_keeps_the_old_file(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    path = logdir / "error.log"
+    log = make_logger(errorlog=str(path))
+    moved = tmp_path / "moved"
+    logdir.rename(moved)  # the directory is gone, so the path cannot be reopened
+    log.reopen_files()
+    log.info("still here")
+    text = (moved / "error.log").read_text()
+    assert "[ERROR] Cannot reopen" in text
+    assert text.endswith("[INFO] still here\n")
+
+
+def test_setup_again_replaces_handlers(tmp_path: Path, make_logger: Callable[..., Logger]) -> None:
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    make_logger(errorlog=str(first))
+    log = make_logger(errorlog=str(second))
+    log.info("only in second")
+    assert first.read_text() == ""
+    assert lines(second)[0].endswith("[INFO] only in second")
+    assert len(log.error_log.handlers) == 1
+
+
+def test_logconfig_dict_replaces_the_formatter(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    custom = tmp_path / "custom.log"
+    config = {
+        "formatters": {"short": {"format": "%(levelname)s|%(name)s|%(message)s"}},
+        "handlers": {
+            "custom": {
+                "class": "logging.FileHandler",
+                "filename": str(custom),
+                "formatter": "short",
+            }
+        },
+        "loggers": {
+            "forkhorn.error": {"level": "DEBUG", "handlers": ["custom"], "propagate": False},
+            "forkhorn.access": {"level": "INFO", "handlers": ["custom"], "propagate": False},
+        },
+    }
+    log = make_logger(logconfig_dict=config, loglevel="info")
+    log.debug("debug via dict")
+    assert log.access_enabled
+    log.access({"REQUEST_METHOD": "GET"}, "204 No Content", [], 0, 0.0)
+    for handler in log.error_log.handlers:
+        handler.close()  # made by dictConfig, so not closed by Logger.close()
+    assert lines(custom)[0] == "DEBUG|forkhorn.error|debug via dict"
+    assert lines(custom)[1].startswith("INFO|forkhorn.access|- - - [")
+
+
+def test_logconfig_dict_keeps_settings_handlers(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    path = tmp_path / "error.log"
+    # A dict that only lowers a level still writes to --error-logfile, and with no
+    # --access-logfile the access log stays off.
+    config = {"loggers": {"forkhorn.error": {"level": "DEBUG", "handlers": ["forkhorn_error"]}}}
+    log = make_logger(errorlog=str(path), logconfig_dict=config)
+    log.debug("kept")
+    assert lines(path)[0].endswith("[DEBUG] kept")
+    assert not log.access_enabled
+
+
+def test_bad_logconfig_dict_is_a_config_error(make_logger: Callable[..., Logger]) -> None:
+    with pytest.raises(ConfigError, match="logconfig_dict"):
+        make_logger(logconfig_dict={"handlers": {"h": {"class": "no.such.Handler"}}})
+
+
+CAPTURE_SCRIPT = """
+import os, sys, types
+from forkhorn.logs import Logger
+cfg = types.SimpleNamespace(
+    errorlog=sys.argv[1], loglevel="info", accesslog=None, access_log_format=None,
+    capture_output=True, logconfig_dict={}, disable_redirect_access_to_syslog=False,
+    proc_name=None,
+)
+log = Logger(cfg)
+log.info("logged")
+print("printed")
+sys.stdout.flush()
+os.write(2, b"raw stderr\\n")
+os.rename(sys.argv[1], sys.argv[1] + ".1")
+log.reopen_files()
+print("after reopen")
+sys.stdout.flush()
+"""
+
+
+def test_capture_output_sends_stdout_and_stderr_to_the_error_log(tmp_path: Path) -> None:
+    # Runs in a child: capture_output redirects file descriptors 1 and 2 of the process.
+    path = tmp_path / "error.log"
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    done = subprocess.run(
+        [sys.executable, "-c", CAPTURE_SCRIPT, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+    rotated = (tmp_path / "error.log.1").read_text()
+    assert "[INFO] logged\n" in rotated
+    assert "printed\n" in rotated
+    assert "raw stderr\n" in rotated
+    assert path.read_text() == "after reopen\n"
