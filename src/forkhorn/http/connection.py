@@ -210,6 +210,12 @@ class ServerConnection:
         return request
 
     @property
+    def error(self) -> ProtocolError | None:
+        """The protocol error that ended the request side, if any (the worker answers it
+        even when the app caught the exception raised from ``wsgi.input``)."""
+        return self._error
+
+    @property
     def body_complete(self) -> bool:
         """Has the current request's body been read to its end?"""
         return self._their_state == _DONE
@@ -348,6 +354,21 @@ class ServerConnection:
         if framing == _UNTIL_CLOSE:
             return data
         return b""
+
+    def sendfile_allowance(self, count: int) -> int:
+        """How many bytes of a file may be sent raw after the head (``sendfile()``).
+
+        The count is taken from the framing as if sent; a caller that sends fewer must
+        close the connection. 0 means send nothing raw (no body, or chunked framing).
+        """
+        framing = self._framing
+        if framing == _LENGTH:
+            count = min(count, self._out_remaining)
+            self._out_remaining -= count
+            return count
+        if framing == _UNTIL_CLOSE:
+            return count
+        return 0
 
     def send_end(self) -> bytes:
         """End the response body. Returns the bytes that end it (maybe b"")."""

@@ -30,6 +30,13 @@ class BadRequestError(ProtocolError):
     reason = "Bad Request"
 
 
+class RequestTimeoutError(ProtocolError):
+    """The request (head or body) did not arrive within its deadline."""
+
+    status = 408
+    reason = "Request Timeout"
+
+
 class UriTooLongError(ProtocolError):
     status = 414
     reason = "URI Too Long"

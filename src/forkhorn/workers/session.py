@@ -1,0 +1,208 @@
+"""Serving requests on a blocking socket: what the sync, gthread, gevent and eventlet
+workers share once a request head has arrived.
+
+``serve_request`` runs the request cycle for one parsed request and decides whether the
+connection may carry another; ``read_request`` waits for the next head on a blocking
+socket (greenlet workers, one greenlet per connection). Neither parses HTTP: both drive
+``forkhorn.http.ServerConnection``.
+
+Rules kept:
+- A protocol error is answered with its status (if nothing was sent yet) and the
+  connection is closed; a client that went away is closed quietly.
+- An unread request body is drained only when it is small (the core decided that when the
+  response head was framed); otherwise the connection is closed.
+- The access log, ``pre_request``/``post_request`` and the scoreboard see every request
+  that reached the app, whatever happened to it.
+
+Runs in: the worker process, in the thread or greenlet serving the connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from forkhorn.http import (
+    CLOSED,
+    NEED_DATA,
+    ProtocolError,
+    Request,
+    RequestTimeoutError,
+    ServerConnection,
+)
+from forkhorn.wsgi.cycle import Exchange, error_response, raw_error_response, run_app
+from forkhorn.wsgi.environ import build_environ
+from forkhorn.wsgi.input import RECV_SIZE, InputStream
+
+if TYPE_CHECKING:
+    from .base import Worker
+
+
+def new_connection(worker: Worker) -> ServerConnection:
+    """A ServerConnection with the worker's limits."""
+    return ServerConnection(*worker.http_limits)
+
+
+def peer_of(addr: Any) -> tuple[str, str]:
+    """REMOTE_ADDR and REMOTE_PORT for an accepted socket's address."""
+    if isinstance(addr, tuple):
+        return str(addr[0]), str(addr[1])
+    return "", ""  # Unix socket: no peer address
+
+
+def send_protocol_error(sock: socket.socket, conn: ServerConnection, exc: ProtocolError) -> None:
+    """Answer a refused request with its status, if nothing was sent yet, and give up."""
+    try:
+        if conn.request is not None and not conn.response_started:
+            sock.sendall(error_response(conn, exc.status, exc.reason))
+        elif not conn.response_started:
+            sock.sendall(raw_error_response(exc.status, exc.reason))
+    except (OSError, ProtocolError, ValueError):
+        pass
+
+
+def read_request(
+    sock: socket.socket, conn: ServerConnection, idle_timeout: float, head_timeout: float
+) -> Request | None:
+    """Wait on a blocking socket for the next request head.
+
+    ``idle_timeout`` bounds the wait for its first byte (keep-alive), ``head_timeout`` the
+    whole head once it started (never reset by a trickling client). Returns None when the
+    client closed or stayed idle; raises ProtocolError (408 for a late head).
+    """
+    deadline = 0.0
+    while True:
+        event = conn.next_event()
+        if event is NEED_DATA:
+            if conn.buffered or deadline:
+                if not deadline:
+                    deadline = time.monotonic() + head_timeout
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RequestTimeoutError("request head not received in time")
+                sock.settimeout(remaining)
+            else:
+                sock.settimeout(idle_timeout if idle_timeout > 0 else None)
+            try:
+                data = sock.recv(RECV_SIZE)
+            except TimeoutError:
+                if conn.buffered or deadline:
+                    raise RequestTimeoutError("request head not received in time") from None
+                return None  # idle keep-alive connection: close quietly
+            if data and not deadline:
+                deadline = time.monotonic() + head_timeout
+            conn.receive_data(data)
+            continue
+        if event is CLOSED:
+            return None
+        if isinstance(event, Request):
+            return event
+        raise ProtocolError(f"unexpected event {event!r}")  # pragma: no cover
+
+
+def serve_request(
+    worker: Worker,
+    sock: socket.socket,
+    conn: ServerConnection,
+    request: Request,
+    peer: tuple[str, str],
+    io_timeout: float | None,
+) -> bool:
+    """Run the app for ``request`` and send the response. True: the connection may be
+    reused (``conn`` is ready for the next request)."""
+    sock.settimeout(io_timeout)
+    send = sock.sendall
+    body = InputStream(conn, sock.recv, send)
+    try:
+        environ = build_environ(
+            worker.base_environ, request, peer[0], peer[1], body, worker.header_map
+        )
+    except ProtocolError as exc:
+        send_protocol_error(sock, conn, exc)
+        return False
+    if not worker.alive:
+        conn.close_after_response = True
+    exchange = Exchange(conn, send)
+    worker.request_started(request.request_line)
+    ok = False
+    try:
+        worker.cfg.pre_request(worker, request)
+        ok = run_app(worker.wsgi, environ, exchange, _sendfile_for(sock), worker.log)  # type: ignore[arg-type]
+    except ProtocolError as exc:
+        send_protocol_error(sock, conn, exc)
+        exchange.status = f"{exc.status} {exc.reason}"
+    except OSError:
+        pass  # the client went away
+    finally:
+        worker.request_finished()
+        log = worker.log
+        if log.access_enabled:
+            log.access(
+                environ,
+                exchange.status or "000 Unknown",
+                exchange.headers,
+                exchange.sent,
+                time.monotonic() - exchange.started,
+            )
+        try:
+            worker.cfg.post_request(worker, request, environ, exchange)
+        except Exception:
+            log.exception("Exception in post_request hook")
+    if not ok or not conn.keep_alive:
+        return False
+    if conn.must_drain:
+        try:
+            if not body.drain(conn.max_drain_size):
+                return False
+        except (ProtocolError, OSError):
+            return False
+    conn.start_next_cycle()
+    return True
+
+
+def _sendfile_for(sock: socket.socket) -> Any:
+    def sendfile(fd: int, offset: int, count: int) -> int:
+        with os.fdopen(os.dup(fd), "rb") as file:
+            return sock.sendfile(file, offset, count)
+
+    return sendfile
+
+
+def prepare_http(worker: Worker, multithread: bool) -> None:
+    """Set what every request of this worker shares: the core's limits, the base environ.
+
+    Runs in: the worker, once, at the start of ``run()``.
+    """
+    import sys
+
+    from forkhorn import __version__
+    from forkhorn.wsgi.cycle import FileWrapper
+    from forkhorn.wsgi.environ import make_base_environ
+
+    cfg = worker.cfg
+    worker.http_limits = (
+        cfg.limit_request_line or 8190,
+        cfg.limit_request_fields,
+        cfg.limit_request_field_size,
+        cfg.limit_request_body,
+        cfg.server_header.encode("latin-1"),
+    )
+    worker.header_map = cfg.header_map
+    server_name, server_port = "", ""
+    if worker.sockets:
+        name = worker.sockets[0].getsockname()
+        if isinstance(name, tuple):
+            server_name, server_port = str(name[0]), str(name[1])
+        else:
+            server_name = str(name)
+    worker.base_environ = make_base_environ(
+        server_name,
+        server_port,
+        "http",
+        sys.stderr,
+        FileWrapper,
+        multithread,
+        f"forkhorn/{__version__}",
+    )

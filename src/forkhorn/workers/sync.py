@@ -1,0 +1,165 @@
+"""``-k sync``: one request at a time per process, a new connection per request.
+
+Like gunicorn's sync worker, every response says ``Connection: close`` (the worker is meant
+to sit behind a buffering proxy) and ``timeout`` bounds a request through the master's
+heartbeat check. Unlike it, a client that sends its head slowly cannot pin the worker:
+
+How it works: accepted connections wait in a selector until their request head is
+complete (each with a ``header_timeout`` deadline for the whole head, answered 408 when
+it passes); only then does the worker run the app, blocking, for that one request. So a
+hundred slowloris clients cost a hundred file descriptors, not the worker. At most
+``worker_connections`` heads wait at once; beyond that, new connections get 503 and are
+closed.
+
+Runs in: the worker process, main thread.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import time
+from typing import Any
+
+from forkhorn.http import NEED_DATA, ProtocolError, Request, RequestTimeoutError, ServerConnection
+from forkhorn.wsgi.cycle import raw_error_response
+from forkhorn.wsgi.input import RECV_SIZE
+
+from .base import Worker
+from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
+
+
+class _Pending:
+    """An accepted connection whose request head has not fully arrived."""
+
+    __slots__ = ("addr", "conn", "deadline", "sock")
+
+    def __init__(self, sock: socket.socket, addr: Any, conn: ServerConnection, deadline: float):
+        self.sock = sock
+        self.addr = addr
+        self.conn = conn
+        self.deadline = deadline
+
+
+class SyncWorker(Worker):
+    """One request at a time; heads are gathered without blocking on any one client."""
+
+    def run(self) -> None:
+        prepare_http(self, multithread=False)
+        self.selector = selectors.DefaultSelector()
+        for listener in self.sockets:
+            listener.sock.setblocking(False)
+            self.selector.register(listener.sock, selectors.EVENT_READ, None)
+        self.pending: dict[int, _Pending] = {}
+        head_timeout = float(self.cfg.header_timeout)
+        tick_every = max(0.1, min(1.0, self.timeout / 2 if self.timeout else 1.0))
+        while self.alive:
+            self.tick()
+            try:
+                ready = self.selector.select(tick_every)
+            except (OSError, ValueError):
+                if not self.alive:
+                    break
+                raise
+            now = time.monotonic()
+            for key, _ in ready:
+                if not self.alive:
+                    break
+                if key.data is None:
+                    self._accept(key.fileobj, now + head_timeout)  # type: ignore[arg-type]
+                else:
+                    self._on_readable(key.data)
+            self._expire(time.monotonic())
+        for pending in list(self.pending.values()):
+            self._drop(pending)
+
+    def unregister_listeners(self) -> None:
+        selector = getattr(self, "selector", None)
+        if selector is None:
+            return
+        for listener in self.sockets:
+            try:
+                selector.unregister(listener.sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _accept(self, listener: socket.socket, deadline: float) -> None:
+        try:
+            sock, addr = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError:
+            if not self.alive:
+                return
+            raise
+        if len(self.pending) >= self.cfg.worker_connections:
+            # Refuse politely: a status the client can read, then close.
+            try:
+                sock.setblocking(False)
+                sock.send(raw_error_response(503, "Service Unavailable"))
+            except OSError:
+                pass
+            sock.close()
+            return
+        sock.setblocking(False)
+        pending = _Pending(sock, addr, new_connection(self), deadline)
+        self.pending[sock.fileno()] = pending
+        self.selector.register(sock, selectors.EVENT_READ, pending)
+
+    def _on_readable(self, pending: _Pending) -> None:
+        try:
+            data = pending.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(pending)
+            return
+        conn = pending.conn
+        conn.receive_data(data)
+        try:
+            event = conn.next_event()
+        except ProtocolError as exc:
+            self._unregister(pending)
+            send_protocol_error(pending.sock, conn, exc)
+            pending.sock.close()
+            return
+        if event is NEED_DATA:
+            return
+        self._unregister(pending)
+        if isinstance(event, Request):
+            self._serve(pending, event)
+        pending.sock.close()
+
+    def _serve(self, pending: _Pending, request: Request) -> None:
+        sock = pending.sock
+        sock.setblocking(True)
+        # The sync worker closes after every response, as gunicorn's does.
+        pending.conn.close_after_response = True
+        io_timeout = float(self.cfg.timeout) or None
+        try:
+            serve_request(self, sock, pending.conn, request, peer_of(pending.addr), io_timeout)
+        finally:
+            self.notify()
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _expire(self, now: float) -> None:
+        for pending in [p for p in self.pending.values() if p.deadline <= now]:
+            self._unregister(pending)
+            send_protocol_error(
+                pending.sock, pending.conn, RequestTimeoutError("request head not received in time")
+            )
+            pending.sock.close()
+
+    def _unregister(self, pending: _Pending) -> None:
+        self.pending.pop(pending.sock.fileno(), None)
+        try:
+            self.selector.unregister(pending.sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _drop(self, pending: _Pending) -> None:
+        self._unregister(pending)
+        pending.sock.close()

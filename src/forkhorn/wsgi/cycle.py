@@ -1,0 +1,323 @@
+"""THE request cycle: call a WSGI app for one request and feed its response to the core.
+
+Every worker class goes through ``Exchange`` and ``run_app``; a worker only supplies the
+two ways to move bytes (``send`` and, for file responses, ``sendfile``).
+
+Rules kept (PEP 3333):
+- ``start_response`` may be called again only with ``exc_info`` and only before the head
+  is sent; after that it re-raises ``exc_info``. Its return value is the ``write()``
+  callable.
+- The head is sent with the first non-empty body chunk (or at the end), so an app that
+  fails before producing output still gets a clean 500.
+- ``close()`` is always called on the iterable, even when iterating fails.
+- An app exception before the head is sent gives a 500 and a logged traceback; after it,
+  the connection is closed (the client sees a truncated response, never a wrong one).
+- A request framing error found while the app reads ``wsgi.input`` raises from ``read()``
+  and the worker answers 400 (if nothing was sent) and closes; the app never sees a
+  silently truncated body.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterable
+from email.utils import formatdate
+from types import TracebackType
+from typing import Any, Protocol
+
+from forkhorn.http import InvalidResponseError, ProtocolError, ServerConnection
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class _DateCache:
+    """The ``Date`` header value, formatted at most once per second (RFC 9110 §6.6.1)."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.value = formatdate(now, usegmt=True).encode("ascii")
+        return self.value
+
+
+http_date = _DateCache().get
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: lets the worker send a file with ``sendfile()``.
+
+    Iterating it reads ``block_size`` pieces, so it also works where sendfile cannot
+    (chunked framing, files without a descriptor).
+    """
+
+    def __init__(self, filelike: Any, block_size: int = 8192) -> None:
+        self.filelike = filelike
+        self.block_size = block_size
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> FileWrapper:
+        return self
+
+    def __next__(self) -> bytes:
+        data: bytes = self.filelike.read(self.block_size)
+        if data:
+            return data
+        raise StopIteration
+
+    def fileno(self) -> int | None:
+        """The descriptor and remaining size when sendfile can be used, else None."""
+        try:
+            fd: int = self.filelike.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+        return fd
+
+
+class Sink(Protocol):
+    """How a worker moves response bytes; blocking workers pass their socket's methods."""
+
+    def __call__(self, data: bytes) -> None: ...
+
+
+class Exchange:
+    """One request's response: ``start_response``, ``write`` and the framing state.
+
+    Also the ``resp`` object handed to the ``post_request`` hook (``status``,
+    ``status_code``, ``headers``, ``sent``), as in gunicorn.
+    """
+
+    __slots__ = (
+        "conn",
+        "head_sent",
+        "headers",
+        "send",
+        "sent",
+        "started",
+        "status",
+    )
+
+    def __init__(self, conn: ServerConnection, send: Callable[[bytes], Any]) -> None:
+        self.conn = conn
+        self.send = send
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.head_sent = False
+        self.sent = 0  # body bytes handed to the framing (for the access log)
+        self.started = time.monotonic()
+
+    @property
+    def status_code(self) -> int:
+        status = self.status
+        return int(status[:3]) if status and status[:3].isdigit() else 0
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # no reference cycle through the traceback
+        elif self.status is not None:
+            raise AssertionError("start_response() called twice without exc_info")
+        if not isinstance(status, str):
+            raise InvalidResponseError(f"status must be str, not {type(status).__name__}")
+        if not isinstance(headers, list):
+            raise InvalidResponseError(f"headers must be a list, not {type(headers).__name__}")
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The ``write()`` callable and the body path for iterated chunks."""
+        if not self.head_sent:
+            if self.status is None:
+                raise AssertionError("write() before start_response()")
+            if not data:
+                return
+            if self.conn.error is not None:
+                raise self.conn.error
+            head = self.conn.send_response(self.status, self.headers, http_date())
+            self.head_sent = True
+            self.sent += len(data)
+            self.send(head + self.conn.send_data(data))
+            return
+        if data:
+            self.sent += len(data)
+            out = self.conn.send_data(data)
+            if out:
+                self.send(out)
+
+    def write_whole(self, body: bytes) -> None:
+        """The entire body is known: one head with Content-Length, one send."""
+        if self.status is None:
+            raise AssertionError("app returned without calling start_response()")
+        if self.conn.error is not None:
+            raise self.conn.error
+        head = self.conn.send_response(self.status, self.headers, http_date(), len(body))
+        self.head_sent = True
+        self.sent += len(body)
+        self.send(head + self.conn.send_data(body) + self.conn.send_end())
+
+    def finish(self) -> None:
+        """End the response: the head if nothing was sent yet, then the last chunk."""
+        if not self.head_sent:
+            if self.status is None:
+                raise AssertionError("app returned without calling start_response()")
+            if self.conn.error is not None:
+                raise self.conn.error
+            head = self.conn.send_response(self.status, self.headers, http_date(), 0)
+            self.head_sent = True
+            self.send(head + self.conn.send_end())
+            return
+        tail = self.conn.send_end()
+        if tail:
+            self.send(tail)
+
+
+def error_response(conn: ServerConnection, status: int, reason: str, detail: str = "") -> bytes:
+    """A complete plain-text error response that closes the connection."""
+    body = (
+        f"{status} {reason}\n".encode("latin-1")
+        if not detail
+        else (f"{status} {reason}: {detail}\n".encode("latin-1", "replace"))
+    )
+    conn.close_after_response = True
+    head = conn.send_response(
+        f"{status} {reason}",
+        [("Content-Type", "text/plain; charset=utf-8")],
+        http_date(),
+        len(body),
+    )
+    return head + conn.send_data(body) + conn.send_end()
+
+
+def raw_error_response(status: int, reason: str) -> bytes:
+    """An error response for input the core refused before there was a request to frame."""
+    body = f"{status} {reason}\n".encode("latin-1")
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n".encode("latin-1")
+        + b"Date: "
+        + http_date()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+def run_app(
+    app: WSGIApp,
+    environ: dict[str, Any],
+    exchange: Exchange,
+    sendfile: Callable[[int, int, int], int] | None,
+    log: Any,
+) -> bool:
+    """Run the app for one request and send its whole response.
+
+    Returns False when the connection must be closed without further ado (the response
+    could not be completed). Protocol errors from ``wsgi.input`` propagate to the caller
+    only when nothing was sent yet; after that they end the response.
+    """
+    try:
+        result = app(environ, exchange.start_response)
+    except ProtocolError:
+        raise
+    except Exception:
+        return _app_failed(exchange, environ, log, sys.exc_info())
+    try:
+        if isinstance(result, (list, tuple)) and len(result) == 1 and not exchange.head_sent:
+            body = result[0]
+            if not isinstance(body, bytes):
+                raise InvalidResponseError(f"app yielded {type(body).__name__}, not bytes")
+            exchange.write_whole(body)
+        elif isinstance(result, FileWrapper) and sendfile is not None:
+            _send_file(exchange, result, sendfile)
+        else:
+            write = exchange.write
+            for data in result:
+                if data.__class__ is not bytes and not isinstance(data, bytes):
+                    raise InvalidResponseError(f"app yielded {type(data).__name__}, not bytes")
+                write(data)
+            exchange.finish()
+    except ProtocolError:
+        if exchange.head_sent:
+            return False
+        raise
+    except OSError:
+        raise  # the client went away: the worker closes quietly
+    except Exception:
+        return _app_failed(exchange, environ, log, sys.exc_info())
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("Error closing the response iterable")
+    return True
+
+
+def _send_file(
+    exchange: Exchange, wrapper: FileWrapper, sendfile: Callable[[int, int, int], int]
+) -> None:
+    fd = wrapper.fileno()
+    if fd is None:
+        for data in wrapper:
+            exchange.write(data)
+        exchange.finish()
+        return
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        for data in wrapper:
+            exchange.write(data)
+        exchange.finish()
+        return
+    try:
+        offset = wrapper.filelike.tell()
+    except (AttributeError, OSError):
+        offset = 0
+    size = st.st_size - offset
+    if exchange.status is None:
+        raise AssertionError("app returned without calling start_response()")
+    conn = exchange.conn
+    head = conn.send_response(exchange.status, exchange.headers, http_date(), max(size, 0))
+    exchange.head_sent = True
+    exchange.send(head)
+    count = conn.sendfile_allowance(max(size, 0))
+    if count > 0:
+        sent = sendfile(fd, offset, count)
+        exchange.sent += sent
+        if sent < count:
+            raise ConnectionError("the file ended or the client left before it was sent")
+    tail = conn.send_end()
+    if tail:
+        exchange.send(tail)
+
+
+def _app_failed(exchange: Exchange, environ: dict[str, Any], log: Any, exc: Any) -> bool:
+    request_line = f"{environ.get('REQUEST_METHOD')} {environ.get('RAW_URI')}"
+    log.error("Error handling request %s", request_line, exc_info=exc)
+    if exchange.head_sent:
+        return False
+    conn = exchange.conn
+    exchange.status = "500 Internal Server Error"
+    exchange.headers = []
+    exchange.head_sent = True
+    exchange.send(error_response(conn, 500, "Internal Server Error"))
+    return True

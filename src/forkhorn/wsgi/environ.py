@@ -1,0 +1,161 @@
+"""PEP 3333 environ: turning a parsed ``Request`` into the dict the app receives.
+
+Rules kept:
+- Bytes become text here and only here, by PEP 3333's rule: latin-1 for everything that
+  came off the wire (``PATH_INFO`` is percent-decoded first, then latin-1 decoded).
+- Header names containing ``_`` are dropped by default (``header_map = "drop"``), so that
+  ``X_Auth: evil`` cannot pose as ``X-Auth`` once both become ``HTTP_X_AUTH``; ``refuse``
+  answers 400 instead and ``dangerous`` passes them (gunicorn's setting and values).
+- ``CONTENT_LENGTH`` comes from the framing the parser decided, never from a header a
+  second time; ``CONTENT_TYPE`` is set once. Repeated headers are joined with ", "
+  (``; `` for Cookie, RFC 6265 §5.4). Trailers never reach the environ.
+- ``SERVER_NAME``/``SERVER_PORT`` come from the Host header when present, else from the
+  listening address (what gunicorn does, and what URL reconstruction in PEP 3333 expects).
+
+How it works: each worker builds one ``base`` dict of the constant keys once; a request
+copies it (a C-level dict copy) and adds its own keys. Header names map to environ keys
+through a small cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from forkhorn.http import BadRequestError, Request
+
+_KEY_CACHE_LIMIT = 1024
+_key_cache: dict[bytes, str | None] = {
+    b"content-type": "CONTENT_TYPE",
+    b"content-length": None,  # from the framing, never from the header
+    b"host": "HTTP_HOST",
+    b"user-agent": "HTTP_USER_AGENT",
+    b"accept": "HTTP_ACCEPT",
+}
+
+
+def _environ_key(name: bytes) -> str | None:
+    key = _key_cache.get(name, "")
+    if key != "":
+        return key
+    key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+    if len(_key_cache) < _KEY_CACHE_LIMIT:
+        _key_cache[name] = key
+    return key
+
+
+def make_base_environ(
+    server_name: str,
+    server_port: str,
+    url_scheme: str,
+    errors: Any,
+    file_wrapper: Any,
+    multithread: bool,
+    server_software: str,
+) -> dict[str, Any]:
+    """The keys that are the same for every request a worker serves."""
+    return {
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
+        "SERVER_SOFTWARE": server_software,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": url_scheme,
+        "wsgi.errors": errors,
+        "wsgi.multithread": multithread,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.file_wrapper": file_wrapper,
+        "wsgi.input_terminated": True,
+    }
+
+
+def build_environ(
+    base: dict[str, Any],
+    request: Request,
+    remote_addr: str,
+    remote_port: str,
+    wsgi_input: Any,
+    header_map: str = "drop",
+) -> dict[str, Any]:
+    """The environ for one request. Raises BadRequestError for a refused header."""
+    environ = base.copy()
+    target = request.target
+    method = request.method.decode("latin-1")
+    raw_uri = target.decode("latin-1")
+    if target[0] != 0x2F:
+        path, query = _split_non_origin(target)
+    else:
+        path, sep, query = target.partition(b"?")
+        if b"#" in query:
+            query = query.partition(b"#")[0]
+        if b"#" in path:
+            path = path.partition(b"#")[0]
+    environ["REQUEST_METHOD"] = method
+    environ["RAW_URI"] = raw_uri
+    environ["PATH_INFO"] = (
+        unquote_to_bytes(path).decode("latin-1") if b"%" in path else path.decode("latin-1")
+    )
+    environ["QUERY_STRING"] = query.decode("latin-1")
+    environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.http_version == b"1.1" else "HTTP/1.0"
+    environ["REMOTE_ADDR"] = remote_addr
+    environ["REMOTE_PORT"] = remote_port
+    environ["wsgi.input"] = wsgi_input
+    if request.content_length:
+        environ["CONTENT_LENGTH"] = str(request.content_length)
+    elif request.chunked:
+        environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+
+    for name, value in request.headers:
+        key = _environ_key(name)
+        if key is None:
+            continue
+        if b"_" in name:
+            if header_map == "drop":
+                continue
+            if header_map == "refuse":
+                raise BadRequestError(f"header name with underscore: {name.decode()!r}")
+        text = value.decode("latin-1")
+        if key in environ and key.startswith("HTTP_"):
+            sep = "; " if key == "HTTP_COOKIE" else ", "
+            environ[key] = environ[key] + sep + text
+        elif key == "CONTENT_TYPE" and key in environ:
+            raise BadRequestError("duplicate Content-Type")
+        else:
+            environ[key] = text
+    if "HTTP_HOST" in environ:
+        _server_from_host(environ)
+    return environ
+
+
+def _split_non_origin(target: bytes) -> tuple[bytes, bytes]:
+    if target == b"*":
+        return b"*", b""
+    scheme_end = target.find(b"://")
+    if scheme_end < 0:  # CONNECT authority-form: no path
+        return b"", b""
+    rest = target[scheme_end + 3 :]
+    slash = rest.find(b"/")
+    qmark = rest.find(b"?")
+    if slash < 0 or (0 <= qmark < slash):
+        path_query = b"/" + rest[qmark:] if qmark >= 0 else b"/"
+    else:
+        path_query = rest[slash:]
+    path, _, query = path_query.partition(b"?")
+    return path, query.partition(b"#")[0]
+
+
+def _server_from_host(environ: dict[str, Any]) -> None:
+    host: str = environ["HTTP_HOST"]
+    if host.startswith("["):  # IPv6 literal
+        end = host.find("]")
+        name, port = host[: end + 1], host[end + 2 :]
+    else:
+        name, _, port = host.partition(":")
+    environ["SERVER_NAME"] = name
+    if port:
+        environ["SERVER_PORT"] = port
+    elif environ["wsgi.url_scheme"] == "https":
+        environ["SERVER_PORT"] = "443"
+    else:
+        environ["SERVER_PORT"] = "80"

@@ -1,0 +1,136 @@
+"""``wsgi.input`` for blocking workers: the request body, read from the socket on demand.
+
+Rules kept:
+- ``100 Continue`` is sent the first time the app reads (RFC 9110 §10.1.1), never before.
+- The body is never read past its framing; at its end ``read()`` returns b"" (so
+  ``wsgi.input_terminated`` is True and apps may read to EOF).
+- A framing error, a timeout or a lost client raises a ``ProtocolError`` from ``read()``
+  (400 or 408): the app never sees a silently truncated body, and the worker, seeing the
+  connection in error, answers the status if nothing was sent yet, then closes.
+
+Runs in: the worker, in whichever thread or greenlet runs the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from forkhorn.http import (
+    NEED_DATA,
+    BadRequestError,
+    Data,
+    RequestTimeoutError,
+    ServerConnection,
+)
+
+RECV_SIZE = 65536
+
+
+class InputStream:
+    """A file-like, read-only view of the request body (PEP 3333 ``wsgi.input``)."""
+
+    __slots__ = ("_buf", "_conn", "_done", "_recv", "_send", "_started")
+
+    def __init__(
+        self,
+        conn: ServerConnection,
+        recv: Callable[[int], bytes],
+        send: Callable[[bytes], object],
+    ) -> None:
+        self._conn = conn
+        self._recv = recv
+        self._send = send
+        self._buf = b""
+        self._done = conn.body_complete
+        self._started = False
+
+    def _fill(self) -> bool:
+        """Append the next piece of body to the buffer; False at the end of the body."""
+        if self._done:
+            return False
+        conn = self._conn
+        if not self._started:
+            self._started = True
+            interim = conn.send_continue()
+            if interim:
+                self._send(interim)
+        while True:
+            event = conn.next_event()
+            if event.__class__ is Data:
+                self._buf += event.data  # type: ignore[union-attr]
+                return True
+            if event is NEED_DATA:
+                try:
+                    data = self._recv(RECV_SIZE)
+                except TimeoutError:
+                    raise RequestTimeoutError("request body not received in time") from None
+                except OSError as exc:
+                    raise BadRequestError(f"connection lost reading the body: {exc}") from None
+                conn.receive_data(data)
+                continue
+            self._done = True  # EndOfMessage (PAUSED cannot come before it)
+            return False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            data, self._buf = self._buf, b""
+            return data
+        while len(self._buf) < size and self._fill():
+            pass
+        data = self._buf[:size]
+        self._buf = self._buf[size:]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = -1 if size is None else size
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                end = nl + 1
+                break
+            if 0 <= limit <= len(self._buf):
+                end = limit
+                break
+            if not self._fill():
+                end = len(self._buf)
+                break
+        if 0 <= limit < end:
+            end = limit
+        line = self._buf[:end]
+        self._buf = self._buf[end:]
+        return line
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+    def drain(self, limit: int) -> bool:
+        """Read and discard the rest of the body, at most ``limit`` bytes more.
+
+        Returns True when the body was read to its end (the connection can be reused).
+        """
+        self._buf = b""
+        seen = 0
+        while self._fill():
+            seen += len(self._buf)
+            self._buf = b""
+            if seen > limit:
+                return False
+        return True
