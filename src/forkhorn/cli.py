@@ -1,0 +1,123 @@
+"""The ``forkhorn`` command: argv -> Config -> serve, with one-line errors and exit codes.
+
+Flow: ``--version``/``--help`` are answered first (they work even with a broken config
+file); then ``load_config(argv, os.environ)``; ``--print-config`` prints every value with
+its source; ``--check-config`` loads the app and exits 0 or 1; otherwise the arbiter runs
+and its exit code is ours.
+
+Rules kept here:
+- A ``ForkhornError`` is printed as ``Error: <message>`` on one line of stderr and exits
+  with the error's code (``errors.py``: config 2, boot 3, app 4, bind 1); the traceback is
+  printed only with ``--log-level debug``.
+- Ctrl-C exits 130 without a traceback.
+- This is the only module that reads ``os.environ`` for settings, and only by passing it
+  to ``load_config``.
+
+Runs in: the master process, before anything is bound or forked.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from forkhorn import __version__
+from forkhorn.config import Config, help_text, load_config, peek_command_line
+from forkhorn.errors import ConfigError, ForkhornError
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (without the program name); return the exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    request = peek_command_line(args)
+    debug = request.debug
+    try:
+        if request.version:
+            print(f"forkhorn {__version__}")
+            return EXIT_OK
+        if request.help:
+            sys.stdout.write(help_text())
+            return EXIT_OK
+        cfg = load_config(args, os.environ)
+        debug = cfg.loglevel == "debug"
+        if cfg.print_config:
+            sys.stdout.write(cfg.print_config_text())
+            if not cfg.check_config:
+                return EXIT_OK
+        if cfg.check_config:
+            return _check_config(cfg)
+        return _serve(cfg)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except ForkhornError as exc:
+        _report(exc, debug)
+        return exc.exit_code
+
+
+def _report(exc: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc)
+    print(f"Error: {exc}", file=sys.stderr)
+
+
+def prepare_app_environment(cfg: Config) -> None:
+    """Apply ``chdir``, the import path and ``raw_env`` before the app is imported.
+
+    gunicorn's order: change directory, put it first on ``sys.path`` (the ``forkhorn``
+    console script does not have the working directory there), then ``pythonpath``
+    entries in front of it. Idempotent, so a later caller may apply it again.
+    """
+    if cfg.chdir:
+        try:
+            os.chdir(cfg.chdir)
+        except OSError as exc:
+            raise ConfigError(f"chdir = {cfg.chdir!r}: {exc.strerror}") from exc
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    if cfg.pythonpath:
+        for entry in reversed([item.strip() for item in cfg.pythonpath.split(",")]):
+            if entry and entry not in sys.path:
+                sys.path.insert(0, entry)
+    for assignment in cfg.raw_env:
+        key, _, value = assignment.partition("=")
+        os.environ[key.strip()] = value
+
+
+def _require_app(cfg: Config) -> str:
+    if not cfg.wsgi_app:
+        raise ConfigError("No application module specified (give APP, e.g. myapp:app)")
+    return cfg.wsgi_app
+
+
+def _check_config(cfg: Config) -> int:
+    """--check-config: the config already loaded; now the app must load too."""
+    from forkhorn.wsgi.loader import load_app
+
+    try:
+        uri = _require_app(cfg)
+        prepare_app_environment(cfg)
+        load_app(uri)
+    except ForkhornError as exc:
+        _report(exc, cfg.loglevel == "debug")
+        return EXIT_CHECK_FAILED
+    print(f"Config OK: app {uri!r} loads")
+    return EXIT_OK
+
+
+def _serve(cfg: Config) -> int:
+    _require_app(cfg)
+    prepare_app_environment(cfg)
+    try:
+        from forkhorn.arbiter import Arbiter
+    except ImportError as exc:
+        raise ForkhornError(
+            f"cannot start the server: forkhorn.arbiter is unusable: {exc}"
+        ) from exc
+    code = Arbiter(cfg).run()
+    return int(code or 0)

@@ -1,0 +1,144 @@
+"""Logging settings: error log, access log and its format, logging config, syslog, statsd."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from forkhorn.config.converters import (
+    boolean,
+    choice,
+    dotted_path,
+    mapping,
+    optional_string,
+    string,
+)
+from forkhorn.config.setting import Setting
+
+# Apache's "combined" log format, in gunicorn's atoms.
+DEFAULT_ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+
+class LoggingOptions:
+    SECTION: ClassVar[str] = "Logging"
+    __slots__ = ()
+
+    accesslog = Setting(
+        default=None,
+        convert=optional_string,
+        flags=("--access-logfile",),
+        metavar="FILE",
+        doc="Where to write the access log; ``-`` is stdout. None writes no access log.",
+    )
+    disable_redirect_access_to_syslog = Setting(
+        default=False,
+        convert=boolean,
+        flags=("--disable-redirect-access-to-syslog",),
+        action="flag",
+        doc="Do not send access log lines to syslog when ``syslog`` is on.",
+    )
+    access_log_format = Setting(
+        default=DEFAULT_ACCESS_LOG_FORMAT,
+        convert=string,
+        flags=("--access-logformat",),
+        metavar="STRING",
+        doc="""
+        The access log line, in gunicorn's atoms: ``h`` remote address, ``l`` ``-``, ``u``
+        user, ``t`` date, ``r`` request line, ``m`` method, ``U`` path, ``q`` query, ``H``
+        protocol, ``s`` status, ``B``/``b`` response length, ``f`` referer, ``a`` user
+        agent, ``T``/``M``/``D``/``L`` request time in s/ms/us/decimal s, ``p`` pid,
+        ``{name}i`` request header, ``{name}o`` response header, ``{name}e`` environ.
+        """,
+    )
+    errorlog = Setting(
+        default="-",
+        convert=string,
+        flags=("--error-logfile", "--log-file"),
+        metavar="FILE",
+        doc="Where to write the error log; ``-`` is stderr.",
+    )
+    loglevel = Setting(
+        default="info",
+        convert=choice("debug", "info", "warning", "error", "critical"),
+        flags=("--log-level",),
+        metavar="LEVEL",
+        doc="""
+        The error log level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``.
+        At ``debug``, start-up errors also print their traceback.
+        """,
+    )
+    capture_output = Setting(
+        default=False,
+        convert=boolean,
+        flags=("--capture-output",),
+        action="flag",
+        doc="Send the app's stdout and stderr to the error log file.",
+    )
+    logger_class = Setting(
+        default="forkhorn.logs.Logger",
+        convert=dotted_path,
+        flags=("--logger-class",),
+        metavar="STRING",
+        doc="The logger class, as a dotted path; it must take the config as its argument.",
+    )
+    logconfig = Setting(
+        default=None,
+        convert=optional_string,
+        flags=("--log-config",),
+        metavar="FILE",
+        doc="A ``logging.config.fileConfig`` file that configures logging.",
+    )
+    logconfig_dict = Setting[dict[str, Any]](
+        default={},
+        convert=mapping,
+        default_doc="{}",
+        doc="A ``logging.config.dictConfig`` dict that configures logging. Config file only.",
+    )
+    logconfig_json = Setting(
+        default=None,
+        convert=optional_string,
+        flags=("--log-config-json",),
+        metavar="FILE",
+        doc="A JSON file holding a ``logging.config.dictConfig`` dict.",
+    )
+    syslog = Setting(
+        default=False,
+        convert=boolean,
+        flags=("--log-syslog",),
+        action="flag",
+        doc="Also send log lines to syslog.",
+    )
+    syslog_addr = Setting(
+        default="udp://localhost:514",
+        convert=string,
+        flags=("--log-syslog-to",),
+        metavar="SYSLOG_ADDR",
+        doc="The syslog address: ``unix://PATH``, ``udp://HOST:PORT`` or ``tcp://HOST:PORT``.",
+    )
+    syslog_prefix = Setting(
+        default=None,
+        convert=optional_string,
+        flags=("--log-syslog-prefix",),
+        metavar="SYSLOG_PREFIX",
+        doc="The program name used in syslog lines; defaults to the process name.",
+    )
+    syslog_facility = Setting(
+        default="user",
+        convert=string,
+        flags=("--log-syslog-facility",),
+        metavar="SYSLOG_FACILITY",
+        doc="The syslog facility name.",
+    )
+    statsd_host = Setting(
+        default=None,
+        convert=optional_string,
+        flags=("--statsd-host",),
+        metavar="STATSD_ADDR",
+        doc="``HOST:PORT`` of a statsd server to send metrics to. Accepted, not yet used.",
+    )
+    statsd_prefix = Setting(
+        default="",
+        convert=string,
+        flags=("--statsd-prefix",),
+        metavar="STATSD_PREFIX",
+        doc="A prefix for the statsd metric names.",
+    )

@@ -1,0 +1,159 @@
+"""Security settings: request size limits, read deadlines, proxies and trusted headers.
+
+Default limits, and why:
+- ``limit_request_line`` 4094, ``limit_request_fields`` 100 and
+  ``limit_request_field_size`` 8190 are gunicorn's, which most proxies in front of it
+  also use (nginx's ``large_client_header_buffers`` is 8 KiB).
+- ``header_timeout`` 30 s matches gunicorn's ``timeout`` and nginx's 60 s
+  ``client_header_timeout`` halved: a real client sends its head in one round trip.
+- ``body_min_rate`` 500 B/s is Apache mod_reqtimeout's ``MinRate``: far below any real
+  uplink, far above a slowloris trickle.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from forkhorn.config.converters import (
+    address_list,
+    boolean,
+    choice,
+    header_mapping,
+    header_value,
+    integer,
+    non_negative_int,
+    seconds,
+)
+from forkhorn.config.setting import Setting
+
+# The HTTP core's hard ceilings (gunicorn's MAX_REQUEST_LINE and MAX_HEADERS).
+MAX_REQUEST_LINE = 8190
+MAX_HEADERS = 32768
+DEFAULT_MAX_FIELD_SIZE = 8190
+
+
+class SecurityOptions:
+    SECTION: ClassVar[str] = "Security and limits"
+    __slots__ = ()
+
+    limit_request_line = Setting(
+        default=4094,
+        convert=integer(0, MAX_REQUEST_LINE),
+        flags=("--limit-request-line",),
+        metavar="INT",
+        doc=f"""
+        The longest request line (method, target and version) in bytes, 0 to
+        {MAX_REQUEST_LINE}; 0 means the maximum, {MAX_REQUEST_LINE}. Longer lines get 414.
+        """,
+    )
+    limit_request_fields = Setting(
+        default=100,
+        convert=integer(0, MAX_HEADERS),
+        flags=("--limit-request-fields",),
+        metavar="INT",
+        doc=f"""
+        The most header fields in a request, up to {MAX_HEADERS}; 0 means {MAX_HEADERS}.
+        More get 431.
+        """,
+    )
+    limit_request_field_size = Setting(
+        default=DEFAULT_MAX_FIELD_SIZE,
+        convert=non_negative_int,
+        flags=("--limit-request-field_size", "--limit-request-field-size"),
+        metavar="INT",
+        doc=f"""
+        The largest header field (name, colon and value) in bytes; 0 means the default,
+        {DEFAULT_MAX_FIELD_SIZE}. Larger get 431.
+        """,
+    )
+    limit_request_body = Setting(
+        default=0,
+        convert=non_negative_int,
+        flags=("--limit-request-body",),
+        metavar="BYTES",
+        doc="""
+        The largest request body in bytes; a larger declared or received body gets 413
+        without running the app. 0 means unlimited.
+        """,
+    )
+    header_timeout = Setting(
+        default=30.0,
+        convert=seconds,
+        flags=("--header-timeout",),
+        metavar="SECONDS",
+        doc="""
+        The whole request head must arrive within this many seconds of the connection (or
+        of the previous response on keep-alive); a deadline, not an idle timer that each
+        byte resets. Slow clients are closed with 408. 0 turns it off.
+        """,
+    )
+    body_min_rate = Setting(
+        default=500,
+        convert=non_negative_int,
+        flags=("--body-min-rate",),
+        metavar="BYTES_PER_SECOND",
+        doc="""
+        The slowest upload accepted. Reading a body starts with ``header_timeout`` seconds
+        of allowance and each ``body_min_rate`` bytes received adds one second (Apache
+        mod_reqtimeout's ``MinRate``); a client behind that schedule is closed. 0 is off.
+        """,
+    )
+    header_map = Setting(
+        default="drop",
+        convert=choice("drop", "refuse", "dangerous"),
+        flags=("--header-map",),
+        metavar="STRING",
+        doc="""
+        What to do with headers whose names map to the same WSGI environ key
+        (``X-Forwarded_For`` vs ``X-Forwarded-For``): ``drop`` the underscore forms,
+        ``refuse`` the request with 400, or pass them (``dangerous``).
+        """,
+    )
+    server_header = Setting(
+        default="forkhorn",
+        convert=header_value,
+        flags=("--server-header",),
+        metavar="STRING",
+        doc="The value of the ``Server`` response header; an empty string sends none.",
+    )
+    forwarded_allow_ips = Setting(
+        default=["127.0.0.1", "::1"],
+        convert=address_list,
+        flags=("--forwarded-allow-ips",),
+        metavar="STRING",
+        env=("FORWARDED_ALLOW_IPS",),
+        env_convert=str,
+        default_doc="'127.0.0.1,::1'",
+        doc="""
+        Front-end addresses (comma separated IPs or networks, or ``*``) trusted to set
+        ``secure_scheme_headers``. ``FORWARDED_ALLOW_IPS`` in the environment replaces the
+        default.
+        """,
+    )
+    secure_scheme_headers = Setting(
+        default={
+            "X-FORWARDED-PROTOCOL": "ssl",
+            "X-FORWARDED-PROTO": "https",
+            "X-FORWARDED-SSL": "on",
+        },
+        convert=header_mapping,
+        doc="""
+        Headers and values that, from a trusted front end, mark the request as HTTPS
+        (``wsgi.url_scheme``). Config file only.
+        """,
+    )
+    proxy_protocol = Setting(
+        default=False,
+        convert=boolean,
+        flags=("--proxy-protocol",),
+        action="flag",
+        doc="Expect a PROXY protocol header (v1) from trusted peers. Accepted, not yet used.",
+    )
+    proxy_allow_ips = Setting(
+        default=["127.0.0.1", "::1"],
+        convert=address_list,
+        flags=("--proxy-allow-from",),
+        metavar="STRING",
+        default_doc="'127.0.0.1,::1'",
+        doc="Front-end addresses allowed to send a PROXY protocol header.",
+    )

@@ -1,0 +1,172 @@
+"""Server settings: the app, the config file, where to listen, and start-up modes."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from forkhorn.config.converters import (
+    bind_list,
+    boolean,
+    choice,
+    existing_directory,
+    non_negative_int,
+    optional_boolean,
+    optional_string,
+    string_list,
+)
+from forkhorn.config.setting import Setting
+
+
+def _port_to_bind(port: str) -> object:
+    # gunicorn: with PORT set and no bind anywhere, listen on every interface at $PORT
+    # (what Heroku-style platforms expect).
+    return [f"0.0.0.0:{port.strip()}"]
+
+
+class ServerOptions:
+    SECTION: ClassVar[str] = "Server"
+    __slots__ = ()
+
+    wsgi_app = Setting(
+        default=None,
+        convert=optional_string,
+        metavar="APP",
+        doc="""
+        The WSGI application to serve: ``module:attr``, ``module`` (then ``application``
+        is used), ``pkg.mod:obj.attr`` or ``module:factory(literal, args)``. Given as the
+        positional ``APP`` argument or in a config file.
+        """,
+    )
+    config = Setting(
+        default=None,
+        convert=optional_string,
+        flags=("-c", "--config"),
+        metavar="CONFIG",
+        default_doc="./forkhorn.conf.py when that file exists, else None",
+        doc="""
+        The config file: a path to a Python file, or ``python:module.name`` to import a
+        module. Its lower-case names that match settings are applied; other names are
+        ignored. ``./forkhorn.conf.py`` is read when present and no ``-c`` is given; a file
+        named with ``-c`` must exist.
+        """,
+    )
+    bind = Setting(
+        default=["127.0.0.1:8000"],
+        convert=bind_list,
+        flags=("-b", "--bind"),
+        metavar="ADDRESS",
+        action="append",
+        env=("PORT",),
+        env_convert=_port_to_bind,
+        default_doc="['127.0.0.1:8000']",
+        doc="""
+        Addresses to listen on; repeat the flag for several. Forms: ``HOST:PORT``,
+        ``[IPv6]:PORT``, ``HOST`` (port 8000), ``:PORT`` (every interface),
+        ``unix:PATH`` and ``fd://N`` (an inherited file descriptor). Port 0 lets the
+        kernel choose; the real address is logged. When ``PORT`` is set in the
+        environment and no bind is given anywhere, the default is ``0.0.0.0:$PORT``.
+        """,
+    )
+    backlog = Setting(
+        default=2048,
+        convert=non_negative_int,
+        flags=("--backlog",),
+        metavar="INT",
+        doc="""
+        The listen queue length: connections the kernel accepts on our behalf before a
+        worker takes them. Capped by ``net.core.somaxconn``; 64 to 2048 is usual.
+        """,
+    )
+    reuse_port = Setting(
+        default=False,
+        convert=boolean,
+        flags=("--reuse-port",),
+        action="flag",
+        doc="Set ``SO_REUSEPORT`` on the listening sockets.",
+    )
+    preload_app = Setting(
+        default=False,
+        convert=boolean,
+        flags=("--preload",),
+        action="flag",
+        doc="""
+        Load the app in the master before forking, so workers share its memory pages and
+        start faster. The app is then not re-imported by a worker restart, only by a
+        reload (HUP) or upgrade.
+        """,
+    )
+    chdir = Setting(
+        default=None,
+        convert=existing_directory,
+        flags=("--chdir",),
+        metavar="DIR",
+        default_doc="the current directory",
+        doc="Change to this directory before loading the app; it is also put on sys.path.",
+    )
+    pythonpath = Setting(
+        default=None,
+        convert=optional_string,
+        flags=("--pythonpath",),
+        metavar="PATHS",
+        doc="Comma-separated directories added to the front of sys.path before the app loads.",
+    )
+    # The attribute is ``reload_enabled`` because ``Config.reload()`` re-reads the config
+    # (the architecture contract); the setting, flag and config-file key stay ``reload``.
+    reload_enabled = Setting(
+        key="reload",
+        default=False,
+        convert=boolean,
+        flags=("--reload",),
+        action="flag",
+        doc="""
+        Restart workers when code changes. For development only. In Python code the value
+        is ``cfg.reload_enabled`` (``cfg.reload()`` re-reads the configuration).
+        """,
+    )
+    reload_engine = Setting(
+        default="auto",
+        convert=choice("auto", "poll", "inotify"),
+        flags=("--reload-engine",),
+        metavar="STRING",
+        doc="How ``reload`` watches files: ``auto``, ``poll`` or ``inotify``.",
+    )
+    reload_extra_files = Setting[list[str]](
+        default=[],
+        convert=string_list,
+        flags=("--reload-extra-file",),
+        metavar="FILES",
+        action="append",
+        doc="More files to watch with ``reload`` (templates, config); repeatable.",
+    )
+    sendfile = Setting(
+        default=None,
+        convert=optional_boolean,
+        flags=("--no-sendfile",),
+        action="flag_false",
+        default_doc="None (use sendfile where the platform has it)",
+        doc="""
+        ``--no-sendfile`` turns off ``os.sendfile`` for ``wsgi.file_wrapper`` responses
+        (some virtual file systems break it).
+        """,
+    )
+    check_config = Setting(
+        default=False,
+        convert=boolean,
+        flags=("--check-config",),
+        action="flag",
+        doc="Load the configuration and the app, then exit 0 if both are fine, 1 if not.",
+    )
+    print_config = Setting(
+        default=False,
+        convert=boolean,
+        flags=("--print-config",),
+        action="flag",
+        doc="Print every resolved setting with where its value came from, then exit 0.",
+    )
+    spew = Setting(
+        default=False,
+        convert=boolean,
+        flags=("--spew",),
+        action="flag",
+        doc="Trace every executed line (``sys.settrace``). Debugging only; very slow.",
+    )

@@ -1,0 +1,153 @@
+"""Worker settings: how many processes, which class, and when a worker is recycled."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from forkhorn.config.converters import (
+    dotted_path,
+    non_negative_int,
+    optional_string,
+    positive_int,
+    seconds,
+)
+from forkhorn.config.setting import Setting
+
+
+class WorkerOptions:
+    SECTION: ClassVar[str] = "Worker processes"
+    __slots__ = ()
+
+    workers = Setting(
+        default=1,
+        convert=positive_int,
+        flags=("-w", "--workers"),
+        metavar="INT",
+        env=("WEB_CONCURRENCY",),
+        doc="""
+        The number of worker processes. Two to four per CPU core is a common start.
+        ``WEB_CONCURRENCY`` in the environment replaces the default, as with gunicorn, so a
+        config file or ``-w`` still wins over it.
+        """,
+    )
+    worker_class = Setting(
+        default="sync",
+        convert=dotted_path,
+        flags=("-k", "--worker-class"),
+        metavar="STRING",
+        doc="""
+        The worker type: ``sync``, ``gthread``, ``gevent``, ``eventlet``, ``fast``, or a
+        class given as ``pkg.mod:Class`` or ``pkg.mod.Class``. ``sync`` with ``threads``
+        above 1 runs ``gthread``, as gunicorn does.
+        """,
+    )
+    threads = Setting(
+        default=1,
+        convert=positive_int,
+        flags=("--threads",),
+        metavar="INT",
+        doc="Threads per worker for the ``gthread`` worker.",
+    )
+    worker_connections = Setting(
+        default=1000,
+        convert=positive_int,
+        flags=("--worker-connections",),
+        metavar="INT",
+        doc="""
+        The most connections one worker keeps open at once (``gthread``, ``gevent``,
+        ``eventlet``, ``fast``, and the sync worker's head-waiting pool). Beyond it a
+        worker stops accepting until one closes.
+        """,
+    )
+    max_requests = Setting(
+        default=0,
+        convert=non_negative_int,
+        flags=("--max-requests",),
+        metavar="INT",
+        doc="Restart a worker after this many requests (a leak bound). 0 turns it off.",
+    )
+    max_requests_jitter = Setting(
+        default=0,
+        convert=non_negative_int,
+        flags=("--max-requests-jitter",),
+        metavar="INT",
+        doc="""
+        Add a random 0..N to ``max_requests`` per worker so that workers do not all restart
+        at once.
+        """,
+    )
+    timeout = Setting(
+        default=30,
+        convert=non_negative_int,
+        flags=("-t", "--timeout"),
+        metavar="INT",
+        doc="""
+        A worker silent for this many seconds, or a request running longer, is logged with
+        its stack and replaced. 0 turns it off.
+        """,
+    )
+    graceful_timeout = Setting(
+        default=30,
+        convert=non_negative_int,
+        flags=("--graceful-timeout",),
+        metavar="INT",
+        doc="""
+        On a graceful stop or restart, how long workers may finish in-flight requests
+        before they are killed.
+        """,
+    )
+    keepalive = Setting(
+        default=2,
+        convert=non_negative_int,
+        flags=("--keep-alive",),
+        metavar="INT",
+        doc="""
+        Seconds an idle keep-alive connection waits for the next request. The sync worker
+        closes after each response regardless. 0 turns keep-alive off.
+        """,
+    )
+    max_worker_memory = Setting(
+        default=0,
+        convert=non_negative_int,
+        flags=("--max-worker-memory",),
+        metavar="MIB",
+        doc="""
+        Retire a worker whose resident memory (RSS) passes this many MiB, after its current
+        requests; its replacement starts first. 0 turns it off.
+        """,
+    )
+    max_worker_lifetime = Setting(
+        default=0.0,
+        convert=seconds,
+        flags=("--max-worker-lifetime",),
+        metavar="SECONDS",
+        doc="Retire a worker after it has run this long, without dropping requests. 0 is off.",
+    )
+    max_worker_lifetime_jitter = Setting(
+        default=0.0,
+        convert=seconds,
+        flags=("--max-worker-lifetime-jitter",),
+        metavar="SECONDS",
+        doc="Add a random 0..N seconds to ``max_worker_lifetime`` per worker.",
+    )
+    request_timeout = Setting(
+        default=0.0,
+        convert=seconds,
+        flags=("--request-timeout",),
+        metavar="SECONDS",
+        doc="""
+        Per-request limit (like uWSGI's harakiri): a request running longer is interrupted,
+        answered 504 when headers were not sent yet, and logged with its stack. 0 is off;
+        ``timeout`` still bounds every worker.
+        """,
+    )
+    worker_tmp_dir = Setting(
+        default=None,
+        convert=optional_string,
+        flags=("--worker-tmp-dir",),
+        metavar="DIR",
+        doc="""
+        Accepted for gunicorn compatibility and unused: forkhorn's heartbeat lives in
+        shared memory, not in a file.
+        """,
+    )

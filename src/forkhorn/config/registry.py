@@ -1,0 +1,176 @@
+"""The settings registry and the resolved, typed, read-only ``Config``.
+
+What it holds:
+- ``Config``: inherits every options class, so each setting is a typed attribute
+  (``cfg.workers: int``); ``__slots__`` and the descriptors make ``cfg.wokers`` an
+  AttributeError and a mypy error, and assignment impossible.
+- ``SETTINGS``: name -> ``Setting``, in documentation order (sections in
+  ``OPTION_CLASSES`` order, settings in declaration order).
+- ``validate()``: every rule that involves more than one setting, in one place.
+
+``config`` imports nothing from forkhorn but ``forkhorn.errors`` (architecture rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from forkhorn.config.options.hooks import HookOptions
+from forkhorn.config.options.logging import LoggingOptions
+from forkhorn.config.options.process import ProcessOptions
+from forkhorn.config.options.security import SecurityOptions
+from forkhorn.config.options.server import ServerOptions
+from forkhorn.config.options.worker import WorkerOptions
+from forkhorn.config.setting import Setting
+from forkhorn.errors import ConfigError
+
+OPTION_CLASSES: tuple[type, ...] = (
+    ServerOptions,
+    WorkerOptions,
+    SecurityOptions,
+    LoggingOptions,
+    ProcessOptions,
+    HookOptions,
+)
+
+
+def _collect() -> dict[str, Setting[Any]]:
+    found: dict[str, Setting[Any]] = {}
+    for options in OPTION_CLASSES:
+        for value in vars(options).values():
+            if isinstance(value, Setting):
+                if value.name in found:
+                    raise RuntimeError(f"setting {value.name!r} is declared twice")
+                found[value.name] = value
+    return found
+
+
+SETTINGS: Mapping[str, Setting[Any]] = _collect()
+
+DEFAULT_SOURCE = "default"
+
+
+class Config(
+    ServerOptions,
+    WorkerOptions,
+    SecurityOptions,
+    LoggingOptions,
+    ProcessOptions,
+    HookOptions,
+):
+    """Every setting, resolved, with where each value came from.
+
+    Made by ``load_config``; read-only. ``cfg.reload()`` makes a new one from the same
+    argv and environment (re-reading the config file), for HUP.
+    """
+
+    __slots__ = ("_argv", "_environ", "_sources", "_values")
+
+    def __init__(
+        self,
+        values: Mapping[str, Any],
+        sources: Mapping[str, str],
+        argv: list[str],
+        environ: Mapping[str, str],
+    ) -> None:
+        missing = set(SETTINGS) - set(values)
+        if missing:
+            raise ValueError(f"values missing for: {', '.join(sorted(missing))}")
+        self._values: dict[str, Any] = dict(values)
+        self._sources: dict[str, str] = {name: sources.get(name, DEFAULT_SOURCE) for name in values}
+        self._argv = list(argv)
+        self._environ = dict(environ)
+
+    def source(self, name: str) -> str:
+        """Where ``name``'s value came from: ``default``, ``config file <path>``,
+        ``FORKHORN_CMD_ARGS``, ``WEB_CONCURRENCY``, ``PORT``, ``FORWARDED_ALLOW_IPS``
+        or ``command line``."""
+        if name not in self._sources:
+            raise KeyError(f"no setting named {name!r}")
+        return self._sources[name]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting's value, by name (a shallow copy)."""
+        return dict(self._values)
+
+    @property
+    def argv(self) -> list[str]:
+        """The command-line arguments this config was loaded from."""
+        return list(self._argv)
+
+    @property
+    def worker_class_name(self) -> str:
+        """The worker class to run: ``sync`` with ``threads`` > 1 means ``gthread``
+        (gunicorn's rule)."""
+        if self.worker_class == "sync" and self.threads > 1:
+            return "gthread"
+        return self.worker_class
+
+    def reload(self) -> Config:
+        """Re-read the config file with the same argv and environment (HUP)."""
+        from forkhorn.config.sources import load_config  # sources imports this module
+
+        return load_config(self._argv, self._environ)
+
+    def print_config_text(self) -> str:
+        """Every resolved value with its source, one per line, in documentation order.
+
+        The lines read as a Python config file (``name = value  # source``).
+        """
+        width = max(len(name) for name in SETTINGS)
+        lines = []
+        for name, setting in SETTINGS.items():
+            lines.append(
+                f"{name:<{width}} = {_show(self._values[name], setting)}  # {self.source(name)}"
+            )
+        return "\n".join(lines) + "\n"
+
+    def __repr__(self) -> str:
+        changed = {
+            name: self._values[name] for name, src in self._sources.items() if src != "default"
+        }
+        return f"Config({changed!r})"
+
+
+def _show(value: object, setting: Setting[Any]) -> str:
+    if setting.arity is not None and callable(value):
+        module = getattr(value, "__module__", "?")
+        qualname = getattr(value, "__qualname__", repr(value))
+        if value is setting.default:
+            return "<no-op>"
+        return f"<{module}.{qualname}>"
+    return repr(value)
+
+
+def validate(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """Rules that involve more than one setting, or a bound the converters cannot see.
+
+    Raises ConfigError naming the settings and their sources.
+    """
+
+    def where(name: str) -> str:
+        return f"{name} = {values[name]!r} (from {sources.get(name, DEFAULT_SOURCE)})"
+
+    # The HTTP core cannot read a longer request line than 8190 bytes (gunicorn's limit).
+    if not 0 <= values["limit_request_line"] <= 8190:
+        raise ConfigError(f"{where('limit_request_line')}: expected 0 to 8190")
+    if not 0 <= values["limit_request_fields"] <= 32768:
+        raise ConfigError(f"{where('limit_request_fields')}: expected 0 to 32768")
+    logging_configs = [
+        name for name in ("logconfig", "logconfig_dict", "logconfig_json") if values[name]
+    ]
+    if len(logging_configs) > 1:
+        raise ConfigError(
+            f"{' and '.join(where(name) for name in logging_configs)}: set only one of them"
+        )
+    if values["max_worker_lifetime_jitter"] and not values["max_worker_lifetime"]:
+        raise ConfigError(
+            f"{where('max_worker_lifetime_jitter')}: needs max_worker_lifetime to be set"
+        )
+    if values["timeout"] and values["request_timeout"] > values["timeout"]:
+        # The worker-level timeout would fire first and the request deadline would never
+        # be seen, which is not what the user asked for.
+        raise ConfigError(
+            f"{where('request_timeout')}: must not exceed {where('timeout')} (or set timeout 0)"
+        )

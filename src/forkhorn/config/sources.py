@@ -1,0 +1,257 @@
+"""Where settings come from, and ``load_config`` which merges them into a ``Config``.
+
+Precedence, lowest first (each layer replaces whole values, lists included):
+
+1. defaults, where ``WEB_CONCURRENCY`` (workers), ``PORT`` (bind ``0.0.0.0:$PORT``) and
+   ``FORWARDED_ALLOW_IPS`` replace the default, as gunicorn does: a config file or a flag
+   still wins over them;
+2. the config file (``-c PATH``, ``-c python:module``, else ``./forkhorn.conf.py`` when it
+   exists); its lower-case names that match settings are applied, others ignored;
+3. ``FORKHORN_CMD_ARGS``, split like a shell command line and parsed like argv;
+4. the command line.
+
+Rules kept here:
+- Every value is converted in the layer it comes from and remembers that layer, so an
+  error names it: ``workers = "abc" (from FORKHORN_CMD_ARGS): expected a positive integer``.
+- argparse never prints or exits: its errors become ``ConfigError`` (one line), and
+  ``--help``/``--version`` are plain flags that ``cli.main`` acts on.
+- Only ``load_config`` reads the environment, and only the mapping it is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import copy
+import importlib
+import json
+import shlex
+import textwrap
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from forkhorn.config.converters import CONFIG_FILE_MODULE, BadItemError
+from forkhorn.config.registry import DEFAULT_SOURCE, SETTINGS, Config, validate
+from forkhorn.errors import ConfigError
+
+CMD_ARGS_ENV = "FORKHORN_CMD_ARGS"
+COMMAND_LINE = "command line"
+DEFAULT_CONFIG_FILE = "./forkhorn.conf.py"
+PYTHON_MODULE_PREFIX = "python:"
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise ConfigError(message or f"argument parsing stopped with status {status}")
+
+
+def _summary(doc: str) -> str:
+    text = " ".join(textwrap.dedent(doc).split())
+    first = text.split(". ")[0].rstrip(".")
+    # argparse %-formats help strings.
+    return first.replace("%", "%%").replace("``", "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser, generated from the registry."""
+    parser = _ArgumentParser(
+        prog="forkhorn",
+        usage="forkhorn [OPTIONS] [APP]",
+        description="A pre-fork HTTP/1.1 WSGI server with gunicorn's interface.",
+        add_help=False,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("-h", "--help", action="store_true", dest="_help", help="show help")
+    parser.add_argument(
+        "-v", "--version", action="store_true", dest="_version", help="show the version"
+    )
+    for name, setting in SETTINGS.items():
+        help_text = _summary(setting.doc)
+        if name == "wsgi_app":
+            parser.add_argument(name, nargs="?", metavar="APP", help=help_text)
+            continue
+        if not setting.flags:
+            continue
+        if setting.action == "flag":
+            parser.add_argument(
+                *setting.flags, dest=name, action="store_const", const=True, help=help_text
+            )
+        elif setting.action == "flag_false":
+            parser.add_argument(
+                *setting.flags, dest=name, action="store_const", const=False, help=help_text
+            )
+        else:
+            parser.add_argument(
+                *setting.flags,
+                dest=name,
+                action="append" if setting.action == "append" else "store",
+                metavar=setting.metavar,
+                help=help_text,
+            )
+    return parser
+
+
+def help_text() -> str:
+    """The ``--help`` text."""
+    return build_parser().format_help()
+
+
+@dataclass(frozen=True, slots=True)
+class CommandLineRequest:
+    """What ``cli.main`` must know before (or without) a full load."""
+
+    help: bool
+    version: bool
+    debug: bool
+
+
+def peek_command_line(argv: Sequence[str]) -> CommandLineRequest:
+    """Look for ``--help``, ``--version`` and ``--log-level debug`` without loading.
+
+    Tolerant by design: ``forkhorn --version`` must work even with a broken config file
+    or other bad flags, which the full load reports afterwards.
+    """
+    try:
+        namespace, _ = build_parser().parse_known_args(list(argv))
+    except ConfigError:
+        return CommandLineRequest(help=False, version=False, debug=False)
+    found = vars(namespace)
+    return CommandLineRequest(
+        help=bool(found.get("_help")),
+        version=bool(found.get("_version")),
+        debug=str(found.get("loglevel", "")).lower() == "debug",
+    )
+
+
+def _parse(argv: Sequence[str], where: str) -> dict[str, Any]:
+    """argv -> {setting name: raw value} for the flags actually given."""
+    try:
+        namespace = build_parser().parse_args(list(argv))
+    except ConfigError as exc:
+        context = "" if where == COMMAND_LINE else f" (in {where})"
+        raise ConfigError(f"{exc}{context}; see forkhorn --help") from None
+    found = vars(namespace)
+    found.pop("_help", None)
+    found.pop("_version", None)
+    if found.get("wsgi_app") is None:
+        found.pop("wsgi_app", None)
+    return found
+
+
+def _show_raw(value: object) -> str:
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value)
+
+
+class _Layers:
+    """The values being merged, and the source of each."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}
+
+    def set(self, name: str, raw: object, source: str) -> None:
+        setting = SETTINGS[name]
+        try:
+            value = setting.convert(raw)
+        except ValueError as exc:
+            shown = exc.item if isinstance(exc, BadItemError) else raw
+            raise ConfigError(f"{name} = {_show_raw(shown)} (from {source}): {exc}") from None
+        self.values[name] = value
+        self.sources[name] = source
+
+
+def _read_config_file(spec: str) -> tuple[dict[str, Any], str]:
+    """Run a config file (or import ``python:module``); return its names and source label."""
+    label = f"config file {spec}"
+    if spec.startswith(PYTHON_MODULE_PREFIX):
+        module_name = spec[len(PYTHON_MODULE_PREFIX) :]
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise ConfigError(
+                f"config module {module_name!r} failed to import: {type(exc).__name__}: {exc}"
+            ) from exc
+        return dict(vars(module)), label
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"config file {spec} not found")
+    namespace: dict[str, Any] = {
+        "__builtins__": builtins,
+        "__file__": str(path),
+        "__name__": CONFIG_FILE_MODULE,
+    }
+    try:
+        code = compile(path.read_bytes(), str(path), "exec")
+        exec(code, namespace)
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(
+            f"config file {spec} failed: {type(exc).__name__}: {exc}{_line_in(exc, path)}"
+        ) from exc
+    return namespace, label
+
+
+def _line_in(exc: BaseException, path: Path) -> str:
+    """`` (line N)``: the last line of the config file in the traceback, if any."""
+    if isinstance(exc, SyntaxError):
+        return ""  # its message already says "(file, line N)"
+    lines = [
+        frame.lineno
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if frame.filename == str(path)
+    ]
+    return f" (line {lines[-1]})" if lines else ""
+
+
+def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
+    """Resolve every setting from defaults, config file, environment and argv.
+
+    ``argv`` excludes the program name. Raises ConfigError with one line on any bad input.
+    """
+    cli = _parse(argv, COMMAND_LINE)
+    env_args = _parse(shlex.split(environ.get(CMD_ARGS_ENV, "")), CMD_ARGS_ENV)
+
+    layers = _Layers()
+    for name, setting in SETTINGS.items():
+        layers.values[name] = copy.deepcopy(setting.default)
+        layers.sources[name] = DEFAULT_SOURCE
+        for env_name in setting.env:
+            raw = environ.get(env_name, "")
+            if raw.strip():
+                layers.set(name, setting.env_convert(raw) if setting.env_convert else raw, env_name)
+
+    config_spec: str | None = None
+    if "config" in cli:
+        config_spec, config_source = cli["config"], COMMAND_LINE
+    elif "config" in env_args:
+        config_spec, config_source = env_args["config"], CMD_ARGS_ENV
+    elif Path(DEFAULT_CONFIG_FILE).is_file():
+        config_spec, config_source = DEFAULT_CONFIG_FILE, DEFAULT_SOURCE
+    if config_spec:
+        layers.set("config", config_spec, config_source)
+        namespace, label = _read_config_file(config_spec)
+        for name, raw in namespace.items():
+            # The file cannot name another config file: it is already being read.
+            if name in SETTINGS and name != "config":
+                layers.set(name, raw, label)
+
+    for parsed, source in ((env_args, CMD_ARGS_ENV), (cli, COMMAND_LINE)):
+        for name, raw in parsed.items():
+            layers.set(name, raw, source)
+
+    # gunicorn names the processes after the app unless told otherwise.
+    if layers.values["wsgi_app"] and layers.sources["default_proc_name"] == DEFAULT_SOURCE:
+        layers.values["default_proc_name"] = layers.values["wsgi_app"]
+        layers.sources["default_proc_name"] = layers.sources["wsgi_app"]
+
+    validate(layers.values, layers.sources)
+    return Config(layers.values, layers.sources, argv, environ)

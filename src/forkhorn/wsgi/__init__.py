@@ -1,0 +1,1 @@
+"""WSGI (PEP 3333): the app loader, the environ, start_response and the request cycle."""

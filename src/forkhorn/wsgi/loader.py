@@ -1,0 +1,172 @@
+"""Load the WSGI application named by an app URI.
+
+Forms accepted (gunicorn's)::
+
+    module              the ``application`` attribute of ``module``
+    pkg.mod:app         an attribute
+    pkg.mod:obj.attr    an attribute path
+    pkg.mod:make_app()  a factory call; arguments must be Python literals
+    pkg.mod:make_app("x", debug=True)
+
+Rules kept here:
+- Every failure is an ``AppImportError`` whose ``str()`` is one line, and the failures an
+  operator must tell apart say so: the module itself is missing (a wrong name or path), an
+  exception was raised inside the app's own import (a bug or a missing dependency, with
+  the file and line), a missing attribute, a factory that failed, and an object that is not
+  callable. The original exception, with its traceback, stays on ``__cause__`` for the
+  debug log.
+- The expression after ``:`` is parsed with ``ast`` and never evaluated as code: only
+  names, attribute access and one call with literal arguments.
+
+Runs in: the worker after fork (or the master with ``--preload`` / ``--check-config``).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from forkhorn.errors import AppImportError
+
+DEFAULT_ATTRIBUTE = "application"
+
+
+def load_app(uri: str) -> Callable[..., Any]:
+    """Import and return the WSGI callable named by ``uri``; raise AppImportError."""
+    module_name, expression = _split(uri)
+    module = _import_module(module_name)
+    target, call = _parse_expression(expression, uri)
+    obj = _resolve(module, module_name, target)
+    if call is not None:
+        args, kwargs = call
+        try:
+            obj = obj(*args, **kwargs)
+        except Exception as exc:
+            raise AppImportError(
+                f"Failed to call {expression!r} in {module_name!r}: "
+                f"{type(exc).__name__}: {exc}{_location(exc)}"
+            ) from exc
+        if not callable(obj):
+            raise AppImportError(
+                f"Application object returned by {uri!r} must be callable, got {type(obj).__name__}"
+            )
+    elif not callable(obj):
+        raise AppImportError(
+            f"Application object {uri!r} must be callable, got {type(obj).__name__}"
+        )
+    app: Callable[..., Any] = obj
+    return app
+
+
+def _split(uri: str) -> tuple[str, str]:
+    text = uri.strip()
+    module_name, _, expression = text.partition(":")
+    module_name, expression = module_name.strip(), expression.strip()
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
+        raise AppImportError(
+            f"Invalid app {uri!r}: expected MODULE or MODULE:ATTRIBUTE, e.g. 'myapp.wsgi:app'"
+        )
+    return module_name, expression or DEFAULT_ATTRIBUTE
+
+
+def _import_module(module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Missing when the name not found is the module itself or one of its parents;
+        # any other missing name was imported *by* the app (a missing dependency).
+        parts = module_name.split(".")
+        own_names = {".".join(parts[: index + 1]) for index in range(len(parts))}
+        if exc.name in own_names:
+            raise AppImportError(
+                f"App module {module_name!r} not found: no module named {exc.name!r} on "
+                f"the Python path (working directory {os.getcwd()})"
+            ) from exc
+        raise AppImportError(
+            f"Failed to import {module_name!r}: {type(exc).__name__}: {exc}{_location(exc)}"
+        ) from exc
+    except (Exception, SystemExit) as exc:
+        raise AppImportError(
+            f"Failed to import {module_name!r}: {type(exc).__name__}: {exc}{_location(exc)}"
+        ) from exc
+
+
+def _location(exc: BaseException) -> str:
+    """`` (file.py, line N)`` of the innermost frame outside importlib, if any."""
+    if isinstance(exc, SyntaxError):
+        return ""  # its message already names the file and line
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<frozen ") and frame.filename != __file__
+    ]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    filename = frame.filename
+    try:
+        relative = os.path.relpath(filename)
+        if not relative.startswith(".."):
+            filename = relative
+    except ValueError:
+        pass
+    return f" ({filename}, line {frame.lineno})"
+
+
+Call = tuple[list[Any], dict[str, Any]]
+
+
+def _parse_expression(expression: str, uri: str) -> tuple[list[str], Call | None]:
+    """``obj.attr`` -> (["obj", "attr"], None); ``f(1, x=2)`` -> (["f"], ([1], {"x": 2}))."""
+    invalid = AppImportError(
+        f"Failed to parse {expression!r} in {uri!r} as an attribute name or a function call"
+    )
+    try:
+        node = ast.parse(expression, mode="eval").body
+    except SyntaxError:
+        raise invalid from None
+    call: Call | None = None
+    if isinstance(node, ast.Call):
+        try:
+            args = [ast.literal_eval(arg) for arg in node.args]
+            kwargs = {}
+            for keyword in node.keywords:
+                if keyword.arg is None:  # **mapping
+                    raise ValueError("** arguments are not literals")
+                kwargs[keyword.arg] = ast.literal_eval(keyword.value)
+        except ValueError:
+            raise AppImportError(
+                f"Failed to parse arguments of {expression!r} in {uri!r}: "
+                "only Python literals are allowed"
+            ) from None
+        call = (args, kwargs)
+        node = node.func
+    names: list[str] = []
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        raise invalid
+    names.append(node.id)
+    return names[::-1], call
+
+
+def _resolve(module: Any, module_name: str, names: list[str]) -> Any:
+    obj = module
+    for index, name in enumerate(names):
+        try:
+            obj = getattr(obj, name)
+        except AttributeError as exc:
+            raise AppImportError(
+                f"Failed to find attribute {'.'.join(names[: index + 1])!r} in {module_name!r}"
+            ) from exc
+        except Exception as exc:
+            raise AppImportError(
+                f"Failed to get attribute {'.'.join(names[: index + 1])!r} in "
+                f"{module_name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+    return obj

@@ -1,0 +1,199 @@
+"""The forkhorn command, run as a real subprocess: exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from forkhorn import __version__
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+APP = """
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+"""
+
+
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("FORKHORN_CMD_ARGS", "WEB_CONCURRENCY", "PORT")
+    }
+    environ["PYTHONPATH"] = str(SRC)
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "forkhorn", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    return lines[0]
+
+
+def test_version(tmp_path: Path) -> None:
+    result = run(["--version"], tmp_path)
+    assert result.returncode == 0
+    assert result.stdout == f"forkhorn {__version__}\n"
+
+
+def test_version_works_with_a_broken_default_config(tmp_path: Path) -> None:
+    (tmp_path / "forkhorn.conf.py").write_text("raise SystemExit('broken')\n")
+    assert run(["--version"], tmp_path).returncode == 0
+
+
+def test_help_is_generated_from_the_registry(tmp_path: Path) -> None:
+    result = run(["--help"], tmp_path)
+    assert result.returncode == 0
+    assert "--workers" in result.stdout
+    assert "--limit-request-body" in result.stdout
+
+
+def test_check_config_ok(tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text(APP)
+    result = run(["--check-config", "hello:app"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Config OK: app 'hello:app' loads"
+    assert result.stderr == ""
+
+
+def test_check_config_uses_chdir_and_pythonpath(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "hello_in_site.py").write_text(APP)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "helper_mod.py").write_text("VALUE = 1\n")
+    (tmp_path / "site" / "uses_helper.py").write_text("import helper_mod\n" + APP)
+    assert run(["--check-config", "--chdir", "site", "hello_in_site:app"], tmp_path).returncode == 0
+    lib = str(tmp_path / "lib")
+    result = run(
+        ["--check-config", "--chdir", "site", "--pythonpath", lib, "uses_helper:app"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_config_missing_module(tmp_path: Path) -> None:
+    result = run(["--check-config", "nosuchmodule_here:app"], tmp_path)
+    assert result.returncode == 1
+    assert one_error_line(result).startswith("Error: App module 'nosuchmodule_here' not found")
+
+
+def test_check_config_error_in_app_import(tmp_path: Path) -> None:
+    (tmp_path / "buggy.py").write_text("import os\nboom = undefined_name\n")
+    result = run(["--check-config", "buggy:app"], tmp_path)
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert line.startswith("Error: Failed to import 'buggy': NameError:")
+    assert "buggy.py, line 2" in line
+
+
+def test_check_config_traceback_only_at_debug(tmp_path: Path) -> None:
+    (tmp_path / "buggy.py").write_text("boom = undefined_name\n")
+    result = run(["--check-config", "--log-level", "debug", "buggy:app"], tmp_path)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: Failed to import 'buggy'")
+
+
+def test_check_config_not_callable(tmp_path: Path) -> None:
+    (tmp_path / "notcallable.py").write_text("app = 3\n")
+    result = run(["--check-config", "notcallable:app"], tmp_path)
+    assert result.returncode == 1
+    assert "must be callable" in one_error_line(result)
+
+
+def test_check_config_without_app(tmp_path: Path) -> None:
+    result = run(["--check-config"], tmp_path)
+    assert result.returncode == 1
+    assert "No application module specified" in one_error_line(result)
+
+
+def test_print_config(tmp_path: Path) -> None:
+    (tmp_path / "conf.py").write_text("workers = 3\n")
+    result = run(
+        ["--print-config", "-c", "conf.py", "--timeout", "5", "hello:app"],
+        tmp_path,
+        env={"FORKHORN_CMD_ARGS": "--keep-alive 9", "PORT": "9999"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+
+    def line_for(name: str) -> str:
+        return next(line for line in lines if line.split(" ", 1)[0] == name)
+
+    assert line_for("workers").endswith("= 3  # config file conf.py")
+    assert line_for("timeout").endswith("= 5  # command line")
+    assert line_for("keepalive").endswith("= 9  # FORKHORN_CMD_ARGS")
+    assert line_for("bind").endswith("= ['0.0.0.0:9999']  # PORT")
+    assert line_for("backlog").endswith("= 2048  # default")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--bogus", "app:x"], {}, "Error: unrecognized arguments: --bogus"),
+        (["-w", "abc", "app:x"], {}, 'Error: workers = "abc" (from command line)'),
+        (
+            ["app:x"],
+            {"FORKHORN_CMD_ARGS": "--workers abc"},
+            'Error: workers = "abc" (from FORKHORN_CMD_ARGS): expected a positive integer',
+        ),
+        (["-b", "host:port", "app:x"], {}, 'Error: bind = "host:port" (from command line)'),
+        (["-c", "missing.py", "app:x"], {}, "Error: config file missing.py not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], env: dict[str, str], expected: str
+) -> None:
+    result = run(args, tmp_path, env)
+    assert result.returncode == 2
+    assert one_error_line(result).startswith(expected)
+    assert "usage:" not in result.stderr
+
+
+def test_broken_config_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "forkhorn.conf.py").write_text("workers = 2\n1 / 0\n")
+    result = run(["app:x"], tmp_path)
+    assert result.returncode == 2
+    assert one_error_line(result) == (
+        "Error: config file ./forkhorn.conf.py failed: ZeroDivisionError: division by zero (line 2)"
+    )
+
+
+def test_wrong_hook_arity_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "forkhorn.conf.py").write_text("def post_fork(server):\n    pass\n")
+    result = run(["--check-config", "app:x"], tmp_path)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert line.startswith("Error: post_fork = <function post_fork")
+    assert "expected a callable taking 2 positional arguments" in line
+
+
+def test_serving_without_app_is_a_config_error(tmp_path: Path) -> None:
+    result = run([], tmp_path)
+    assert result.returncode == 2
+    assert "No application module specified" in one_error_line(result)
+
+
+def test_ctrl_c_exits_130_quietly(tmp_path: Path) -> None:
+    # A config file is real code run by the command; an interrupt while it runs stands in
+    # for Ctrl-C at any point of start-up.
+    (tmp_path / "forkhorn.conf.py").write_text("raise KeyboardInterrupt\n")
+    result = run(["app:x"], tmp_path)
+    assert result.returncode == 130
+    assert result.stderr == ""

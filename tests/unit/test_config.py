@@ -1,0 +1,421 @@
+"""The settings registry: defaults, sources and precedence, converters, errors, hooks."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+from forkhorn.config import SETTINGS, Config, load_config, parse_bind
+from forkhorn.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _empty_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ./forkhorn.conf.py is read when present: run every test where there is none.
+    monkeypatch.chdir(tmp_path)
+
+
+def write_config(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_follow_gunicorn() -> None:
+    cfg = load_config([], {})
+    assert cfg.bind == ["127.0.0.1:8000"]
+    assert cfg.workers == 1
+    assert cfg.worker_class == "sync"
+    assert cfg.backlog == 2048
+    assert cfg.timeout == 30
+    assert cfg.graceful_timeout == 30
+    assert cfg.keepalive == 2
+    assert cfg.limit_request_line == 4094
+    assert cfg.limit_request_fields == 100
+    assert cfg.limit_request_field_size == 8190
+    assert cfg.limit_request_body == 0
+    assert cfg.header_map == "drop"
+    assert cfg.server_header == "forkhorn"
+    assert cfg.errorlog == "-"
+    assert cfg.accesslog is None
+    assert cfg.loglevel == "info"
+    assert cfg.access_log_format == '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+    assert cfg.header_timeout == 30
+    assert cfg.wsgi_app is None
+    assert cfg.config is None
+    assert all(cfg.source(name) == "default" for name in SETTINGS)
+
+
+def test_every_setting_is_a_config_attribute_with_doc() -> None:
+    cfg = load_config([], {})
+    for name, setting in SETTINGS.items():
+        attribute = "reload_enabled" if name == "reload" else name
+        assert getattr(cfg, attribute) == setting.default or setting.arity is not None
+        assert setting.doc.strip(), name
+        assert setting.section, name
+
+
+def test_typo_and_assignment_are_errors() -> None:
+    cfg = load_config([], {})
+    with pytest.raises(AttributeError):
+        cfg.wokers  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(AttributeError):
+        cfg.workers = 3  # type: ignore[assignment]
+    with pytest.raises(AttributeError):
+        cfg.made_up = 1  # type: ignore[attr-defined]
+
+
+def test_flags_and_positional_app() -> None:
+    cfg = load_config(
+        ["--workers=9", "server:app", "--bind", "127.0.0.1:8000", "-b", "unix:/tmp/x.sock"], {}
+    )
+    assert cfg.workers == 9
+    assert cfg.wsgi_app == "server:app"
+    assert cfg.bind == ["127.0.0.1:8000", "unix:/tmp/x.sock"]
+    assert cfg.source("workers") == "command line"
+    assert cfg.default_proc_name == "server:app"
+
+
+def test_boolean_flags() -> None:
+    cfg = load_config(["--preload", "-D", "--reuse-port", "--reload", "--no-sendfile"], {})
+    assert cfg.preload_app is True
+    assert cfg.daemon is True
+    assert cfg.reuse_port is True
+    assert cfg.reload_enabled is True
+    assert cfg.sendfile is False
+
+
+def test_precedence_file_env_cli(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "conf.py", "workers = 2\ntimeout = 5\nkeepalive = 7\n")
+    environ = {"FORKHORN_CMD_ARGS": "--workers 3 --timeout 6"}
+    cfg = load_config(["-c", path, "--workers", "4"], environ)
+    assert (cfg.workers, cfg.source("workers")) == (4, "command line")
+    assert (cfg.timeout, cfg.source("timeout")) == (6, "FORKHORN_CMD_ARGS")
+    assert (cfg.keepalive, cfg.source("keepalive")) == (7, f"config file {path}")
+    assert cfg.source("backlog") == "default"
+    assert cfg.config == path
+
+
+def test_web_concurrency_replaces_the_default_only(tmp_path: Path) -> None:
+    cfg = load_config([], {"WEB_CONCURRENCY": "5"})
+    assert (cfg.workers, cfg.source("workers")) == (5, "WEB_CONCURRENCY")
+    path = write_config(tmp_path / "conf.py", "workers = 2\n")
+    assert load_config(["-c", path], {"WEB_CONCURRENCY": "5"}).workers == 2
+    assert load_config(["-w", "3"], {"WEB_CONCURRENCY": "5"}).workers == 3
+
+
+def test_port_sets_the_default_bind_only_when_none_given(tmp_path: Path) -> None:
+    cfg = load_config([], {"PORT": "9001"})
+    assert (cfg.bind, cfg.source("bind")) == (["0.0.0.0:9001"], "PORT")
+    path = write_config(tmp_path / "conf.py", "bind = '127.0.0.1:7000'\n")
+    assert load_config(["-c", path], {"PORT": "9001"}).bind == ["127.0.0.1:7000"]
+    assert load_config(["-b", ":7001"], {"PORT": "9001"}).bind == [":7001"]
+
+
+def test_only_the_given_environ_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "7")
+    monkeypatch.setenv("FORKHORN_CMD_ARGS", "--workers 8")
+    assert load_config([], {}).workers == 1
+
+
+def test_bad_value_error_names_value_and_source(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config([], {"FORKHORN_CMD_ARGS": "--workers abc"})
+    assert (
+        str(info.value) == 'workers = "abc" (from FORKHORN_CMD_ARGS): expected a positive integer'
+    )
+    assert info.value.exit_code == 2
+    path = write_config(tmp_path / "conf.py", "workers = 0\n")
+    with pytest.raises(ConfigError, match=rf"^workers = 0 \(from config file {path}\): expected"):
+        load_config(["-c", path], {})
+    with pytest.raises(ConfigError, match=r'^timeout = "-1" \(from command line\)'):
+        load_config(["--timeout=-1"], {})
+    with pytest.raises(ConfigError, match=r"^workers = .*\(from WEB_CONCURRENCY\)"):
+        load_config([], {"WEB_CONCURRENCY": "many"})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--workers"], "expected one argument"),
+        (["a:app", "b:app"], "unrecognized arguments: b:app"),
+        (["--log-level", "loud"], "expected one of debug, info"),
+    ],
+)
+def test_command_line_errors_are_one_line(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(argv, {})
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_env_args_unknown_flag_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"--nope \(in FORKHORN_CMD_ARGS\)"):
+        load_config([], {"FORKHORN_CMD_ARGS": "--nope"})
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1:8000",
+        "localhost:0",
+        "[::1]:8000",
+        "[::]",
+        "example.com",
+        ":9000",
+        "0.0.0.0",
+        "unix:/tmp/a.sock",
+        "unix:///tmp/a.sock",
+        "fd://3",
+        "tcp://127.0.0.1:80",
+    ],
+)
+def test_bind_accepts(address: str) -> None:
+    assert load_config(["-b", address], {}).bind == [address]
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["::1", "host:", "host:port", "1.2.3.4:65536", "[::1", "[nothex]:80", "unix:", "fd://x", ""],
+)
+def test_bind_refuses(address: str) -> None:
+    with pytest.raises(ConfigError, match=r"^bind = "):
+        load_config(["-b", address], {})
+
+
+def test_parse_bind_forms() -> None:
+    assert parse_bind("[::1]:81").host == "::1"
+    assert parse_bind("[::1]:81").port == 81
+    assert parse_bind("example.com").port == 8000
+    assert parse_bind(":81").host == ""
+    assert parse_bind("unix:/x").path == "/x"
+    assert parse_bind("fd://4").fd == 4
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("0o22", 0o22), ("0022", 0o22), ("18", 18), ("0", 0), ("0x12", 18)]
+)
+def test_umask(raw: str, expected: int) -> None:
+    assert load_config(["-m", raw], {}).umask == expected
+
+
+def test_umask_from_file_and_refused(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "conf.py", "umask = 0o27\n")
+    assert load_config(["-c", path], {}).umask == 0o27
+    with pytest.raises(ConfigError, match="umask"):
+        load_config(["-m", "0o1000"], {})
+
+
+@pytest.mark.parametrize(
+    "value", ["sync", "gthread", "gevent", "fast", "pkg.mod:Class", "pkg.mod.Class"]
+)
+def test_worker_class_forms(value: str) -> None:
+    assert load_config(["-k", value], {}).worker_class == value
+
+
+def test_worker_class_refuses_garbage_and_sync_with_threads_is_gthread() -> None:
+    with pytest.raises(ConfigError, match="worker_class"):
+        load_config(["-k", "not a class"], {})
+    assert load_config(["--threads", "4"], {}).worker_class_name == "gthread"
+    assert load_config([], {}).worker_class_name == "sync"
+
+
+def test_limits_and_cross_field_rules(tmp_path: Path) -> None:
+    assert load_config(["--limit-request-line", "8190"], {}).limit_request_line == 8190
+    with pytest.raises(ConfigError, match="limit_request_line"):
+        load_config(["--limit-request-line", "8191"], {})
+    with pytest.raises(ConfigError, match="limit_request_fields"):
+        load_config(["--limit-request-fields", "40000"], {})
+    assert load_config(["--limit-request-field_size", "100"], {}).limit_request_field_size == 100
+    with pytest.raises(ConfigError, match=r"request_timeout.*timeout"):
+        load_config(["--request-timeout", "60", "--timeout", "30"], {})
+    path = write_config(
+        tmp_path / "conf.py", "logconfig = 'x.ini'\nlogconfig_dict = {'version': 1}\n"
+    )
+    with pytest.raises(ConfigError, match="set only one of them"):
+        load_config(["-c", path], {})
+
+
+def test_server_header_and_raw_env() -> None:
+    assert load_config(["--server-header", ""], {}).server_header == ""
+    with pytest.raises(ConfigError, match="server_header"):
+        load_config([], {"FORKHORN_CMD_ARGS": "--server-header 'a\x01b'"})
+    cfg = load_config(["-e", "A=1", "--env", "B=x=y"], {})
+    assert cfg.raw_env == ["A=1", "B=x=y"]
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(["-e", "NOEQUALS"], {})
+
+
+def test_forwarded_allow_ips(tmp_path: Path) -> None:
+    cfg = load_config(["--forwarded-allow-ips", "10.0.0.0/8, 192.168.1.1"], {})
+    assert cfg.forwarded_allow_ips == ["10.0.0.0/8", "192.168.1.1"]
+    assert load_config([], {"FORWARDED_ALLOW_IPS": "*"}).forwarded_allow_ips == ["*"]
+    with pytest.raises(ConfigError, match="forwarded_allow_ips"):
+        load_config(["--forwarded-allow-ips", "not-an-ip"], {})
+
+
+def test_chdir_is_checked_and_made_absolute(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    assert load_config(["--chdir", "sub"], {}).chdir == str((tmp_path / "sub").resolve())
+    with pytest.raises(ConfigError, match="chdir"):
+        load_config(["--chdir", "missing"], {})
+
+
+def test_config_file_gunicorn_style(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "conf.py",
+        "import multiprocessing\n"
+        "bind = '0.0.0.0:8080'\n"
+        "workers = '3'\n"
+        "wsgi_app = 'myapp:app'\n"
+        "accesslog = '-'\n"
+        "preload_app = True\n"
+        "raw_env = ['A=1']\n"
+        "UNKNOWN_SETTING = 1\n"
+        "not_a_setting = 2\n"
+        "def post_fork(server, worker):\n"
+        "    pass\n"
+        "def on_starting(server):\n"
+        "    pass\n",
+    )
+    cfg = load_config(["-c", path], {})
+    assert cfg.bind == ["0.0.0.0:8080"]
+    assert cfg.workers == 3
+    assert cfg.wsgi_app == "myapp:app"
+    assert cfg.accesslog == "-"
+    assert cfg.preload_app is True
+    assert cfg.raw_env == ["A=1"]
+    assert cfg.post_fork.__name__ == "post_fork"
+    assert cfg.source("post_fork") == f"config file {path}"
+    assert cfg.source("pre_fork") == "default"
+    cfg.pre_fork(None, None)  # the default hooks are callable no-ops
+
+
+def test_default_config_file_is_read_when_present(tmp_path: Path) -> None:
+    (tmp_path / "forkhorn.conf.py").write_text("workers = 6\n")
+    cfg = load_config([], {})
+    assert cfg.workers == 6
+    assert cfg.source("workers") == "config file ./forkhorn.conf.py"
+
+
+def test_config_via_env_args(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "conf.py", "workers = 4\n")
+    cfg = load_config([], {"FORKHORN_CMD_ARGS": f"-c {path}"})
+    assert cfg.workers == 4
+    assert cfg.source("config") == "FORKHORN_CMD_ARGS"
+
+
+def test_python_module_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "fh_conf_module_a.py").write_text("workers = 5\nthreads = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fh_conf_module_a", raising=False)
+    cfg = load_config(["-c", "python:fh_conf_module_a"], {})
+    assert (cfg.workers, cfg.threads) == (5, 2)
+    assert cfg.source("workers") == "config file python:fh_conf_module_a"
+    with pytest.raises(ConfigError, match="config module 'fh_no_such_conf' failed to import"):
+        load_config(["-c", "python:fh_no_such_conf"], {})
+
+
+def test_config_file_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^config file /nope\.py not found$"):
+        load_config(["-c", "/nope.py"], {})
+    path = write_config(tmp_path / "broken.py", "workers = 2\nx = undefined_name\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(["-c", path], {})
+    assert str(info.value) == (
+        f"config file {path} failed: NameError: name 'undefined_name' is not defined (line 2)"
+    )
+    assert isinstance(info.value.__cause__, NameError)
+    path = write_config(tmp_path / "syntax.py", "workers = (\n")
+    with pytest.raises(ConfigError, match=rf"^config file {path} failed: SyntaxError: ") as info:
+        load_config(["-c", path], {})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "ok"),
+    [
+        ("def post_fork(server, worker): pass", True),
+        ("def post_fork(server): pass", False),
+        ("def post_fork(server, worker, extra): pass", False),
+        ("def post_fork(server, worker, extra=None): pass", True),
+        ("def post_fork(*args): pass", True),
+        ("post_fork = lambda s, w: None", True),
+        ("post_fork = 3", False),
+        ("post_fork = 'os.path.join'", True),
+        ("post_fork = 'os.path.nope'", False),
+    ],
+)
+def test_hook_arity_is_checked_at_load(tmp_path: Path, source: str, ok: bool) -> None:
+    path = write_config(tmp_path / "conf.py", source + "\n")
+    if ok:
+        assert callable(load_config(["-c", path], {}).post_fork)
+    else:
+        with pytest.raises(ConfigError, match=r"^post_fork = .* \(from config file .*\): "):
+            load_config(["-c", path], {})
+
+
+def test_hook_arities_match_gunicorn() -> None:
+    expected = {
+        "on_starting": 1,
+        "on_reload": 1,
+        "when_ready": 1,
+        "pre_fork": 2,
+        "post_fork": 2,
+        "post_worker_init": 1,
+        "worker_int": 1,
+        "worker_abort": 1,
+        "pre_exec": 1,
+        "pre_request": 2,
+        "post_request": 4,
+        "child_exit": 2,
+        "worker_exit": 2,
+        "nworkers_changed": 3,
+        "on_exit": 1,
+    }
+    hooks = {name: s.arity for name, s in SETTINGS.items() if s.arity is not None}
+    assert hooks == expected
+
+
+def test_reload_rereads_the_config_file(tmp_path: Path) -> None:
+    conf = tmp_path / "conf.py"
+    conf.write_text("workers = 2\n")
+    cfg = load_config(["-c", str(conf), "--timeout", "9"], {"PORT": "9100"})
+    conf.write_text("workers = 5\ntimeout = 1\n")
+    fresh = cfg.reload()
+    assert isinstance(fresh, Config)
+    assert fresh.workers == 5
+    assert fresh.timeout == 9  # the command line still wins
+    assert fresh.bind == ["0.0.0.0:9100"]  # the same environ
+    assert cfg.workers == 2  # the old config is untouched
+
+
+def test_print_config_text_lists_every_setting_with_source(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "conf.py", "workers = 2\n")
+    text = load_config(["-c", path, "app:x"], {}).print_config_text()
+    lines = text.splitlines()
+    assert len(lines) == len(SETTINGS)
+    assert any(
+        line.startswith("workers") and f"= 2  # config file {path}" in line for line in lines
+    )
+    assert any(line.startswith("wsgi_app") and "# command line" in line for line in lines)
+
+
+def test_config_package_imports_nothing_else_from_forkhorn() -> None:
+    import forkhorn.config
+
+    root = Path(forkhorn.config.__file__).parent
+    for source in root.rglob("*.py"):
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if name.startswith("forkhorn"):
+                    assert name.startswith(("forkhorn.config", "forkhorn.errors")), (source, name)
