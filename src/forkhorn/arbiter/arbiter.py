@@ -1,0 +1,891 @@
+"""The master's main loop: thin code that acts on what ``policy.py`` decides.
+
+How it works: ``Arbiter.run()`` starts up (listeners, pid file, scoreboard, optional
+preload), then loops:
+
+1. sleep on the signal wake-up pipe (1 s at most, less when a deadline is nearer);
+2. handle the queued signals in arrival order (``signals.py`` only queued them);
+3. reap every exited child (``waitpid(-1, WNOHANG)``) and judge each death
+   (``policy.judge_exit``: replace, back off, abandon a reload, or halt at start-up);
+4. read the scoreboard (who is ready, last heartbeats);
+5. ask ``policy.decide`` what to do and do it (fork, TERM, ABRT, KILL).
+
+Rules it keeps:
+
+- Signal handlers only queue; everything happens here, in the main loop.
+- Every duration is ``time.monotonic()``; the loop never blocks in ``sleep`` after
+  start-up, so a kill-9'd worker is replaced as soon as SIGCHLD wakes the loop.
+- A forked child never returns into master code: it leaves through ``os._exit``.
+- The master never runs app code (unless ``preload_app``) and never imports
+  ``forkhorn.http`` (the worker class module it loads does, at run time).
+
+Every method of ``Arbiter`` runs in: master, main loop only, unless it says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from forkhorn import __version__
+from forkhorn.arbiter import systemd
+from forkhorn.arbiter.listeners import FD_ENV, Listener, create_listeners, export_fds
+from forkhorn.arbiter.pidfile import Pidfile
+from forkhorn.arbiter.policy import (
+    Abort,
+    Backoff,
+    Decision,
+    Kill,
+    Limits,
+    Retire,
+    RetireReason,
+    Spawn,
+    Verdict,
+    WorkerView,
+    decide,
+    judge_exit,
+)
+from forkhorn.arbiter.scoreboard import Scoreboard, ScoreboardSlot, WorkerState
+from forkhorn.arbiter.signals import SignalQueue, signal_name
+from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, ForkhornError
+from forkhorn.workers import effective_worker_class, load_worker_class
+from forkhorn.workers.base import Worker
+
+__all__ = ["Arbiter"]
+
+PID_ENV = "FORKHORN_PID"  # set for a re-executed master: the old master's pid (USR2)
+LOOP_INTERVAL = 1.0  # the longest the loop sleeps: heartbeats are checked at this rate
+# INT/QUIT: workers exit from their handler at once; a worker that does not within this
+# is stuck (in C) and is killed.
+QUICK_STOP_TIMEOUT = 2.0
+# A start-up halt (no worker could load the app): the others are booting the same bad app.
+HALT_STOP_TIMEOUT = 5.0
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    """The master's row for one live worker process."""
+
+    worker: Worker
+    pid: int
+    age: int
+    generation: int
+    slot: ScoreboardSlot
+    spawned_at: float
+    state: WorkerState = WorkerState.BOOTING
+    heartbeat: float = 0.0
+    reached_serving: bool = False
+    retiring_since: float | None = None
+    aborted_at: float | None = None
+    killed: bool = False
+
+    def view(self) -> WorkerView:
+        return WorkerView(
+            pid=self.pid,
+            age=self.age,
+            generation=self.generation,
+            state=self.state,
+            spawned_at=self.spawned_at,
+            heartbeat=self.heartbeat,
+            retiring_since=self.retiring_since,
+            aborted_at=self.aborted_at,
+            killed=self.killed,
+        )
+
+
+@dataclass(slots=True)
+class _Release:
+    """What a HUP replaces, kept so a reload whose workers cannot boot can be undone."""
+
+    cfg: Any
+    worker_class: type[Worker]
+    worker_class_name: str
+    wsgi: Any
+    generation: int
+    num_workers: int
+
+
+def _hook(cfg: Any, name: str) -> Callable[..., Any] | None:
+    fn = getattr(cfg, name, None)
+    return fn if callable(fn) else None
+
+
+def _exit_code_of(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    return 1
+
+
+def daemonize() -> None:
+    """Detach from the terminal (double fork, new session, stdio to /dev/null).
+
+    Runs in: the process that ran ``forkhorn``, before anything else starts.
+    """
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.umask(0o22)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+
+
+class Arbiter:
+    """The master process.  ``Arbiter(cfg).run()`` serves until stopped; returns the exit code.
+
+    Attributes hooks may use (gunicorn's names): ``cfg``, ``log``, ``pid``, ``num_workers``,
+    ``WORKERS`` (pid -> worker), ``LISTENERS``, ``proc_name``.
+    """
+
+    def __init__(
+        self, cfg: Any, log: Any = None, *, environ: MutableMapping[str, str] | None = None
+    ) -> None:
+        if log is None:
+            from forkhorn.logs import Logger
+
+            log = Logger(cfg)
+        self.cfg = cfg
+        self.log = log
+        self._environ: MutableMapping[str, str] = os.environ if environ is None else environ
+        self.pid = os.getpid()
+        self.listeners: list[Listener] = []
+        self.workers: dict[int, WorkerRecord] = {}
+        self.num_workers = int(cfg.workers)
+        self.generation = 0
+        self.backoff = Backoff()
+        self.ever_ready = False
+        self.exit_code = 0
+        self.halt_reason = ""
+        self.stop_deadline: float | None = None
+        self.stop_graceful = True
+        self.signals = SignalQueue()
+        self.scoreboard: Scoreboard | None = None
+        self.worker_class: type[Worker] | None = None
+        self.worker_class_name = ""
+        self.pidfile: Pidfile | None = None
+        self.wsgi: Any = None  # the preloaded app, when preload_app
+        self.reexec_pid = 0  # our child that exec'd a new master (USR2)
+        self.master_pid = 0  # the old master, when we are the re-executed one
+        self.master_name = "Master"
+        self._inherited_sockets = False  # from systemd or a re-exec: never unlink them
+        self._systemd_sockets = False
+        self._age = 0
+        self._pending_reload: _Release | None = None
+        self._when_ready_called = False
+        self._watchdog_interval: float | None = None
+        self._next_watchdog = 0.0
+        self._start_cwd = os.getcwd()
+        self._start_argv = list(sys.argv)
+        self._signal_handlers: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: self.handle_term,
+            signal.SIGINT: self.handle_quick_stop,
+            signal.SIGQUIT: self.handle_quick_stop,
+            signal.SIGHUP: self.handle_hup,
+            signal.SIGTTIN: self.handle_ttin,
+            signal.SIGTTOU: self.handle_ttou,
+            signal.SIGUSR1: self.handle_usr1,
+            signal.SIGUSR2: self.handle_usr2,
+            signal.SIGWINCH: self.handle_winch,
+        }
+
+    # -- gunicorn-compatible views -----------------------------------------------------
+    @property
+    def WORKERS(self) -> dict[int, Worker]:
+        return {pid: rec.worker for pid, rec in self.workers.items()}
+
+    @property
+    def LISTENERS(self) -> list[Listener]:
+        return self.listeners
+
+    @property
+    def proc_name(self) -> str:
+        name = getattr(self.cfg, "proc_name", None) or getattr(
+            self.cfg, "default_proc_name", "forkhorn"
+        )
+        return f"{name}.2" if self.master_pid else str(name)
+
+    @property
+    def limits(self) -> Limits:
+        timeout = float(self.cfg.timeout or 0)
+        # Booting gets the same allowance as gunicorn gives it: ``timeout`` from the fork.
+        return Limits(
+            timeout=timeout,
+            boot_timeout=timeout,
+            graceful_timeout=float(self.cfg.graceful_timeout),
+        )
+
+    # -- run ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start, serve until stopped, clean up.  Returns the process exit code.
+
+        Start-up errors (``BindError``, ``ConfigError``, ``AppImportError`` on preload,
+        pid file) propagate as ``ForkhornError`` after cleanup, for ``cli.main`` to print.
+        """
+        try:
+            self.start()
+            self._main_loop()
+        except BaseException:
+            self._kill_all_now()
+            self._cleanup()
+            raise
+        self._cleanup()
+        self.log.info("Shutting down: %s", self.master_name)
+        if self.halt_reason:
+            self.log.info("Reason: %s", self.halt_reason)
+        self._call_hook("on_exit", self)
+        return self.exit_code
+
+    def start(self) -> None:
+        """Everything before the first fork."""
+        if getattr(self.cfg, "daemon", False) and PID_ENV not in self._environ:
+            daemonize()
+        self.pid = os.getpid()
+        if PID_ENV in self._environ:
+            try:
+                self.master_pid = int(self._environ.pop(PID_ENV))
+            except ValueError:
+                self.master_pid = 0
+            self.master_name = "Master.2"
+        self.log.info("Starting forkhorn %s", __version__)
+        self._apply_paths()
+        if callable(getattr(self.cfg, "on_starting", None)):
+            self.cfg.on_starting(self)  # a failing on_starting stops the start, as gunicorn
+        self.signals.install()
+        self.worker_class_name, self.worker_class = self._resolve_worker_class(self.cfg)
+        self._bind()
+        self.log.info("Using worker: %s", self.worker_class_name)
+        self._set_master_title()
+        pidfile = getattr(self.cfg, "pidfile", None)
+        if pidfile:
+            self.pidfile = Pidfile(f"{pidfile}.2" if self.master_pid else pidfile)
+            self.pidfile.create(self.pid)
+        self.scoreboard = Scoreboard(max(64, 4 * self.num_workers))
+        if getattr(self.cfg, "preload_app", False):
+            self.wsgi = self._load_app(self.cfg)
+        self._watchdog_interval = systemd.watchdog_interval(self._environ)
+
+    def _apply_paths(self) -> None:
+        chdir = getattr(self.cfg, "chdir", None)
+        if chdir and os.path.abspath(chdir) != os.getcwd():
+            os.chdir(chdir)
+        for entry in reversed(list(getattr(self.cfg, "pythonpath", None) or [])):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+
+    def _resolve_worker_class(self, cfg: Any) -> tuple[str, type[Worker]]:
+        requested = str(getattr(cfg, "worker_class", "sync") or "sync")
+        threads = int(getattr(cfg, "threads", 1) or 1)
+        name = effective_worker_class(requested, threads)
+        if name != requested:
+            self.log.info(
+                "Switching worker class from %s to %s because threads is %d",
+                requested,
+                name,
+                threads,
+            )
+        return name, load_worker_class(name)
+
+    def _bind(self) -> None:
+        inherited = FD_ENV in self._environ or (
+            "LISTEN_FDS" in self._environ and "LISTEN_PID" in self._environ
+        )
+        self.listeners = create_listeners(
+            list(self.cfg.bind),
+            backlog=int(getattr(self.cfg, "backlog", 2048)),
+            reuse_port=bool(getattr(self.cfg, "reuse_port", False)),
+            umask=getattr(self.cfg, "umask", None),
+            environ=self._environ,
+            warn=self.log.error,
+        )
+        if inherited:
+            self._inherited_sockets = True
+            self._systemd_sockets = FD_ENV not in self._environ
+            # Consumed: our workers and a later USR2 must not see stale values.
+            for key in (FD_ENV, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+                self._environ.pop(key, None)
+        for listener in self.listeners:
+            self.log.info("Listening at: %s (%s)", listener, self.pid)
+
+    def _load_app(self, cfg: Any) -> Any:
+        from forkhorn.wsgi.loader import load_app
+
+        return load_app(cfg.wsgi_app)
+
+    def _set_master_title(self) -> None:
+        try:
+            import setproctitle
+        except ImportError:
+            return
+        setproctitle.setproctitle(f"forkhorn: master [{self.proc_name}]")
+
+    # -- main loop ---------------------------------------------------------------------
+    def _main_loop(self) -> None:
+        while True:
+            self._observe()  # first: a signal's handling may depend on who serves
+            self._handle_signals()
+            self._reap()
+            self._observe()
+            now = time.monotonic()
+            decision = decide(
+                [rec.view() for rec in self.workers.values()],
+                desired=self.num_workers,
+                generation=self.generation,
+                now=now,
+                limits=self.limits,
+                backoff=self.backoff,
+                stop_deadline=self.stop_deadline,
+            )
+            self._apply(decision, now)
+            if self.stop_deadline is not None and not self.workers:
+                return
+            if not self._when_ready_called and self.stop_deadline is None:
+                self._when_ready_called = True
+                self._call_hook("when_ready", self)
+            self._maybe_promote()
+            self._maybe_watchdog(now)
+            timeout = LOOP_INTERVAL
+            if decision.wake_at is not None:
+                timeout = min(timeout, max(0.0, decision.wake_at - time.monotonic()))
+            if any(isinstance(a, Spawn) for a in decision.actions):
+                timeout = min(timeout, 0.05)  # look at the new workers' slots soon
+            self.signals.wait(timeout)
+
+    def _handle_signals(self) -> None:
+        while True:
+            signum = self.signals.pop()
+            if signum is None:
+                return
+            self.log.info("Handling signal: %s", signal_name(signum))
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                handler()
+
+    # -- signal actions ----------------------------------------------------------------
+    def handle_term(self) -> None:
+        self.begin_stop(graceful=True)
+
+    def handle_quick_stop(self) -> None:
+        self.begin_stop(graceful=False)
+
+    def handle_hup(self) -> None:
+        if self.stop_deadline is not None:
+            return
+        self.log.info("Hang up: %s", self.master_name)
+        self.reload()
+
+    def handle_ttin(self) -> None:
+        if self.stop_deadline is None:
+            self._set_num_workers(self.num_workers + 1)
+
+    def handle_ttou(self) -> None:
+        if self.stop_deadline is None and self.num_workers > 1:
+            self._set_num_workers(self.num_workers - 1)
+
+    def handle_usr1(self) -> None:
+        self.log.reopen_files()
+        self._signal_workers(signal.SIGUSR1)
+
+    def handle_usr2(self) -> None:
+        if self.stop_deadline is None:
+            self.reexec()
+
+    def handle_winch(self) -> None:
+        # gunicorn: with a daemonized master, WINCH stops the workers and keeps the master
+        # (the first step of a binary upgrade); in a terminal it is just a window resize.
+        if getattr(self.cfg, "daemon", False):
+            self.log.info("graceful stop of workers")
+            self._set_num_workers(0, notify=False)
+        else:
+            self.log.debug("SIGWINCH ignored. Not daemonized")
+
+    def _set_num_workers(self, new: int, notify: bool = True) -> None:
+        old = self.num_workers
+        self.num_workers = new
+        if notify and new != old:
+            self._call_hook("nworkers_changed", self, new, old)
+
+    # -- stopping ----------------------------------------------------------------------
+    def begin_stop(self, graceful: bool, timeout: float | None = None) -> None:
+        """Tell every worker to stop and close the master's listeners; the loop then kills
+        what is left at the deadline and returns once every worker is reaped."""
+        now = time.monotonic()
+        if timeout is None:
+            graceful_timeout = float(self.cfg.graceful_timeout)
+            timeout = graceful_timeout if graceful else min(graceful_timeout, QUICK_STOP_TIMEOUT)
+        if self.stop_deadline is not None:
+            if self.stop_graceful and not graceful:  # INT after TERM: hurry up
+                self.stop_graceful = False
+                self.stop_deadline = min(self.stop_deadline, now + timeout)
+                self._signal_workers(signal.SIGQUIT)
+            return
+        self.stop_graceful = graceful
+        self.stop_deadline = now + timeout
+        systemd.stopping(self._environ)
+        # Close ours first: with every worker closing its copy in its TERM handler, the
+        # kernel socket goes away and new connections are refused instead of queued.
+        self._close_listeners()
+        sig = signal.SIGTERM if graceful else signal.SIGQUIT
+        for rec in self.workers.values():
+            self._send(rec.pid, sig)
+            if rec.retiring_since is None:
+                rec.retiring_since = now
+
+    def _may_unlink(self) -> bool:
+        # Never while another master uses the same socket files (USR2), nor files that
+        # systemd or a supervisor made.
+        return self.reexec_pid == 0 and self.master_pid == 0 and not self._inherited_sockets
+
+    def _close_listeners(self) -> None:
+        unlink = self._may_unlink()
+        for listener in self.listeners:
+            listener.close(unlink=unlink)
+
+    def _halt(self, code: int, reason: str) -> None:
+        if self.stop_deadline is None:
+            self.exit_code = code
+            self.halt_reason = reason
+            self.begin_stop(graceful=True, timeout=HALT_STOP_TIMEOUT)
+
+    def _kill_all_now(self) -> None:
+        """Start-up failed or the loop raised: no worker may outlive the master."""
+        for rec in list(self.workers.values()):
+            self._send(rec.pid, signal.SIGKILL)
+        deadline = time.monotonic() + HALT_STOP_TIMEOUT
+        while self.workers and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            self.workers.pop(pid, None)
+
+    def _cleanup(self) -> None:
+        self._close_listeners()
+        if self.pidfile is not None:
+            self.pidfile.unlink()
+        self.signals.uninstall()
+        if self.scoreboard is not None and not self.workers:
+            self.scoreboard.close()
+
+    # -- reloading (HUP) ---------------------------------------------------------------
+    def reload(self) -> None:
+        """Re-read the config, start a full new generation of workers; the policy retires
+        the old one once the new one serves.  On any failure the old one keeps serving."""
+        if self._pending_reload is not None:
+            self.log.warning("Reload already in progress; HUP ignored")
+            return
+        systemd.reloading(self._environ)
+        old = _Release(
+            self.cfg,
+            self.worker_class or Worker,
+            self.worker_class_name,
+            self.wsgi,
+            self.generation,
+            self.num_workers,
+        )
+        new_cfg = self.cfg
+        reload_cfg = getattr(self.cfg, "reload", None)
+        if callable(reload_cfg):
+            try:
+                new_cfg = reload_cfg()
+            except ForkhornError as exc:
+                self.log.error("Reload: keeping the current configuration: %s", exc)
+                new_cfg = self.cfg
+        try:
+            name, worker_class = self._resolve_worker_class(new_cfg)
+            wsgi = self.wsgi
+            if getattr(new_cfg, "preload_app", False) and (
+                wsgi is None or new_cfg.wsgi_app != getattr(self.cfg, "wsgi_app", None)
+            ):
+                wsgi = self._load_app(new_cfg)
+        except ForkhornError as exc:
+            self.log.error("Reload failed; the current workers keep serving: %s", exc)
+            systemd.ready(environ=self._environ)
+            return
+        self._apply_logging(new_cfg)
+        self._rebind_if_changed(new_cfg)
+        self._repidfile_if_changed(new_cfg)
+        self.cfg = new_cfg
+        self.worker_class_name, self.worker_class, self.wsgi = name, worker_class, wsgi
+        self._set_num_workers(int(new_cfg.workers))
+        self._call_hook("on_reload", self)
+        self._pending_reload = old
+        self.generation += 1
+        self.backoff = Backoff()
+        self.log.info(
+            "Reloading: booting %d new workers; the current ones serve until they are ready",
+            self.num_workers,
+        )
+
+    def _apply_logging(self, new_cfg: Any) -> None:
+        setup = getattr(self.log, "setup", None)
+        try:
+            if callable(setup):
+                setup(new_cfg)
+            else:
+                self.log.reopen_files()
+        except Exception:
+            self.log.exception("Reload: could not apply the new logging settings")
+
+    def _rebind_if_changed(self, new_cfg: Any) -> None:
+        if self._inherited_sockets or list(new_cfg.bind) == list(self.cfg.bind):
+            return
+        try:
+            fresh = create_listeners(
+                list(new_cfg.bind),
+                backlog=int(getattr(new_cfg, "backlog", 2048)),
+                reuse_port=bool(getattr(new_cfg, "reuse_port", False)),
+                umask=getattr(new_cfg, "umask", None),
+                environ={},
+                attempts=1,
+            )
+        except ForkhornError as exc:
+            self.log.error("Reload: keeping the current listeners: %s", exc)
+            new_cfg.bind = list(self.cfg.bind)
+            return
+        # The old workers keep their copies of the old sockets until they retire.
+        self._close_listeners()
+        self.listeners = fresh
+        for listener in self.listeners:
+            self.log.info("Listening at: %s (%s)", listener, self.pid)
+
+    def _repidfile_if_changed(self, new_cfg: Any) -> None:
+        path = getattr(new_cfg, "pidfile", None)
+        if path == getattr(self.cfg, "pidfile", None):
+            return
+        if self.pidfile is not None:
+            self.pidfile.unlink()
+            self.pidfile = None
+        if path:
+            self.pidfile = Pidfile(f"{path}.2" if self.master_pid else path)
+            try:
+                self.pidfile.create(self.pid)
+            except ForkhornError as exc:
+                self.log.error("Reload: %s", exc)
+                self.pidfile = None
+
+    def _abandon_reload(self, reason: str) -> None:
+        old = self._pending_reload
+        if old is None:
+            return
+        self.log.error(
+            "Reload abandoned: the new workers failed to boot (%s); the previous workers "
+            "keep serving",
+            reason,
+        )
+        failed_generation = self.generation
+        self._pending_reload = None
+        self.cfg = old.cfg
+        self.worker_class = old.worker_class
+        self.worker_class_name = old.worker_class_name
+        self.wsgi = old.wsgi
+        self.generation = old.generation
+        self.num_workers = old.num_workers
+        self.backoff = Backoff()
+        now = time.monotonic()
+        for rec in self.workers.values():
+            if rec.generation == failed_generation and rec.retiring_since is None:
+                self._send(rec.pid, signal.SIGTERM)
+                rec.retiring_since = now
+        systemd.ready(environ=self._environ)
+
+    # -- re-exec (USR2) ----------------------------------------------------------------
+    def reexec_argv(self) -> list[str]:
+        """The command line of the new master: the same one that started us."""
+        argv = self._start_argv
+        script = argv[0] if argv else ""
+        if script.endswith("__main__.py") and os.path.basename(os.path.dirname(script)) == (
+            "forkhorn"
+        ):
+            # Started as ``python -m forkhorn``: running __main__.py as a script would put
+            # the package directory first on sys.path (and shadow the stdlib's ``http``).
+            return [sys.executable, "-m", "forkhorn", *argv[1:]]
+        return [sys.executable, *argv]
+
+    def reexec(self) -> None:
+        """Fork a child that execs a new master inheriting the listeners (USR2)."""
+        if self.reexec_pid:
+            self.log.warning("USR2 signal ignored. Child exists.")
+            return
+        if self.master_pid:
+            self.log.warning("USR2 signal ignored. Parent exists.")
+            return
+        master_pid = os.getpid()
+        argv = self.reexec_argv()
+        pid = os.fork()
+        if pid:
+            self.reexec_pid = pid
+            self.log.info("Re-executing a new master (pid: %s): %s", pid, " ".join(argv))
+            return
+        # Child: becomes the new master.  Never returns into this loop.
+        try:
+            self.signals.reset_in_child()
+            self._call_hook("pre_exec", self)
+            environ = dict(os.environ)
+            environ[PID_ENV] = str(master_pid)
+            if self._systemd_sockets:
+                environ["LISTEN_PID"] = str(os.getpid())
+                environ["LISTEN_FDS"] = str(len(self.listeners))
+                export_fds(self.listeners)
+            else:
+                environ[FD_ENV] = export_fds(self.listeners)
+            os.chdir(self._start_cwd)
+            os.execve(argv[0], argv, environ)
+        except BaseException:
+            self.log.exception("Re-exec failed")
+        finally:
+            os._exit(1)
+
+    def _maybe_promote(self) -> None:
+        if self.master_pid and os.getppid() != self.master_pid:
+            self.log.info("Master has been promoted.")
+            self.master_name = "Master"
+            self.master_pid = 0
+            path = getattr(self.cfg, "pidfile", None)
+            if self.pidfile is not None and path:
+                self.pidfile.rename(path)
+            self._set_master_title()
+
+    def _maybe_watchdog(self, now: float) -> None:
+        if self._watchdog_interval is not None and now >= self._next_watchdog:
+            self._next_watchdog = now + self._watchdog_interval
+            systemd.watchdog(self._environ)
+
+    # -- workers -----------------------------------------------------------------------
+    def spawn_worker(self) -> int:
+        """Fork one worker of the current generation; returns its pid (in the master)."""
+        assert self.scoreboard is not None and self.worker_class is not None
+        self._age += 1
+        now = time.monotonic()
+        slot = self.scoreboard.allocate(self.generation, now)
+        worker = self.worker_class(
+            self._age,
+            self.pid,
+            self.listeners,
+            self.cfg.wsgi_app,
+            float(self.cfg.timeout or 0),
+            self.cfg,
+            self.log,
+            slot,
+            wsgi_app=self.wsgi,
+        )
+        # At first start-up one clear line is enough; later (a reload, a respawn) the
+        # operator needs the traceback, once, not on every backoff retry.
+        worker.log_boot_traceback = self.ever_ready and self.backoff.failures == 0
+        self._call_hook("pre_fork", self, worker)
+        pid = os.fork()
+        if pid:
+            worker.pid = pid
+            self.workers[pid] = WorkerRecord(
+                worker, pid, self._age, self.generation, slot, now, heartbeat=now
+            )
+            return pid
+        self._run_child(worker)  # never returns
+
+    def _run_child(self, worker: Worker) -> NoReturn:
+        """Runs in: the newly forked worker process.  Leaves only through ``os._exit``."""
+        code = 0
+        try:
+            self.signals.reset_in_child()
+            worker.pid = os.getpid()
+            self.log.info("Booting worker with pid: %s", worker.pid)
+            hook = _hook(self.cfg, "post_fork")
+            if hook is not None:
+                hook(self, worker)
+            worker.init_process()
+        except SystemExit as exc:
+            code = _exit_code_of(exc.code)
+        except BaseException as exc:
+            self.log.exception("Exception in worker process")
+            if not worker.booted:
+                worker.slot.boot_failed(f"{type(exc).__name__}: {exc}")
+                code = WORKER_BOOT_ERROR
+            else:
+                code = 1
+        finally:
+            try:
+                self.log.info("Worker exiting (pid: %s)", worker.pid)
+                hook = _hook(self.cfg, "worker_exit")
+                if hook is not None:
+                    hook(self, worker)
+            except BaseException:
+                self.log.exception("Exception during worker exit")
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                logging.shutdown()
+            finally:
+                os._exit(code)
+
+    def _send(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # already gone; the reap will tell
+
+    def _signal_workers(self, sig: int) -> None:
+        for pid in list(self.workers):
+            self._send(pid, sig)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.reexec_pid:
+                self.reexec_pid = 0
+                self.log.warning("The re-executed master (pid: %s) exited", pid)
+                continue
+            rec = self.workers.pop(pid, None)
+            if rec is not None:
+                self._on_worker_exit(rec, os.waitstatus_to_exitcode(status))
+
+    def _on_worker_exit(self, rec: WorkerRecord, code: int) -> None:
+        snap = rec.slot.snapshot()
+        reached = rec.reached_serving or snap.state.is_serving or snap.requests > 0
+        reason = snap.request_line.decode("utf-8", "replace")
+        if code < 0:
+            sig = -code
+            if sig == signal.SIGKILL and not rec.killed:
+                self.log.error("Worker (pid:%s) was sent SIGKILL! Perhaps out of memory?", rec.pid)
+            elif sig == signal.SIGKILL:
+                self.log.warning("Worker (pid:%s) was killed (SIGKILL) by the master", rec.pid)
+            elif rec.retiring_since is None and rec.aborted_at is None:
+                self.log.error("Worker (pid:%s) was sent %s!", rec.pid, signal.Signals(sig).name)
+        elif code != 0 and snap.state is not WorkerState.BOOT_FAILED:
+            # (A boot failure gets its own line below, with the reason.)
+            self.log.error("Worker (pid:%s) exited with code %s.", rec.pid, code)
+        self._call_hook("child_exit", self, rec.worker)
+        assert self.scoreboard is not None
+        self.scoreboard.free(rec.slot)
+        if self.stop_deadline is not None:
+            return
+        verdict = judge_exit(
+            exit_code=code if code >= 0 else None,
+            reached_serving=reached,
+            expected=rec.retiring_since is not None or (rec.killed and rec.aborted_at is None),
+            generation=rec.generation,
+            current_generation=self.generation,
+            ever_ready=self.ever_ready,
+            older_generation_serving=self._pending_reload is not None,
+        )
+        if verdict.verdict is Verdict.HALT:
+            if verdict.exit_code == APP_LOAD_ERROR:
+                self.log.error("App failed to load: %s", reason or "see the errors above")
+                self._halt(APP_LOAD_ERROR, "App failed to load.")
+            else:
+                self.log.error("Worker failed to boot.%s", f" {reason}" if reason else "")
+                self._halt(WORKER_BOOT_ERROR, "Worker failed to boot.")
+        elif verdict.verdict is Verdict.ABANDON_RELOAD:
+            self._abandon_reload(reason or f"exit code {code}")
+        elif verdict.verdict is Verdict.BACKOFF:
+            self.backoff = self.backoff.failed(time.monotonic())
+            self.log.error(
+                "Worker (pid:%s) failed to boot (%s); retrying in %.1fs (failure %d); "
+                "the other workers keep serving",
+                rec.pid,
+                reason or (f"exit code {code}" if code >= 0 else "killed by a signal"),
+                self.backoff.delay_after(self.backoff.failures),
+                self.backoff.failures,
+            )
+
+    def _observe(self) -> None:
+        """Copy the scoreboard into the table; note workers that became ready."""
+        current_ready = False
+        for rec in self.workers.values():
+            snap = rec.slot.snapshot()
+            rec.state = snap.state
+            rec.heartbeat = snap.heartbeat
+            if snap.state.is_serving and not rec.reached_serving:
+                rec.reached_serving = True
+                current_ready = current_ready or rec.generation == self.generation
+                if not self.ever_ready:  # any generation: the server has served
+                    self.ever_ready = True
+                    systemd.ready(environ=self._environ)
+        if current_ready and self.backoff.failures:
+            self.log.info("A worker booted; boot backoff reset")
+            self.backoff = self.backoff.succeeded()
+
+    def _apply(self, decision: Decision, now: float) -> None:
+        retired_for_reload = 0
+        for action in decision.actions:
+            if isinstance(action, Spawn):
+                for _ in range(action.count):
+                    self.spawn_worker()
+            elif isinstance(action, Retire):
+                rec = self.workers.get(action.pid)
+                if rec is None:
+                    continue
+                fast = action.reason is RetireReason.STOP and not self.stop_graceful
+                self._send(rec.pid, signal.SIGQUIT if fast else signal.SIGTERM)
+                rec.retiring_since = now
+                if action.reason is RetireReason.RELOAD:
+                    retired_for_reload += 1
+            elif isinstance(action, Abort):
+                self._abort(action, now)
+            elif isinstance(action, Kill):
+                rec = self.workers.get(action.pid)
+                if rec is None:
+                    continue
+                self._send(rec.pid, signal.SIGKILL)
+                rec.killed = True
+        if retired_for_reload and self._pending_reload is not None:
+            self._pending_reload = None
+            self.log.info(
+                "Reload complete: %d new workers serving; retiring %d previous workers",
+                self.num_workers,
+                retired_for_reload,
+            )
+            systemd.ready(environ=self._environ)
+
+    def _abort(self, action: Abort, now: float) -> None:
+        rec = self.workers.get(action.pid)
+        if rec is None:
+            return
+        snap = rec.slot.snapshot()
+        self.log.critical("WORKER TIMEOUT (pid:%s)", rec.pid)
+        age = snap.request_age(now)
+        if action.booting:
+            self.log.error(
+                "Worker (pid:%s) still booting after %.1fs; dumping its stacks (SIGABRT)",
+                rec.pid,
+                action.stalled_for,
+            )
+        elif age is not None:
+            self.log.error(
+                "Worker (pid:%s) stuck on %r for %.1fs; dumping its stacks (SIGABRT)",
+                rec.pid,
+                snap.request_line.decode("latin-1"),
+                age,
+            )
+        else:
+            self.log.error(
+                "Worker (pid:%s) silent for %.1fs; dumping its stacks (SIGABRT)",
+                rec.pid,
+                action.stalled_for,
+            )
+        self._send(rec.pid, signal.SIGABRT)
+        rec.aborted_at = now
+
+    def _call_hook(self, name: str, *args: Any) -> None:
+        hook = _hook(self.cfg, name)
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:
+            self.log.exception("Exception in %s hook", name)

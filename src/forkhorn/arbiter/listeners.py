@@ -1,0 +1,387 @@
+"""Listening sockets: made by the master before it forks, inherited by every worker.
+
+Holds ``Listener`` (a listening socket plus how to name it in logs) and the functions that
+make them from ``cfg.bind`` entries:
+
+- ``HOST:PORT``, ``[V6]:PORT``, ``HOST`` (port 8000) -> TCP, ``SO_REUSEADDR`` always
+  (a restart must not wait out TIME_WAIT), ``SO_REUSEPORT`` when ``reuse_port``;
+  ``IPV6_V6ONLY`` on v6 sockets so ``[::]`` and ``0.0.0.0`` can both be bound.
+- ``unix:PATH`` -> a Unix stream socket; a stale socket file (nobody accepts on it) is
+  removed first, a live one is "in use", anything that is not a socket is never touched.
+  The file mode comes from ``umask`` applied around ``bind()`` (as gunicorn does).
+- ``fd://N`` -> an already-open listening socket, e.g. from a supervisor.
+- Inherited sockets: systemd socket activation (``LISTEN_PID`` == our pid, ``LISTEN_FDS``
+  sockets from fd 3) and a re-executed master (``FORKHORN_FD=3,4``, set by USR2).  When
+  either is present the sockets come from there and ``bind`` is not re-bound.
+
+Rules it keeps: every socket is non-blocking (workers multiplex or time out; a blocking
+accept would hold a worker in the kernel past TERM) and inheritable across ``fork``; only
+``export_fds`` makes them inheritable across ``exec`` (USR2).  An address in use is
+retried a few times, then is a ``BindError`` whose text is one line:
+``Connection in use: ('127.0.0.1', 8000)``.  Port 0 works: ``str(listener)`` carries the
+port the kernel picked.
+
+Runs in: master (creation, closing), workers (using ``.sock``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from forkhorn.errors import BindError
+
+__all__ = [
+    "FD_ENV",
+    "Address",
+    "Listener",
+    "create_listeners",
+    "export_fds",
+    "inherited_fds",
+    "parse_address",
+]
+
+FD_ENV = "FORKHORN_FD"  # fds a re-executed master inherits (USR2); gunicorn: GUNICORN_FD
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first passed fd is always 3
+DEFAULT_PORT = 8000  # gunicorn's, when a bind has no port
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A parsed bind: ``kind`` is "tcp", "unix" or "fd"."""
+
+    kind: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    fd: int = -1
+
+    def sockaddr(self) -> tuple[str, int] | str:
+        return self.path if self.kind == "unix" else (self.host, self.port)
+
+
+def parse_address(bind: str) -> Address:
+    """Parse one ``--bind`` value.  Raises ``BindError`` for one that cannot be a socket."""
+    raw = bind.strip()
+    if raw.startswith("unix:"):
+        path = raw[len("unix:") :]
+        if not path:
+            raise BindError(f"Invalid bind address: {bind!r}")
+        return Address("unix", path=path)
+    if raw.startswith("fd://"):
+        try:
+            fd = int(raw[len("fd://") :])
+        except ValueError:
+            raise BindError(f"Invalid bind address: {bind!r} (fd://N needs a number)") from None
+        if fd < 0:
+            raise BindError(f"Invalid bind address: {bind!r}")
+        return Address("fd", fd=fd)
+    if raw.startswith("tcp://"):
+        raw = raw[len("tcp://") :]
+    if raw.startswith("["):  # [v6]:port or [v6]
+        end = raw.find("]")
+        if end < 0:
+            raise BindError(f"Invalid bind address: {bind!r} (missing ']')")
+        host, rest = raw[1:end], raw[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise BindError(f"Invalid bind address: {bind!r}")
+        port_text = rest[1:] if rest else ""
+    elif raw.count(":") == 1:
+        host, port_text = raw.split(":")
+    elif ":" in raw:  # a bare v6 address without brackets
+        host, port_text = raw, ""
+    else:
+        host, port_text = raw, ""
+    if port_text:
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise BindError(f"Invalid bind address: {bind!r} (port is not a number)") from None
+        if not 0 <= port <= 65535:
+            raise BindError(f"Invalid bind address: {bind!r} (port out of range)")
+    else:
+        port = DEFAULT_PORT
+    return Address("tcp", host=host or "0.0.0.0", port=port)
+
+
+class Listener:
+    """A listening socket and its display name.  ``str()`` is what "Listening at:" logs."""
+
+    __slots__ = ("_name", "address", "sock")
+
+    def __init__(self, sock: socket.socket, address: Address | None = None) -> None:
+        self.sock = sock
+        self.address = address or _address_of(sock)
+        self._name = self._read_name()
+
+    @property
+    def family(self) -> int:
+        return int(self.sock.family)
+
+    @property
+    def is_unix(self) -> bool:
+        return self.sock.family == socket.AF_UNIX
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _read_name(self) -> tuple[str, int] | str:
+        name = self.sock.getsockname()
+        if self.is_unix:
+            return name if isinstance(name, str) else name.decode("utf-8", "replace")
+        return (str(name[0]), int(name[1]))
+
+    def getsockname(self) -> tuple[str, int] | str:
+        """The bound address, read once at creation: still valid after ``close()``, which a
+        worker does in its TERM handler while other code may still want the name."""
+        return self._name
+
+    def __str__(self) -> str:
+        name = self._name
+        if isinstance(name, str):
+            return f"unix:{name}"
+        host, port = name
+        if self.sock.family == socket.AF_INET6:
+            return f"http://[{host}]:{port}"
+        return f"http://{host}:{port}"
+
+    def __repr__(self) -> str:
+        return f"<Listener {self}>"
+
+    def close(self, unlink: bool = False) -> None:
+        """Close this process's copy.  ``unlink`` also removes a Unix socket's file
+        (master only, at final exit; never while a re-executed master uses it)."""
+        path = ""
+        if unlink and self.is_unix and self.sock.fileno() >= 0:
+            name = self._name
+            path = name if isinstance(name, str) else ""
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if path and not path.startswith("\0"):
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+            except OSError:
+                pass
+
+
+def _address_of(sock: socket.socket) -> Address:
+    if sock.family == socket.AF_UNIX:
+        name = sock.getsockname()
+        return Address("unix", path=name if isinstance(name, str) else "")
+    host, port = sock.getsockname()[:2]
+    return Address("tcp", host=str(host), port=int(port))
+
+
+def _prepare(sock: socket.socket) -> socket.socket:
+    sock.setblocking(False)
+    sock.set_inheritable(False)  # inherited by fork regardless; exec only via export_fds
+    return sock
+
+
+def _socket_from_fd(fd: int) -> socket.socket:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise BindError(f"fd://{fd} is not a usable socket: {exc.strerror or exc}") from None
+    problem = ""
+    if sock.type != socket.SOCK_STREAM:
+        problem = "is not a stream socket"
+    else:
+        try:
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        except OSError:
+            listening = 1
+        if not listening:
+            problem = "is not a listening socket"
+    if problem:
+        sock.detach()  # the fd is not ours to close
+        raise BindError(f"fd://{fd} {problem}")
+    return _prepare(sock)
+
+
+def _bind_tcp(addr: Address, backlog: int, reuse_port: bool) -> socket.socket:
+    infos = socket.getaddrinfo(
+        addr.host or None, addr.port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return _prepare(sock)
+
+
+def _unix_path_in_use(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        return False
+    else:
+        return True
+    finally:
+        probe.close()
+
+
+def _bind_unix(addr: Address, backlog: int, umask: int | None) -> socket.socket:
+    path = addr.path
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise BindError(f"{path!r} exists and is not a socket; refusing to remove it")
+        if _unix_path_in_use(path):
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        os.unlink(path)  # stale: left by a master that died without cleaning up
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(umask) if umask is not None else None
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        if old_umask is not None:
+            os.umask(old_umask)
+    return _prepare(sock)
+
+
+def _describe(addr: Address) -> str:
+    # gunicorn prints the tuple for TCP and the path for unix; users grep for it.
+    return repr(addr.sockaddr()) if addr.kind == "tcp" else addr.path
+
+
+def bind_one(
+    addr: Address,
+    *,
+    backlog: int = 2048,
+    reuse_port: bool = False,
+    umask: int | None = None,
+    attempts: int = 3,
+    retry_delay: float = 0.5,
+    warn: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Listener:
+    """Create one listener, retrying an address in use ``attempts`` times in all.
+
+    Runs in: master, before any worker is forked (the retry sleeps block, which is fine
+    then and only then).
+    """
+    if addr.kind == "fd":
+        return Listener(_socket_from_fd(addr.fd))
+    for attempt in range(1, max(1, attempts) + 1):
+        try:
+            if addr.kind == "unix":
+                return Listener(_bind_unix(addr, backlog, umask), addr)
+            return Listener(_bind_tcp(addr, backlog, reuse_port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                if attempt >= attempts:
+                    raise BindError(f"Connection in use: {_describe(addr)}") from None
+                if warn is not None:
+                    warn(f"Connection in use: {_describe(addr)}")
+                    warn(f"Retrying in {retry_delay:g} second(s).")
+                sleep(retry_delay)
+                continue
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise BindError(f"Invalid address: {_describe(addr)}") from None
+            if isinstance(exc, socket.gaierror):
+                raise BindError(f"Invalid address: {_describe(addr)} ({exc.strerror})") from None
+            reason = exc.strerror or str(exc)
+            raise BindError(f"Can't connect to {_describe(addr)}: {reason}") from None
+    raise BindError(f"Can't connect to {_describe(addr)}")  # pragma: no cover
+
+
+def inherited_fds(environ: Mapping[str, str], pid: int | None = None) -> list[int] | None:
+    """File descriptors of listening sockets handed to this process, or None.
+
+    ``FORKHORN_FD`` (a re-executed master) wins over systemd's ``LISTEN_FDS``, which counts
+    only when ``LISTEN_PID`` names this process (sd_listen_fds(3)).
+    """
+    raw = environ.get(FD_ENV, "").strip()
+    if raw:
+        try:
+            return [int(x) for x in raw.split(",") if x.strip()]
+        except ValueError:
+            raise BindError(f"{FD_ENV}={raw!r}: expected comma-separated fds") from None
+    listen_pid = environ.get("LISTEN_PID", "")
+    listen_fds = environ.get("LISTEN_FDS", "")
+    if listen_pid and listen_fds:
+        try:
+            if int(listen_pid) != (os.getpid() if pid is None else pid):
+                return None
+            count = int(listen_fds)
+        except ValueError:
+            return None
+        return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count))
+    return None
+
+
+def create_listeners(
+    binds: Sequence[str],
+    *,
+    backlog: int = 2048,
+    reuse_port: bool = False,
+    umask: int | None = None,
+    environ: Mapping[str, str] | None = None,
+    attempts: int = 3,
+    retry_delay: float = 0.5,
+    warn: Callable[[str], None] | None = None,
+) -> list[Listener]:
+    """Make every listener: inherited ones when the environment hands some over, else one
+    per bind.  On failure, the listeners already made are closed before the error rises.
+
+    Runs in: master, at start-up and on HUP when ``bind`` changed.
+    """
+    fds = inherited_fds(environ if environ is not None else os.environ)
+    if fds is not None:
+        return [Listener(_socket_from_fd(fd)) for fd in fds]
+    made: list[Listener] = []
+    try:
+        for bind in binds:
+            made.append(
+                bind_one(
+                    parse_address(bind),
+                    backlog=backlog,
+                    reuse_port=reuse_port,
+                    umask=umask,
+                    attempts=attempts,
+                    retry_delay=retry_delay,
+                    warn=warn,
+                )
+            )
+    except BaseException:
+        for listener in made:
+            listener.close(unlink=True)
+        raise
+    return made
+
+
+def export_fds(listeners: Sequence[Listener]) -> str:
+    """Mark the listeners inheritable across exec and return the ``FORKHORN_FD`` value.
+
+    Runs in: the forked child of the master that is about to exec the new binary (USR2).
+    """
+    for listener in listeners:
+        listener.sock.set_inheritable(True)
+    return ",".join(str(listener.fileno()) for listener in listeners)

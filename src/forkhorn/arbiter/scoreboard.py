@@ -1,0 +1,250 @@
+"""The scoreboard: what every worker is doing right now, in shared memory.
+
+Holds one fixed-size slot per live worker in anonymous shared memory (``mmap.mmap(-1, n)``)
+made by the master *before* it forks, so every child sees the same pages.  A slot says:
+the worker's pid, its state (booting, ready, busy, idle, exiting, boot-failed), its last
+heartbeat, how many requests it served, when the request in flight started, and the first
+bytes of that request's line (or, for a boot failure, the reason).
+
+Rules it keeps:
+
+1. A slot is written only by the worker that owns it (the master writes it only while no
+   process owns it: when it hands the slot out and after it reaped the owner).  The master
+   only reads.  So there is no lock: a read may be torn between fields, which at worst
+   pairs a request line with the previous request's start time in a log line.  The
+   heartbeat, the one field decisions hang on, is an aligned 8-byte store, which Linux
+   and every CPU we run on perform at once.
+2. Every time in a slot is ``time.monotonic()``; it is shared across processes on one host.
+3. Slots never move.  When the master runs out it maps one more segment; only workers
+   forked afterwards see it, and they only ever touch their own slot.  Start-up allocates
+   ``max(64, 4 * workers)`` slots so that HUP (twice the workers for a moment) and TTIN
+   rarely need that.
+
+How a worker uses it: ``slot.heartbeat()`` on every tick (one ``pack_into``; no syscall,
+no file), ``slot.request_started(line)`` / ``slot.request_finished()`` around a request.
+The master calls ``scoreboard.allocate()`` before forking, ``slot.snapshot()`` each loop,
+and ``scoreboard.free(slot)`` after reaping.
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import struct
+import time
+from dataclasses import dataclass
+
+__all__ = [
+    "MAX_REQUEST_LINE_BYTES",
+    "Scoreboard",
+    "ScoreboardSlot",
+    "SlotSnapshot",
+    "WorkerState",
+]
+
+# Long enough for the method, a typical path and query, and the version; the full line is in
+# the access log.  Apache keeps 64 bytes of it in its scoreboard; 200 shows more of a query.
+MAX_REQUEST_LINE_BYTES = 200
+
+
+class WorkerState(enum.IntEnum):
+    """What a worker is doing; stored as one byte in its slot."""
+
+    FREE = 0  # slot not in use
+    BOOTING = 1  # forked, loading the app
+    READY = 2  # app loaded, waiting for its first request
+    BUSY = 3  # a request is in flight
+    IDLE = 4  # between requests
+    EXITING = 5  # told to stop (graceful), finishing in-flight work
+    BOOT_FAILED = 6  # could not load the app; the reason is in the request-line field
+
+    @property
+    def is_serving(self) -> bool:
+        """True once the worker has loaded the app and has not begun to exit."""
+        return self in (WorkerState.READY, WorkerState.BUSY, WorkerState.IDLE)
+
+
+# Layout, little-endian, no implicit padding; doubles first so they stay 8-byte aligned:
+#   heartbeat d | request_start d | spawned_at d | requests Q | pid i | generation I |
+#   state B | pad 1 | line_len H | pad 4 | line 200s | pad to a multiple of 8
+_LAYOUT = struct.Struct(f"<dddQiIBxH4x{MAX_REQUEST_LINE_BYTES}s")
+SLOT_SIZE = (_LAYOUT.size + 7) // 8 * 8
+_HEARTBEAT = struct.Struct("<d")  # offset 0
+_REQUEST_START = struct.Struct("<d")  # offset 8
+_REQUESTS = struct.Struct("<Q")  # offset 24
+_PID = struct.Struct("<i")  # offset 32
+_STATE = struct.Struct("<B")  # offset 40
+_LINE = struct.Struct(f"<H4x{MAX_REQUEST_LINE_BYTES}s")  # offset 42
+_OFF_HEARTBEAT = 0
+_OFF_REQUEST_START = 8
+_OFF_REQUESTS = 24
+_OFF_PID = 32
+_OFF_STATE = 40
+_OFF_LINE = 42
+
+
+@dataclass(frozen=True, slots=True)
+class SlotSnapshot:
+    """One consistent-enough copy of a slot, as the master reads it."""
+
+    index: int
+    pid: int
+    generation: int
+    state: WorkerState
+    spawned_at: float
+    heartbeat: float
+    requests: int
+    request_start: float  # 0.0 when no request is in flight
+    request_line: bytes  # the request in flight, or the boot-failure reason
+
+    def request_age(self, now: float) -> float | None:
+        """Seconds the request in flight has run, or None when there is none."""
+        if self.state is not WorkerState.BUSY or self.request_start <= 0.0:
+            return None
+        return max(0.0, now - self.request_start)
+
+
+class ScoreboardSlot:
+    """One worker's slot.  Created by the master; written by the worker that owns it.
+
+    Runs in: the owning worker (every write method) and the master (``snapshot``, and
+    ``reset`` before the slot is handed out).
+    """
+
+    __slots__ = ("_base", "_buf", "index")
+
+    def __init__(self, buf: mmap.mmap, base: int, index: int) -> None:
+        self._buf = buf
+        self._base = base
+        self.index = index
+
+    # -- master side -------------------------------------------------------------------
+    def reset(self, generation: int, now: float) -> None:
+        """Clear the slot for a worker about to be forked (master only)."""
+        _LAYOUT.pack_into(
+            self._buf, self._base, now, 0.0, now, 0, 0, generation, WorkerState.BOOTING, 0, b""
+        )
+
+    def release(self) -> None:
+        """Mark the slot free after its owner was reaped (master only)."""
+        _LAYOUT.pack_into(self._buf, self._base, 0.0, 0.0, 0.0, 0, 0, 0, WorkerState.FREE, 0, b"")
+
+    def snapshot(self) -> SlotSnapshot:
+        """Copy the slot out.  Unlocked; see the module docstring, rule 1."""
+        hb, rs, spawned, reqs, pid, gen, state, n, line = _LAYOUT.unpack_from(self._buf, self._base)
+        try:
+            st = WorkerState(state)
+        except ValueError:  # a torn or scribbled byte; treat as still booting
+            st = WorkerState.BOOTING
+        return SlotSnapshot(
+            index=self.index,
+            pid=pid,
+            generation=gen,
+            state=st,
+            spawned_at=spawned,
+            heartbeat=hb,
+            requests=reqs,
+            request_start=rs,
+            request_line=line[: min(n, MAX_REQUEST_LINE_BYTES)],
+        )
+
+    # -- worker side -------------------------------------------------------------------
+    def set_pid(self, pid: int) -> None:
+        _PID.pack_into(self._buf, self._base + _OFF_PID, pid)
+
+    def set_state(self, state: WorkerState) -> None:
+        _STATE.pack_into(self._buf, self._base + _OFF_STATE, state)
+
+    def heartbeat(self, now: float | None = None) -> None:
+        """Record that the worker is alive: one 8-byte store, no syscall beyond the clock."""
+        _HEARTBEAT.pack_into(
+            self._buf, self._base + _OFF_HEARTBEAT, time.monotonic() if now is None else now
+        )
+
+    def _set_line(self, line: bytes) -> None:
+        raw = line[:MAX_REQUEST_LINE_BYTES]
+        _LINE.pack_into(self._buf, self._base + _OFF_LINE, len(raw), raw)
+
+    def request_started(self, request_line: bytes, now: float | None = None) -> None:
+        """A request began: store its line and start, mark BUSY, heartbeat."""
+        t = time.monotonic() if now is None else now
+        self._set_line(request_line)
+        _REQUEST_START.pack_into(self._buf, self._base + _OFF_REQUEST_START, t)
+        _HEARTBEAT.pack_into(self._buf, self._base + _OFF_HEARTBEAT, t)
+        self.set_state(WorkerState.BUSY)
+
+    def request_finished(self, now: float | None = None) -> int:
+        """The request ended: count it, mark IDLE, heartbeat.  Returns requests served."""
+        t = time.monotonic() if now is None else now
+        (served,) = _REQUESTS.unpack_from(self._buf, self._base + _OFF_REQUESTS)
+        served += 1
+        _REQUESTS.pack_into(self._buf, self._base + _OFF_REQUESTS, served)
+        _REQUEST_START.pack_into(self._buf, self._base + _OFF_REQUEST_START, 0.0)
+        _HEARTBEAT.pack_into(self._buf, self._base + _OFF_HEARTBEAT, t)
+        self.set_state(WorkerState.IDLE)
+        return int(served)
+
+    def boot_failed(self, reason: str) -> None:
+        """Record why the app could not load, for the master to log after reaping."""
+        self._set_line(reason.encode("utf-8", "replace"))
+        self.set_state(WorkerState.BOOT_FAILED)
+
+    def __repr__(self) -> str:
+        return f"<ScoreboardSlot {self.index}>"
+
+
+class Scoreboard:
+    """All slots, in one or more shared segments.  Allocation is master-only.
+
+    Runs in: master, main loop only (``allocate``, ``free``, ``snapshots``).
+    """
+
+    def __init__(self, nslots: int = 64) -> None:
+        self._segment_slots = max(1, nslots)
+        self._segments: list[mmap.mmap] = []
+        self._slots: list[ScoreboardSlot] = []
+        self._free: list[int] = []
+        self._in_use: set[int] = set()
+        self._add_segment()
+
+    def _add_segment(self) -> None:
+        buf = mmap.mmap(-1, SLOT_SIZE * self._segment_slots)
+        self._segments.append(buf)
+        first = len(self._slots)
+        for i in range(self._segment_slots):
+            self._slots.append(ScoreboardSlot(buf, i * SLOT_SIZE, first + i))
+        # Hand out low indexes first: pop() takes from the end.
+        self._free.extend(range(len(self._slots) - 1, first - 1, -1))
+
+    @property
+    def capacity(self) -> int:
+        return len(self._slots)
+
+    def allocate(self, generation: int = 0, now: float | None = None) -> ScoreboardSlot:
+        """Take a free slot (mapping a new segment when none is left) and reset it."""
+        if not self._free:
+            self._add_segment()
+        index = self._free.pop()
+        self._in_use.add(index)
+        slot = self._slots[index]
+        slot.reset(generation, time.monotonic() if now is None else now)
+        return slot
+
+    def free(self, slot: ScoreboardSlot) -> None:
+        """Give a slot back once its worker has been reaped."""
+        if slot.index in self._in_use:
+            self._in_use.discard(slot.index)
+            slot.release()
+            self._free.append(slot.index)
+
+    def slot(self, index: int) -> ScoreboardSlot:
+        return self._slots[index]
+
+    def snapshots(self) -> list[SlotSnapshot]:
+        """Snapshots of every slot in use, lowest index first."""
+        return [self._slots[i].snapshot() for i in sorted(self._in_use)]
+
+    def close(self) -> None:
+        for buf in self._segments:
+            buf.close()
+        self._segments.clear()

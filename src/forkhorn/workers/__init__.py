@@ -1,0 +1,111 @@
+"""Worker classes, looked up by the name users pass to ``-k`` / ``--worker-class``.
+
+Holds ``load_worker_class(name)`` and ``effective_worker_class(name, threads)``.  The base
+class lives in ``base.py``; each built-in worker has one module named as users type it
+(``sync.py``, ``gthread.py``, ``gevent.py``, ``eventlet.py``, ``fast.py``).
+
+Rules it keeps:
+
+1. Worker modules are imported lazily, only the one asked for: importing ``gevent.py``
+   monkey-patches the process, so nothing here may import it by accident.
+2. A worker that needs an extra that is not installed is one ``ConfigError`` line naming
+   the extra to install (``pip install 'forkhorn[gevent]'``), not an ImportError traceback.
+3. Custom workers (``pkg.mod:Class`` or ``pkg.mod.Class``) must subclass ``Worker``.
+4. ``--threads N`` (N > 1) with the default ``sync`` class means ``gthread``, as in
+   gunicorn; the master logs the switch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from forkhorn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from forkhorn.workers.base import Worker
+
+__all__ = ["BUILTIN_WORKERS", "effective_worker_class", "load_worker_class"]
+
+# name -> (module, class)
+BUILTIN_WORKERS: dict[str, tuple[str, str]] = {
+    "sync": ("forkhorn.workers.sync", "SyncWorker"),
+    "gthread": ("forkhorn.workers.gthread", "ThreadWorker"),
+    "gevent": ("forkhorn.workers.gevent", "GeventWorker"),
+    "eventlet": ("forkhorn.workers.eventlet", "EventletWorker"),
+    "fast": ("forkhorn.workers.fast", "FastWorker"),
+}
+
+# Third-party packages a worker module may need -> the extra that installs them.
+_EXTRAS: dict[str, str] = {
+    "gevent": "gevent",
+    "greenlet": "gevent",
+    "eventlet": "eventlet",
+    "uvloop": "fast",
+    "setproctitle": "setproctitle",
+}
+
+# gunicorn accepts "gunicorn.workers.sync.SyncWorker" and "egg:gunicorn#sync"; a
+# migrating config file may name the class that way.
+_GUNICORN_ALIASES: dict[str, str] = {
+    "gunicorn.workers.sync.SyncWorker": "sync",
+    "gunicorn.workers.gthread.ThreadWorker": "gthread",
+    "gunicorn.workers.ggevent.GeventWorker": "gevent",
+    "gunicorn.workers.geventlet.EventletWorker": "eventlet",
+}
+
+
+def effective_worker_class(name: str, threads: int) -> str:
+    """The class name to use: ``sync`` with ``threads > 1`` becomes ``gthread`` (rule 4)."""
+    if name == "sync" and threads > 1:
+        return "gthread"
+    return name
+
+
+def _split(name: str) -> tuple[str, str]:
+    if ":" in name:
+        module, _, attr = name.partition(":")
+    else:
+        module, _, attr = name.rpartition(".")
+    if not module or not attr:
+        raise ConfigError(
+            f"worker_class {name!r}: expected one of {', '.join(BUILTIN_WORKERS)} "
+            "or a dotted path such as 'pkg.mod:MyWorker'"
+        )
+    return module, attr
+
+
+def load_worker_class(name: str) -> type[Worker]:
+    """Import and return the worker class for ``name``.  Raises ``ConfigError`` (one line).
+
+    Runs in: master, at start-up and on HUP (before forking, so the class is shared).
+    """
+    from forkhorn.workers.base import Worker
+
+    key = name.strip()
+    if key.startswith("egg:gunicorn#"):
+        key = key[len("egg:gunicorn#") :]
+    key = _GUNICORN_ALIASES.get(key, key)
+    builtin = key.lower() in BUILTIN_WORKERS
+    module_name, attr = BUILTIN_WORKERS[key.lower()] if builtin else _split(key)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing in _EXTRAS:
+            extra = _EXTRAS[missing]
+            raise ConfigError(
+                f"worker_class {name!r} needs {missing}, which is not installed: "
+                f"pip install 'forkhorn[{extra}]'"
+            ) from exc
+        if builtin and exc.name == module_name:
+            raise ConfigError(f"worker_class {name!r} is not available in this build") from exc
+        raise ConfigError(f"worker_class {name!r}: cannot import {module_name}: {exc}") from exc
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ConfigError(f"worker_class {name!r}: {module_name} has no attribute {attr!r}")
+    if not isinstance(cls, type) or not issubclass(cls, Worker):
+        raise ConfigError(
+            f"worker_class {name!r} is not a subclass of forkhorn.workers.base.Worker"
+        )
+    return cls

@@ -1,0 +1,396 @@
+"""The worker base class: the life cycle every worker class shares, and nothing else.
+
+A worker class (``sync.py``, ``gthread.py`` ...) subclasses ``Worker`` and implements
+``run()``: how it waits, accepts and runs the app.  Everything around that lives here:
+
+- ``__init__`` runs in the master *before* the fork and touches no process state.
+- ``init_process()`` runs in the child after the fork: reseeds ``random``, sets the process
+  title, applies ``raw_env``, drops privileges, installs the signal handlers and the
+  faulthandler stack dump, loads the app (unless preloaded), calls ``post_worker_init``,
+  marks its scoreboard slot READY, then calls ``run()``.
+- The scoreboard slot is the heartbeat: ``notify()`` is one store into shared memory.
+  ``request_started(line)`` / ``request_finished()`` keep the slot and ``max_requests``.
+- Recycling: ``max_requests`` (+ jitter), ``max_worker_lifetime`` (+ jitter) and
+  ``max_worker_memory`` (RSS from /proc/self/statm) each end in ``retire(reason)``.
+
+Signals in a worker (after ``init_process``):
+
+- TERM (and HUP): graceful.  ``alive`` turns False and this process's copies of the
+  listening sockets are closed at once, inside the handler, so that once every process
+  has done so, new connections are refused instead of queued and later reset.  The run
+  loop finishes what it holds, then returns.
+- INT, QUIT: immediate exit (``worker_int`` hook first).
+- ABRT: the master's timeout.  ``faulthandler`` writes every thread's stack to the error
+  log from C (its output starts "Fatal Python error: Aborted"), which works even when the
+  worker is stuck inside C code; then, if Python code runs again, ``worker_abort`` is
+  called and the worker exits.  A worker stuck in C is SIGKILLed by the master.
+- USR1: reopen log files, done at the next ``notify()`` (not in the handler: a logging
+  lock may be held by the interrupted code).  WINCH, USR2: ignored.
+
+The contract for ``run()`` implementations:
+
+1. Call ``self.tick()`` at least every ``self.timeout / 2`` seconds while idle (heartbeat,
+   parent check, USR1, lifetime and memory recycling); return when ``self.alive`` is False.
+2. Wrap each request in ``request_started(request_line)`` / ``request_finished()``.
+3. A loop that sleeps in a selector registers ``self.wakeup_fd``: it turns readable on
+   TERM or retirement, so the worker stops at once rather than at its next tick.
+4. After TERM the listening sockets are closed (their ``fileno()`` is -1): an ``OSError``
+   or ``ValueError`` from ``accept``/``select`` on them when ``not self.alive`` means
+   "stop", not a bug.  A worker that registers listeners with a selector or epoll
+   overrides ``unregister_listeners()`` (called in the handler before the close).
+
+Runs in: master (``__init__`` only) and the worker process (everything else).
+"""
+
+from __future__ import annotations
+
+import abc
+import faulthandler
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from forkhorn.arbiter.scoreboard import ScoreboardSlot, WorkerState
+from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, AppImportError
+
+if TYPE_CHECKING:
+    from forkhorn.arbiter.listeners import Listener
+
+__all__ = ["Worker"]
+
+WSGIApp = Callable[..., Any]
+
+# /proc is read at most this often for max_worker_memory: RSS moves slowly, and a read per
+# request would cost more than the check is worth.
+MEMORY_CHECK_INTERVAL = 1.0
+
+
+def _page_size() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # pragma: no cover - every Linux has it
+        return 4096
+
+
+def rss_bytes() -> int | None:
+    """Resident set size of this process, from /proc/self/statm; None where unavailable."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            fields = f.read().split()
+        return int(fields[1]) * _page_size()
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Worker(abc.ABC):
+    """Shared life cycle of every worker class.  Subclasses implement ``run()``."""
+
+    def __init__(
+        self,
+        age: int,
+        ppid: int,
+        sockets: list[Listener],
+        app_uri: str,
+        timeout: float,
+        cfg: Any,
+        log: Any,
+        slot: ScoreboardSlot,
+        wsgi_app: WSGIApp | None = None,
+    ) -> None:
+        # Runs in: master, before fork.  Plain assignments only (no process state).
+        self.age = age
+        self.ppid = ppid
+        self.sockets = sockets
+        self.app_uri = app_uri
+        self.timeout = timeout
+        self.cfg = cfg
+        self.log = log
+        self.slot = slot
+        self.wsgi: WSGIApp | None = wsgi_app
+        self.pid = 0  # set in the master right after fork, and in the child
+        self.nr = 0  # requests served
+        self.alive = True
+        self.booted = False
+        self.aborted = False
+        self.max_requests = 0  # 0: unlimited; jitter applied after fork (reseeded random)
+        self.retire_reason = ""
+        # When True (the server was up before this worker), a boot failure is logged with
+        # its traceback; at first start-up one clear line is enough.
+        self.log_boot_traceback = False
+        self._started_at = 0.0
+        self._lifetime_deadline: float | None = None
+        self._next_memory_check = 0.0
+        self._reopen_requested = False
+        self._wake_r = -1
+        self._wake_w = -1
+
+    def __str__(self) -> str:
+        return f"<Worker {self.pid}>"
+
+    # -- start-up (worker process) -----------------------------------------------------
+    def init_process(self) -> None:
+        """Boot the worker, then run it.  Returns when ``run()`` returns.
+
+        Raises ``SystemExit(APP_LOAD_ERROR)`` when the app cannot load and
+        ``SystemExit(WORKER_BOOT_ERROR)`` on another boot failure.
+        Runs in: worker, main thread, right after fork.
+        """
+        self.pid = os.getpid()
+        self._started_at = time.monotonic()
+        self.slot.set_pid(self.pid)
+        self.slot.heartbeat(self._started_at)
+        try:
+            self._boot()
+        except SystemExit:
+            raise
+        except AppImportError as exc:
+            self.log.error("App failed to load: %s", exc)
+            if self.log_boot_traceback and exc.__cause__ is not None:
+                self.log.error("Traceback of the failed load:", exc_info=exc.__cause__)
+            else:
+                self.log.debug("Exception while loading the application", exc_info=exc)
+            self.slot.boot_failed(str(exc))
+            raise SystemExit(APP_LOAD_ERROR) from None
+        except Exception as exc:
+            self.log.exception("Exception in worker process")
+            self.slot.boot_failed(f"{type(exc).__name__}: {exc}")
+            raise SystemExit(WORKER_BOOT_ERROR) from None
+        self.booted = True
+        self.slot.set_state(WorkerState.READY)
+        self.slot.heartbeat()
+        if self.alive:  # TERM may have arrived while the app was loading
+            self.run()
+
+    def _boot(self) -> None:
+        random.seed()  # the master's state was copied; two workers must not share it
+        self._apply_recycling_limits()
+        self._set_proc_title()
+        self._apply_raw_env()
+        self._drop_privileges()
+        self.init_signals()
+        self.load_wsgi()
+        self.cfg.post_worker_init(self)
+
+    def _apply_recycling_limits(self) -> None:
+        max_requests = int(getattr(self.cfg, "max_requests", 0) or 0)
+        if max_requests > 0:
+            jitter = int(getattr(self.cfg, "max_requests_jitter", 0) or 0)
+            self.max_requests = max_requests + random.randint(0, max(0, jitter))
+        lifetime = float(getattr(self.cfg, "max_worker_lifetime", 0) or 0)
+        if lifetime > 0:
+            jitter_s = float(getattr(self.cfg, "max_worker_lifetime_jitter", 0) or 0)
+            self._lifetime_deadline = (
+                self._started_at + lifetime + random.uniform(0, max(0.0, jitter_s))
+            )
+
+    def _set_proc_title(self) -> None:
+        try:
+            import setproctitle
+        except ImportError:
+            return
+        name = getattr(self.cfg, "proc_name", None) or getattr(
+            self.cfg, "default_proc_name", "forkhorn"
+        )
+        setproctitle.setproctitle(f"forkhorn: worker [{name}]")
+
+    def _apply_raw_env(self) -> None:
+        for item in getattr(self.cfg, "raw_env", None) or []:
+            key, sep, value = str(item).partition("=")
+            if sep and key.strip():
+                os.environ[key.strip()] = value
+
+    def _drop_privileges(self) -> None:
+        uid = getattr(self.cfg, "user", None)
+        gid = getattr(self.cfg, "group", None)
+        if gid is not None and gid != os.getegid():
+            os.setgid(gid)
+        if uid is not None and uid != os.geteuid():
+            if getattr(self.cfg, "initgroups", False):
+                import pwd
+
+                os.initgroups(pwd.getpwuid(uid).pw_name, gid if gid is not None else os.getgid())
+            os.setuid(uid)
+
+    def init_signals(self) -> None:
+        """Install the worker's handlers (see the module docstring).  Subclasses that need
+        their own (gevent) call this first and then add theirs."""
+        signal.signal(signal.SIGTERM, self.handle_term)
+        signal.signal(signal.SIGHUP, self.handle_term)
+        signal.signal(signal.SIGINT, self.handle_quit)
+        signal.signal(signal.SIGQUIT, self.handle_quit)
+        signal.signal(signal.SIGUSR1, self.handle_usr1)
+        signal.signal(signal.SIGABRT, self.handle_abort)
+        signal.signal(signal.SIGWINCH, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTTIN, signal.SIG_DFL)
+        signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+        self._register_stack_dump()
+        if self._wake_r < 0:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+
+    @property
+    def wakeup_fd(self) -> int:
+        """A file descriptor that turns readable when the worker must stop (TERM, retire).
+        A run loop that sleeps in a selector registers it, so that it wakes at once
+        instead of at its next tick.  Never drained: once readable, it stays so."""
+        return self._wake_r
+
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass  # full (already readable) or closed
+
+    def _error_stream(self) -> Any:
+        """The stream of the error log's first stream handler, else stderr.  faulthandler
+        writes to its file descriptor from C, bypassing logging."""
+        error_log = getattr(self.log, "error_log", None)
+        for handler in getattr(error_log, "handlers", None) or []:
+            stream = getattr(handler, "stream", None)
+            try:
+                if stream is not None and stream.fileno() >= 0:
+                    return stream
+            except (OSError, ValueError, AttributeError):
+                continue
+        return sys.stderr
+
+    def _register_stack_dump(self) -> None:
+        # faulthandler.enable covers SIGABRT (register() refuses it) and SIGSEGV/SIGBUS/
+        # SIGFPE/SIGILL.  On SIGABRT its C handler writes every thread's stack, restores
+        # the previous handler (handle_abort, installed above) and re-raises, so
+        # worker_abort still runs when Python code gets control again.
+        try:
+            faulthandler.enable(file=self._error_stream(), all_threads=True)
+        except (OSError, ValueError, AttributeError, RuntimeError):
+            pass  # stderr without a file descriptor (tests): no dump, still a clean abort
+
+    def load_wsgi(self) -> None:
+        """Load the app into ``self.wsgi`` unless the master preloaded it."""
+        if self.wsgi is not None:
+            return
+        from forkhorn.wsgi.loader import load_app
+
+        self.wsgi = load_app(self.app_uri)
+
+    # -- signal handlers (worker, main thread) -----------------------------------------
+    def handle_term(self, signum: int, frame: FrameType | None) -> None:
+        self.alive = False
+        self.retire_reason = self.retire_reason or "stop"
+        self.slot.set_state(WorkerState.EXITING)
+        self.stop_accepting()
+        self._wake()
+
+    def handle_quit(self, signum: int, frame: FrameType | None) -> None:
+        self.alive = False
+        try:
+            self.cfg.worker_int(self)
+        finally:
+            sys.exit(0)
+
+    def handle_usr1(self, signum: int, frame: FrameType | None) -> None:
+        self._reopen_requested = True
+
+    def handle_abort(self, signum: int, frame: FrameType | None) -> None:
+        self.alive = False
+        self.aborted = True
+        try:
+            self.cfg.worker_abort(self)
+        finally:
+            sys.exit(1)
+
+    # -- accepting ---------------------------------------------------------------------
+    def unregister_listeners(self) -> None:
+        """Override to remove the listeners from a selector/epoll before they are closed
+        (an epoll set keeps a closed fd whose file is still open in other processes)."""
+        return None
+
+    def stop_accepting(self) -> None:
+        """Close this process's copies of the listening sockets.  Idempotent."""
+        try:
+            self.unregister_listeners()
+        finally:
+            for listener in self.sockets:
+                listener.close(unlink=False)
+
+    # -- run loop helpers (worker) -----------------------------------------------------
+    @abc.abstractmethod
+    def run(self) -> None:
+        """Serve until ``self.alive`` is False.  See the module docstring for the contract."""
+
+    def notify(self) -> None:
+        """Heartbeat: one 8-byte store into the scoreboard slot."""
+        self.slot.heartbeat()
+        if self._reopen_requested:
+            self._reopen_requested = False
+            self._reopen_logs()
+
+    def _reopen_logs(self) -> None:
+        self.log.reopen_files()
+        self._register_stack_dump()  # the error log's file descriptor may have changed
+
+    def is_parent_alive(self) -> bool:
+        """False once the master is gone (we were re-parented)."""
+        return os.getppid() == self.ppid
+
+    def tick(self, now: float | None = None) -> bool:
+        """Everything an idle run loop owes per turn: heartbeat, parent check, USR1,
+        lifetime and memory recycling.  Returns ``self.alive``."""
+        self.notify()
+        if not self.alive:
+            return False
+        if not self.is_parent_alive():
+            self.log.info("Parent changed, shutting down: %s", self)
+            self.alive = False
+            return False
+        reason = self.should_retire(time.monotonic() if now is None else now)
+        if reason:
+            self.retire(reason)
+        return self.alive
+
+    def should_retire(self, now: float) -> str:
+        """Why this worker should be recycled now ("" for no reason): lifetime or memory."""
+        if self._lifetime_deadline is not None and now >= self._lifetime_deadline:
+            return "max_worker_lifetime"
+        limit_mib = int(getattr(self.cfg, "max_worker_memory", 0) or 0)
+        if limit_mib > 0 and now >= self._next_memory_check:
+            self._next_memory_check = now + MEMORY_CHECK_INTERVAL
+            rss = rss_bytes()
+            if rss is not None and rss > limit_mib * 1024 * 1024:
+                return "max_worker_memory"
+        return ""
+
+    def retire(self, reason: str) -> None:
+        """Stop accepting and exit once in-flight work is done (recycling)."""
+        if not self.alive:
+            return
+        if reason == "max_requests":
+            self.log.info("Autorestarting worker after current request.")
+        else:
+            self.log.info("Retiring worker (pid: %s): %s reached", self.pid, reason)
+        self.retire_reason = reason
+        self.alive = False
+        self.slot.set_state(WorkerState.EXITING)
+        self.stop_accepting()
+        self._wake()
+
+    def request_started(self, request_line: bytes) -> None:
+        """A request began (scoreboard: BUSY, its line and start time)."""
+        self.slot.request_started(request_line)
+
+    def request_finished(self) -> None:
+        """A request ended: count it; retire when ``max_requests`` is reached."""
+        self.nr += 1
+        self.slot.request_finished()
+        if not self.alive:
+            self.slot.set_state(WorkerState.EXITING)
+        elif self.max_requests and self.nr >= self.max_requests:
+            self.retire("max_requests")

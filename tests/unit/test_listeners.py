@@ -1,0 +1,212 @@
+"""Listening sockets from bind strings, fds and inherited environments (loopback only)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from forkhorn.arbiter.listeners import (
+    FD_ENV,
+    Address,
+    Listener,
+    bind_one,
+    create_listeners,
+    inherited_fds,
+    parse_address,
+)
+from forkhorn.errors import BindError
+
+
+def _has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("bind", "expected"),
+    [
+        ("127.0.0.1:8000", Address("tcp", host="127.0.0.1", port=8000)),
+        ("127.0.0.1", Address("tcp", host="127.0.0.1", port=8000)),
+        (":9000", Address("tcp", host="0.0.0.0", port=9000)),
+        ("localhost:0", Address("tcp", host="localhost", port=0)),
+        ("[::1]:8080", Address("tcp", host="::1", port=8080)),
+        ("[::1]", Address("tcp", host="::1", port=8000)),
+        ("tcp://127.0.0.1:81", Address("tcp", host="127.0.0.1", port=81)),
+        ("unix:/tmp/x.sock", Address("unix", path="/tmp/x.sock")),
+        ("fd://3", Address("fd", fd=3)),
+    ],
+)
+def test_parse_address(bind: str, expected: Address) -> None:
+    assert parse_address(bind) == expected
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:http", "127.0.0.1:70000", "[::1", "fd://x", "unix:"])
+def test_parse_address_rejects(bind: str) -> None:
+    with pytest.raises(BindError):
+        parse_address(bind)
+
+
+def _accepts(listener: Listener) -> None:
+    with socket.create_connection(listener.sock.getsockname()[:2], timeout=5) as client:
+        listener.sock.setblocking(True)
+        conn, _ = listener.sock.accept()
+        conn.sendall(b"hi")
+        assert client.recv(2) == b"hi"
+        conn.close()
+
+
+def test_tcp_v4_port_zero_reports_the_real_port() -> None:
+    [listener] = create_listeners(["127.0.0.1:0"], environ={})
+    try:
+        port = listener.sock.getsockname()[1]
+        assert port != 0
+        assert str(listener) == f"http://127.0.0.1:{port}"
+        assert not listener.sock.getblocking()
+        assert listener.sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        _accepts(listener)
+    finally:
+        listener.close()
+
+
+def test_reuse_port_sets_the_option() -> None:
+    [listener] = create_listeners(["127.0.0.1:0"], reuse_port=True, environ={})
+    try:
+        assert listener.sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+    finally:
+        listener.close()
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this host")
+def test_tcp_v6() -> None:
+    [listener] = create_listeners(["[::1]:0"], environ={})
+    try:
+        port = listener.sock.getsockname()[1]
+        assert str(listener) == f"http://[::1]:{port}"
+        _accepts(listener)
+    finally:
+        listener.close()
+
+
+def test_unix_socket_with_umask_and_stale_file(tmp_path: Path) -> None:
+    path = tmp_path / "app.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))  # bound, never listening, then closed: a stale file
+    stale.close()
+    [listener] = create_listeners([f"unix:{path}"], umask=0o077, environ={})
+    try:
+        assert str(listener) == f"unix:{path}"
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        assert mode & 0o077 == 0
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(path))
+    finally:
+        listener.close(unlink=True)
+    assert not path.exists()
+
+
+def test_unix_socket_in_use_is_a_bind_error(tmp_path: Path) -> None:
+    path = tmp_path / "busy.sock"
+    [first] = create_listeners([f"unix:{path}"], environ={})
+    try:
+        with pytest.raises(BindError, match="Connection in use"):
+            create_listeners([f"unix:{path}"], environ={}, attempts=1)
+        assert path.exists()
+    finally:
+        first.close(unlink=True)
+
+
+def test_unix_path_that_is_a_regular_file_is_never_removed(tmp_path: Path) -> None:
+    path = tmp_path / "notasocket"
+    path.write_text("keep me")
+    with pytest.raises(BindError, match="not a socket"):
+        create_listeners([f"unix:{path}"], environ={})
+    assert path.read_text() == "keep me"
+
+
+def test_fd_bind(tmp_path: Path) -> None:
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.bind(("127.0.0.1", 0))
+    raw.listen(8)
+    fd = os.dup(raw.fileno())
+    raw.close()
+    [listener] = create_listeners([f"fd://{fd}"], environ={})
+    try:
+        assert listener.fileno() == fd
+        assert str(listener).startswith("http://127.0.0.1:")
+        _accepts(listener)
+    finally:
+        listener.close()
+
+
+def test_fd_that_is_not_listening_is_refused() -> None:
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(BindError, match="not a listening socket"):
+            create_listeners([f"fd://{raw.fileno()}"], environ={})
+    finally:
+        raw.close()
+
+
+def test_address_in_use_is_one_line_after_retries() -> None:
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    warnings: list[str] = []
+    sleeps: list[float] = []
+    try:
+        with pytest.raises(BindError) as info:
+            bind_one(
+                parse_address(f"127.0.0.1:{port}"),
+                attempts=3,
+                retry_delay=0.25,
+                warn=warnings.append,
+                sleep=sleeps.append,
+            )
+    finally:
+        holder.close()
+    assert str(info.value) == f"Connection in use: ('127.0.0.1', {port})"
+    assert info.value.exit_code == 1
+    assert sleeps == [0.25, 0.25]
+    assert warnings.count(f"Connection in use: ('127.0.0.1', {port})") == 2
+
+
+def test_inherited_fds_from_a_reexec_and_from_systemd() -> None:
+    assert inherited_fds({FD_ENV: "5,6"}) == [5, 6]
+    assert inherited_fds({"LISTEN_PID": "42", "LISTEN_FDS": "2"}, pid=42) == [3, 4]
+    assert inherited_fds({"LISTEN_PID": "41", "LISTEN_FDS": "2"}, pid=42) is None
+    assert inherited_fds({}) is None
+    with pytest.raises(BindError):
+        inherited_fds({FD_ENV: "x"})
+
+
+def test_create_listeners_uses_inherited_fds_instead_of_binding() -> None:
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.bind(("127.0.0.1", 0))
+    raw.listen(8)
+    fd = os.dup(raw.fileno())
+    port = raw.getsockname()[1]
+    raw.close()
+    # The bind names a port in use by nobody; the inherited socket wins.
+    [listener] = create_listeners(["127.0.0.1:1"], environ={FD_ENV: str(fd)})
+    try:
+        assert listener.sock.getsockname()[1] == port
+    finally:
+        listener.close()
+
+
+def test_a_failed_bind_closes_the_listeners_already_made(tmp_path: Path) -> None:
+    path = tmp_path / "first.sock"
+    with pytest.raises(BindError):
+        create_listeners([f"unix:{path}", "127.0.0.1:99999"], environ={})
+    assert not path.exists()

@@ -1,0 +1,229 @@
+"""The master's pure policy: plain worker tables and a fake clock in, actions out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from forkhorn.arbiter.policy import (
+    Abort,
+    Backoff,
+    Kill,
+    KillReason,
+    Limits,
+    Retire,
+    RetireReason,
+    Spawn,
+    Verdict,
+    WorkerView,
+    decide,
+    judge_exit,
+)
+from forkhorn.arbiter.scoreboard import WorkerState
+from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR
+
+LIMITS = Limits(timeout=30.0, boot_timeout=30.0, abort_grace=2.0, graceful_timeout=10.0)
+READY = WorkerState.READY
+BOOTING = WorkerState.BOOTING
+
+
+def worker(
+    pid: int,
+    *,
+    age: int | None = None,
+    generation: int = 0,
+    state: WorkerState = READY,
+    heartbeat: float = 100.0,
+    **kw: object,
+) -> WorkerView:
+    return WorkerView(
+        pid=pid,
+        age=pid if age is None else age,
+        generation=generation,
+        state=state,
+        spawned_at=0.0,
+        heartbeat=heartbeat,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def run(workers: list[WorkerView], now: float = 100.0, **kw: object) -> list[object]:
+    args: dict[str, object] = {"desired": 3, "generation": 0, "limits": LIMITS}
+    args.update(kw)
+    return list(decide(workers, now=now, **args).actions)  # type: ignore[arg-type]
+
+
+def test_spawns_up_to_the_desired_count() -> None:
+    assert run([]) == [Spawn(3)]
+    assert run([worker(1), worker(2)]) == [Spawn(1)]
+    assert run([worker(1), worker(2), worker(3)]) == []
+
+
+def test_retires_the_oldest_first_when_there_are_too_many() -> None:
+    table = [worker(10, age=3), worker(11, age=1), worker(12, age=2), worker(13, age=4)]
+    assert run(table, desired=2) == [
+        Retire(11, RetireReason.EXCESS),
+        Retire(12, RetireReason.EXCESS),
+    ]
+
+
+def test_leaving_workers_are_replaced_at_once() -> None:
+    table = [worker(1, retiring_since=95.0), worker(2, aborted_at=99.0), worker(3)]
+    assert run(table) == [Spawn(2)]
+
+
+def test_a_silent_worker_is_aborted_after_timeout() -> None:
+    table = [worker(1, heartbeat=69.0), worker(2, heartbeat=71.0), worker(3, heartbeat=100.0)]
+    actions = run(table)
+    assert actions == [Abort(1, 31.0, False), Spawn(1)]
+
+
+def test_a_worker_exactly_at_the_timeout_is_left_alone() -> None:
+    assert run([worker(1, heartbeat=70.0), worker(2), worker(3)]) == []
+
+
+def test_a_booting_worker_gets_the_boot_timeout() -> None:
+    limits = replace(LIMITS, boot_timeout=60.0)
+    table = [worker(1, state=BOOTING, heartbeat=50.0), worker(2), worker(3)]
+    assert run(table, limits=limits) == []
+    assert run(table, now=111.0, limits=limits) == [Abort(1, 61.0, True), Spawn(1)]
+
+
+def test_timeout_zero_disables_the_heartbeat_check() -> None:
+    limits = replace(LIMITS, timeout=0.0)
+    assert run([worker(1, heartbeat=0.0), worker(2), worker(3)], now=1e6, limits=limits) == []
+
+
+def test_an_aborted_worker_is_killed_after_the_grace() -> None:
+    table = [worker(1, heartbeat=0.0, aborted_at=100.0), worker(2), worker(3), worker(4)]
+    assert run(table, now=101.9) == []
+    assert run(table, now=102.0) == [Kill(1, KillReason.ABORT_GRACE)]
+
+
+def test_an_aborted_worker_is_not_aborted_twice_and_killed_ones_are_left() -> None:
+    table = [
+        worker(1, heartbeat=0.0, aborted_at=100.0, killed=True),
+        worker(2, heartbeat=500.0),
+        worker(3, heartbeat=500.0),
+    ]
+    assert run(table, now=500.0, desired=2) == []
+
+
+def test_a_retiring_worker_is_killed_after_graceful_timeout() -> None:
+    table = [worker(1, retiring_since=90.0), worker(2), worker(3), worker(4)]
+    assert run(table, now=99.0) == []
+    assert run(table, now=100.0) == [Kill(1, KillReason.GRACEFUL_TIMEOUT)]
+
+
+def test_wake_at_is_the_next_deadline() -> None:
+    table = [worker(1, aborted_at=99.5), worker(2), worker(3), worker(4)]
+    decision = decide(table, desired=3, generation=0, now=100.0, limits=LIMITS)
+    assert decision.wake_at == pytest.approx(101.5)
+
+
+def test_stop_retires_everyone_then_kills_at_the_deadline() -> None:
+    table = [worker(1), worker(2, retiring_since=99.0), worker(3, killed=True)]
+    assert run(table, stop_deadline=110.0) == [Retire(1, RetireReason.STOP)]
+    stopping = [worker(1, retiring_since=100.0), worker(2, retiring_since=99.0)]
+    assert run(stopping, now=105.0, stop_deadline=110.0) == []
+    assert run(stopping, now=110.0, stop_deadline=110.0) == [
+        Kill(1, KillReason.STOP_DEADLINE),
+        Kill(2, KillReason.STOP_DEADLINE),
+    ]
+
+
+def test_stop_never_spawns() -> None:
+    assert run([], stop_deadline=110.0) == []
+
+
+def test_reload_keeps_the_old_generation_until_the_new_one_serves() -> None:
+    old = [worker(1), worker(2)]
+    booting = [worker(3, generation=1, state=BOOTING), worker(4, generation=1, state=BOOTING)]
+    assert run(old, desired=2, generation=1) == [Spawn(2)]
+    assert run(old + booting, desired=2, generation=1) == []
+    half = [booting[0], replace(booting[1], state=READY)]
+    assert run(old + half, desired=2, generation=1) == []
+    ready = [replace(w, state=READY) for w in booting]
+    assert run(old + ready, desired=2, generation=1) == [
+        Retire(1, RetireReason.RELOAD),
+        Retire(2, RetireReason.RELOAD),
+    ]
+
+
+def test_a_dead_old_worker_is_not_replaced_during_reload() -> None:
+    table = [worker(2), worker(3, generation=1, state=BOOTING), worker(4, generation=1)]
+    assert run(table, desired=2, generation=1) == []
+
+
+def test_backoff_holds_spawns_until_its_time() -> None:
+    backoff = Backoff().failed(now=100.0)
+    assert backoff.not_before == pytest.approx(100.1)
+    decision = decide(
+        [worker(1)], desired=3, generation=0, now=100.05, limits=LIMITS, backoff=backoff
+    )
+    assert decision.actions == ()
+    assert decision.spawn_blocked_by_backoff
+    assert decision.wake_at == pytest.approx(100.1)
+
+
+def test_backoff_spawns_one_probe_at_a_time() -> None:
+    backoff = Backoff().failed(now=100.0)
+    assert run([worker(1)], now=101.0, backoff=backoff) == [Spawn(1)]
+    probing = [worker(1), worker(2, state=BOOTING)]
+    assert run(probing, now=101.0, backoff=backoff) == []
+
+
+def test_backoff_doubles_to_a_ceiling_and_resets() -> None:
+    backoff = Backoff()
+    delays = []
+    for i in range(12):
+        backoff = backoff.failed(now=float(i))
+        delays.append(backoff.not_before - i)
+    assert delays[:4] == pytest.approx([0.1, 0.2, 0.4, 0.8])
+    assert delays[-1] == 30.0
+    assert backoff.succeeded().failures == 0
+
+
+@pytest.mark.parametrize("code", [APP_LOAD_ERROR, WORKER_BOOT_ERROR])
+def test_a_boot_error_before_anything_served_halts_with_that_code(code: int) -> None:
+    verdict = judge_exit(
+        exit_code=code,
+        reached_serving=False,
+        expected=False,
+        generation=0,
+        current_generation=0,
+        ever_ready=False,
+        older_generation_serving=False,
+    )
+    assert (verdict.verdict, verdict.exit_code) == (Verdict.HALT, code)
+
+
+def _judge(**kw: object) -> Verdict:
+    args: dict[str, object] = {
+        "exit_code": APP_LOAD_ERROR,
+        "reached_serving": False,
+        "expected": False,
+        "generation": 0,
+        "current_generation": 0,
+        "ever_ready": True,
+        "older_generation_serving": False,
+    }
+    args.update(kw)
+    return judge_exit(**args).verdict  # type: ignore[arg-type]
+
+
+def test_a_boot_error_after_the_server_was_up_backs_off() -> None:
+    assert _judge() is Verdict.BACKOFF
+    assert _judge(exit_code=None) is Verdict.BACKOFF  # crashed during boot
+
+
+def test_a_boot_error_of_the_new_generation_abandons_the_reload() -> None:
+    verdict = _judge(generation=1, current_generation=1, older_generation_serving=True)
+    assert verdict is Verdict.ABANDON_RELOAD
+
+
+def test_ordinary_and_expected_deaths_are_replaced() -> None:
+    assert _judge(exit_code=None, reached_serving=True) is Verdict.REPLACE
+    assert _judge(exit_code=0, expected=True, ever_ready=False) is Verdict.REPLACE
+    assert _judge(generation=1, current_generation=0) is Verdict.REPLACE

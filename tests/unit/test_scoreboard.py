@@ -1,0 +1,115 @@
+"""The shared-memory scoreboard: a forked child writes its slot, the parent reads it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from forkhorn.arbiter.scoreboard import (
+    MAX_REQUEST_LINE_BYTES,
+    Scoreboard,
+    WorkerState,
+)
+
+
+def _wait(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_a_child_writes_its_slot_and_the_parent_reads_it() -> None:
+    board = Scoreboard(4)
+    slot = board.allocate(generation=7, now=5.0)
+    assert slot.snapshot().state is WorkerState.BOOTING
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            slot.set_pid(os.getpid())
+            slot.set_state(WorkerState.READY)
+            slot.request_started(b"GET /slow?x=1 HTTP/1.1", now=10.0)
+            slot.request_finished(now=11.0)
+            slot.request_started(b"POST /upload HTTP/1.1", now=12.0)
+        finally:
+            os._exit(0)
+    assert _wait(pid) == 0
+    snap = slot.snapshot()
+    assert snap.pid == pid
+    assert snap.generation == 7
+    assert snap.spawned_at == 5.0
+    assert snap.state is WorkerState.BUSY
+    assert snap.requests == 1
+    assert snap.heartbeat == 12.0
+    assert snap.request_start == 12.0
+    assert snap.request_line == b"POST /upload HTTP/1.1"
+    assert snap.request_age(now=14.5) == 2.5
+    board.close()
+
+
+def test_request_finished_counts_and_clears_the_request() -> None:
+    board = Scoreboard(1)
+    slot = board.allocate(now=0.0)
+    slot.request_started(b"GET / HTTP/1.1", now=1.0)
+    assert slot.request_finished(now=2.0) == 1
+    assert slot.request_finished(now=3.0) == 2
+    snap = slot.snapshot()
+    assert snap.state is WorkerState.IDLE
+    assert snap.request_age(now=10.0) is None
+    assert snap.heartbeat == 3.0
+    board.close()
+
+
+def test_a_long_request_line_is_truncated() -> None:
+    board = Scoreboard(1)
+    slot = board.allocate()
+    slot.request_started(b"GET /" + b"a" * 1000 + b" HTTP/1.1")
+    assert len(slot.snapshot().request_line) == MAX_REQUEST_LINE_BYTES
+    board.close()
+
+
+def test_boot_failure_reason_reaches_the_master() -> None:
+    board = Scoreboard(1)
+    slot = board.allocate()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        slot.boot_failed("No module named 'nothere'")
+        os._exit(4)
+    assert _wait(pid) == 4
+    snap = slot.snapshot()
+    assert snap.state is WorkerState.BOOT_FAILED
+    assert snap.request_line == b"No module named 'nothere'"
+    board.close()
+
+
+def test_slots_are_reused_after_free_and_the_board_grows() -> None:
+    board = Scoreboard(2)
+    a = board.allocate()
+    b = board.allocate()
+    assert (a.index, b.index) == (0, 1)
+    c = board.allocate()  # a new segment
+    assert c.index == 2 and board.capacity == 4
+    board.free(a)
+    assert a.snapshot().state is WorkerState.FREE
+    d = board.allocate(generation=3)
+    assert d.index == 0 and d.snapshot().generation == 3
+    assert [s.index for s in board.snapshots()] == [0, 1, 2]
+    board.close()
+
+
+def test_a_segment_added_before_fork_is_shared() -> None:
+    board = Scoreboard(1)
+    board.allocate()
+    late = board.allocate()  # second segment
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        late.set_state(WorkerState.READY)
+        os._exit(0)
+    assert _wait(pid) == 0
+    assert late.snapshot().state is WorkerState.READY
+    board.close()
+
+
+@pytest.mark.parametrize("state", list(WorkerState))
+def test_is_serving(state: WorkerState) -> None:
+    expected = state in (WorkerState.READY, WorkerState.BUSY, WorkerState.IDLE)
+    assert state.is_serving is expected
