@@ -99,6 +99,7 @@ class Exchange:
     """
 
     __slots__ = (
+        "broken",
         "conn",
         "head_sent",
         "headers",
@@ -114,6 +115,7 @@ class Exchange:
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.head_sent = False
+        self.broken = False  # the response cannot be completed: close the connection
         self.sent = 0  # body bytes handed to the framing (for the access log)
         self.started = time.monotonic()
 
@@ -170,10 +172,9 @@ class Exchange:
             raise AssertionError("app returned without calling start_response()")
         if self.conn.error is not None:
             raise self.conn.error
-        head = self.conn.send_response(self.status, self.headers, http_date(), len(body))
         self.head_sent = True
         self.sent += len(body)
-        self.send(head + self.conn.send_data(body) + self.conn.send_end())
+        self.send(self.conn.send_whole(self.status, self.headers, http_date(), body))
 
     def finish(self) -> None:
         """End the response: the head if nothing was sent yet, then the last chunk."""
@@ -221,6 +222,46 @@ def raw_error_response(status: int, reason: str) -> bytes:
     )
 
 
+def call_app(
+    app: WSGIApp, environ: dict[str, Any], exchange: Exchange, log: Any
+) -> Iterable[bytes] | None:
+    """Call the app. None means it failed and the error response was already sent."""
+    try:
+        return app(environ, exchange.start_response)
+    except ProtocolError:
+        raise
+    except Exception:
+        app_failed(exchange, environ, log, sys.exc_info())
+        return None
+
+
+def single_body(result: Iterable[bytes], exchange: Exchange) -> bytes | None:
+    """The body when the app returned a one-item list or tuple (the common case), so the
+    response can carry a Content-Length and go out in one write."""
+    if (
+        (result.__class__ is list or result.__class__ is tuple)
+        and len(result) == 1  # type: ignore[arg-type]
+        and not exchange.head_sent
+    ):
+        body = result[0]  # type: ignore[index]
+        if body.__class__ is bytes:
+            return body  # type: ignore[no-any-return]
+        if not isinstance(body, bytes):
+            raise InvalidResponseError(f"app yielded {type(body).__name__}, not bytes")
+        return bytes(body)
+    return None
+
+
+def close_result(result: Iterable[bytes], log: Any) -> None:
+    """PEP 3333: call ``close()`` on the iterable whatever happened."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.exception("Error closing the response iterable")
+
+
 def run_app(
     app: WSGIApp,
     environ: dict[str, Any],
@@ -228,23 +269,18 @@ def run_app(
     sendfile: Callable[[int, int, int], int] | None,
     log: Any,
 ) -> bool:
-    """Run the app for one request and send its whole response.
+    """Run the app for one request and send its whole response (blocking workers).
 
     Returns False when the connection must be closed without further ado (the response
     could not be completed). Protocol errors from ``wsgi.input`` propagate to the caller
     only when nothing was sent yet; after that they end the response.
     """
+    result = call_app(app, environ, exchange, log)
+    if result is None:
+        return not exchange.broken
     try:
-        result = app(environ, exchange.start_response)
-    except ProtocolError:
-        raise
-    except Exception:
-        return _app_failed(exchange, environ, log, sys.exc_info())
-    try:
-        if isinstance(result, (list, tuple)) and len(result) == 1 and not exchange.head_sent:
-            body = result[0]
-            if not isinstance(body, bytes):
-                raise InvalidResponseError(f"app yielded {type(body).__name__}, not bytes")
+        body = single_body(result, exchange)
+        if body is not None:
             exchange.write_whole(body)
         elif isinstance(result, FileWrapper) and sendfile is not None:
             _send_file(exchange, result, sendfile)
@@ -262,14 +298,9 @@ def run_app(
     except OSError:
         raise  # the client went away: the worker closes quietly
     except Exception:
-        return _app_failed(exchange, environ, log, sys.exc_info())
+        return app_failed(exchange, environ, log, sys.exc_info())
     finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                log.exception("Error closing the response iterable")
+        close_result(result, log)
     return True
 
 
@@ -310,10 +341,11 @@ def _send_file(
         exchange.send(tail)
 
 
-def _app_failed(exchange: Exchange, environ: dict[str, Any], log: Any, exc: Any) -> bool:
+def app_failed(exchange: Exchange, environ: dict[str, Any], log: Any, exc: Any) -> bool:
     request_line = f"{environ.get('REQUEST_METHOD')} {environ.get('RAW_URI')}"
     log.error("Error handling request %s", request_line, exc_info=exc)
     if exchange.head_sent:
+        exchange.broken = True
         return False
     conn = exchange.conn
     exchange.status = "500 Internal Server Error"

@@ -25,23 +25,37 @@ from urllib.parse import unquote_to_bytes
 from forkhorn.http import BadRequestError, Request
 
 _KEY_CACHE_LIMIT = 1024
-_key_cache: dict[bytes, str | None] = {
-    b"content-type": "CONTENT_TYPE",
-    b"content-length": None,  # from the framing, never from the header
-    b"host": "HTTP_HOST",
-    b"user-agent": "HTTP_USER_AGENT",
-    b"accept": "HTTP_ACCEPT",
-}
+#: Marks a header name that the ``refuse`` policy answers with 400.
+_REFUSE = "\x00refuse"
 
 
-def _environ_key(name: bytes) -> str | None:
-    key = _key_cache.get(name, "")
-    if key != "":
+class _EnvironKeys(dict[bytes, "str | None"]):
+    """Header name (lower-cased bytes) -> environ key, or None to leave it out.
+
+    One instance per ``header_map`` policy, so that the hot loop is a single C-level dict
+    lookup per header; unknown names are computed once by ``__missing__``.
+    """
+
+    def __init__(self, policy: str) -> None:
+        super().__init__()
+        self.policy = policy
+        self[b"content-type"] = "CONTENT_TYPE"
+        self[b"content-length"] = None  # from the framing, never from the header
+
+    def __missing__(self, name: bytes) -> str | None:
+        key: str | None = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if b"_" in name:
+            # X_Auth and X-Auth would both become HTTP_X_AUTH: one could pose as the other.
+            if self.policy == "drop":
+                key = None
+            elif self.policy == "refuse":
+                key = _REFUSE
+        if len(self) < _KEY_CACHE_LIMIT:
+            self[name] = key
         return key
-    key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-    if len(_key_cache) < _KEY_CACHE_LIMIT:
-        _key_cache[name] = key
-    return key
+
+
+_KEYS = {policy: _EnvironKeys(policy) for policy in ("drop", "refuse", "dangerous")}
 
 
 def make_base_environ(
@@ -81,18 +95,15 @@ def build_environ(
     """The environ for one request. Raises BadRequestError for a refused header."""
     environ = base.copy()
     target = request.target
-    method = request.method.decode("latin-1")
-    raw_uri = target.decode("latin-1")
     if target[0] != 0x2F:
         path, query = _split_non_origin(target)
     else:
-        path, sep, query = target.partition(b"?")
-        if b"#" in query:
-            query = query.partition(b"#")[0]
-        if b"#" in path:
+        path, _, query = target.partition(b"?")
+        if b"#" in target:
             path = path.partition(b"#")[0]
-    environ["REQUEST_METHOD"] = method
-    environ["RAW_URI"] = raw_uri
+            query = query.partition(b"#")[0]
+    environ["REQUEST_METHOD"] = request.method.decode("latin-1")
+    environ["RAW_URI"] = target.decode("latin-1")
     environ["PATH_INFO"] = (
         unquote_to_bytes(path).decode("latin-1") if b"%" in path else path.decode("latin-1")
     )
@@ -106,25 +117,33 @@ def build_environ(
     elif request.chunked:
         environ["HTTP_TRANSFER_ENCODING"] = "chunked"
 
+    keys = _KEYS[header_map]
     for name, value in request.headers:
-        key = _environ_key(name)
+        key = keys[name]
         if key is None:
             continue
-        if b"_" in name:
-            if header_map == "drop":
-                continue
-            if header_map == "refuse":
+        if key in environ:
+            if key == _REFUSE:
                 raise BadRequestError(f"header name with underscore: {name.decode()!r}")
-        text = value.decode("latin-1")
-        if key in environ and key.startswith("HTTP_"):
+            if key == "CONTENT_TYPE":
+                raise BadRequestError("duplicate Content-Type")
             sep = "; " if key == "HTTP_COOKIE" else ", "
-            environ[key] = environ[key] + sep + text
-        elif key == "CONTENT_TYPE" and key in environ:
-            raise BadRequestError("duplicate Content-Type")
+            environ[key] = environ[key] + sep + value.decode("latin-1")
+        elif key == _REFUSE:
+            raise BadRequestError(f"header name with underscore: {name.decode()!r}")
         else:
-            environ[key] = text
-    if "HTTP_HOST" in environ:
-        _server_from_host(environ)
+            environ[key] = value.decode("latin-1")
+
+    host = environ.get("HTTP_HOST")
+    if host is not None:
+        # SERVER_NAME/SERVER_PORT from Host, as gunicorn does (PEP 3333 URL reconstruction).
+        if host[:1] == "[":  # an IPv6 literal
+            end = host.find("]")
+            name, port = host[: end + 1], host[end + 2 :]
+        else:
+            name, _, port = host.partition(":")
+        environ["SERVER_NAME"] = name
+        environ["SERVER_PORT"] = port or ("443" if environ["wsgi.url_scheme"] == "https" else "80")
     return environ
 
 
@@ -143,19 +162,3 @@ def _split_non_origin(target: bytes) -> tuple[bytes, bytes]:
         path_query = rest[slash:]
     path, _, query = path_query.partition(b"?")
     return path, query.partition(b"#")[0]
-
-
-def _server_from_host(environ: dict[str, Any]) -> None:
-    host: str = environ["HTTP_HOST"]
-    if host.startswith("["):  # IPv6 literal
-        end = host.find("]")
-        name, port = host[: end + 1], host[end + 2 :]
-    else:
-        name, _, port = host.partition(":")
-    environ["SERVER_NAME"] = name
-    if port:
-        environ["SERVER_PORT"] = port
-    elif environ["wsgi.url_scheme"] == "https":
-        environ["SERVER_PORT"] = "443"
-    else:
-        environ["SERVER_PORT"] = "80"

@@ -1,0 +1,566 @@
+"""``-k fast``: an asyncio event loop per worker, the WSGI app called inline.
+
+For CPU-bound and fast apps this is the quickest way to serve WSGI from Python (the model
+of meinheld and bjoern, with the strict core and the arbiter's supervision kept). An app
+that blocks (a slow database call, ``time.sleep``) blocks the whole worker: use ``gevent``
+or ``gthread`` for those.
+
+How it works:
+- One ``asyncio.Protocol`` per connection drives a ``ServerConnection``. Request bodies
+  are buffered before the app runs (in memory up to ``MAX_MEMORY_BODY``, then spilled to a
+  temporary file), so ``wsgi.input`` never blocks the loop; ``100 Continue`` is sent when
+  buffering starts.
+- The app runs inline in the loop. A one-item list goes out in one write with a
+  Content-Length; other iterables are pulled one chunk at a time, and only while the
+  transport's buffer is under its high-water mark: when asyncio calls ``pause_writing``,
+  iteration stops and reading is paused until ``resume_writing``. ``wsgi.file_wrapper``
+  goes through ``loop.sendfile``.
+- Pipelined requests are answered in order: after each response, the parser's buffer is
+  processed again before reading more.
+- Deadlines without a timer per request: each connection holds one monotonic deadline
+  (keep-alive idle, whole head, or minimum body rate) and a sweep every second closes
+  those past it, answering 408 where a status can still be sent. ``worker_connections``
+  caps open connections; beyond it new ones get 503 and are closed.
+- The heartbeat is a loop callback: an app that hangs the loop stops it, so the master's
+  ``timeout`` catches the worker, dumps its stack and replaces it.
+
+Runs in: the worker process, main thread, inside the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from forkhorn.config import SETTINGS
+from forkhorn.http import (
+    CLOSED,
+    NEED_DATA,
+    Data,
+    EndOfMessage,
+    ProtocolError,
+    Request,
+    RequestTimeoutError,
+    ServerConnection,
+)
+from forkhorn.wsgi.cycle import (
+    Exchange,
+    FileWrapper,
+    app_failed,
+    close_result,
+    error_response,
+    http_date,
+    raw_error_response,
+    single_body,
+)
+from forkhorn.wsgi.environ import build_environ
+
+from .base import Worker
+from .session import prepare_http
+
+#: Bodies up to this size stay in memory; larger ones are spilled to a temporary file.
+MAX_MEMORY_BODY = 1024 * 1024
+#: Output buffered per connection before we stop producing (asyncio's pause_writing).
+WRITE_HIGH_WATER = 256 * 1024
+#: How often deadlines are checked and the heartbeat is sent (seconds).
+SWEEP_INTERVAL = 1.0
+
+_monotonic = time.monotonic
+# What a connection's deadline currently bounds.
+_IDLE, _HEAD, _BODY, _CLOSING = range(4)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    __slots__ = (
+        "body",
+        "body_size",
+        "busy",
+        "conn",
+        "deadline",
+        "environ",
+        "exchange",
+        "iterator",
+        "paused_reading",
+        "peer",
+        "phase",
+        "request",
+        "result",
+        "transport",
+        "worker",
+        "write_paused",
+    )
+
+    def __init__(self, worker: FastWorker) -> None:
+        self.worker = worker
+        self.conn = ServerConnection(*worker.http_limits)
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, str] = ("", "")
+        self.request: Request | None = None
+        self.body: list[bytes] | Any = None
+        self.body_size = 0
+        self.deadline = 0.0
+        self.phase = _HEAD
+        self.write_paused = False
+        self.paused_reading = False
+        self.busy = False  # a response is being produced (streaming or sendfile)
+        self.iterator: Iterator[bytes] | None = None
+        self.exchange: Exchange | None = None
+        self.environ: dict[str, Any] | None = None
+        self.result: Any = None
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        worker = self.worker
+        if len(worker.connections) >= worker.max_connections or not worker.alive:
+            # Refused politely: a status the client can read, then close.
+            transport.write(raw_error_response(503, "Service Unavailable"))  # type: ignore[attr-defined]
+            transport.close()
+            return
+        worker.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = (str(peer[0]), str(peer[1]))
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
+        self.deadline = _monotonic() + worker.head_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.connections.discard(self)
+        if self.result is not None:
+            close_result(self.result, self.worker.log)
+            self.result = None
+        self.iterator = None
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.iterator is not None:
+            self._stream()
+        elif not self.busy:
+            self._resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.receive_data(data)
+        if not self.busy:
+            self._process()
+
+    def eof_received(self) -> bool | None:
+        self.conn.receive_data(b"")
+        if not self.busy:
+            self._process()
+        return None
+
+    # -- request processing --------------------------------------------------------------
+    def _process(self) -> None:
+        """Handle every complete event in the buffer, answering requests in order."""
+        conn = self.conn
+        try:
+            while True:
+                event = conn.next_event()
+                cls = event.__class__
+                if cls is Request:
+                    self.request = event  # type: ignore[assignment]
+                    if event.content_length != 0:  # type: ignore[union-attr]
+                        self._start_body(event)  # type: ignore[arg-type]
+                        continue
+                    conn.next_event()  # the EndOfMessage of a request without a body
+                elif cls is Data:
+                    self._add_body(event.data)  # type: ignore[union-attr]
+                    continue
+                elif cls is not EndOfMessage:
+                    if event is NEED_DATA:
+                        if self.phase == _IDLE and conn.has_buffered:
+                            # A new head started: all of it must arrive in time, however
+                            # slowly its bytes trickle in.
+                            self.phase = _HEAD
+                            self.deadline = _monotonic() + self.worker.head_timeout
+                    elif event is CLOSED:
+                        self._close()
+                    return
+                # A complete request: answer it, then go on with any pipelined one.
+                self._respond()
+                if self.busy or self.phase != _IDLE:
+                    return
+                conn.start_next_cycle()
+                if not conn.has_buffered:
+                    if conn.peer_closed:
+                        self._close()
+                    return
+        except ProtocolError as exc:
+            self._fail(exc)
+        except Exception:
+            self.worker.log.exception("Unexpected error on a connection")
+            self._close()
+
+    def _start_body(self, request: Request) -> None:
+        self.body = []
+        self.body_size = 0
+        self.phase = _BODY
+        self.deadline = _monotonic() + self.worker.head_timeout
+        interim = self.conn.send_continue()
+        if interim and self.transport is not None:
+            self.transport.write(interim)
+
+    def _add_body(self, data: bytes) -> None:
+        self.body_size += len(data)
+        body = self.body
+        if body.__class__ is list:
+            body.append(data)
+            if self.body_size > MAX_MEMORY_BODY:
+                spill = tempfile.TemporaryFile()  # noqa: SIM115 - closed with wsgi.input
+                spill.write(b"".join(body))
+                self.body = spill
+        else:
+            body.write(data)
+        rate = self.worker.body_min_rate
+        if rate:
+            # Each body_min_rate bytes buys one more second (mod_reqtimeout's MinRate).
+            self.deadline += len(data) / rate
+
+    def _body_stream(self) -> Any:
+        body = self.body
+        self.body = None
+        if body is None:
+            return _EMPTY_INPUT
+        if body.__class__ is list:
+            return io.BytesIO(b"".join(body))
+        body.seek(0)
+        return body
+
+    def _respond(self) -> None:
+        """Run the app for the complete request and start its response.
+
+        The common case (a one-item list) is written out inline: this is the hot path
+        measured by bench/README.md's hello numbers, so it avoids every call it can.
+        """
+        worker = self.worker
+        request = self.request
+        transport = self.transport
+        conn = self.conn
+        assert request is not None and transport is not None
+        environ = build_environ(
+            worker.base_environ,
+            request,
+            self.peer[0],
+            self.peer[1],
+            _EMPTY_INPUT if self.body is None else self._body_stream(),
+            worker.header_map,
+        )
+        if worker.close_connections:
+            conn.close_after_response = True
+        exchange = Exchange(conn, transport.write)
+        worker.request_started(request.request_line)
+        if worker.hook_pre_request:
+            worker.cfg.pre_request(worker, request)
+        try:
+            result = worker.wsgi(environ, exchange.start_response)  # type: ignore[misc]
+        except ProtocolError:
+            raise
+        except Exception:
+            ok = app_failed(exchange, environ, worker.log, sys.exc_info())
+            self._finish(exchange, environ, ok)
+            return
+        try:
+            if (
+                result.__class__ is list
+                and len(result) == 1
+                and result[0].__class__ is bytes
+                and exchange.status is not None
+                and not exchange.head_sent
+            ):
+                body = result[0]
+                exchange.head_sent = True
+                exchange.sent = len(body)
+                transport.write(conn.send_whole(exchange.status, exchange.headers, _date(), body))
+                self._finish(exchange, environ, True)
+                return
+            body = single_body(result, exchange)
+            if body is not None:
+                exchange.write_whole(body)
+                close_result(result, worker.log)
+                self._finish(exchange, environ, True)
+                return
+            self.result = result
+            self.exchange = exchange
+            self.environ = environ
+            self.busy = True
+            if isinstance(result, FileWrapper) and _has_fileno(result):
+                self._pause_reading()
+                worker.tasks.add(asyncio.ensure_future(self._sendfile(result, exchange, environ)))
+            else:
+                self.iterator = iter(result)
+                self._stream()
+        except ProtocolError:
+            raise
+        except Exception:
+            ok = app_failed(exchange, environ, worker.log, sys.exc_info())
+            self.result = None
+            self.busy = False
+            close_result(result, worker.log)
+            self._finish(exchange, environ, ok)
+
+    def _stream(self) -> None:
+        """Pull chunks while the transport accepts them (write backpressure)."""
+        iterator = self.iterator
+        exchange = self.exchange
+        assert iterator is not None and exchange is not None
+        write = exchange.write
+        try:
+            while not self.write_paused:
+                data = next(iterator, None)
+                if data is None:
+                    break
+                if data.__class__ is not bytes and not isinstance(data, bytes):
+                    raise TypeError(f"app yielded {type(data).__name__}, not bytes")
+                write(data)
+                if self.transport is None:
+                    return
+            else:
+                self._pause_reading()
+                return  # resume_writing() calls us again
+            exchange.finish()
+            ok = True
+        except Exception:
+            ok = app_failed(exchange, self.environ or {}, self.worker.log, sys.exc_info())
+        self._end_streaming(ok)
+
+    async def _sendfile(self, wrapper: FileWrapper, exchange: Exchange, environ: Any) -> None:
+        ok = True
+        try:
+            fd = wrapper.filelike.fileno()
+            try:
+                offset = wrapper.filelike.tell()
+            except (AttributeError, OSError):
+                offset = 0
+            size = max(os.fstat(fd).st_size - offset, 0)
+            conn = exchange.conn
+            head = conn.send_response(exchange.status or "", exchange.headers, _date(), size)
+            exchange.head_sent = True
+            transport = self.transport
+            if transport is None:
+                return
+            transport.write(head)
+            count = conn.sendfile_allowance(size)
+            if count:
+                loop = asyncio.get_running_loop()
+                file = os.fdopen(os.dup(fd), "rb")
+                with file:
+                    sent = await loop.sendfile(transport, file, offset, count)
+                exchange.sent += sent
+                if sent < count:
+                    ok = False
+            tail = conn.send_end()
+            if tail and self.transport is not None:
+                self.transport.write(tail)
+        except Exception:
+            ok = app_failed(exchange, environ, self.worker.log, sys.exc_info())
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self.worker.tasks.discard(task)
+        self._end_streaming(ok)
+
+    def _end_streaming(self, ok: bool) -> None:
+        exchange = self.exchange
+        environ = self.environ
+        self.iterator = None
+        self.exchange = None
+        self.environ = None
+        result, self.result = self.result, None
+        if result is not None:
+            close_result(result, self.worker.log)
+        self.busy = False
+        if exchange is not None:
+            self._finish(exchange, environ or {}, ok)
+        if self.phase == _IDLE and self.transport is not None:
+            self._resume_reading()
+            self.conn.start_next_cycle()
+            self._process()
+
+    def _finish(self, exchange: Exchange, environ: dict[str, Any], ok: bool) -> None:
+        """Bookkeeping after a response: logs, hooks, keep-alive or close."""
+        worker = self.worker
+        worker.request_finished()
+        log = worker.log
+        if worker.access_enabled:
+            log.access(
+                environ,
+                exchange.status or "000 Unknown",
+                exchange.headers,
+                exchange.sent,
+                _monotonic() - exchange.started,
+            )
+        if worker.hook_post_request:
+            try:
+                worker.cfg.post_request(worker, self.request, environ, exchange)
+            except Exception:
+                log.exception("Exception in post_request hook")
+        conn = self.conn
+        self.request = None
+        if not ok or not conn.keep_alive:
+            self.phase = _CLOSING
+            self._close()
+            return
+        self.phase = _IDLE
+        self.deadline = _monotonic() + worker.keepalive
+
+    def _fail(self, exc: ProtocolError) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        conn = self.conn
+        try:
+            if not conn.response_started:
+                if conn.request is not None:
+                    transport.write(error_response(conn, exc.status, exc.reason))
+                else:
+                    transport.write(raw_error_response(exc.status, exc.reason))
+        except ProtocolError:
+            pass
+        self._close()
+
+    def _close(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+        self.worker.connections.discard(self)
+
+    def _pause_reading(self) -> None:
+        if not self.paused_reading and self.transport is not None:
+            self.paused_reading = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.paused_reading and self.transport is not None:
+            self.paused_reading = False
+            self.transport.resume_reading()
+
+    # -- called by the worker's sweep ----------------------------------------------------
+    def expire(self, now: float) -> None:
+        """Close the connection if its deadline passed (idle, slow head, slow body)."""
+        if self.busy or now < self.deadline:
+            return
+        if self.phase == _IDLE:
+            self._close()  # idle keep-alive: nothing to answer
+            return
+        self._fail(RequestTimeoutError("request not received in time"))
+
+    def close_idle(self) -> None:
+        """Graceful stop: close a connection that is between requests."""
+        if not self.busy and self.request is None and not self.conn.buffered:
+            self._close()
+
+
+_EMPTY_INPUT = io.BytesIO(b"")
+
+
+def _has_fileno(wrapper: FileWrapper) -> bool:
+    """Can this file go through sendfile (a regular file with a descriptor)?"""
+    try:
+        return stat.S_ISREG(os.fstat(wrapper.filelike.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+_date = http_date
+
+
+class FastWorker(Worker):
+    """The event-loop worker: a protocol per connection, the app called inline."""
+
+    def run(self) -> None:
+        self.prepare()
+        loop = self._new_loop()
+        self.loop = loop
+        self.servers: list[asyncio.AbstractServer] = []
+        try:
+            loop.run_until_complete(self._serve())
+        finally:
+            loop.close()
+
+    def prepare(self) -> None:
+        """Per-process state the protocols read on every request."""
+        prepare_http(self, multithread=False)
+        cfg = self.cfg
+        self.connections: set[HttpProtocol] = set()
+        self.tasks: set[asyncio.Future[None]] = set()  # keeps sendfile tasks referenced
+        self.max_connections = int(cfg.worker_connections)
+        self.head_timeout = float(cfg.header_timeout)
+        self.keepalive = float(cfg.keepalive)
+        self.body_min_rate = float(cfg.body_min_rate)
+        self.hook_pre_request = cfg.pre_request is not SETTINGS["pre_request"].default
+        self.hook_post_request = cfg.post_request is not SETTINGS["post_request"].default
+        self.access_enabled = bool(self.log.access_enabled)
+        # Every response says Connection: close (no keep-alive, or stopping).
+        self.close_connections = self.keepalive <= 0
+
+    def _new_loop(self) -> asyncio.AbstractEventLoop:
+        try:
+            import uvloop
+        except ImportError:
+            self.log.info(
+                "uvloop is not installed: using the standard asyncio loop "
+                "(pip install 'forkhorn[fast]')"
+            )
+            return asyncio.new_event_loop()
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Signals are delivered through the loop so that they interrupt its wait at once.
+        for sig, handler in (
+            (signal.SIGTERM, self.handle_term),
+            (signal.SIGHUP, self.handle_term),
+            (signal.SIGINT, self.handle_quit),
+            (signal.SIGQUIT, self.handle_quit),
+            (signal.SIGUSR1, self.handle_usr1),
+        ):
+            loop.add_signal_handler(sig, handler, sig, None)
+        for listener in self.sockets:
+            sock = listener.sock
+            sock.setblocking(False)
+            server = await loop.create_server(
+                lambda: HttpProtocol(self), sock=sock, backlog=int(self.cfg.backlog)
+            )
+            self.servers.append(server)
+        while self.alive:
+            self.tick()
+            now = _monotonic()
+            for protocol in list(self.connections):
+                protocol.expire(now)
+            await asyncio.sleep(SWEEP_INTERVAL)
+        await self._drain()
+
+    def unregister_listeners(self) -> None:
+        self.close_connections = True
+        for server in getattr(self, "servers", []):
+            server.close()
+
+    async def _drain(self) -> None:
+        """Graceful stop: no new connections; idle ones closed; busy ones finish."""
+        deadline = _monotonic() + float(self.cfg.graceful_timeout)
+        while self.connections and _monotonic() < deadline:
+            for protocol in list(self.connections):
+                protocol.conn.close_after_response = True
+                protocol.close_idle()
+            if not self.connections:
+                break
+            self.notify()
+            await asyncio.sleep(0.05)
+        for protocol in list(self.connections):
+            protocol._close()
