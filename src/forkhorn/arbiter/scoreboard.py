@@ -81,6 +81,11 @@ _OFF_REQUESTS = 24
 _OFF_PID = 32
 _OFF_STATE = 40
 _OFF_LINE = 42
+# Hot-path stores (request_started/finished): heartbeat and request start together, and
+# state with the line (the byte at 41 is padding).
+_HB_START = struct.Struct("<dd")  # offset 0
+_STATE_LINE = struct.Struct(f"<BxH4x{MAX_REQUEST_LINE_BYTES}s")  # offset 40
+_monotonic = time.monotonic
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,16 +116,18 @@ class ScoreboardSlot:
     ``reset`` before the slot is handed out).
     """
 
-    __slots__ = ("_base", "_buf", "index")
+    __slots__ = ("_base", "_buf", "_served", "index")
 
     def __init__(self, buf: mmap.mmap, base: int, index: int) -> None:
         self._buf = buf
         self._base = base
         self.index = index
+        self._served = 0  # the owner's count, mirrored into the slot
 
     # -- master side -------------------------------------------------------------------
     def reset(self, generation: int, now: float) -> None:
         """Clear the slot for a worker about to be forked (master only)."""
+        self._served = 0
         _LAYOUT.pack_into(
             self._buf, self._base, now, 0.0, now, 0, 0, generation, WorkerState.BOOTING, 0, b""
         )
@@ -166,23 +173,31 @@ class ScoreboardSlot:
         _LINE.pack_into(self._buf, self._base + _OFF_LINE, len(raw), raw)
 
     def request_started(self, request_line: bytes, now: float | None = None) -> None:
-        """A request began: store its line and start, mark BUSY, heartbeat."""
-        t = time.monotonic() if now is None else now
-        self._set_line(request_line)
-        _REQUEST_START.pack_into(self._buf, self._base + _OFF_REQUEST_START, t)
-        _HEARTBEAT.pack_into(self._buf, self._base + _OFF_HEARTBEAT, t)
-        self.set_state(WorkerState.BUSY)
+        """A request began: store its line and start, mark BUSY, heartbeat.
+
+        Two stores (heartbeat+start, then state+line): this runs once per request on every
+        worker's hot path, so it avoids enum lookups and per-field calls.
+        """
+        t = _monotonic() if now is None else now
+        buf = self._buf
+        base = self._base
+        _HB_START.pack_into(buf, base, t, t)
+        # struct's "s" truncates a longer line to MAX_REQUEST_LINE_BYTES by itself.
+        _STATE_LINE.pack_into(
+            buf, base + _OFF_STATE, _BUSY, min(len(request_line), MAX_REQUEST_LINE_BYTES),
+            request_line,
+        )
 
     def request_finished(self, now: float | None = None) -> int:
         """The request ended: count it, mark IDLE, heartbeat.  Returns requests served."""
-        t = time.monotonic() if now is None else now
-        (served,) = _REQUESTS.unpack_from(self._buf, self._base + _OFF_REQUESTS)
-        served += 1
-        _REQUESTS.pack_into(self._buf, self._base + _OFF_REQUESTS, served)
-        _REQUEST_START.pack_into(self._buf, self._base + _OFF_REQUEST_START, 0.0)
-        _HEARTBEAT.pack_into(self._buf, self._base + _OFF_HEARTBEAT, t)
-        self.set_state(WorkerState.IDLE)
-        return int(served)
+        t = _monotonic() if now is None else now
+        buf = self._buf
+        base = self._base
+        self._served = served = self._served + 1
+        _HB_START.pack_into(buf, base, t, 0.0)
+        _REQUESTS.pack_into(buf, base + _OFF_REQUESTS, served)
+        _STATE.pack_into(buf, base + _OFF_STATE, _IDLE)
+        return served
 
     def boot_failed(self, reason: str) -> None:
         """Record why the app could not load, for the master to log after reaping."""

@@ -33,7 +33,9 @@ class ContentLengthReader:
     def __init__(self, length: int) -> None:
         self.remaining = length
 
-    def read(self, buf: bytes, pos: int, eof: bool) -> tuple[Data | EndOfMessage | Sentinel, int]:
+    def read(
+        self, buf: bytes | bytearray, pos: int, eof: bool
+    ) -> tuple[Data | EndOfMessage | Sentinel, int]:
         remaining = self.remaining
         if not remaining:
             return EndOfMessage(), pos
@@ -46,7 +48,8 @@ class ContentLengthReader:
             available = remaining
         self.remaining = remaining - available
         end = pos + available
-        return Data(buf[pos:end] if pos or end != len(buf) else buf), end
+        piece = buf[pos:end] if pos or end != len(buf) else buf
+        return Data(piece if piece.__class__ is bytes else bytes(piece)), end
 
 
 _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
@@ -55,17 +58,30 @@ _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
 class ChunkedReader:
     """Reads a chunked body, one ``Data`` per chunk piece, then the trailers."""
 
-    __slots__ = ("max_body_size", "max_field_size", "max_fields", "remaining", "state", "total")
+    __slots__ = (
+        "max_body_size",
+        "max_field_size",
+        "max_fields",
+        "remaining",
+        "scanned",
+        "state",
+        "total",
+    )
 
     def __init__(self, max_body_size: int, max_fields: int, max_field_size: int) -> None:
         self.state = _SIZE
         self.remaining = 0
         self.total = 0
+        # How far past the trailer section's start an earlier call already searched
+        # (relative, so it survives the connection compacting its buffer).
+        self.scanned = 0
         self.max_body_size = max_body_size
         self.max_fields = max_fields
         self.max_field_size = max_field_size
 
-    def read(self, buf: bytes, pos: int, eof: bool) -> tuple[Data | EndOfMessage | Sentinel, int]:
+    def read(
+        self, buf: bytes | bytearray, pos: int, eof: bool
+    ) -> tuple[Data | EndOfMessage | Sentinel, int]:
         while True:
             state = self.state
             if state == _DATA:
@@ -80,7 +96,8 @@ class ChunkedReader:
                 if not remaining:
                     self.state = _DATA_END
                 end = pos + available
-                return Data(buf[pos:end]), end
+                piece = buf[pos:end]
+                return Data(piece if piece.__class__ is bytes else bytes(piece)), end
             if state == _SIZE:
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:
@@ -116,13 +133,21 @@ class ChunkedReader:
                 if buf.startswith(b"\r\n", pos):
                     self.state = _DONE
                     return EndOfMessage(), pos + 2
-                end = buf.find(b"\r\n\r\n", pos)
+                end = buf.find(b"\r\n\r\n", pos + self.scanned)
                 if end < 0:
                     if len(buf) - pos > self.max_fields * (self.max_field_size + 2) + 2:
                         raise HeaderFieldsTooLargeError("trailer section too large")
-                    _check_bare_lf(buf, pos)
+                    if len(buf) - buf.rfind(b"\n", pos) - 1 > self.max_field_size + 1:
+                        raise HeaderFieldsTooLargeError("trailer field line too long")
+                    _check_bare_lf(buf, max(pos, pos + self.scanned - 1))
+                    self.scanned = max(0, len(buf) - pos - 3)
                     break
-                trailers = parse_trailers(buf[pos : end + 2], self.max_fields, self.max_field_size)
+                block = buf[pos : end + 2]
+                trailers = parse_trailers(
+                    block if block.__class__ is bytes else bytes(block),
+                    self.max_fields,
+                    self.max_field_size,
+                )
                 self.state = _DONE
                 return EndOfMessage(trailers), end + 4
             return EndOfMessage(), pos  # _DONE: only reached if called again
@@ -131,12 +156,12 @@ class ChunkedReader:
         return NEED_DATA, pos
 
     @staticmethod
-    def _check_partial_line(buf: bytes, pos: int) -> None:
+    def _check_partial_line(buf: bytes | bytearray, pos: int) -> None:
         _check_bare_lf(buf, pos)
         if len(buf) - pos > MAX_CHUNK_LINE:
             raise BadRequestError("chunk size line too long")
 
 
-def _check_bare_lf(buf: bytes, pos: int) -> None:
+def _check_bare_lf(buf: bytes | bytearray, pos: int) -> None:
     if BARE_LF_RE.search(buf, pos) is not None:
         raise BadRequestError("bare LF in chunked framing")

@@ -90,7 +90,7 @@ class ServerConnection:
         self.server_line = b"Server: " + server_header + b"\r\n" if server_header else b""
         #: Set by the worker (shutdown, max_requests) to announce Connection: close.
         self.close_after_response = False
-        self._buf = b""
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._scan = 0
         self._eof = False
@@ -113,17 +113,29 @@ class ServerConnection:
             self._eof = True
             return
         pos = self._pos
-        if pos >= len(self._buf):
+        buf = self._buf
+        if pos >= len(buf):
+            # The common case: everything before was consumed; no copy at all.
             self._buf = data
+            self._scan = 0
         else:
-            self._buf = self._buf[pos:] + data
+            # Bytes are waiting (an incomplete head, a partial chunk line). Accumulate in a
+            # bytearray so that a client sending one byte at a time costs O(n) in total,
+            # not O(n^2) copies; consumers turn what they hand out back into bytes.
+            if isinstance(buf, bytearray):
+                if pos:
+                    del buf[:pos]
+            else:
+                buf = bytearray(buf[pos:]) if pos else bytearray(buf)
+            buf += data
+            self._buf = buf
             self._scan = max(0, self._scan - pos)
         self._pos = 0
 
     @property
     def buffered(self) -> bytes:
         """Received bytes the parser has not consumed yet."""
-        return self._buf[self._pos :]
+        return bytes(self._buf[self._pos :])
 
     @property
     def request(self) -> Request | None:
@@ -184,20 +196,30 @@ class ServerConnection:
         end = buf.find(b"\r\n\r\n", scan if scan > pos else pos)
         if end < 0:
             check_partial_head(
-                buf, pos, self.max_line_size, self.max_field_size, self.max_head_size
+                buf,
+                pos,
+                max(pos, scan - 1),
+                self.max_line_size,
+                self.max_field_size,
+                self.max_head_size,
             )
             if self._eof:
                 raise BadRequestError("connection closed before the request head was complete")
             self._scan = max(pos, len(buf) - 3)
             return NEED_DATA
+        head = buf[pos : end + 2]
         request = parse_head(
-            buf[pos : end + 2],
+            head if head.__class__ is bytes else bytes(head),
             self.max_line_size,
             self.max_fields,
             self.max_field_size,
             self.max_body_size,
         )
-        self._pos = end + 4
+        if buf.__class__ is bytes:
+            self._pos = end + 4
+        else:  # back to an immutable buffer: readers hand out slices of it as Data
+            self._buf = bytes(buf[end + 4 :])
+            self._pos = 0
         self._scan = 0
         self._request = request
         self._their_state = _BODY

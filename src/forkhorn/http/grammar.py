@@ -45,7 +45,11 @@ HEAD_RE = re.compile(REQUEST_LINE + rb"\r\n((?:" + FIELD_LINE + rb")*)")
 # RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ). We only accept the
 # absolute-form with an authority ("scheme://"), which is what proxies send (RFC 9112
 # §3.2.2); "host:port" without a scheme is authority-form and belongs to CONNECT alone.
-ABSOLUTE_FORM_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*://[\x21-\x7e]*")
+# RFC 9110 §4.2.1: an http(s) URI with an empty host is invalid and MUST be rejected.
+ABSOLUTE_FORM_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*://[^/?#\x00-\x20\x7f-\xff]+[\x21-\x7e]*")
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP literal
+# in brackets or a reg-name (unreserved, pct-encoded, sub-delims). Empty is allowed (§7.2).
+HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 # RFC 9112 §3.2.3: authority-form = uri-host ":" port, used only by CONNECT.
 AUTHORITY_FORM_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+):[0-9]+")
 

@@ -41,6 +41,7 @@ from .grammar import (
     FIELD_BLOCK_RE,
     FIELD_LINE_RE,
     HEAD_RE,
+    HOST_RE,
     REQUEST_LINE_RE,
     TOKEN_RE,
 )
@@ -53,13 +54,20 @@ _FRAMING_FIELDS = frozenset(
 
 
 def check_partial_head(
-    buf: bytes, start: int, max_line_size: int, max_field_size: int, max_head_size: int
+    buf: bytes | bytearray,
+    start: int,
+    new: int,
+    max_line_size: int,
+    max_field_size: int,
+    max_head_size: int,
 ) -> None:
     """Refuse an incomplete head as soon as it can no longer become valid.
 
-    Called when ``buf[start:]`` holds no head terminator yet. Raises for an over-long
-    request line (414) or field line (431), a head over ``max_head_size`` (431), and bare
-    CR/LF (400), so that a peer cannot make us buffer without bound.
+    Called when ``buf[start:]`` holds no head terminator yet; bytes before ``new`` were
+    checked by an earlier call (so a trickling client costs linear time, not quadratic).
+    Raises for an over-long request line (414) or field line (431), a head over
+    ``max_head_size`` (431), and bare CR/LF (400), so that a peer cannot make us buffer
+    without bound.
     """
     size = len(buf) - start
     first_eol = buf.find(b"\r\n", start)
@@ -74,9 +82,9 @@ def check_partial_head(
         last_eol = buf.rfind(b"\n", start)
         if len(buf) - last_eol - 1 > max_field_size + 1:
             raise HeaderFieldsTooLargeError("header field line too long")
-    if BARE_LF_RE.search(buf, start) is not None:
+    if BARE_LF_RE.search(buf, new) is not None:
         raise BadRequestError("bare LF in request head")
-    cr = BARE_CR_RE.search(buf, start)
+    cr = BARE_CR_RE.search(buf, new)
     if cr is not None and cr.end() < len(buf):
         raise BadRequestError("bare CR in request head")
 
@@ -97,7 +105,7 @@ def parse_head(
     if major != b"1" or (minor != b"1" and minor != b"0"):
         raise UnsupportedVersionError(f"HTTP/{major.decode()}.{minor.decode()} is not supported")
     version = b"1.1" if minor == b"1" else b"1.0"
-    if target[0] != 0x2F:  # not origin-form ("/...")
+    if target[0] != 0x2F or method == b"CONNECT":  # not origin-form ("/...")
         _check_target_form(method, target)
     if block:
         headers = _fields(block, max_fields, max_field_size)
@@ -173,6 +181,7 @@ def _frame(
 ) -> Request:
     """Decide keep-alive, 100-continue and the body framing from the header fields."""
     host_count = 0
+    host = b""
     content_length: int | None = 0
     te_value: bytes | None = None
     cl_value: bytes | None = None
@@ -183,6 +192,7 @@ def _frame(
             continue
         if name == b"host":
             host_count += 1
+            host = value
         elif name == b"content-length":
             cl_value = value if cl_value is None else cl_value + b"," + value
         elif name == b"transfer-encoding":
@@ -198,6 +208,9 @@ def _frame(
             raise BadRequestError("missing Host header" if not host_count else "duplicate Host")
     elif host_count > 1:
         raise BadRequestError("duplicate Host")
+    if host_count and HOST_RE.fullmatch(host) is None:
+        # RFC 9112 §3.2: a server MUST respond 400 to a request with an invalid Host.
+        raise BadRequestError("invalid Host header")
 
     chunked = False
     if te_value is not None:
@@ -268,10 +281,11 @@ def _check_transfer_coding(value: bytes) -> None:
     if codings.count(b"chunked") > 1:
         raise BadRequestError("chunked applied more than once")
     if codings[-1] != b"chunked":
-        if b"chunked" in codings:
-            raise BadRequestError("chunked is not the final transfer coding")
-        raise UnsupportedTransferCodingError("unsupported transfer coding")
+        # RFC 9112 §6.3: without chunked as the final coding the body length cannot be
+        # determined reliably, and the server MUST respond 400 and close.
+        raise BadRequestError("chunked is not the final transfer coding")
     if len(codings) > 1:
+        # Framing is sound, but we implement no coding besides chunked (RFC 9112 §6.1).
         raise UnsupportedTransferCodingError("unsupported transfer coding")
 
 
