@@ -86,6 +86,8 @@ _OFF_LINE = 42
 _HB_START = struct.Struct("<dd")  # offset 0
 _STATE_LINE = struct.Struct(f"<BxH4x{MAX_REQUEST_LINE_BYTES}s")  # offset 40
 _monotonic = time.monotonic
+_BUSY = int(WorkerState.BUSY)
+_IDLE = int(WorkerState.IDLE)
 
 
 @dataclass(frozen=True, slots=True)
