@@ -126,6 +126,11 @@ class Worker(abc.ABC):
         self._lifetime_deadline: float | None = None
         self._next_memory_check = 0.0
         self._reopen_requested = False
+        # Set by workers.session.prepare_http() at the start of run(): what every request
+        # of this worker shares (the core's limits, the constant environ keys).
+        self.http_limits: tuple[int, int, int, int, bytes] = (4094, 100, 8190, 0, b"forkhorn")
+        self.base_environ: dict[str, Any] = {}
+        self.header_map = "drop"
         self._wake_r = -1
         self._wake_w = -1
 

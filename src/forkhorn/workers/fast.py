@@ -106,7 +106,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, str] = ("", "")
         self.request: Request | None = None
-        self.body: list[bytes] | Any = None
+        self.body: Any = None  # list of pieces, or a temporary file past MAX_MEMORY_BODY
         self.body_size = 0
         self.deadline = 0.0
         self.phase = _HEAD
@@ -288,9 +288,9 @@ class HttpProtocol(asyncio.Protocol):
                 transport.write(conn.send_whole(exchange.status, exchange.headers, _date(), body))
                 self._finish(exchange, environ, True)
                 return
-            body = single_body(result, exchange)
-            if body is not None:
-                exchange.write_whole(body)
+            whole = single_body(result, exchange)
+            if whole is not None:
+                exchange.write_whole(whole)
                 close_result(result, worker.log)
                 self._finish(exchange, environ, True)
                 return

@@ -28,6 +28,8 @@ from forkhorn.wsgi.input import RECV_SIZE
 from .base import Worker
 from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
 
+_WAKE = object()  # selector key data of the worker's wake-up pipe
+
 
 class _Pending:
     """An accepted connection whose request head has not fully arrived."""
@@ -50,11 +52,23 @@ class SyncWorker(Worker):
         for listener in self.sockets:
             listener.sock.setblocking(False)
             self.selector.register(listener.sock, selectors.EVENT_READ, None)
+        # TERM and retirement make this readable, so select() returns at once.
+        self.selector.register(self.wakeup_fd, selectors.EVENT_READ, _WAKE)
         self.pending: dict[int, _Pending] = {}
         head_timeout = float(self.cfg.header_timeout)
         tick_every = max(0.1, min(1.0, self.timeout / 2 if self.timeout else 1.0))
-        while self.alive:
-            self.tick()
+        stop_deadline: float | None = None
+        while True:
+            if not self.tick() and stop_deadline is None:
+                # Stopping: no new connections (the listeners are closed), but heads that
+                # already arrived in part are still served until their own deadline, so
+                # a reload or a recycle drops no request.
+                stop_deadline = time.monotonic() + float(self.cfg.graceful_timeout)
+                self._unregister_wakeup()
+            if stop_deadline is not None and (
+                not self.pending or time.monotonic() >= stop_deadline
+            ):
+                break
             try:
                 ready = self.selector.select(tick_every)
             except (OSError, ValueError):
@@ -63,15 +77,21 @@ class SyncWorker(Worker):
                 raise
             now = time.monotonic()
             for key, _ in ready:
-                if not self.alive:
-                    break
-                if key.data is None:
-                    self._accept(key.fileobj, now + head_timeout)  # type: ignore[arg-type]
-                else:
-                    self._on_readable(key.data)
+                data = key.data
+                if data is None:
+                    if self.alive:
+                        self._accept(key.fileobj, now + head_timeout)  # type: ignore[arg-type]
+                elif data is not _WAKE:
+                    self._on_readable(data)
             self._expire(time.monotonic())
         for pending in list(self.pending.values()):
             self._drop(pending)
+
+    def _unregister_wakeup(self) -> None:
+        try:
+            self.selector.unregister(self.wakeup_fd)
+        except (KeyError, ValueError):
+            pass
 
     def unregister_listeners(self) -> None:
         selector = getattr(self, "selector", None)

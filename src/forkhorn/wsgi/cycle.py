@@ -240,12 +240,12 @@ def single_body(result: Iterable[bytes], exchange: Exchange) -> bytes | None:
     response can carry a Content-Length and go out in one write."""
     if (
         (result.__class__ is list or result.__class__ is tuple)
-        and len(result) == 1  # type: ignore[arg-type]
+        and len(result) == 1
         and not exchange.head_sent
     ):
-        body = result[0]  # type: ignore[index]
+        body = result[0]
         if body.__class__ is bytes:
-            return body  # type: ignore[no-any-return]
+            return body
         if not isinstance(body, bytes):
             raise InvalidResponseError(f"app yielded {type(body).__name__}, not bytes")
         return bytes(body)

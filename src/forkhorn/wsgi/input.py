@@ -57,7 +57,7 @@ class InputStream:
         while True:
             event = conn.next_event()
             if event.__class__ is Data:
-                self._buf += event.data  # type: ignore[union-attr]
+                self._buf += event.data
                 return True
             if event is NEED_DATA:
                 try:
@@ -103,7 +103,7 @@ class InputStream:
         return line
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:
-        lines = []
+        lines: list[bytes] = []
         total = 0
         while True:
             line = self.readline()
