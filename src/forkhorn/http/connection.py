@@ -36,6 +36,9 @@ _IDLE, _BODY, _DONE, _ERROR = range(4)
 # Response body framing.
 _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 
+# The end of every request without a chunked body. Shared: events are read-only.
+_END_NO_TRAILERS = EndOfMessage()
+
 #: An unread request body up to this size is read and discarded so that the connection can
 #: be kept alive; beyond it the connection is closed instead (gunicorn reads them whole).
 DEFAULT_MAX_DRAIN_SIZE = 64 * 1024
@@ -154,7 +157,7 @@ class ServerConnection:
                 reader = self._reader
                 if reader is None:
                     self._their_state = _DONE
-                    return EndOfMessage()
+                    return _END_NO_TRAILERS
                 event, self._pos = reader.read(self._buf, self._pos, self._eof)
                 if event.__class__ is EndOfMessage:
                     self._their_state = _DONE
@@ -274,14 +277,25 @@ class ServerConnection:
         request = self._request
         if request is None or self._our_state != _IDLE:
             raise RuntimeError("send_response() without a request, or twice")
-        code, status_line = writer.encode_status(status)
+        status_entry = writer.status_cache.get(status)
+        code, status_line = status_entry or writer.encode_status(status)
         lines = [status_line]
         length = -1
         app_close = False
         has_date = has_server = False
-        encode = writer.encode_field
-        for name, value in headers:
-            line, kind, value_length = encode(name, value)
+        cache = writer.field_cache
+        for pair in headers:
+            # The app's (name, value) tuple is the cache key itself: one dict lookup per
+            # header on the hot path (bench/README.md, fast worker hello).
+            try:
+                entry = cache.get(pair)
+            except TypeError:  # a list instead of a tuple: unhashable
+                entry = None
+            if entry is None:
+                if len(pair) != 2:
+                    raise InvalidResponseError(f"header {pair!r} is not a (name, value) pair")
+                entry = writer.encode_field(pair[0], pair[1])
+            line, kind, value_length = entry
             if kind == writer.PLAIN:
                 lines.append(line)
             elif kind == writer.CONTENT_LENGTH:
@@ -454,12 +468,6 @@ class ServerConnection:
         """Reset for the next request once the response is sent and the body consumed."""
         if self._their_state != _DONE or self._our_state != _DONE:
             raise RuntimeError("start_next_cycle() before the request/response finished")
-        self._their_state = _IDLE
-        self._our_state = _IDLE
-        self._request = None
-        self._reader = None
-        self._skipped_crlf = False
-        self._continue_sent = False
-        self._framing = _NO_BODY
-        self._status_code = 0
-        self.close_after_response = False
+        self._their_state = self._our_state = _IDLE
+        self._request = self._reader = None
+        self._skipped_crlf = self._continue_sent = self.close_after_response = False

@@ -73,7 +73,10 @@ class Data:
 
 
 class EndOfMessage:
-    """The request body is complete. ``trailers`` come from a chunked body only."""
+    """The request body is complete. ``trailers`` come from a chunked body only.
+
+    Events are read-only: the parser may hand out one shared instance.
+    """
 
     __slots__ = ("trailers",)
 

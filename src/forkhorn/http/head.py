@@ -180,39 +180,39 @@ def _frame(
     max_body_size: int,
 ) -> Request:
     """Decide keep-alive, 100-continue and the body framing from the header fields."""
-    host_count = 0
-    host = b""
+    host = None
     content_length: int | None = 0
     te_value: bytes | None = None
     cl_value: bytes | None = None
-    connection = b""
+    connection: bytes | None = None
     expect: bytes | None = None
     for name, value in headers:
         if name not in _FRAMING_FIELDS:
             continue
         if name == b"host":
-            host_count += 1
+            if host is not None:
+                raise BadRequestError("duplicate Host")
             host = value
         elif name == b"content-length":
             cl_value = value if cl_value is None else cl_value + b"," + value
         elif name == b"transfer-encoding":
             te_value = value if te_value is None else te_value + b"," + value
         elif name == b"connection":
-            connection = connection + b"," + value.lower() if connection else value.lower()
+            connection = value.lower() if connection is None else connection + b"," + value.lower()
         else:  # expect
             expect = value if expect is None else expect + b"," + value
 
     http11 = version == b"1.1"
-    if http11:
-        if host_count != 1:
-            raise BadRequestError("missing Host header" if not host_count else "duplicate Host")
-    elif host_count > 1:
-        raise BadRequestError("duplicate Host")
-    if host_count and HOST_RE.fullmatch(host) is None:
+    if host is None:
+        if http11:
+            raise BadRequestError("missing Host header")
+    elif host not in _valid_hosts:
         # RFC 9112 §3.2: a server MUST respond 400 to a request with an invalid Host.
-        raise BadRequestError("invalid Host header")
+        if HOST_RE.fullmatch(host) is None:
+            raise BadRequestError("invalid Host header")
+        if len(_valid_hosts) < _VALID_HOSTS_LIMIT:
+            _valid_hosts.add(host)
 
-    chunked = False
     if te_value is not None:
         if not http11:
             # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding must be treated as
@@ -221,31 +221,43 @@ def _frame(
         if cl_value is not None:
             raise BadRequestError("both Content-Length and Transfer-Encoding")
         _check_transfer_coding(te_value)
-        chunked = True
         content_length = None
     elif cl_value is not None:
         content_length = _content_length(cl_value)
         if max_body_size and content_length > max_body_size:
             raise BodyTooLargeError(f"Content-Length {content_length} over the limit")
 
-    if http11:
-        keep_alive = not (connection and _has_token(connection, b"close"))
+    if connection is None:
+        keep_alive = http11
+    elif http11:
+        keep_alive = not _has_token(connection, b"close")
     else:
-        keep_alive = bool(connection) and _has_token(connection, b"keep-alive")
-        if _has_token(connection, b"close"):
-            keep_alive = False
+        keep_alive = _has_token(connection, b"keep-alive") and not _has_token(connection, b"close")
 
-    expect_continue = False
-    if expect is not None:
-        # RFC 9110 §10.1.1: 100-continue is the only expectation defined; a server may
-        # answer any other with 417. HTTP/1.0 clients cannot use it (ignored there).
-        if expect.lower().strip(b" \t") != b"100-continue":
-            raise ExpectationFailedError("unsupported expectation")
-        expect_continue = http11
-
+    if expect is None:
+        return Request(
+            method,
+            target,
+            version,
+            headers,
+            content_length,
+            te_value is not None,
+            False,
+            keep_alive,
+        )
+    # RFC 9110 §10.1.1: 100-continue is the only expectation defined; a server may answer
+    # any other with 417. HTTP/1.0 clients cannot use it (ignored there).
+    if expect.lower().strip(b" \t") != b"100-continue":
+        raise ExpectationFailedError("unsupported expectation")
     return Request(
-        method, target, version, headers, content_length, chunked, expect_continue, keep_alive
+        method, target, version, headers, content_length, te_value is not None, http11, keep_alive
     )
+
+
+# Host values already proven valid: a server sees the same few over and over, and the
+# regex costs more than the rest of the framing decision. Bounded, never evicted.
+_valid_hosts: set[bytes] = set()
+_VALID_HOSTS_LIMIT = 1024
 
 
 def _has_token(value: bytes, token: bytes) -> bool:

@@ -38,13 +38,13 @@ _SPECIAL = {
 }
 
 _CACHE_LIMIT = 4096
-_status_cache: dict[str, tuple[int, bytes]] = {}
-_field_cache: dict[tuple[str, str], tuple[bytes, int, int]] = {}
+status_cache: dict[str, tuple[int, bytes]] = {}
+field_cache: dict[tuple[str, str], tuple[bytes, int, int]] = {}
 
 
 def encode_status(status: str) -> tuple[int, bytes]:
     """``"200 OK"`` -> ``(200, b"HTTP/1.1 200 OK\\r\\n")``; raises InvalidResponseError."""
-    cached = _status_cache.get(status)
+    cached = status_cache.get(status)
     if cached is not None:
         return cached
     if not isinstance(status, str) or STATUS_RE.fullmatch(status) is None:  # type: ignore[redundant-expr]
@@ -54,9 +54,9 @@ def encode_status(status: str) -> tuple[int, bytes]:
     except UnicodeEncodeError:
         raise InvalidResponseError(f"status {status!r} is not latin-1") from None
     result = (int(status[:3]), line)
-    if len(_status_cache) >= _CACHE_LIMIT:
-        _status_cache.clear()
-    _status_cache[status] = result
+    if len(status_cache) >= _CACHE_LIMIT:
+        status_cache.clear()
+    status_cache[status] = result
     return result
 
 
@@ -66,7 +66,7 @@ def encode_field(name: str, value: str) -> tuple[bytes, int, int]:
     ``length`` is the parsed value for Content-Length and 0 otherwise.
     """
     key = (name, value)
-    cached = _field_cache.get(key)
+    cached = field_cache.get(key)
     if cached is not None:
         return cached
     if not isinstance(name, str) or not isinstance(value, str):  # type: ignore[redundant-expr]
@@ -93,9 +93,9 @@ def encode_field(name: str, value: str) -> tuple[bytes, int, int]:
     ):
         kind = CONNECTION_CLOSE
     result = (line, kind, length)
-    if len(_field_cache) >= _CACHE_LIMIT:
-        _field_cache.clear()
-    _field_cache[key] = result
+    if len(field_cache) >= _CACHE_LIMIT:
+        field_cache.clear()
+    field_cache[key] = result
     return result
 
 

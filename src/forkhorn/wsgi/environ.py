@@ -55,6 +55,10 @@ class _EnvironKeys(dict[bytes, "str | None"]):
         return key
 
 
+_METHODS = {
+    m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")
+}
+
 _KEYS = {policy: _EnvironKeys(policy) for policy in ("drop", "refuse", "dangerous")}
 
 
@@ -102,7 +106,8 @@ def build_environ(
         if b"#" in target:
             path = path.partition(b"#")[0]
             query = query.partition(b"#")[0]
-    environ["REQUEST_METHOD"] = request.method.decode("latin-1")
+    method = request.method
+    environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
     environ["RAW_URI"] = target.decode("latin-1")
     environ["PATH_INFO"] = (
         unquote_to_bytes(path).decode("latin-1") if b"%" in path else path.decode("latin-1")
