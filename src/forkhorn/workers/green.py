@@ -1,0 +1,390 @@
+"""What the gevent and eventlet workers share: one greenlet per connection.
+
+``GreenletWorker`` holds the whole behaviour; ``gevent.py`` and ``eventlet.py`` only supply
+the primitives of their library (patch, spawn, kill, sleep, wait for a readable file
+descriptor, wrap an accepted descriptor, an event). A fix made here fixes both.
+
+How it works:
+
+- ``init_process`` monkey-patches first (the subclass's ``patch``), then boots as every
+  worker does, so the app is imported into a patched process.
+- One acceptor greenlet per listener waits until the listener is readable and accepts
+  without blocking (the listeners were made by the master before the library was loaded,
+  so they are plain sockets; each accepted descriptor is wrapped in the library's socket).
+  When ``worker_connections`` greenlets are running, a new connection gets 503 and is
+  closed, so an overloaded worker answers instead of leaving clients in the backlog.
+- A connection's greenlet loops ``session.read_request`` (``header_timeout`` for a new
+  connection's head, ``keepalive`` for the wait between requests, then ``header_timeout``
+  for the whole head) and ``session.serve_request``. Pipelined requests are already in
+  the connection's buffer and are answered in order by the same loop.
+- The main greenlet is the heartbeat: it ticks at least once a second and runs the
+  request watchdog (``watchdog.py``) when a request is due. A greenlet that hogs the CPU
+  stops the heartbeat too, and then the master's ``timeout`` replaces the worker. A
+  request past its limit is logged with its greenlet's stack and killed with
+  ``RequestHungError``: its connection is answered 504 (with ``request_timeout``, if no
+  head was sent) and closed, its pool slot freed.
+- Graceful stop (TERM, HUP, max_requests, recycling): acceptors are killed and the
+  listeners closed at once; requests in flight answer ``Connection: close`` and get up to
+  ``graceful_timeout``; a connection waiting for its next request may still bring one for
+  ``DRAIN_IDLE`` (answered with ``Connection: close``: our last response may have gone
+  out before the stop without it), then it is shut for reading, so that its greenlet sees
+  end-of-file and closes it with a FIN.
+
+Signal handlers only set flags and spawn a greenlet for the rest: a Python signal handler
+may run inside the library's hub, where blocking or switching is not allowed.
+
+Runs in: the worker process, main thread; "main", "acceptor" and "connection" on each
+method name the greenlet that runs it.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import os
+import socket
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from forkhorn.arbiter.scoreboard import WorkerState
+from forkhorn.http import ProtocolError, ServerConnection
+from forkhorn.wsgi.cycle import raw_error_response
+
+from .base import Worker
+from .session import (
+    new_connection,
+    peer_of,
+    prepare_http,
+    read_request,
+    send_protocol_error,
+    serve_request,
+)
+from .watchdog import (
+    InFlight,
+    RequestHungError,
+    RequestTimeoutEnforcer,
+    RequestWatchdog,
+    format_frame,
+    grace_period,
+    request_limit,
+    timeout_response,
+)
+
+__all__ = ["GreenletWorker"]
+
+# Connections accepted per wake-up of an acceptor before it lets others run.
+ACCEPT_BATCH = 64
+# At a graceful stop, how long an idle keep-alive connection may still bring a request
+# (answered with Connection: close) before it is shut: see gthread.DRAIN_IDLE.
+DRAIN_IDLE = 1.0
+# A header_timeout of 0 turns the head deadline off; an hour stands in for "none".
+NO_HEAD_DEADLINE = 3600.0
+# accept() errors that mean "out of resources now": wait a little, do not crash.
+_ACCEPT_TRANSIENT = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+_ACCEPT_BACKOFF = 0.1
+
+
+class _Session:
+    """One connection as the main greenlet sees it (for the idle sweep at shutdown)."""
+
+    __slots__ = ("busy", "conn", "sock")
+
+    def __init__(self, sock: Any, conn: ServerConnection) -> None:
+        self.sock = sock
+        self.conn = conn
+        self.busy = False
+
+
+class GreenletWorker(Worker):
+    """A greenlet per connection; subclasses supply their library's primitives."""
+
+    #: The library's name, for log lines.
+    library = "greenlet"
+
+    # -- primitives (subclasses) -------------------------------------------------------
+    @abc.abstractmethod
+    def patch(self) -> None:
+        """Monkey-patch the process. Called first thing after the fork."""
+
+    @abc.abstractmethod
+    def make_pool(self, size: int) -> None:
+        """Create the pool of connection greenlets."""
+
+    @abc.abstractmethod
+    def pool_full(self) -> bool: ...
+
+    @abc.abstractmethod
+    def pool_running(self) -> int: ...
+
+    @abc.abstractmethod
+    def spawn_in_pool(self, fn: Callable[..., Any], *args: Any) -> None: ...
+
+    @abc.abstractmethod
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Start a greenlet outside the pool; safe to call from a signal handler."""
+
+    @abc.abstractmethod
+    def kill(self, greenlet: Any, exc: type[BaseException], block: bool) -> None:
+        """Raise ``exc`` in ``greenlet``; ``block``: wait until it has ended (bounded)."""
+
+    @abc.abstractmethod
+    def current(self) -> Any: ...
+
+    @abc.abstractmethod
+    def sleep(self, seconds: float) -> None: ...
+
+    @abc.abstractmethod
+    def wait_readable(self, fd: int) -> None: ...
+
+    @abc.abstractmethod
+    def wrap_accepted(self, fd: int, listener: socket.socket) -> Any:
+        """The library's socket object for a descriptor returned by ``accept``."""
+
+    @abc.abstractmethod
+    def new_event(self) -> Any: ...
+
+    @abc.abstractmethod
+    def wait_event(self, event: Any, timeout: float) -> None: ...
+
+    @abc.abstractmethod
+    def set_event(self, event: Any) -> None: ...
+
+    # -- life cycle ----------------------------------------------------------------------
+    def init_process(self) -> None:
+        self.patch()
+        super().init_process()
+
+    def run(self) -> None:
+        # Runs in: main.
+        cfg = self.cfg
+        # Greenlets interleave requests in one process: for an app, that is the same
+        # hazard as threads (PEP 3333's wsgi.multithread).
+        prepare_http(self, multithread=True)
+        self._head_timeout = float(cfg.header_timeout) or NO_HEAD_DEADLINE
+        self._idle_timeout = float(cfg.keepalive)
+        self._io_timeout = float(cfg.timeout) or None
+        self._answer_504 = float(cfg.request_timeout or 0) > 0
+        self._sessions: dict[Any, _Session] = {}
+        self._busy = 0
+        # Set when the wind-down begins (see DRAIN_IDLE); connections use it from then on.
+        self._drain_until = float("inf")
+        self._stop_event = self.new_event()
+        limit = request_limit(cfg)
+        self._watchdog: RequestWatchdog[Any] = RequestWatchdog(limit, grace_period(limit))
+        self._enforcer = RequestTimeoutEnforcer(
+            self._watchdog,
+            self.log,
+            self.pid,
+            lambda g: format_frame(getattr(g, "gr_frame", None)),
+            self._interrupt,
+            self.retire,
+        )
+        self.make_pool(int(cfg.worker_connections))
+        self._acceptors = [self.spawn(self._accept_loop, lst.sock) for lst in self.sockets]
+        tick_every = max(0.1, min(1.0, self.timeout / 2 if self.timeout else 1.0))
+        while self.alive:
+            now = time.monotonic()
+            self.tick(now)
+            self._enforcer.run_once(now)
+            wake_at = min(now + tick_every, self._watchdog.next_check() or now + tick_every)
+            self.wait_event(self._stop_event, max(0.0, wake_at - time.monotonic()))
+        # Not in a ``finally``: on QUIT/INT (SystemExit) the process leaves at once.
+        self._wind_down()
+
+    def _wind_down(self) -> None:
+        """Finish in-flight requests up to graceful_timeout. Runs in: main."""
+        self.stop_accepting()  # idempotent; the loop may also end because the parent left
+        now = time.monotonic()
+        deadline = now + float(self.cfg.graceful_timeout)
+        # Idle keep-alive connections get a last short window: a request already on its
+        # way is served (with Connection: close) instead of being cut off by our FIN.
+        self._drain_until = drain_until = now + min(self._idle_timeout, DRAIN_IDLE)
+        for session in list(self._sessions.values()):
+            session.conn.close_after_response = True
+        while self.pool_running():
+            now = time.monotonic()
+            if now >= deadline:
+                self.log.warning(
+                    "Graceful timeout with %d connection(s) open; exiting", self.pool_running()
+                )
+                for greenlet in list(self._sessions):
+                    self.kill(greenlet, RequestHungError, block=False)
+                self.sleep(0)
+                break
+            if now >= drain_until:
+                self._close_idle()
+            self.notify()
+            self._enforcer.run_once(now)
+            self.sleep(max(0.0, min(0.1, deadline - now)))
+
+    def _close_idle(self) -> None:
+        """Shut idle connections for reading: their greenlet reads end-of-file and closes
+        quietly (Linux still hands it the bytes that had already arrived)."""
+        for session in list(self._sessions.values()):
+            if not session.busy and not session.conn.buffered:
+                try:
+                    session.sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+
+    def _interrupt(self, entry: InFlight[Any]) -> None:
+        # Runs in: main (the enforcer). Not blocking: the greenlet unwinds on its own.
+        self.kill(entry.handle, RequestHungError, block=False)
+
+    # -- stopping (signal handlers may run inside the hub: defer the work) ----------------
+    def handle_term(self, signum: int, frame: FrameType | None) -> None:
+        self.alive = False
+        self.retire_reason = self.retire_reason or "stop"
+        self.slot.set_state(WorkerState.EXITING)
+        self.spawn(self._stop_now)
+
+    def handle_quit(self, signum: int, frame: FrameType | None) -> None:
+        self.alive = False
+        self.spawn(Worker.handle_quit, self, signum, frame)
+
+    def retire(self, reason: str) -> None:
+        # Runs in: main or a connection greenlet (max_requests), never the hub.
+        super().retire(reason)
+        self._wake_main()
+
+    def _stop_now(self) -> None:
+        self.stop_accepting()
+        self._wake_main()
+
+    def _wake_main(self) -> None:
+        event = getattr(self, "_stop_event", None)
+        if event is not None:
+            self.set_event(event)
+
+    def unregister_listeners(self) -> None:
+        # Kill the acceptors before the listeners close, so that the library's poller
+        # forgets their descriptors first (an epoll set keeps a closed descriptor whose
+        # socket is still open in the other processes).
+        acceptors = getattr(self, "_acceptors", [])
+        self._acceptors = []
+        current = self.current()
+        for acceptor in acceptors:
+            if acceptor is not current:
+                self.kill(acceptor, _StopAccepting, block=True)
+
+    # -- acceptor ------------------------------------------------------------------------
+    def _accept_loop(self, listener: socket.socket) -> None:
+        try:
+            listener.setblocking(False)
+            fd = listener.fileno()
+            while self.alive:
+                self.wait_readable(fd)
+                self._accept_some(listener)
+        except _StopAccepting:
+            return
+        except (OSError, ValueError):
+            if self.alive:
+                self.log.exception("Accepting on %s failed; no longer accepting there", listener)
+
+    def _accept_some(self, listener: socket.socket) -> None:
+        accept_fd = listener._accept  # type: ignore[attr-defined]  # the descriptor, unwrapped
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, addr = accept_fd()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _ACCEPT_TRANSIENT and self.alive:
+                    self.log.warning("accept() failed, retrying: %s", exc)
+                    self.sleep(_ACCEPT_BACKOFF)
+                    return
+                raise
+            if self.pool_full():
+                _refuse(fd)
+                continue
+            self.spawn_in_pool(self._serve_connection, self.wrap_accepted(fd, listener), addr)
+
+    # -- connection ----------------------------------------------------------------------
+    def _serve_connection(self, sock: Any, addr: Any) -> None:
+        me = self.current()
+        conn = new_connection(self)
+        session = _Session(sock, conn)
+        self._sessions[me] = session
+        peer = peer_of(addr)
+        try:
+            self._keep_serving(me, session, peer)
+        except ProtocolError as exc:
+            send_protocol_error(sock, conn, exc)
+        except RequestHungError:
+            try:
+                sock.sendall(timeout_response(conn, self._answer_504))
+            except OSError:
+                pass
+        except OSError:
+            pass  # the client went away
+        finally:
+            self._sessions.pop(me, None)
+            _close(sock)
+
+    def _keep_serving(self, me: Any, session: _Session, peer: tuple[str, str]) -> None:
+        sock, conn = session.sock, session.conn
+        idle_timeout = self._head_timeout  # a new connection: its first head is due now
+        while True:
+            if not self.alive and not conn.buffered:
+                # Stopping: a request may still be on its way (our last response went out
+                # before the stop, without Connection: close); wait for it only until the
+                # drain window ends.
+                remaining = self._drain_until - time.monotonic()
+                if remaining <= 0:
+                    return
+                idle_timeout = min(idle_timeout, remaining)
+            request = read_request(sock, conn, idle_timeout, self._head_timeout)
+            if request is None:
+                return
+            session.busy = True  # no switch since read_request returned: the sweep agrees
+            self._busy += 1
+            if not self.alive or self._idle_timeout <= 0 or self._is_last_request():
+                conn.close_after_response = True
+            entry = self._watchdog.started(me, request.request_line, time.monotonic(), session)
+            try:
+                keep = serve_request(self, sock, conn, request, peer, self._io_timeout)
+            finally:
+                self._watchdog.finished(entry)
+                self._busy -= 1
+                session.busy = False
+            if not keep:
+                return
+            idle_timeout = self._idle_timeout
+
+    def _is_last_request(self) -> bool:
+        # The response that reaches max_requests says Connection: close (the base class
+        # retires the worker right after it).
+        return bool(self.max_requests) and self.nr + self._busy >= self.max_requests
+
+
+class _StopAccepting(BaseException):
+    """Ends an acceptor greenlet at shutdown (BaseException: nothing may swallow it)."""
+
+
+def _refuse(fd: int) -> None:
+    """Too many connections: a status the client can read, then close. Runs in: acceptor.
+
+    A raw descriptor write: the response is small and the socket buffer of a new
+    connection is empty, so it cannot block.
+    """
+    try:
+        os.write(fd, raw_error_response(503, "Service Unavailable"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _close(sock: Any) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass

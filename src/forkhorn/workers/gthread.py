@@ -1,0 +1,513 @@
+"""``-k gthread``: a pool of ``threads`` threads runs requests; one poller holds the rest.
+
+How it works:
+
+- The main thread owns a selector with the listening sockets, a wake-up socket pair, and
+  every connection that is *not* being served: new ones whose head has not fully arrived
+  and idle keep-alive ones. It reads them without blocking into their ``ServerConnection``
+  until the core yields a ``Request``; only then does the connection go to the pool. So a
+  slow or idle client costs a file descriptor, never a thread (gunicorn's gthread worker
+  lets idle keep-alive connections wait in the pool's queue behind busy threads).
+- A pool thread serves the request with ``session.serve_request`` on the socket made
+  blocking (with ``timeout`` as its I/O timeout). Requests already pipelined in the
+  connection's buffer are served right away by the same thread, since the socket may never
+  become readable again for them. Then the connection goes back to the poller, idle
+  (``keepalive`` deadline) or with a partial head (``header_timeout`` deadline), or is
+  closed.
+- Deadlines live in a heap checked every loop turn. Past its deadline an idle connection
+  is closed quietly, a partial head is answered 408.
+- At most ``worker_connections`` connections are open at once; beyond that a new one gets
+  503 and is closed, so an overloaded worker answers instead of queueing silently.
+- The main thread ticks (heartbeat, recycling) at least once a second and runs the
+  request watchdog (``watchdog.py``) when a request is due, whatever the threads do: a
+  request past ``timeout`` (or ``request_timeout``) is logged with its thread's stack and
+  interrupted by an asynchronous exception (504 with ``request_timeout``); one that will
+  not stop (stuck in C) retires the worker, and the master replaces it.
+- Graceful stop (TERM, HUP, max_requests, recycling): the listeners are closed at once;
+  requests in flight answer ``Connection: close`` and get up to ``graceful_timeout``;
+  idle keep-alive connections get ``DRAIN_IDLE`` more for a request already on its way
+  (answered with ``Connection: close``), then are closed with a FIN. So a HUP under load
+  fails no request.
+
+Rules kept: only the main thread touches the selector, the heap and the listeners (a pool
+thread that needs the worker retired, e.g. after ``max_requests``, asks the main thread
+through the wake-up socket). A connection belongs to exactly one side at a time: the
+poller or one pool thread.
+
+Runs in: the worker process; "main" and "pool" are marked on each method.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import queue
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+
+from forkhorn.http import CLOSED, NEED_DATA, ProtocolError, Request, RequestTimeoutError
+from forkhorn.http.connection import ServerConnection
+from forkhorn.wsgi.cycle import raw_error_response
+from forkhorn.wsgi.input import RECV_SIZE
+
+from .base import Worker
+from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
+from .watchdog import (
+    RequestHungError,
+    RequestTimeoutEnforcer,
+    RequestWatchdog,
+    grace_period,
+    interrupt_thread,
+    request_limit,
+    thread_stack,
+    timeout_response,
+)
+
+__all__ = ["ThreadWorker"]
+
+# Selector keys' data for the two kinds of non-connection sockets.
+_LISTENER = "listener"
+_WAKE = "wake"
+# Connections accepted per readable event: enough to drain a burst without starving the
+# connections already waiting in the selector.
+ACCEPT_BATCH = 64
+# At a graceful stop, how long an idle keep-alive connection may still bring a request
+# (answered with Connection: close) before it is closed: a request already on the wire
+# arrives well within a second, and a shutdown waits at most this long for idle clients.
+DRAIN_IDLE = 1.0
+# A header_timeout of 0 turns the head deadline off; an hour stands in for "none".
+NO_HEAD_DEADLINE = 3600.0
+# Errors from accept() that mean "out of resources now", not a bug: back off one turn.
+_ACCEPT_TRANSIENT = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+
+
+class _Client:
+    """One open connection, held by the poller or by one pool thread."""
+
+    __slots__ = ("conn", "deadline", "peer", "registered", "request", "sock")
+
+    def __init__(self, sock: socket.socket, peer: tuple[str, str], conn: ServerConnection):
+        self.sock = sock
+        self.peer = peer
+        self.conn = conn
+        self.deadline = 0.0
+        self.registered = False
+        self.request: Request | None = None
+
+
+class ThreadWorker(Worker):
+    """A thread pool for requests, a poller for everything that is only waiting."""
+
+    # -- main thread -------------------------------------------------------------------
+    def run(self) -> None:
+        cfg = self.cfg
+        nthreads = max(1, int(cfg.threads))
+        prepare_http(self, multithread=nthreads > 1)
+        self._main_ident = threading.get_ident()
+        self._head_timeout = float(cfg.header_timeout) or NO_HEAD_DEADLINE
+        self._idle_timeout = float(cfg.keepalive)
+        self._io_timeout = float(cfg.timeout) or None
+        self._answer_504 = float(cfg.request_timeout or 0) > 0
+        self._lock = threading.Lock()  # guards _busy and the request counter
+        self._busy: set[_Client] = set()
+        self._held = 0  # connections held by the poller
+        self._heap: list[tuple[float, int, _Client]] = []
+        self._seq = 0
+        self._returned: deque[_Client] = deque()
+        self._retire_pending = ""
+        # Set when the graceful stop's wind-down begins; until then (a stop signal may come
+        # between two lines of the loop) connections keep their usual deadlines.
+        self._drain_until = float("inf")
+        self._jobs: queue.SimpleQueue[_Client | None] = queue.SimpleQueue()
+
+        limit = request_limit(cfg)
+        self._watchdog: RequestWatchdog[int] = RequestWatchdog(limit, grace_period(limit))
+        self._enforcer = RequestTimeoutEnforcer(
+            self._watchdog,
+            self.log,
+            self.pid,
+            thread_stack,
+            lambda entry: interrupt_thread(entry.handle),
+            self.retire,
+        )
+
+        self.selector = selectors.DefaultSelector()
+        self._poke_r, self._poke_w = socket.socketpair()
+        self._poke_r.setblocking(False)
+        self._poke_w.setblocking(False)
+        self.selector.register(self._poke_r, selectors.EVENT_READ, _WAKE)
+        for listener in self.sockets:
+            listener.sock.setblocking(False)
+            self.selector.register(listener.sock, selectors.EVENT_READ, _LISTENER)
+
+        self._threads = [
+            threading.Thread(target=self._pool_main, name=f"forkhorn-{i}", daemon=True)
+            for i in range(nthreads)
+        ]
+        for thread in self._threads:
+            thread.start()
+        # Not in a ``finally``: on QUIT/INT (SystemExit) the process leaves at once.
+        self._serve_until_stopped()
+        self._wind_down()
+
+    def _serve_until_stopped(self) -> None:
+        tick_every = max(0.1, min(1.0, self.timeout / 2 if self.timeout else 1.0))
+        next_tick = 0.0
+        next_watch = 0.0  # the watchdog's next due time, so a timeout is seen on time
+        while self.alive:
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + tick_every
+                self.tick(now)
+            if now >= next_watch:
+                self._enforcer.run_once(now)
+                next_watch = min(next_tick, self._watchdog.next_check() or next_tick)
+            if self._stopped():
+                break
+            wait = min(next_tick, next_watch) - now
+            if self._heap:
+                wait = min(wait, self._heap[0][0] - now)
+            try:
+                ready = self.selector.select(max(0.0, wait))
+            except (OSError, ValueError):
+                if self._stopped():
+                    break
+                raise
+            for key, _ in ready:
+                data = key.data
+                if data is _LISTENER:
+                    if self.alive:
+                        self._accept(key.fileobj)  # type: ignore[arg-type]
+                elif data is _WAKE:
+                    self._drain_pokes()
+                else:
+                    self._on_readable(data)
+            if self._retire_pending:
+                reason, self._retire_pending = self._retire_pending, ""
+                super().retire(reason)
+            self._take_returned()
+            self._expire(time.monotonic())
+
+    def _stopped(self) -> bool:
+        # A method, not ``not self.alive`` inline: a signal handler flips it between two
+        # lines, which mypy's narrowing cannot know.
+        return not self.alive
+
+    def unregister_listeners(self) -> None:
+        # Runs in: main (signal handler or retire). Wake the loop so that it stops now.
+        selector = getattr(self, "selector", None)
+        if selector is None:
+            return
+        for listener in self.sockets:
+            try:
+                selector.unregister(listener.sock)
+            except (KeyError, ValueError):
+                pass
+        self._poke()
+
+    def retire(self, reason: str) -> None:
+        # A pool thread (max_requests) must not touch the selector: hand it to main.
+        if threading.get_ident() == getattr(self, "_main_ident", None):
+            super().retire(reason)
+        else:
+            self._retire_pending = self._retire_pending or reason
+            self._poke()
+
+    def request_finished(self) -> None:
+        # Runs in: pool. The base class counts with ``self.nr += 1``; threads must not
+        # lose counts, or max_requests would drift.
+        with self._lock:
+            super().request_finished()
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if not self.alive:
+                    return
+                if exc.errno in _ACCEPT_TRANSIENT:
+                    self.log.warning("accept() failed, retrying: %s", exc)
+                    return
+                raise
+            if self._open_connections() >= self.cfg.worker_connections:
+                _refuse(sock)
+                continue
+            sock.setblocking(False)
+            client = _Client(sock, peer_of(addr), new_connection(self))
+            self._held += 1
+            self._watch(client, time.monotonic() + self._head_timeout)
+
+    def _open_connections(self) -> int:
+        # A connection is counted from accept to close, wherever it is: held by the
+        # poller, queued back to it by a thread, or busy (queued for or in a thread).
+        return self._held + len(self._returned) + len(self._busy)
+
+    def _watch(self, client: _Client, deadline: float) -> None:
+        client.deadline = deadline
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, client))
+        if not client.registered:
+            self.selector.register(client.sock, selectors.EVENT_READ, client)
+            client.registered = True
+
+    def _unwatch(self, client: _Client) -> None:
+        if client.registered:
+            client.registered = False
+            try:
+                self.selector.unregister(client.sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _on_readable(self, client: _Client) -> None:
+        try:
+            data = client.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(client)
+            return
+        conn = client.conn
+        idle = not conn.buffered
+        conn.receive_data(data)
+        if idle and data:
+            # The first byte of a head: from now on the whole head has header_timeout,
+            # a deadline that later bytes do not push back.
+            self._watch(client, time.monotonic() + self._head_timeout)
+        self._advance(client)
+
+    def _advance(self, client: _Client) -> None:
+        conn = client.conn
+        try:
+            event = conn.next_event()
+        except ProtocolError as exc:
+            self._unwatch(client)
+            send_protocol_error(client.sock, conn, exc)
+            self._drop(client)
+            return
+        if event is NEED_DATA:
+            return
+        if isinstance(event, Request):
+            self._dispatch(client, event)
+        else:  # CLOSED, or nothing a waiting connection can use
+            self._drop(client)
+
+    def _dispatch(self, client: _Client, request: Request) -> None:
+        self._unwatch(client)
+        self._held -= 1
+        client.request = request
+        if not self.alive:
+            client.conn.close_after_response = True
+        with self._lock:
+            self._busy.add(client)
+        self._jobs.put(client)
+
+    def _take_returned(self) -> None:
+        """Connections the pool is done with, still open: back under watch."""
+        while self._returned:
+            client = self._returned.popleft()
+            self._held += 1
+            now = time.monotonic()
+            if not self.alive and now >= self._drain_until:
+                self._drop(client)
+                continue
+            try:
+                client.sock.setblocking(False)
+            except OSError:
+                self._drop(client)
+                continue
+            if client.conn.buffered:  # part of the next head came with the last request
+                deadline = now + self._head_timeout
+            elif self._idle_timeout > 0:
+                deadline = now + self._idle_timeout
+            else:
+                self._drop(client)
+                continue
+            self._watch(client, deadline if self.alive else min(deadline, self._drain_until))
+
+    def _expire(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, client = heapq.heappop(heap)
+            if not client.registered or client.deadline != deadline:
+                continue  # a stale entry: the connection moved on
+            self._unwatch(client)
+            if client.conn.buffered:
+                send_protocol_error(
+                    client.sock,
+                    client.conn,
+                    RequestTimeoutError("request head not received in time"),
+                )
+            self._drop(client)
+
+    def _drop(self, client: _Client) -> None:
+        """Close a connection the poller holds."""
+        self._unwatch(client)
+        self._held -= 1
+        _close(client.sock)
+
+    def _poke(self) -> None:
+        # Runs in: any thread, or a signal handler.
+        poke_w = getattr(self, "_poke_w", None)
+        if poke_w is None:
+            return
+        try:
+            poke_w.send(b"x")
+        except OSError:
+            pass  # full (a wake-up is already pending) or closed (stopping)
+
+    def _drain_pokes(self) -> None:
+        try:
+            while self._poke_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _wind_down(self) -> None:
+        """Finish in-flight requests (up to graceful_timeout), close everything else.
+
+        Idle keep-alive connections get a last short window (``DRAIN_IDLE``) instead of an
+        immediate close: a request already on its way is served, with ``Connection:
+        close``, rather than cut off by our FIN (what a load test sees as a failed request
+        on every HUP). Runs in: main.
+        """
+        now = time.monotonic()
+        self._drain_until = now + min(self._idle_timeout, DRAIN_IDLE)
+        for _, _, client in list(self._heap):
+            if client.registered and client.deadline > self._drain_until:
+                self._watch(client, self._drain_until)
+        with self._lock:
+            for client in self._busy:
+                client.conn.close_after_response = True  # their last response says so
+        deadline = now + float(self.cfg.graceful_timeout)
+        busy = 0
+        while True:
+            self._take_returned()
+            self._expire(time.monotonic())
+            with self._lock:
+                busy = len(self._busy)
+            now = time.monotonic()
+            if not (busy or self._held or self._returned) or now >= deadline:
+                break
+            self.notify()
+            self._enforcer.run_once(now)
+            wait = min(0.5, deadline - now)
+            if self._heap:
+                wait = min(wait, self._heap[0][0] - now)
+            try:
+                ready = self.selector.select(max(0.0, wait))
+            except (OSError, ValueError):
+                ready = []
+            for key, _ in ready:
+                if key.data is _WAKE:
+                    self._drain_pokes()
+                elif key.data is not _LISTENER:
+                    self._on_readable(key.data)
+        if busy:
+            self.log.warning("Graceful timeout with %d request(s) in flight; exiting", busy)
+        for _, _, client in self._heap:
+            if client.registered:
+                self._drop(client)
+        self._heap.clear()
+        for _ in self._threads:
+            self._jobs.put(None)
+        self.selector.close()
+        self._poke_r.close()
+        self._poke_w.close()
+
+    # -- pool threads ------------------------------------------------------------------
+    def _pool_main(self) -> None:
+        while True:
+            client = self._jobs.get()
+            if client is None:
+                return
+            try:
+                keep = self._serve(client)
+            except RequestHungError:
+                # Delivered after its request ended (a race with the watchdog, rule 4 of
+                # watchdog.py narrows but cannot close it): drop the connection.
+                keep = False
+            except Exception:
+                self.log.exception("Error serving a connection")
+                keep = False
+            self._release(client, keep)
+
+    def _serve(self, client: _Client) -> bool:
+        """Serve the connection's request and any pipelined behind it. Runs in: pool."""
+        sock, conn, request = client.sock, client.conn, client.request
+        ident = threading.get_ident()
+        while request is not None:
+            if self._idle_timeout <= 0 or self._is_last_request():
+                conn.close_after_response = True
+            entry = self._watchdog.started(ident, request.request_line, time.monotonic())
+            try:
+                keep = serve_request(self, sock, conn, request, client.peer, self._io_timeout)
+            except RequestHungError:
+                try:
+                    sock.sendall(timeout_response(conn, self._answer_504))
+                except OSError:
+                    pass
+                return False
+            finally:
+                self._watchdog.finished(entry)
+            if not keep:
+                return False
+            request = None
+            if conn.buffered:
+                try:
+                    event = conn.next_event()
+                except ProtocolError as exc:
+                    send_protocol_error(sock, conn, exc)
+                    return False
+                if event is CLOSED:
+                    return False
+                if isinstance(event, Request):
+                    request = event
+        return True
+
+    def _is_last_request(self) -> bool:
+        # Announce Connection: close on the response that will reach max_requests (the
+        # base class retires the worker after it), not on one more after that.
+        return bool(self.max_requests) and self.nr + len(self._busy) >= self.max_requests
+
+    def _release(self, client: _Client, keep: bool) -> None:
+        """Hand a served connection back to the poller, or close it. Runs in: pool."""
+        client.request = None
+        # Counted as open until it is in its next place (worker_connections): queued for
+        # the poller, or closed. Only then does it leave the busy set.
+        if keep:
+            # Even when stopping: the main thread gives it the drain window, since its
+            # last response may have gone out before the stop, without Connection: close.
+            self._returned.append(client)
+        else:
+            _close(client.sock)
+        with self._lock:
+            self._busy.discard(client)
+        if keep or not self.alive:
+            self._poke()  # when stopping, the main thread may be waiting for the last one
+
+
+def _refuse(sock: socket.socket) -> None:
+    """Too many connections: a status the client can read, then close."""
+    try:
+        sock.setblocking(False)
+        sock.send(raw_error_response(503, "Service Unavailable"))
+    except OSError:
+        pass
+    _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    """Close a connection: the FIN goes out after the response bytes still queued."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()

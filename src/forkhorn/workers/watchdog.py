@@ -1,0 +1,287 @@
+"""Per-request deadlines inside a worker: report, interrupt, and if need be retire.
+
+Why it exists: the master's heartbeat check only catches a worker that stopped ticking. In
+the gthread, gevent and eventlet workers the main loop keeps ticking while one thread or
+greenlet hangs in a request, so ``timeout`` would never bound that request (gunicorn's
+threaded worker has exactly this hole). The worker itself watches its requests instead.
+
+Rules kept:
+
+1. ``RequestWatchdog`` is pure bookkeeping: time comes in as an argument, and it neither
+   logs, nor signals, nor touches threads. It is unit-tested with a fake clock.
+2. The limit is ``timeout``, or ``request_timeout`` when that is set and smaller; both 0
+   turns the watchdog off.
+3. A request past its limit is reported and interrupted **once**. If it is still running
+   ``grace`` seconds after that (a thread stuck in C code, an app that swallows the
+   interruption), it is reported as stuck **once** and the worker is retired: it stops
+   accepting, its other requests finish, the master starts a replacement.
+4. An interruption is delivered only while the request is still registered (under the same
+   lock that ``finished`` takes), so a request that ends just in time is left alone.
+5. What differs between workers is a parameter of ``RequestTimeoutEnforcer``: how to get
+   a stack for a handle (thread id, greenlet) and how to interrupt it.
+
+How the interruption ends: the worker raises ``RequestHungError`` inside the request (an
+asynchronous exception in a thread, ``kill`` for a greenlet). It passes through the
+request cycle like any error (the iterable is closed, the access log and ``post_request``
+run), the worker answers 504 if ``request_timeout`` is set and no response head was sent
+yet, and closes the connection.
+
+Runs in: the worker process. ``started``/``finished`` in whichever thread or greenlet
+serves the request; ``check`` and the enforcer in the worker's main loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Generic, TypeVar
+
+from forkhorn.http import ServerConnection
+from forkhorn.wsgi.cycle import error_response
+
+__all__ = [
+    "InFlight",
+    "RequestHungError",
+    "RequestTimeoutEnforcer",
+    "RequestWatchdog",
+    "Verdict",
+    "format_frame",
+    "grace_period",
+    "interrupt_thread",
+    "request_limit",
+    "thread_stack",
+    "timeout_response",
+]
+
+H = TypeVar("H")
+
+# After an interruption, how long a request may take to unwind before the worker is
+# retired. Long enough for an app's cleanup (closing a cursor, rolling back), short enough
+# that a thread stuck in C code does not hold a worker for long: 5 s, or the limit itself
+# when that is shorter, but never under 1 s.
+MAX_GRACE = 5.0
+MIN_GRACE = 1.0
+
+
+class RequestHungError(BaseException):
+    """Raised inside a request that ran past its limit.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that an app's ``except Exception``
+    (Flask's and Django's error handlers among them) lets it through instead of turning it
+    into a 500 and carrying on.
+    """
+
+
+def request_limit(cfg: Any) -> float:
+    """Seconds a request may run in this worker: rule 2. 0.0 means no limit."""
+    timeout = float(getattr(cfg, "timeout", 0) or 0)
+    request_timeout = float(getattr(cfg, "request_timeout", 0) or 0)
+    limits = [t for t in (timeout, request_timeout) if t > 0]
+    return min(limits) if limits else 0.0
+
+
+def grace_period(limit: float) -> float:
+    """How long an interrupted request may take to unwind (see MAX_GRACE)."""
+    return max(MIN_GRACE, min(MAX_GRACE, limit))
+
+
+@dataclass(eq=False, slots=True)
+class InFlight(Generic[H]):
+    """One request being served: who serves it and since when."""
+
+    handle: H  # thread ident or greenlet: what the enforcer interrupts
+    request_line: bytes
+    started: float
+    context: Any = None  # the worker's own data for the request (its connection)
+    interrupted_at: float = 0.0  # 0.0: not interrupted yet
+    reported_stuck: bool = False
+    done: bool = False
+
+    def elapsed(self, now: float) -> float:
+        return max(0.0, now - self.started)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict(Generic[H]):
+    """What ``check`` found: requests to interrupt now, requests that would not stop."""
+
+    overdue: list[InFlight[H]] = field(default_factory=list)
+    stuck: list[InFlight[H]] = field(default_factory=list)
+
+
+class RequestWatchdog(Generic[H]):
+    """The table of in-flight requests and the decisions on it (rules 1, 3 and 4)."""
+
+    def __init__(self, limit: float, grace: float) -> None:
+        self.limit = limit
+        self.grace = grace
+        # A plain lock: requests start and finish in several threads. After gevent or
+        # eventlet monkey-patching, ``threading.Lock`` is their cooperative lock (it is
+        # looked up at call time for that reason).
+        self._lock = threading.Lock()
+        self._entries: dict[int, InFlight[H]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.limit > 0
+
+    def started(
+        self, handle: H, request_line: bytes, now: float, context: Any = None
+    ) -> InFlight[H]:
+        entry = InFlight(handle, request_line, now, context)
+        if self.limit > 0:
+            with self._lock:
+                self._entries[id(entry)] = entry
+        return entry
+
+    def finished(self, entry: InFlight[H]) -> None:
+        with self._lock:
+            entry.done = True
+            self._entries.pop(id(entry), None)
+
+    def in_flight(self) -> list[InFlight[H]]:
+        with self._lock:
+            return list(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def check(self, now: float) -> Verdict[H]:
+        """Mark and return the requests newly past their limit, and those newly stuck."""
+        verdict: Verdict[H] = Verdict()
+        if self.limit <= 0:
+            return verdict
+        with self._lock:
+            for entry in self._entries.values():
+                if not entry.interrupted_at:
+                    if now - entry.started >= self.limit:
+                        entry.interrupted_at = now
+                        verdict.overdue.append(entry)
+                elif not entry.reported_stuck and now - entry.interrupted_at >= self.grace:
+                    entry.reported_stuck = True
+                    verdict.stuck.append(entry)
+        return verdict
+
+    def next_check(self) -> float | None:
+        """When ``check`` will next find something, if nothing starts or ends meantime.
+
+        A request that starts later has a later deadline, so a loop may sleep until this
+        time (or its own tick) without missing one.
+        """
+        if self.limit <= 0:
+            return None
+        due: float | None = None
+        with self._lock:
+            for entry in self._entries.values():
+                if not entry.interrupted_at:
+                    at = entry.started + self.limit
+                elif not entry.reported_stuck:
+                    at = entry.interrupted_at + self.grace
+                else:
+                    continue
+                if due is None or at < due:
+                    due = at
+        return due
+
+    def while_running(self, entry: InFlight[H], action: Callable[[InFlight[H]], object]) -> bool:
+        """Run ``action(entry)`` unless the request has finished meanwhile (rule 4)."""
+        with self._lock:
+            if entry.done:
+                return False
+            action(entry)
+            return True
+
+
+def format_frame(frame: FrameType | None) -> str:
+    if frame is None:
+        return "  (no Python frame: the code is not running Python right now)\n"
+    return "".join(traceback.format_stack(frame))
+
+
+def thread_stack(ident: int) -> str:
+    """The current Python stack of thread ``ident``."""
+    return format_frame(sys._current_frames().get(ident))
+
+
+def interrupt_thread(ident: int, exc_type: type[BaseException] = RequestHungError) -> bool:
+    """Raise ``exc_type`` in thread ``ident`` at its next Python bytecode.
+
+    It cannot wake a thread blocked in C (``time.sleep``, a socket without a timeout); the
+    exception is raised when that call returns, and rule 3's grace period covers the case
+    where it never does. True when the exception was set.
+    """
+    set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    count = set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
+    if count > 1:  # pragma: no cover - only with a corrupt thread id; undo, per the C API
+        set_async_exc(ctypes.c_ulong(ident), None)
+        return False
+    return bool(count == 1)
+
+
+def timeout_response(conn: ServerConnection, answer: bool) -> bytes:
+    """The 504 for an interrupted request, when wanted and still possible, else b""."""
+    if not answer or conn.response_started:
+        return b""
+    try:
+        return error_response(conn, 504, "Gateway Timeout")
+    except Exception:  # the connection's state refuses a response: just close
+        return b""
+
+
+class RequestTimeoutEnforcer(Generic[H]):
+    """Acts on the watchdog's verdicts for one worker (rule 5).
+
+    ``stack_of(handle)`` returns the request's formatted stack; ``interrupt(entry)`` raises
+    ``RequestHungError`` in it. ``retire(reason)`` is the worker's.
+    """
+
+    def __init__(
+        self,
+        watchdog: RequestWatchdog[H],
+        log: Any,
+        pid: int,
+        stack_of: Callable[[H], str],
+        interrupt: Callable[[InFlight[H]], object],
+        retire: Callable[[str], None],
+    ) -> None:
+        self.watchdog = watchdog
+        self.log = log
+        self.pid = pid
+        self.stack_of = stack_of
+        self.interrupt = interrupt
+        self.retire = retire
+
+    def run_once(self, now: float) -> Verdict[H]:
+        """Check every in-flight request once. Runs in: the worker's main loop."""
+        verdict = self.watchdog.check(now)
+        for entry in verdict.overdue:
+            line = entry.request_line.decode("latin-1", "replace")
+            # The stack is taken first: the interruption changes it.
+            stack = self.stack_of(entry.handle)
+            self.log.error(
+                "Request timeout (pid:%s): %s running %.1fs\n%s",
+                self.pid,
+                line,
+                entry.elapsed(now),
+                stack.rstrip("\n"),
+            )
+            try:
+                self.watchdog.while_running(entry, self.interrupt)
+            except Exception:
+                self.log.exception("Could not interrupt the request %s", line)
+        for entry in verdict.stuck:
+            line = entry.request_line.decode("latin-1", "replace")
+            self.log.error(
+                "Request still running %.1fs after it was interrupted (pid:%s): %s\n%s",
+                now - entry.interrupted_at,
+                self.pid,
+                line,
+                self.stack_of(entry.handle).rstrip("\n"),
+            )
+            self.retire("request timeout")
+        return verdict

@@ -1,0 +1,170 @@
+"""The request watchdog (``forkhorn.workers.watchdog``): pure decisions with a fake clock,
+the enforcer with fakes, and the thread interruption on a real thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from forkhorn.http import ServerConnection
+from forkhorn.workers.watchdog import (
+    InFlight,
+    RequestHungError,
+    RequestTimeoutEnforcer,
+    RequestWatchdog,
+    grace_period,
+    interrupt_thread,
+    request_limit,
+    thread_stack,
+    timeout_response,
+)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "request_timeout", "expected"),
+    [
+        (30, 0.0, 30.0),
+        (30, 5.0, 5.0),
+        (5, 30.0, 5.0),
+        (0, 7.5, 7.5),
+        (0, 0.0, 0.0),
+    ],
+)
+def test_limit_is_the_smaller_of_the_set_timeouts(
+    timeout: int, request_timeout: float, expected: float
+) -> None:
+    cfg = SimpleNamespace(timeout=timeout, request_timeout=request_timeout)
+    assert request_limit(cfg) == expected
+
+
+@pytest.mark.parametrize(("limit", "grace"), [(0.5, 1.0), (3.0, 3.0), (30.0, 5.0)])
+def test_grace_is_bounded(limit: float, grace: float) -> None:
+    assert grace_period(limit) == grace
+
+
+def test_nothing_is_due_before_the_limit() -> None:
+    wd: RequestWatchdog[str] = RequestWatchdog(limit=10.0, grace=2.0)
+    wd.started("t1", b"GET / HTTP/1.1", now=100.0)
+    verdict = wd.check(109.9)
+    assert verdict.overdue == [] and verdict.stuck == []
+    assert wd.next_check() == 110.0
+
+
+def test_overdue_once_then_stuck_once_after_grace() -> None:
+    wd: RequestWatchdog[str] = RequestWatchdog(limit=10.0, grace=2.0)
+    entry = wd.started("t1", b"GET /slow HTTP/1.1", now=100.0)
+    assert wd.check(110.0).overdue == [entry]
+    assert entry.interrupted_at == 110.0
+    # Reported and interrupted once, not at every check.
+    assert wd.check(111.0).overdue == []
+    assert wd.next_check() == 112.0
+    assert wd.check(111.9).stuck == []
+    assert wd.check(112.0).stuck == [entry]
+    assert wd.check(200.0).stuck == []
+    assert wd.next_check() is None
+
+
+def test_a_finished_request_is_forgotten() -> None:
+    wd: RequestWatchdog[str] = RequestWatchdog(limit=10.0, grace=2.0)
+    fast = wd.started("t1", b"GET /fast HTTP/1.1", now=100.0)
+    slow = wd.started("t2", b"GET /slow HTTP/1.1", now=101.0)
+    wd.finished(fast)
+    assert wd.check(120.0).overdue == [slow]
+    wd.finished(slow)
+    assert wd.check(130.0).stuck == []
+    assert len(wd) == 0
+
+
+def test_disabled_watchdog_tracks_nothing() -> None:
+    wd: RequestWatchdog[str] = RequestWatchdog(limit=0.0, grace=1.0)
+    wd.started("t1", b"GET / HTTP/1.1", now=0.0)
+    assert not wd.enabled
+    assert len(wd) == 0
+    assert wd.check(1e9).overdue == []
+    assert wd.next_check() is None
+
+
+def test_no_interruption_after_the_request_finished() -> None:
+    wd: RequestWatchdog[str] = RequestWatchdog(limit=1.0, grace=1.0)
+    entry = wd.started("t1", b"GET / HTTP/1.1", now=0.0)
+    calls: list[InFlight[str]] = []
+    assert wd.while_running(entry, calls.append)
+    wd.finished(entry)
+    assert not wd.while_running(entry, calls.append)
+    assert calls == [entry]
+
+
+class FakeLog:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, msg: str, *args: Any) -> None:
+        self.errors.append(msg % args)
+
+    def exception(self, msg: str, *args: Any) -> None:
+        self.errors.append(msg % args)
+
+
+def test_enforcer_logs_stack_interrupts_and_retires() -> None:
+    wd: RequestWatchdog[str] = RequestWatchdog(limit=5.0, grace=1.0)
+    log = FakeLog()
+    interrupted: list[str] = []
+    retired: list[str] = []
+    enforcer = RequestTimeoutEnforcer(
+        wd,
+        log,
+        1234,
+        lambda handle: f'  File "app.py", line 1, in {handle}\n',
+        lambda entry: interrupted.append(entry.handle),
+        retired.append,
+    )
+    wd.started("hung_view", b"GET /hang HTTP/1.1", now=0.0)
+    enforcer.run_once(5.5)
+    assert interrupted == ["hung_view"]
+    assert retired == []
+    assert log.errors[0].startswith("Request timeout (pid:1234): GET /hang HTTP/1.1 running 5.5s")
+    assert "in hung_view" in log.errors[0]
+    enforcer.run_once(6.0)
+    assert interrupted == ["hung_view"] and retired == []
+    enforcer.run_once(6.5)
+    assert retired == ["request timeout"]
+    assert "still running" in log.errors[-1]
+
+
+def test_interrupt_thread_raises_in_a_thread_running_python() -> None:
+    started = threading.Event()
+    outcome: list[str] = []
+
+    def busy() -> None:
+        started.set()
+        deadline = time.monotonic() + 30
+        try:
+            while time.monotonic() < deadline:
+                pass
+            outcome.append("ran to the end")
+        except RequestHungError:
+            outcome.append("interrupted")
+
+    thread = threading.Thread(target=busy, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    assert thread.ident is not None
+    assert "in busy" in thread_stack(thread.ident)
+    assert interrupt_thread(thread.ident)
+    thread.join(10)
+    assert outcome == ["interrupted"]
+
+
+def test_timeout_response_only_before_the_head() -> None:
+    conn = ServerConnection()
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.next_event()
+    assert timeout_response(conn, answer=False) == b""
+    response = timeout_response(conn, answer=True)
+    assert response.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    assert b"Connection: close" in response
+    assert timeout_response(conn, answer=True) == b""  # a head was sent now
