@@ -87,6 +87,7 @@ class HttpProtocol(asyncio.Protocol):
         "busy",
         "conn",
         "deadline",
+        "dispatching",
         "environ",
         "exchange",
         "iterator",
@@ -113,6 +114,7 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.paused_reading = False
         self.busy = False  # a response is being produced (streaming or sendfile)
+        self.dispatching = False  # inside _process() -> _respond()
         self.iterator: Iterator[bytes] | None = None
         self.exchange: Exchange | None = None
         self.environ: dict[str, Any] | None = None
@@ -192,7 +194,11 @@ class HttpProtocol(asyncio.Protocol):
                         self._close()
                     return
                 # A complete request: answer it, then go on with any pipelined one.
-                self._respond()
+                self.dispatching = True
+                try:
+                    self._respond()
+                finally:
+                    self.dispatching = False
                 if self.busy or self.phase != _IDLE:
                     return
                 conn.start_next_cycle()
@@ -386,7 +392,9 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = False
         if exchange is not None:
             self._finish(exchange, environ or {}, ok)
-        if self.phase == _IDLE and self.transport is not None:
+        if self.phase == _IDLE and self.transport is not None and not self.dispatching:
+            # The response ended later than _respond() (backpressure, sendfile): go on
+            # with the connection from here. Otherwise _process() does it.
             self._resume_reading()
             self.conn.start_next_cycle()
             self._process()
@@ -479,6 +487,14 @@ def _has_fileno(wrapper: FileWrapper) -> bool:
 _date = http_date
 
 
+def _drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass
+
+
 class FastWorker(Worker):
     """The event-loop worker: a protocol per connection, the app called inline."""
 
@@ -522,15 +538,16 @@ class FastWorker(Worker):
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
-        # Signals are delivered through the loop so that they interrupt its wait at once.
-        for sig, handler in (
-            (signal.SIGTERM, self.handle_term),
-            (signal.SIGHUP, self.handle_term),
-            (signal.SIGINT, self.handle_quit),
-            (signal.SIGQUIT, self.handle_quit),
-            (signal.SIGUSR1, self.handle_usr1),
-        ):
-            loop.add_signal_handler(sig, handler, sig, None)
+        # The base class's Python-level handlers stay: they run even while an app blocks
+        # the loop (between bytecodes), so a response finished after TERM says
+        # Connection: close. A wake-up pipe makes an idle loop notice a signal at once:
+        # the C-level handler writes to it, the loop runs our reader, and Python runs the
+        # pending handler right there.
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        loop.add_reader(wake_r, _drain_pipe, wake_r)
         for listener in self.sockets:
             sock = listener.sock
             sock.setblocking(False)
@@ -547,7 +564,11 @@ class FastWorker(Worker):
         await self._drain()
 
     def unregister_listeners(self) -> None:
+        # Runs in a signal handler (TERM) or on retirement: every response composed from
+        # now on announces Connection: close.
         self.close_connections = True
+        for protocol in getattr(self, "connections", ()):
+            protocol.conn.close_after_response = True
         for server in getattr(self, "servers", []):
             server.close()
 

@@ -119,8 +119,6 @@ def build_environ(
     environ["wsgi.input"] = wsgi_input
     if request.content_length:
         environ["CONTENT_LENGTH"] = str(request.content_length)
-    elif request.chunked:
-        environ["HTTP_TRANSFER_ENCODING"] = "chunked"
 
     keys = _KEYS[header_map]
     for name, value in request.headers:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The benchmark runs quoted in bench/README.md, with ../shared/bench/peers.py.
+# Needs the peers' venvs set up as ../shared/bench/README.md says (/tmp/peers and
+# /tmp/peers-g25) and forkhorn installed in /tmp/peers: /tmp/peers/bin/pip install -e '.[fast,gevent,eventlet]'
+# Usage: bench/run_peers.sh [pinned|classic|sleep|all]   (results go to bench/results/)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+peers=${PEERS:-$here/../../shared/bench/peers.py}
+py=${PEERS_PY:-/tmp/peers/bin/python}
+out=$here/results
+mkdir -p "$out"
+fk='forkhorn --workers {workers} --bind 127.0.0.1:{port}'
+specs=(
+  --spec "forkhorn-sync=$fk -k sync {app}"
+  --spec "forkhorn-gthread=$fk -k gthread --threads 8 {app}"
+  --spec "forkhorn-gevent=$fk -k gevent {app}"
+  --spec "forkhorn-eventlet=$fk -k eventlet {app}"
+  --spec "forkhorn-fast=$fk -k fast {app}"
+  --spec "gunicorn-gthread=/tmp/peers/bin/gunicorn --bind 127.0.0.1:{port} --workers {workers} --worker-class gthread --threads 8 {app}"
+  --spec "gunicorn-eventlet=/tmp/peers-g25/bin/gunicorn --bind 127.0.0.1:{port} --workers {workers} --worker-class eventlet {app}"
+)
+what=${1:-all}
+if [[ $what == pinned || $what == all ]]; then
+  "$py" "$peers" "${specs[@]}" \
+    --servers gunicorn-sync,gunicorn-gthread,gunicorn-gevent,gunicorn-eventlet,meinheld,granian,bjoern,forkhorn-sync,forkhorn-gthread,forkhorn-gevent,forkhorn-eventlet,forkhorn-fast \
+    --apps hello,todo --workers 1 --pin -c 50 -t 2 -d 10 --rounds 3 \
+    --json "$out/pinned.json" --markdown "$out/pinned.md"
+fi
+if [[ $what == classic || $what == all ]]; then
+  "$py" "$peers" "${specs[@]}" \
+    --servers gunicorn-sync,gunicorn-meinheld,forkhorn-fast \
+    --apps todo --workers 9 -c 100 -t 12 -d 5 --rounds 3 \
+    --json "$out/classic.json" --markdown "$out/classic.md"
+fi
+if [[ $what == sleep || $what == all ]]; then
+  "$py" "$peers" "${specs[@]}" \
+    --servers gunicorn-gthread,gunicorn-gevent,gunicorn-eventlet,forkhorn-gthread,forkhorn-gevent,forkhorn-eventlet \
+    --apps sleep --workers 2 -c 100 -t 2 -d 10 --rounds 3 \
+    --json "$out/sleep.json" --markdown "$out/sleep.md"
+fi

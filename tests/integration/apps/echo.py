@@ -1,0 +1,57 @@
+"""Echo the request back as JSON: ``echo:app``.
+
+The response holds ``method``, ``path`` (PATH_INFO), ``query``, ``headers`` (the HTTP_*
+keys), ``environ`` (every str-valued key), ``body`` (latin-1 text) and ``mode``. The query
+parameter ``read`` picks how ``wsgi.input`` is read, so each reading method is exercised:
+``all`` (read()), ``sized`` (a read(n) loop), ``lines`` (readline() loop), ``readlines``,
+``iter`` (iteration), ``none`` (the body is left unread).
+"""
+
+import json
+from urllib.parse import parse_qs
+
+
+def read_body(stream, mode):
+    if mode == "all":
+        return stream.read()
+    if mode == "sized":
+        parts = []
+        while True:
+            part = stream.read(7)
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
+    if mode == "lines":
+        parts = []
+        while True:
+            line = stream.readline()
+            if not line:
+                return b"".join(parts)
+            parts.append(line)
+    if mode == "readlines":
+        return b"".join(stream.readlines())
+    if mode == "iter":
+        return b"".join(stream)
+    if mode == "none":
+        return b""
+    raise ValueError(f"unknown read mode {mode!r}")
+
+
+def app(environ, start_response):
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    mode = query.get("read", ["all"])[0]
+    body = read_body(environ["wsgi.input"], mode)
+    payload = {
+        "method": environ["REQUEST_METHOD"],
+        "path": environ["PATH_INFO"],
+        "query": environ.get("QUERY_STRING", ""),
+        "mode": mode,
+        "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")},
+        "environ": {k: v for k, v in environ.items() if isinstance(v, str)},
+        "body": body.decode("latin-1"),
+    }
+    data = json.dumps(payload).encode()
+    start_response(
+        "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    )
+    return [data]

@@ -1,0 +1,3 @@
+"""``notcallable:app`` is not callable."""
+
+app = 42

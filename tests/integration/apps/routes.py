@@ -1,0 +1,33 @@
+"""Every test app behind one server, by path prefix: ``routes:app``.
+
+``/echo...`` -> echo (PATH_INFO kept), ``/stream`` -> stream, ``/raise/X`` -> raising ``/X``,
+``/slow/X`` -> slow ``/X``, anything else -> hello. Lets one running server answer a whole
+suite of tests.
+"""
+
+import echo
+import raising
+import slow
+import stream
+
+import hello
+
+
+def _strip(environ, prefix):
+    environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + prefix
+    environ["PATH_INFO"] = environ["PATH_INFO"][len(prefix) :] or "/"
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path.startswith("/echo"):
+        return echo.app(environ, start_response)
+    if path.startswith("/stream"):
+        return stream.app(environ, start_response)
+    if path.startswith("/raise/"):
+        _strip(environ, "/raise")
+        return raising.app(environ, start_response)
+    if path.startswith("/slow/"):
+        _strip(environ, "/slow")
+        return slow.app(environ, start_response)
+    return hello.app(environ, start_response)

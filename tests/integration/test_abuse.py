@@ -1,0 +1,352 @@
+"""Hostile clients against the running server, on raw sockets (issues 2 and 6).
+
+The smuggling battery sends one malformed request per case to a real server (each worker
+class) and asserts the status RFC 9112 and issue 2 give it, and that the server closes the
+connection after answering (``raw_request`` reads until close and fails if it stays open).
+Slow clients: a trickling head must not pin a worker, and a head that does not complete
+within ``--header-timeout`` is answered 408 and closed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .conftest import ServerFactory
+from .server import (
+    ROOT,
+    WORKER_CLASSES,
+    ServerProcess,
+    connect,
+    get,
+    parse_responses,
+    raw_request,
+    read_until_close,
+    require_worker_class,
+)
+from .test_contract import worker_args
+
+H = b"Host: t\r\n"
+
+# (id, request bytes, expected status). Each request is sent alone on a new connection.
+SMUGGLING: list[tuple[str, bytes, int]] = [
+    # RFC 9112 §6.1: CL with TE is a smuggling attempt; issue 2: 400 and close.
+    (
+        "cl-and-te",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n0\r\n\r\nG",
+        400,
+    ),
+    (
+        "te-and-cl",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n"
+        b"\r\n0\r\n\r\n",
+        400,
+    ),
+    # Transfer-Encoding obfuscations.
+    (
+        "te-space-before-colon",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    # RFC 9112 §6.3: chunked not the final coding of a request: 400 and close.
+    (
+        "te-xchunked",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    # RFC 9112 §6.1 and issue 2: a coding the server does not implement, before chunked: 501.
+    (
+        "te-unknown-coding",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: xgzip, chunked\r\n\r\n0\r\n\r\n",
+        501,
+    ),
+    (
+        "te-chunked-not-last",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "te-chunked-twice",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "te-vertical-tab",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "te-in-http10",
+        b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "te-obs-fold",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    # Content-Length must be 1*DIGIT; different duplicates are refused.
+    ("cl-plus-sign", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: +3\r\n\r\nabc", 400),
+    ("cl-hex", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 0x3\r\n\r\nabc", 400),
+    (
+        "cl-two-values",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        400,
+    ),
+    ("cl-list", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3, 4\r\n\r\nabcd", 400),
+    # Bad chunk sizes and chunk framing (found while the app reads: still 400 and close).
+    (
+        "chunk-size-negative",
+        b"POST /echo HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "chunk-size-0x-prefix",
+        b"POST /echo HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "chunk-size-overflow",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+        b"fffffffffffffffffffffffffffff3\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "chunk-size-missing",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "chunk-data-too-long",
+        b"POST /echo HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "chunk-bare-lf",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n",
+        400,
+    ),
+    # Header injection and malformed fields.
+    ("header-bare-cr", b"GET / HTTP/1.1\r\n" + H + b"X-A: a\rX-B: b\r\n\r\n", 400),
+    ("header-nul", b"GET / HTTP/1.1\r\n" + H + b"X-A: a\x00b\r\n\r\n", 400),
+    ("header-name-space", b"GET / HTTP/1.1\r\n" + H + b"X A: b\r\n\r\n", 400),
+    ("header-empty-name", b"GET / HTTP/1.1\r\n" + H + b": b\r\n\r\n", 400),
+    ("header-obs-fold", b"GET / HTTP/1.1\r\n" + H + b"X-A: a\r\n b\r\n\r\n", 400),
+    ("header-no-colon", b"GET / HTTP/1.1\r\n" + H + b"X-A b\r\n\r\n", 400),
+    ("host-missing", b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n", 400),
+    ("host-twice", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    # Bare LF line endings (issue 2: 400).
+    ("bare-lf-head", b"GET / HTTP/1.1\nHost: t\n\n", 400),
+    ("bare-lf-request-line", b"GET / HTTP/1.1\nHost: t\r\n\r\n", 400),
+    # Request line.
+    ("request-line-double-space", b"GET  / HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("request-line-lowercase-version", b"GET / http/1.1\r\n" + H + b"\r\n", 400),
+    ("method-not-token", b"G(T / HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("asterisk-with-get", b"GET * HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("request-line-too-long", b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n" + H + b"\r\n", 414),
+    (
+        "too-many-headers",
+        b"GET / HTTP/1.1\r\n" + H + b"".join(b"X-H%d: v\r\n" % i for i in range(101)) + b"\r\n",
+        431,
+    ),
+    ("header-too-large", b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"v" * 9000 + b"\r\n\r\n", 431),
+    ("http-2.0", b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
+    ("http-0.9-style", b"GET / HTTP/0.9\r\n" + H + b"\r\n", 505),
+]
+
+
+@pytest.fixture(params=WORKER_CLASSES)
+def worker_class(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    require_worker_class(name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def abuse_servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[str], ServerProcess]]:
+    servers: dict[str, ServerProcess] = {}
+    log_dir = tmp_path_factory.mktemp("abuse-logs")
+
+    def server_for(worker_class: str) -> ServerProcess:
+        server = servers.get(worker_class)
+        if server is None or server.proc is None or server.proc.poll() is not None:
+            if server is not None:
+                server.stop()
+            server = ServerProcess(
+                "routes:app",
+                [*worker_args(worker_class), "--workers", "2"],
+                cwd=ROOT,
+                log_dir=log_dir,
+            )
+            servers[worker_class] = server
+            server.start()
+        return server
+
+    yield server_for
+    problems = []
+    for server in servers.values():
+        try:
+            server.stop()
+        except AssertionError as exc:
+            problems.append(str(exc))
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def server(worker_class: str, abuse_servers: Callable[[str], ServerProcess]) -> ServerProcess:
+    return abuse_servers(worker_class)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [(data, status) for _, data, status in SMUGGLING],
+    ids=[name for name, _, _ in SMUGGLING],
+)
+def test_malformed_request_is_refused_and_closed(
+    server: ServerProcess, worker_class: str, data: bytes, status: int
+) -> None:
+    answer = raw_request(server.port, data, timeout=10)  # raises if the server keeps it open
+    responses = parse_responses(answer)
+    assert [r.status for r in responses] == [status], answer[:300]
+    assert responses[0].closes, responses[0].headers
+    # The smuggled remainder (if any) was never answered as a second request, and the
+    # server still serves.
+    assert get(server.port, "/").status == 200
+
+
+@pytest.mark.timeout(30)
+def test_underscore_header_does_not_reach_environ(server: ServerProcess, worker_class: str) -> None:
+    answer = raw_request(
+        server.port,
+        b"GET /echo HTTP/1.1\r\n" + H + b"X_Auth: forged\r\nX-Auth: real\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    (resp,) = parse_responses(answer)
+    assert resp.status == 200
+    environ = json.loads(resp.body)["environ"]
+    assert environ.get("HTTP_X_AUTH") == "real"
+    assert not any("forged" in value for value in environ.values()), environ
+
+
+@pytest.mark.timeout(30)
+def test_megabyte_without_crlf_is_refused(server: ServerProcess, worker_class: str) -> None:
+    with connect(server.port) as sock:
+        sent = 0
+        try:
+            for _ in range(16):
+                sock.sendall(b"GET /" + b"a" * 65536)
+                sent += 65541
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused while we were still sending: what we want
+        answer = read_until_close(sock, timeout=10)
+    if answer:
+        status = int(answer.split(b" ", 2)[1])
+        assert status in (400, 414, 431), answer[:200]
+    assert get(server.port, "/").status == 200
+
+
+# -- slow clients ----------------------------------------------------------------------------------
+
+
+class Trickler:
+    """``count`` connections that send a request head one byte at a time, forever."""
+
+    HEAD = b"GET / HTTP/1.1\r\nHost: t\r\n" + b"X-Slow: " + b"s" * 10000
+
+    def __init__(self, port: int, count: int, interval: float = 0.2) -> None:
+        self.socks = [connect(port) for _ in range(count)]
+        self.interval = interval
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        index = 0
+        while not self.stop.is_set() and index < len(self.HEAD):
+            for sock in self.socks:
+                try:
+                    sock.sendall(self.HEAD[index : index + 1])
+                except OSError as exc:
+                    self.failures.append(repr(exc))
+            index += 1
+            self.stop.wait(self.interval)
+
+    def __enter__(self) -> Trickler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for sock in self.socks:
+            sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_slowloris_does_not_pin_the_sync_worker(server_factory: ServerFactory) -> None:
+    srv = server_factory("hello:app", "--workers", "1")
+    with Trickler(srv.port, 20) as trickler:
+        for _ in range(5):
+            assert get(srv.port, "/", timeout=10).status == 200
+        # The tricklers were not simply dropped to make room: they are all still sending.
+        assert not trickler.failures
+
+
+@pytest.mark.timeout(60)
+def test_slowloris_does_not_pin_any_worker_class(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    srv = server_factory("hello:app", *worker_args(worker_class), "--workers", "1")
+    with Trickler(srv.port, 50):
+        for _ in range(5):
+            assert get(srv.port, "/", timeout=10).status == 200
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "trickling"])
+def test_head_not_complete_within_header_timeout_gets_408(
+    server_factory: ServerFactory, worker_class: str, trickle: bool
+) -> None:
+    srv = server_factory("hello:app", *worker_args(worker_class), "--header-timeout", "1")
+    with connect(srv.port, timeout=20) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        if trickle:
+            # One byte every 0.2 s (the recv timeout paces it): the deadline is for the
+            # whole head, never reset by a byte that arrives.
+            sock.settimeout(0.2)
+            answer = b""
+            for byte in b"X-Slow: " + b"s" * 150:
+                try:
+                    sock.sendall(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                try:
+                    answer = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                except ConnectionResetError:
+                    pass
+                break
+            else:
+                pytest.fail("a trickling head was neither answered nor closed")
+            answer += read_until_close(sock, timeout=10)
+        else:
+            answer = read_until_close(sock, timeout=20)
+    (resp,) = parse_responses(answer)
+    assert resp.status == 408
+    assert resp.closes

@@ -1,0 +1,132 @@
+"""The master's life cycle against a real server: reload that checks before it switches,
+crash-loop backoff, timeouts with stack dumps, worker count signals, start-up halts.
+
+The app under reload lives in ``tmp_path/release.py`` (the server runs with that directory
+as its working directory), so a test can put a bad release on disk and send HUP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .server import ServerProcess, get, run_cli
+
+ServerFactory = Callable[..., ServerProcess]
+
+GOOD = """
+import os
+
+def app(environ, start_response):
+    body = b"{version} %d" % os.getpid()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+BAD = "raise RuntimeError('bad release on disk')\n"
+
+
+def _release(directory: Path, text: str) -> None:
+    (directory / "release.py").write_text(text)
+    # A new file with the same size and mtime second could be served from a stale .pyc.
+    for pyc in directory.glob("__pycache__/release*.pyc"):
+        pyc.unlink()
+
+
+def _version(server: ServerProcess) -> bytes:
+    return get(server.port).body.split()[0]
+
+
+def _wait_all_serving(server: ServerProcess, count: int, deadline_s: float = 20.0) -> None:
+    """Until ``count`` distinct workers have answered: each has loaded the release (the
+    kernel picks who accepts, so this polls; the deadline only bounds a hang)."""
+    deadline = time.monotonic() + deadline_s
+    seen: set[bytes] = set()
+    while len(seen) < count:
+        assert time.monotonic() < deadline, f"only {seen} answered\n{server.logs}"
+        seen.add(get(server.port).body.split()[1])
+
+
+def test_kill_9_of_a_worker_is_replaced(server_factory: ServerFactory) -> None:
+    server = server_factory("hello:app", "--workers", "2")
+    before = server.wait_for_workers(2)
+    mark = server.mark()
+    os.kill(before[0], signal.SIGKILL)
+    server.wait_for_log(rf"Worker \(pid:{before[0]}\) was sent SIGKILL! Perhaps out of memory\?")
+    server.wait_for_log(r"Booting worker with pid", since=mark)
+    server.wait_for_workers(2, exclude=[before[0]])
+    assert get(server.port).status == 200
+
+
+def test_ttin_and_ttou(server_factory: ServerFactory) -> None:
+    server = server_factory("hello:app", "--workers", "2")
+    server.wait_for_workers(2)
+    server.signal(signal.SIGTTIN)
+    server.wait_for_workers(3)
+    # One at a time: POSIX merges a signal sent again before the first was delivered.
+    server.signal(signal.SIGTTOU)
+    server.wait_for_workers(2)
+    server.signal(signal.SIGTTOU)
+    server.wait_for_workers(1)
+    mark = server.mark()
+    server.signal(signal.SIGTTOU)  # never below one
+    server.wait_for_log(r"Handling signal: ttou", since=mark)
+    assert get(server.port).status == 200
+    server.wait_for_workers(1)
+
+
+def test_hung_request_dumps_its_stack_and_is_replaced(server_factory: ServerFactory) -> None:
+    server = server_factory("slow:app", "--workers", "2", "--timeout", "2")
+    server.wait_for_workers(2)
+    hung = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    try:
+        hung.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+        server.wait_for_log(r"WORKER TIMEOUT \(pid:\d+\)", timeout=20)
+        server.wait_for_log(r"stuck on 'GET /hang HTTP/1.1'")
+        server.wait_for_log(r"in hang_forever_in_app", timeout=10)
+        assert get(server.port).status == 200
+    finally:
+        hung.close()
+    server.wait_for_workers(2)
+
+
+def test_an_app_that_cannot_load_stops_the_master_with_code_4(tmp_path: Path) -> None:
+    _release(tmp_path, BAD)
+    result = run_cli(["--bind", "127.0.0.1:0", "--workers", "3", "release:app"], cwd=tmp_path)
+    assert result.returncode == 4, result.stderr
+    assert "App failed to load:" in result.stderr
+    assert "Reason: App failed to load." in result.stderr
+    assert result.stderr.count("Booting worker with pid") <= 3  # never a fork loop
+
+
+def test_hup_switches_only_to_a_release_that_boots(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    _release(tmp_path, GOOD.format(version="v1"))
+    server = server_factory("release:app", "--workers", "2", cwd=tmp_path)
+    _wait_all_serving(server, 2)  # no worker may still be importing the first release
+
+    _release(tmp_path, BAD)
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reload abandoned", since=mark, timeout=20)
+    for _ in range(10):
+        assert _version(server) == b"v1"
+
+    # A crash with the bad release still on disk: the rest keep serving, respawn backs off.
+    victim = server.worker_pids()[0]
+    mark = server.mark()
+    os.kill(victim, signal.SIGKILL)
+    server.wait_for_log(r"failed to boot .*retrying in", since=mark, timeout=20)
+    assert _version(server) == b"v1"
+
+    _release(tmp_path, GOOD.format(version="v2"))
+    server.wait_for_log(r"boot backoff reset", since=mark, timeout=40)
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reload complete", since=mark, timeout=20)
+    server.wait_for_workers(2)
+    assert {_version(server) for _ in range(10)} == {b"v2"}

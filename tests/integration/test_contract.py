@@ -1,0 +1,348 @@
+"""Issue 4: ONE contract suite, run against every worker class.
+
+Each test takes ``worker_class`` (parametrized over ``WORKER_CLASSES``); a worker class whose
+module does not exist yet FAILS here (``require_worker_class``), it is never skipped. The
+sync worker's documented difference (``Connection: close`` after every response, so no
+keep-alive and no pipelining) is asserted where it applies.
+
+Tests that do not change the server's state share one running server per worker class
+(``routes:app``, two workers); the ones that stop the server start their own.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .conftest import ServerFactory
+from .server import (
+    ROOT,
+    WORKER_CLASSES,
+    InFlight,
+    RawConnection,
+    ServerProcess,
+    connect,
+    get,
+    parse_responses,
+    raw_request,
+    require_worker_class,
+    stream_body,
+)
+
+# What each worker class needs on the command line besides its name.
+WORKER_ARGS: dict[str, list[str]] = {
+    "sync": [],
+    "gthread": ["--threads", "4"],
+    "gevent": ["--worker-connections", "200"],
+    "eventlet": ["--worker-connections", "200"],
+    "fast": [],
+}
+
+
+def worker_args(worker_class: str) -> list[str]:
+    return ["-k", worker_class, *WORKER_ARGS[worker_class]]
+
+
+@pytest.fixture(params=WORKER_CLASSES)
+def worker_class(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    require_worker_class(name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def shared_servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[str], ServerProcess]]:
+    servers: dict[str, ServerProcess] = {}
+    log_dir = tmp_path_factory.mktemp("contract-logs")
+
+    def server_for(worker_class: str) -> ServerProcess:
+        server = servers.get(worker_class)
+        if server is None or server.proc is None or server.proc.poll() is not None:
+            if server is not None:
+                server.stop()
+            server = ServerProcess(
+                "routes:app",
+                [*worker_args(worker_class), "--workers", "2"],
+                cwd=ROOT,
+                log_dir=log_dir,
+            )
+            servers[worker_class] = server
+            server.start()
+        return server
+
+    yield server_for
+    problems = []
+    for server in servers.values():
+        try:
+            server.stop()
+        except AssertionError as exc:
+            problems.append(str(exc))
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def server(worker_class: str, shared_servers: Callable[[str], ServerProcess]) -> ServerProcess:
+    return shared_servers(worker_class)
+
+
+def keeps_alive(worker_class: str) -> bool:
+    return worker_class != "sync"
+
+
+# -- the Flask example -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_flask_todo_crud(
+    server_factory: ServerFactory, worker_class: str, todo_db: dict[str, str]
+) -> None:
+    srv = server_factory("examples.todo:app", *worker_args(worker_class), env=todo_db)
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+
+    def call(method: str, path: str, payload: object = None) -> tuple[int, bytes]:
+        body = None if payload is None else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+
+    try:
+        ids = []
+        for title in ("one", "two", "three"):
+            status, body = call("POST", "/todos", {"title": title})
+            assert status == 201, body
+            ids.append(json.loads(body)["id"])
+        status, body = call("GET", "/todos")
+        assert status == 200
+        assert [t["title"] for t in json.loads(body)] == ["one", "two", "three"]
+        status, body = call("POST", "/todos", {"title": ""})
+        assert status == 400
+        status, _ = call("DELETE", f"/todos/{ids[1]}")
+        assert status == 204
+        status, _ = call("GET", f"/todos/{ids[1]}")
+        assert status == 404
+        status, body = call("GET", f"/todos/{ids[2]}")
+        assert (status, json.loads(body)["title"]) == (200, "three")
+        status, body = call("GET", "/")
+        assert status == 200 and b"<li>one" in body and b"two" not in body
+    finally:
+        conn.close()
+
+
+# -- connection handling ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_keep_alive(server: ServerProcess, worker_class: str) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        first = conn.getresponse()
+        assert (first.status, first.read()) == (200, b"Hello, World!")
+        sock = conn.sock
+        if not keeps_alive(worker_class):
+            assert first.getheader("Connection") == "close"
+            assert first.will_close
+            return
+        assert not first.will_close, first.getheaders()
+        assert sock is not None
+        conn.request("GET", "/echo/second")
+        second = conn.getresponse()
+        assert second.status == 200
+        assert json.loads(second.read())["path"] == "/echo/second"
+        assert conn.sock is sock, "http.client had to reconnect: the connection was not kept"
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(30)
+def test_pipelining(server: ServerProcess, worker_class: str) -> None:
+    requests = (
+        b"GET /echo/a HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /echo/b HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /echo/c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    responses = parse_responses(raw_request(server.port, requests))
+    paths = [json.loads(r.body)["path"] for r in responses]
+    if not keeps_alive(worker_class):
+        # The sync worker answers the first request and closes.
+        assert paths == ["/echo/a"]
+        assert responses[0].closes
+        return
+    assert paths == ["/echo/a", "/echo/b", "/echo/c"]
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert [r.closes for r in responses] == [False, False, True]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", ["all", "sized", "lines", "readlines", "iter"])
+def test_chunked_upload_is_echoed(server: ServerProcess, worker_class: str, mode: str) -> None:
+    parts = [b"line one\n", b"line two\nand a half", b"", b"x" * 70000, b"\nlast"]
+    # Lower- and upper-case hex sizes, one chunk with an extension.
+    sizes = [f"{len(parts[0]):x}", f"{len(parts[1]):x};ext=1", f"{len(parts[3]):X}", "5"]
+    data = [p for p in parts if p]
+    body = b"".join(
+        f"{size}\r\n".encode() + p + b"\r\n" for size, p in zip(sizes, data, strict=True)
+    )
+    body += b"0\r\nX-Trailer: ignored\r\n\r\n"
+    with RawConnection(server.port) as conn:
+        conn.send(
+            f"POST /echo?read={mode} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+            "Content-Type: text/plain\r\n\r\n".encode()
+        )
+        # The body in several sends, split inside a chunk-size line and inside data.
+        for start in range(0, len(body), 9973):
+            conn.send(body[start : start + 9973])
+        resp = conn.read_response()
+    assert resp.status == 200, resp.body[:500]
+    echoed = json.loads(resp.body)
+    assert echoed["body"].encode("latin-1") == b"".join(parts)
+    assert "HTTP_X_TRAILER" not in echoed["environ"]  # trailers never reach the environ
+
+
+@pytest.mark.timeout(30)
+def test_chunked_request_environ(server: ServerProcess, worker_class: str) -> None:
+    data = raw_request(
+        server.port,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    (resp,) = parse_responses(data)
+    environ = json.loads(resp.body)["environ"]
+    assert json.loads(resp.body)["body"] == "abc"
+    assert "CONTENT_LENGTH" not in environ or environ["CONTENT_LENGTH"] == ""
+    # The header as the client sent it, once (PEP 3333 HTTP_ variables).
+    assert environ.get("HTTP_TRANSFER_ENCODING") == "chunked"
+
+
+@pytest.mark.timeout(30)
+def test_expect_100_continue(server: ServerProcess, worker_class: str) -> None:
+    with RawConnection(server.port) as conn:
+        conn.send(
+            b"POST /echo?read=all HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        interim = conn.read_head_line()
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n"), interim
+        conn.send(b"hello world")
+        resp = conn.read_response()
+    assert resp.status == 200
+    assert json.loads(resp.body)["body"] == "hello world"
+
+
+@pytest.mark.timeout(30)
+def test_streaming_response_arrives_chunked(server: ServerProcess, worker_class: str) -> None:
+    with RawConnection(server.port) as conn:
+        conn.send(b"GET /stream?chunks=8&size=3000&sleep=0.02 HTTP/1.1\r\nHost: t\r\n\r\n")
+        resp = conn.read_response()
+        assert resp.status == 200
+        assert resp.header("transfer-encoding") == "chunked"
+        assert resp.body == stream_body(8, 3000)
+        if keeps_alive(worker_class):
+            # The connection is still usable after a chunked response.
+            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert conn.read_response().body == b"Hello, World!"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("path", ["/", "/stream?chunks=3&size=100"])
+def test_head(server: ServerProcess, worker_class: str, path: str) -> None:
+    with RawConnection(server.port) as conn:
+        conn.send(f"HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        resp = conn.read_response("HEAD")
+        assert resp.status == 200 and resp.body == b""
+        if keeps_alive(worker_class):
+            # Had the server sent a body, the next response would not parse as one.
+            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            follow = conn.read_response()
+            assert (follow.status, follow.body) == (200, b"Hello, World!")
+        assert conn.read_until_close() == b""
+
+
+@pytest.mark.timeout(30)
+def test_app_exception_gives_500(server: ServerProcess, worker_class: str) -> None:
+    mark = server.mark()
+    data = raw_request(server.port, b"GET /raise/before HTTP/1.1\r\nHost: t\r\n\r\n")
+    (resp,) = parse_responses(data)
+    assert resp.status == 500
+    server.wait_for_log(r"RuntimeError: boom-before-start-response", since=mark)
+    assert get(server.port, "/").status == 200
+
+
+@pytest.mark.timeout(30)
+def test_app_exception_mid_stream_closes(server: ServerProcess, worker_class: str) -> None:
+    data = raw_request(server.port, b"GET /raise/mid-chunked HTTP/1.1\r\nHost: t\r\n\r\n")
+    (resp,) = parse_responses(data)
+    assert resp.status == 200 and not resp.complete
+    assert resp.body == b"x" * 1000
+
+
+# -- shutdown --------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_graceful_stop_finishes_request_in_flight(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    srv = server_factory(
+        "routes:app", *worker_args(worker_class), "--workers", "1", "--graceful-timeout", "30"
+    )
+    mark = srv.mark()
+    plain = InFlight(srv.port, "/slow/sleep?s=2")
+    srv.wait_for_log(r"slow app: sleeping 2s", since=mark)
+    kept_alive = None
+    if keeps_alive(worker_class):
+        # A keep-alive request in flight too: its response must end the connection.
+        kept_alive = RawConnection(srv.port, timeout=30)
+        kept_alive.send(b"GET /slow/sleep?s=2.5 HTTP/1.1\r\nHost: t\r\n\r\n")
+        srv.wait_for_log(r"slow app: sleeping 2.5s", since=mark)
+    srv.signal(signal.SIGTERM)
+    resp = plain.result()
+    assert (resp.status, resp.body) == (200, b"slept 2")
+    if kept_alive is not None:
+        with kept_alive:
+            kept = kept_alive.read_response()
+            assert (kept.status, kept.body) == (200, b"slept 2.5")
+            assert kept.closes, kept.headers
+            assert kept_alive.read_until_close() == b""
+    assert srv.wait_exit(30) == 0
+    assert "Shutting down: Master" in srv.logs
+
+
+@pytest.mark.timeout(60)
+def test_idle_connections_are_closed_cleanly_at_shutdown(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    srv = server_factory(
+        "hello:app", *worker_args(worker_class), "--workers", "1", "--graceful-timeout", "30"
+    )
+    used = connect(srv.port)
+    silent = connect(srv.port)
+    try:
+        used.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        conn = RawConnection(srv.port, sock=used)
+        assert conn.read_response().status == 200
+        assert conn.buffer == b""
+        srv.signal(signal.SIGTERM)
+        # Both are closed with a FIN well before graceful_timeout: recv() gives b"", not a
+        # reset, and nothing else arrives first.
+        for name, sock in (("after a request", used), ("never used", silent)):
+            sock.settimeout(15)
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                pytest.fail(f"idle connection ({name}) was reset at shutdown\n{srv.logs}")
+            except TimeoutError:
+                pytest.fail(f"idle connection ({name}) still open 15 s after TERM\n{srv.logs}")
+            assert data == b"", f"idle connection ({name}) got {data!r}"
+    finally:
+        used.close()
+        silent.close()
+    assert srv.wait_exit(30) == 0

@@ -1,0 +1,220 @@
+"""Issue 3: the master's signals and worker liveness, on a real master.
+
+Waits are for log lines or process-table states, each bounded; never a fixed sleep, and no
+assertion on how long anything took.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import ServerFactory
+from .server import (
+    InFlight,
+    Response,
+    ServerError,
+    connect,
+    get,
+    is_alive,
+    process_identity,
+)
+
+
+@pytest.mark.timeout(60)
+def test_term_is_graceful(server_factory: ServerFactory) -> None:
+    server = server_factory("slow:app", "--workers", "1", "--graceful-timeout", "20")
+    mark = server.mark()
+    request = InFlight(server.port, "/sleep?s=2")
+    server.wait_for_log(r"slow app: sleeping 2s", since=mark)
+    server.signal(signal.SIGTERM)
+    server.wait_for_log(r"Handling signal: term", since=mark)
+    resp = request.result()
+    assert (resp.status, resp.body) == (200, b"slept 2")
+    assert server.wait_exit() == 0
+    assert "Shutting down: Master" in server.logs
+    assert re.search(r"Worker exiting \(pid: \d+\)", server.logs)
+
+
+@pytest.mark.timeout(60)
+def test_term_refuses_new_connections(server_factory: ServerFactory) -> None:
+    """After TERM a new connection is refused, or served in full; never accepted and reset."""
+    server = server_factory("slow:app", "--workers", "1", "--graceful-timeout", "20")
+    mark = server.mark()
+    request = InFlight(server.port, "/sleep?s=3")
+    server.wait_for_log(r"slow app: sleeping 3s", since=mark)
+    server.signal(signal.SIGTERM)
+    server.wait_for_log(r"Handling signal: term", since=mark)
+    refused = False
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            sock = connect(server.port, timeout=10)
+        except ConnectionRefusedError:
+            refused = True
+            break
+        with sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            data = b""
+            try:
+                while chunk := sock.recv(65536):
+                    data += chunk
+            except ConnectionResetError:
+                pytest.fail(f"a connection accepted after TERM was reset (after {data!r})")
+            assert data.startswith(b"HTTP/1.1 200 "), f"accepted after TERM, then {data!r}"
+    assert refused, "new connections were still accepted while stopping"
+    assert request.result().status == 200
+    assert server.wait_exit() == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT], ids=["INT", "QUIT"])
+def test_int_and_quit_stop_fast(server_factory: ServerFactory, sig: signal.Signals) -> None:
+    server = server_factory("slow:app", "--workers", "2", "--graceful-timeout", "60")
+    workers = server.wait_for_workers(2)
+    mark = server.mark()
+    request = InFlight(server.port, "/sleep?s=120")
+    server.wait_for_log(r"slow app: sleeping 120s", since=mark)
+    server.signal(sig)
+    # Well before the request or graceful_timeout could end.
+    assert server.wait_exit(timeout=15) == 0
+    outcome = request.outcome(15)
+    assert not (isinstance(outcome, Response) and outcome.status == 200), outcome
+    assert f"Handling signal: {sig.name[3:].lower()}" in server.logs
+    assert "Shutting down: Master" in server.logs
+    for pid in workers:
+        assert not is_alive(pid), f"worker {pid} outlived a fast stop"
+
+
+@pytest.mark.timeout(60)
+def test_hup_replaces_workers(server_factory: ServerFactory) -> None:
+    server = server_factory("hello:app", "--workers", "2")
+    old = server.wait_for_workers(2)
+    identities = {pid: process_identity(pid) for pid in old}
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Handling signal: hup", since=mark)
+    new = server.wait_for_workers(2, exclude=old)
+    assert not set(new) & set(old)
+    for pid in old:
+        assert not is_alive(pid, identities[pid])
+    for _ in range(5):
+        assert get(server.port, "/").status == 200
+    assert server.wait_for_log(r"Booting worker with pid: (\d+)", since=mark)
+
+
+@pytest.mark.timeout(60)
+def test_ttin_and_ttou_change_the_worker_count(server_factory: ServerFactory) -> None:
+    server = server_factory("hello:app", "--workers", "2")
+    server.wait_for_workers(2)
+    server.signal(signal.SIGTTIN)
+    server.wait_for_workers(3)
+    server.signal(signal.SIGTTIN)
+    server.wait_for_workers(4)
+    server.signal(signal.SIGTTOU)
+    server.wait_for_workers(3)
+    server.signal(signal.SIGTTOU)
+    server.wait_for_workers(2)
+    server.signal(signal.SIGTTOU)
+    server.wait_for_workers(1)
+    assert get(server.port, "/").status == 200
+    assert "Handling signal: ttin" in server.logs
+    assert "Handling signal: ttou" in server.logs
+
+
+@pytest.mark.timeout(60)
+def test_usr1_reopens_the_access_log(server_factory: ServerFactory, tmp_path: Path) -> None:
+    access = tmp_path / "access.log"
+    rotated = tmp_path / "access.log.1"
+    server = server_factory(
+        "hello:app",
+        "--workers",
+        "2",
+        "--access-logfile",
+        str(access),
+        "--access-logformat",
+        "%(p)s %(U)s",  # the worker's pid, then the path
+    )
+    workers = server.wait_for_workers(2)
+    assert get(server.port, "/before").status == 200
+    poll_until(lambda: "/before" in read(access), "the access log gets /before")
+    os.rename(access, rotated)
+    mark = server.mark()
+    server.signal(signal.SIGUSR1)
+    server.wait_for_log(r"Handling signal: usr1", since=mark)
+    # Keep sending requests until both workers have written to a new access.log: each
+    # reopens when it gets the signal the master passes on.
+    counter = iter(range(10**6))
+
+    def both_workers_reopened() -> bool:
+        assert get(server.port, f"/after-{next(counter)}").status == 200
+        pids = {line.split(" ")[0].strip("<>") for line in read(access).splitlines()}
+        return {str(pid) for pid in workers} <= pids
+
+    poll_until(both_workers_reopened, "both workers write to the new access.log")
+    # From now on nothing goes to the rotated file.
+    rotated_before = read(rotated)
+    for i in range(10):
+        assert get(server.port, f"/late-{i}").status == 200
+    poll_until(lambda: read(access).count("/late-") == 10, "the late requests are logged")
+    assert read(rotated) == rotated_before
+    assert "/before" in rotated_before and "/before" not in read(access)
+    assert "Traceback" not in server.logs
+
+
+def read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def poll_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Call ``condition`` until it is true, at most ``timeout`` seconds (a bound only)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.025)  # poll interval
+    raise ServerError(f"timed out waiting until {what}")
+
+
+@pytest.mark.timeout(60)
+def test_killed_worker_is_replaced(server_factory: ServerFactory) -> None:
+    server = server_factory("hello:app", "--workers", "2")
+    workers = server.wait_for_workers(2)
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)  # a child of the master this test started
+    after = server.wait_for_workers(2, exclude=[victim])
+    assert workers[1] in after
+    for _ in range(4):
+        assert get(server.port, "/").status == 200
+    assert re.search(rf"Worker \(pid:{victim}\).*SIGKILL", server.logs), server.logs
+
+
+@pytest.mark.timeout(90)
+def test_hung_request_is_dumped_and_its_worker_replaced(server_factory: ServerFactory) -> None:
+    server = server_factory("slow:app", "--workers", "2", "--timeout", "2")
+    server.wait_for_workers(2)
+    mark = server.mark()
+    hung = InFlight(server.port, "/hang", timeout=60)
+    server.wait_for_log(r"slow app: hanging", since=mark)
+    timeout_line = server.wait_for_log(r"WORKER TIMEOUT \(pid:(\d+)\)", timeout=30, since=mark)
+    stuck = int(timeout_line.group(1))
+    # The Python stack of the hung worker, with the app's own function in it.
+    server.wait_for_log(r"slow\.py.*hang_forever_in_app", timeout=30, since=mark)
+    server.wait_for_workers(2, exclude=[stuck], timeout=30)
+    outcome = hung.outcome(30)
+    # The client is not left waiting: its connection ends (closed, or an error status).
+    assert not (isinstance(outcome, Response) and outcome.status == 200), outcome
+    if isinstance(outcome, BaseException):
+        assert isinstance(outcome, (OSError, http.client.HTTPException)), outcome
+    for _ in range(4):
+        assert get(server.port, "/").status == 200

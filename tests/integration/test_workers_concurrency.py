@@ -1,0 +1,206 @@
+"""Issue 4/6, what only the concurrency workers (gthread, gevent, eventlet) promise.
+
+The behaviour every worker class shares is in ``test_contract.py``; here:
+
+- requests really run at the same time (proved by a rendezvous inside the app, not by
+  wall-clock timing: each request waits until N of them are in flight at once);
+- idle and half-sent connections never occupy a gthread thread;
+- beyond ``worker_connections`` a connection gets 503 instead of waiting;
+- a hung request is bounded by the in-worker watchdog: logged with its stack, answered 504
+  with ``--request-timeout``, while other requests are served; a gthread thread stuck in C
+  retires its worker, which the master replaces.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import ServerFactory
+from .server import InFlight, RawConnection, ServerProcess, connect, get
+
+GREEN = ["gevent", "eventlet"]
+CONCURRENT = ["gthread", *GREEN]
+
+# The app under test, written next to each test's logs and imported from there (the
+# master's working directory is on sys.path with ``python -m``).
+RENDEZVOUS_APP = """
+import os
+import time
+
+arrived = 0
+
+
+def app(environ, start_response):
+    global arrived
+    path = environ["PATH_INFO"]
+    if path == "/meet":
+        # Wait (cooperatively: time.sleep is patched under gevent/eventlet) until N
+        # requests are in this process at once. Served one at a time, the first one
+        # would give up after the bound and answer "alone".
+        want = int(environ["QUERY_STRING"])
+        arrived += 1
+        deadline = time.monotonic() + 20
+        while arrived < want and time.monotonic() < deadline:
+            time.sleep(0.01)
+        body = b"met" if arrived >= want else b"alone"
+    elif path == "/cstuck":
+        environ["wsgi.errors"].write("stuck app: sleeping in C\\n")
+        environ["wsgi.errors"].flush()
+        time.sleep(3600)  # one C call: an asynchronous exception waits for it to return
+        body = b"unreachable"
+    else:
+        body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+@pytest.fixture
+def rendezvous(tmp_path: Path, server_factory: ServerFactory) -> Callable[..., ServerProcess]:
+    (tmp_path / "rendezvous.py").write_text(RENDEZVOUS_APP)
+
+    def start(*args: str) -> ServerProcess:
+        return server_factory("rendezvous:app", "--workers", "1", *args, cwd=tmp_path)
+
+    return start
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", GREEN)
+def test_fifty_slow_requests_run_at_once(
+    rendezvous: Callable[..., ServerProcess], worker_class: str
+) -> None:
+    srv = rendezvous("-k", worker_class, "--worker-connections", "100")
+    requests = [InFlight(srv.port, "/meet?50", timeout=40) for _ in range(50)]
+    bodies = [r.result(timeout=40).body for r in requests]
+    assert bodies == [b"met"] * 50
+
+
+@pytest.mark.timeout(60)
+def test_gthread_threads_run_at_once(rendezvous: Callable[..., ServerProcess]) -> None:
+    srv = rendezvous("-k", "gthread", "--threads", "4")
+    requests = [InFlight(srv.port, "/meet?4", timeout=40) for _ in range(4)]
+    assert [r.result(timeout=40).body for r in requests] == [b"met"] * 4
+
+
+@pytest.mark.timeout(60)
+def test_idle_and_slow_clients_do_not_hold_gthread_threads(
+    server_factory: ServerFactory,
+) -> None:
+    threads = 2
+    srv = server_factory("hello:app", "-k", "gthread", "--threads", str(threads), "--workers", "1")
+    held = []
+    try:
+        # threads + 5 idle keep-alive connections (one request each, then silence) and as
+        # many that sent only half a head: none of them may occupy a thread.
+        for _ in range(threads + 5):
+            conn = RawConnection(srv.port, timeout=10)
+            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert conn.read_response().status == 200
+            held.append(conn)
+            half = connect(srv.port)
+            half.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            held.append(half)  # type: ignore[arg-type]
+        resp = get(srv.port, "/", timeout=10)
+        assert (resp.status, resp.body) == (200, b"Hello, World!")
+    finally:
+        for item in held:
+            item.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", CONCURRENT)
+def test_connections_beyond_the_cap_get_503(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    cap = 4
+    srv = server_factory(
+        "hello:app",
+        "-k",
+        worker_class,
+        "--workers",
+        "1",
+        "--threads",
+        "2",
+        "--worker-connections",
+        str(cap),
+    )
+    held = []
+    try:
+        for _ in range(cap):
+            conn = RawConnection(srv.port, timeout=10)
+            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert conn.read_response().status == 200  # accepted and now idle
+            held.append(conn)
+        with RawConnection(srv.port, timeout=10) as extra:
+            extra.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            refused = extra.read_response()
+            assert refused.status == 503
+            assert refused.closes
+    finally:
+        for conn in held:
+            conn.close()
+    # Once the worker has seen them close, new connections are served again (polled: the
+    # closes reach it a moment after ours).
+    deadline = time.monotonic() + 10
+    status = 0
+    while time.monotonic() < deadline:
+        status = get(srv.port, "/", timeout=10).status
+        if status == 200:
+            break
+    assert status == 200
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", CONCURRENT)
+def test_hung_request_is_logged_with_its_stack_and_answered_504(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    srv = server_factory(
+        "slow:app",
+        "-k",
+        worker_class,
+        "--workers",
+        "1",
+        "--threads",
+        "4",
+        "--request-timeout",
+        "1",
+    )
+    mark = srv.mark()
+    hung = InFlight(srv.port, "/hang", timeout=30)
+    srv.wait_for_log(r"slow app: hanging", since=mark)
+    # Served meanwhile, by the same worker.
+    assert get(srv.port, "/", timeout=10).status == 200
+    resp = hung.result(timeout=30)
+    assert resp.status == 504
+    srv.wait_for_log(
+        r"\[ERROR\] Request timeout \(pid:\d+\): GET /hang HTTP/1.1 running", since=mark
+    )
+    srv.wait_for_log(r"in hang_forever_in_app", since=mark)
+    assert get(srv.port, "/", timeout=10).status == 200
+    assert srv.count_log(r"Booting worker with pid", since=mark) == 0  # not replaced
+
+
+@pytest.mark.timeout(60)
+def test_gthread_thread_stuck_in_c_retires_its_worker(
+    rendezvous: Callable[..., ServerProcess],
+) -> None:
+    srv = rendezvous(
+        "-k", "gthread", "--threads", "2", "--request-timeout", "1", "--graceful-timeout", "2"
+    )
+    (first,) = srv.wait_for_workers(1)
+    mark = srv.mark()
+    stuck = InFlight(srv.port, "/cstuck", timeout=40)
+    srv.wait_for_log(r"stuck app: sleeping in C", since=mark)
+    srv.wait_for_log(r"Request timeout \(pid:\d+\): GET /cstuck", since=mark)
+    srv.wait_for_log(r"Request still running .* after it was interrupted", since=mark)
+    srv.wait_for_log(r"Retiring worker .*request timeout", since=mark)
+    (second,) = srv.wait_for_workers(1, timeout=30, exclude=[first])
+    resp = get(srv.port, "/", timeout=10)
+    assert (resp.status, resp.body) == (200, str(second).encode())
+    assert isinstance(stuck.outcome(timeout=30), BaseException)  # closed, never answered
