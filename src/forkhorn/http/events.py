@@ -24,6 +24,7 @@ class Request:
         "http_version",
         "keep_alive",
         "method",
+        "request_line",
         "target",
     )
 
@@ -37,6 +38,7 @@ class Request:
         chunked: bool = False,
         expect_continue: bool = False,
         keep_alive: bool = True,
+        request_line: bytes = b"",
     ) -> None:
         self.method = method
         self.target = target
@@ -46,11 +48,8 @@ class Request:
         self.chunked = chunked
         self.expect_continue = expect_continue
         self.keep_alive = keep_alive
-
-    @property
-    def request_line(self) -> bytes:
-        """The first line as received (for logs and the scoreboard)."""
-        return b"%s %s HTTP/%s" % (self.method, self.target, self.http_version)
+        #: The first line as received (for logs and the scoreboard).
+        self.request_line = request_line or b"%s %s HTTP/%s" % (method, target, http_version)
 
     def __repr__(self) -> str:
         return (

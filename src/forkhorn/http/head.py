@@ -111,7 +111,7 @@ def parse_head(
         headers = _fields(block, max_fields, max_field_size)
     else:
         headers = []
-    return _frame(method, target, version, headers, max_body_size)
+    return _frame(method, target, version, headers, max_body_size, head[: m.end(4)])
 
 
 def _fields(block: bytes, max_fields: int, max_field_size: int) -> list[tuple[bytes, bytes]]:
@@ -178,6 +178,7 @@ def _frame(
     version: bytes,
     headers: list[tuple[bytes, bytes]],
     max_body_size: int,
+    line: bytes = b"",
 ) -> Request:
     """Decide keep-alive, 100-continue and the body framing from the header fields."""
     host = None
@@ -244,13 +245,22 @@ def _frame(
             te_value is not None,
             False,
             keep_alive,
+            line,
         )
     # RFC 9110 §10.1.1: 100-continue is the only expectation defined; a server may answer
     # any other with 417. HTTP/1.0 clients cannot use it (ignored there).
     if expect.lower().strip(b" \t") != b"100-continue":
         raise ExpectationFailedError("unsupported expectation")
     return Request(
-        method, target, version, headers, content_length, te_value is not None, http11, keep_alive
+        method,
+        target,
+        version,
+        headers,
+        content_length,
+        te_value is not None,
+        http11,
+        keep_alive,
+        line,
     )
 
 
