@@ -186,7 +186,10 @@ class ScoreboardSlot:
         _HB_START.pack_into(buf, base, t, t)
         # struct's "s" truncates a longer line to MAX_REQUEST_LINE_BYTES by itself.
         _STATE_LINE.pack_into(
-            buf, base + _OFF_STATE, _BUSY, min(len(request_line), MAX_REQUEST_LINE_BYTES),
+            buf,
+            base + _OFF_STATE,
+            _BUSY,
+            min(len(request_line), MAX_REQUEST_LINE_BYTES),
             request_line,
         )
 

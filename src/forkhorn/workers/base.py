@@ -131,6 +131,8 @@ class Worker(abc.ABC):
         self.http_limits: tuple[int, int, int, int, bytes] = (4094, 100, 8190, 0, b"forkhorn")
         self.base_environ: dict[str, Any] = {}
         self.header_map = "drop"
+        self.body_min_rate = 0.0  # bytes/s; 0: no minimum (see wsgi/input.py)
+        self.body_allowance = 0.0  # seconds a body read starts with
         self._wake_r = -1
         self._wake_w = -1
 

@@ -269,7 +269,7 @@ class HttpProtocol(asyncio.Protocol):
         if worker.close_connections:
             conn.close_after_response = True
         exchange = Exchange(conn, transport.write)
-        worker.request_started(request.request_line)
+        worker.slot.request_started(request.request_line)
         if worker.hook_pre_request:
             worker.cfg.pre_request(worker, request)
         try:
@@ -424,7 +424,9 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
             return
         self.phase = _IDLE
-        self.deadline = _monotonic() + worker.keepalive
+        # The sweep's clock (updated every SWEEP_INTERVAL): a keep-alive deadline needs no
+        # better precision than the sweep that enforces it, and this saves a clock read.
+        self.deadline = worker.now + worker.keepalive
 
     def _fail(self, exc: ProtocolError) -> None:
         transport = self.transport
@@ -523,6 +525,7 @@ class FastWorker(Worker):
         self.access_enabled = bool(self.log.access_enabled)
         # Every response says Connection: close (no keep-alive, or stopping).
         self.close_connections = self.keepalive <= 0
+        self.now = _monotonic()
 
     def _new_loop(self) -> asyncio.AbstractEventLoop:
         try:
@@ -557,7 +560,7 @@ class FastWorker(Worker):
             self.servers.append(server)
         while self.alive:
             self.tick()
-            now = _monotonic()
+            self.now = now = _monotonic()
             for protocol in list(self.connections):
                 protocol.expire(now)
             await asyncio.sleep(SWEEP_INTERVAL)

@@ -114,7 +114,18 @@ def serve_request(
     reused (``conn`` is ready for the next request)."""
     sock.settimeout(io_timeout)
     send = sock.sendall
-    body = InputStream(conn, sock.recv, send)
+    # With header_timeout off, the body's allowance is the plain I/O timeout; with neither,
+    # there is no deadline to start from and the minimum rate is not enforced.
+    allowance = worker.body_allowance or io_timeout or 0.0
+    body = InputStream(
+        conn,
+        sock.recv,
+        send,
+        sock.settimeout,
+        io_timeout,
+        allowance,
+        worker.body_min_rate if allowance else 0.0,
+    )
     try:
         environ = build_environ(
             worker.base_environ, request, peer[0], peer[1], body, worker.header_map
@@ -190,6 +201,10 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
         cfg.server_header.encode("latin-1"),
     )
     worker.header_map = cfg.header_map
+    # The body's minimum-rate deadline starts with header_timeout of allowance (the
+    # setting's documented rule); see wsgi/input.py.
+    worker.body_min_rate = float(cfg.body_min_rate or 0)
+    worker.body_allowance = float(cfg.header_timeout or 0)
     server_name, server_port = "", ""
     if worker.sockets:
         name = worker.sockets[0].getsockname()

@@ -29,6 +29,9 @@ from .base import Worker
 from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
 
 _WAKE = object()  # selector key data of the worker's wake-up pipe
+# At most this many queued connections are taken per listener when the worker stops
+# accepting (a full default backlog): the handler must end even under a flood.
+DRAIN_MAX = 2048
 
 
 class _Pending:
@@ -55,6 +58,8 @@ class SyncWorker(Worker):
         # TERM and retirement make this readable, so select() returns at once.
         self.selector.register(self.wakeup_fd, selectors.EVENT_READ, _WAKE)
         self.pending: dict[int, _Pending] = {}
+        self._drained: list[tuple[socket.socket, Any]] = []
+        self._listening = True  # the listeners are non-blocking now: stop_accepting may drain
         head_timeout = float(self.cfg.header_timeout)
         tick_every = max(0.1, min(1.0, self.timeout / 2 if self.timeout else 1.0))
         stop_deadline: float | None = None
@@ -65,6 +70,8 @@ class SyncWorker(Worker):
                 # a reload or a recycle drops no request.
                 stop_deadline = time.monotonic() + float(self.cfg.graceful_timeout)
                 self._unregister_wakeup()
+            if self._drained:
+                self._adopt_drained(time.monotonic() + head_timeout)
             if stop_deadline is not None and (
                 not self.pending or time.monotonic() >= stop_deadline
             ):
@@ -103,6 +110,30 @@ class SyncWorker(Worker):
             except (KeyError, ValueError):
                 pass
 
+    def stop_accepting(self) -> None:
+        """Accept what the kernel already queued, then close the listeners.
+
+        Runs in: the TERM (or retire) handler.  The kernel completes handshakes on the
+        shared socket until its last copy is closed, and the process that closes it last
+        would reset every connection still queued.  Taking them first turns "accepted,
+        then reset" into "served": the run loop adopts them like any new connection.  What
+        arrives after the last close is refused by the kernel.
+        """
+        if getattr(self, "_listening", False):
+            self._listening = False
+            for listener in self.sockets:
+                for _ in range(DRAIN_MAX):
+                    try:
+                        self._drained.append(listener.sock.accept())
+                    except (OSError, ValueError):
+                        break  # EAGAIN: the queue is empty (or the socket is closed)
+        super().stop_accepting()
+
+    def _adopt_drained(self, deadline: float) -> None:
+        drained, self._drained = self._drained, []
+        for sock, addr in drained:
+            self._adopt(sock, addr, deadline)
+
     def _accept(self, listener: socket.socket, deadline: float) -> None:
         try:
             sock, addr = listener.accept()
@@ -112,6 +143,9 @@ class SyncWorker(Worker):
             if not self.alive:
                 return
             raise
+        self._adopt(sock, addr, deadline)
+
+    def _adopt(self, sock: socket.socket, addr: Any, deadline: float) -> None:
         if len(self.pending) >= self.cfg.worker_connections:
             # Refuse politely: a status the client can read, then close.
             try:

@@ -7,12 +7,19 @@ Rules kept:
 - A framing error, a timeout or a lost client raises a ``ProtocolError`` from ``read()``
   (400 or 408): the app never sees a silently truncated body, and the worker, seeing the
   connection in error, answers the status if nothing was sent yet, then closes.
+- With a minimum rate (``body_min_rate``), the body has a deadline, not an idle timer: it
+  starts ``allowance`` seconds (``header_timeout``) after the first read, and each byte
+  received pushes it ``1 / min_rate`` s further (Apache mod_reqtimeout's ``MinRate``). A
+  client that trickles a byte a second falls behind and gets 408, however regular it is.
+  The socket's own timeout (``io_timeout``) is put back after each receive, so the
+  response is sent with it.
 
 Runs in: the worker, in whichever thread or greenlet runs the request.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 from forkhorn.http import (
@@ -29,13 +36,29 @@ RECV_SIZE = 65536
 class InputStream:
     """A file-like, read-only view of the request body (PEP 3333 ``wsgi.input``)."""
 
-    __slots__ = ("_buf", "_conn", "_done", "_recv", "_send", "_started")
+    __slots__ = (
+        "_allowance",
+        "_buf",
+        "_conn",
+        "_deadline",
+        "_done",
+        "_io_timeout",
+        "_min_rate",
+        "_recv",
+        "_send",
+        "_settimeout",
+        "_started",
+    )
 
     def __init__(
         self,
         conn: ServerConnection,
         recv: Callable[[int], bytes],
         send: Callable[[bytes], object],
+        settimeout: Callable[[float | None], None] | None = None,
+        io_timeout: float | None = None,
+        allowance: float = 0.0,
+        min_rate: float = 0.0,
     ) -> None:
         self._conn = conn
         self._recv = recv
@@ -43,6 +66,12 @@ class InputStream:
         self._buf = b""
         self._done = conn.body_complete
         self._started = False
+        # The minimum-rate deadline (see the module docstring); off without ``settimeout``.
+        self._settimeout = settimeout
+        self._io_timeout = io_timeout
+        self._allowance = allowance
+        self._min_rate = min_rate if settimeout is not None else 0.0
+        self._deadline = 0.0
 
     def _fill(self) -> bool:
         """Append the next piece of body to the buffer; False at the end of the body."""
@@ -61,7 +90,7 @@ class InputStream:
                 return True
             if event is NEED_DATA:
                 try:
-                    data = self._recv(RECV_SIZE)
+                    data = self._recv_paced() if self._min_rate else self._recv(RECV_SIZE)
                 except TimeoutError:
                     raise RequestTimeoutError("request body not received in time") from None
                 except OSError as exc:
@@ -70,6 +99,25 @@ class InputStream:
                 continue
             self._done = True  # EndOfMessage (PAUSED cannot come before it)
             return False
+
+    def _recv_paced(self) -> bytes:
+        """One receive under the minimum-rate deadline; raises TimeoutError past it."""
+        now = time.monotonic()
+        if not self._deadline:
+            self._deadline = now + self._allowance
+        remaining = self._deadline - now
+        if remaining <= 0:
+            raise TimeoutError
+        io_timeout = self._io_timeout
+        settimeout = self._settimeout
+        assert settimeout is not None
+        settimeout(remaining if io_timeout is None else min(remaining, io_timeout))
+        try:
+            data = self._recv(RECV_SIZE)
+        finally:
+            settimeout(io_timeout)
+        self._deadline += len(data) / self._min_rate
+        return data
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
