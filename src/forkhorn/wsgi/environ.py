@@ -99,20 +99,12 @@ def build_environ(
     """The environ for one request. Raises BadRequestError for a refused header."""
     environ = base.copy()
     target = request.target
-    if target[0] != 0x2F:
-        path, query = _split_non_origin(target)
-    else:
-        path, _, query = target.partition(b"?")
-        if b"#" in target:
-            path = path.partition(b"#")[0]
-            query = query.partition(b"#")[0]
+    decoded = _targets.get(target)
+    if decoded is None:
+        decoded = _decode_target(target)
+    environ["RAW_URI"], environ["PATH_INFO"], environ["QUERY_STRING"] = decoded
     method = request.method
     environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
-    environ["RAW_URI"] = target.decode("latin-1")
-    environ["PATH_INFO"] = (
-        unquote_to_bytes(path).decode("latin-1") if b"%" in path else path.decode("latin-1")
-    )
-    environ["QUERY_STRING"] = query.decode("latin-1")
     environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.http_version == b"1.1" else "HTTP/1.0"
     environ["REMOTE_ADDR"] = remote_addr
     environ["REMOTE_PORT"] = remote_port
@@ -140,14 +132,58 @@ def build_environ(
     host = environ.get("HTTP_HOST")
     if host is not None:
         # SERVER_NAME/SERVER_PORT from Host, as gunicorn does (PEP 3333 URL reconstruction).
-        if host[:1] == "[":  # an IPv6 literal
-            end = host.find("]")
-            name, port = host[: end + 1], host[end + 2 :]
-        else:
-            name, _, port = host.partition(":")
-        environ["SERVER_NAME"] = name
-        environ["SERVER_PORT"] = port or ("443" if environ["wsgi.url_scheme"] == "https" else "80")
+        server = _hosts.get(host)
+        if server is None:
+            server = _split_host(host, environ["wsgi.url_scheme"])
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = server
     return environ
+
+
+# Decoded forms of recent request targets and Host values. A server sees the same paths
+# and hosts again and again; decoding them (partition, percent-decoding, three latin-1
+# decodes) costs more than the lookup (measured: bench/README.md, fast worker hello).
+# Bounded: only short values are kept, and a full cache is cleared.
+_CACHE_LIMIT = 2048
+_CACHEABLE_TARGET = 256
+_targets: dict[bytes, tuple[str, str, str]] = {}
+_hosts: dict[str, tuple[str, str]] = {}
+
+
+def _decode_target(target: bytes) -> tuple[str, str, str]:
+    """RAW_URI, PATH_INFO (percent-decoded, then latin-1 per PEP 3333) and QUERY_STRING."""
+    if target[0] != 0x2F:
+        path, query = _split_non_origin(target)
+    else:
+        path, _, query = target.partition(b"?")
+        if b"#" in target:
+            path = path.partition(b"#")[0]
+            query = query.partition(b"#")[0]
+    decoded = (
+        target.decode("latin-1"),
+        unquote_to_bytes(path).decode("latin-1") if b"%" in path else path.decode("latin-1"),
+        query.decode("latin-1"),
+    )
+    if len(target) <= _CACHEABLE_TARGET:
+        if len(_targets) >= _CACHE_LIMIT:
+            _targets.clear()
+        _targets[target] = decoded
+    return decoded
+
+
+def _split_host(host: str, scheme: str) -> tuple[str, str]:
+    if host[:1] == "[":  # an IPv6 literal
+        end = host.find("]")
+        name, port = host[: end + 1], host[end + 2 :]
+    else:
+        name, _, port = host.partition(":")
+    server = (name, port or ("443" if scheme == "https" else "80"))
+    if port and len(host) <= _CACHEABLE_TARGET:
+        # Only a Host with an explicit port is cached: the default port depends on the
+        # scheme, which the key does not hold.
+        if len(_hosts) >= _CACHE_LIMIT:
+            _hosts.clear()
+        _hosts[host] = server
+    return server
 
 
 def _split_non_origin(target: bytes) -> tuple[bytes, bytes]:
