@@ -279,40 +279,16 @@ class ServerConnection:
             raise RuntimeError("send_response() without a request, or twice")
         status_entry = writer.status_cache.get(status)
         code, status_line = status_entry or writer.encode_status(status)
-        lines = [status_line]
-        length = -1
-        app_close = False
-        has_date = has_server = False
-        cache = writer.field_cache
-        for pair in headers:
-            # The app's (name, value) tuple is the cache key itself: one dict lookup per
-            # header on the hot path (bench/README.md, fast worker hello).
-            try:
-                entry = cache.get(pair)
-            except TypeError:  # a list instead of a tuple: unhashable
-                entry = None
-            if entry is None:
-                if len(pair) != 2:
-                    raise InvalidResponseError(f"header {pair!r} is not a (name, value) pair")
-                entry = writer.encode_field(pair[0], pair[1])
-            line, kind, value_length = entry
-            if kind == writer.PLAIN:
-                lines.append(line)
-            elif kind == writer.CONTENT_LENGTH:
-                if length >= 0 and length != value_length:
-                    raise InvalidResponseError("conflicting Content-Length headers")
-                if length < 0:
-                    lines.append(line)
-                length = value_length
-            elif kind == writer.CONNECTION_CLOSE:
-                app_close = True
-            elif kind == writer.DATE:
-                has_date = True
-                lines.append(line)
-            elif kind == writer.SERVER:
-                has_server = True
-                lines.append(line)
-            # DROP: hop-by-hop, the server sets its own.
+        # The app's header list, validated and encoded as one block (cached by value: an
+        # app sends the same few header sets over and over).
+        try:
+            block = writer.block_cache.get(tuple(headers))
+        except TypeError:  # unhashable items (lists instead of tuples)
+            block = None
+        if block is None:
+            block = writer.encode_block(headers)
+        fields, length, app_close, has_date, has_server = block
+        lines = [status_line, fields]
 
         keep = request.keep_alive and not app_close and not self.close_after_response
         if code < 200:
@@ -323,7 +299,7 @@ class ServerConnection:
             framing = _NO_BODY
             if code == 204 and length >= 0:
                 # RFC 9110 §8.6: a server MUST NOT send Content-Length in a 204.
-                lines = [ln for ln in lines if not ln.lower().startswith(b"content-length:")]
+                lines[1] = writer.without_content_length(fields)
         elif request.method == b"HEAD":
             framing = _NO_BODY
             if length < 0 and body_length is not None and body_length > 0:

@@ -99,6 +99,57 @@ def encode_field(name: str, value: str) -> tuple[bytes, int, int]:
     return result
 
 
+#: (encoded field lines, Content-Length or -1, app asked to close, has Date, has Server)
+HeaderBlock = tuple[bytes, int, bool, bool, bool]
+block_cache: dict[tuple[tuple[str, str], ...], HeaderBlock] = {}
+
+
+def encode_block(headers: list[tuple[str, str]]) -> HeaderBlock:
+    """Validate and encode an app's whole header list (see ``HeaderBlock``)."""
+    lines = []
+    length = -1
+    app_close = has_date = has_server = False
+    for pair in headers:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:  # type: ignore[redundant-expr]
+            raise InvalidResponseError(f"header {pair!r} is not a (name, value) pair")
+        line, kind, value_length = encode_field(pair[0], pair[1])
+        if kind == PLAIN:
+            lines.append(line)
+        elif kind == CONTENT_LENGTH:
+            if length >= 0 and length != value_length:
+                raise InvalidResponseError("conflicting Content-Length headers")
+            if length < 0:
+                lines.append(line)
+            length = value_length
+        elif kind == CONNECTION_CLOSE:
+            app_close = True
+        elif kind == DATE:
+            has_date = True
+            lines.append(line)
+        elif kind == SERVER:
+            has_server = True
+            lines.append(line)
+        # DROP: hop-by-hop fields; the server writes its own.
+    block = (b"".join(lines), length, app_close, has_date, has_server)
+    try:
+        key = tuple(headers)
+        if len(block_cache) >= _CACHE_LIMIT:
+            block_cache.clear()
+        block_cache[key] = block
+    except TypeError:
+        pass  # unhashable pairs: validated every time
+    return block
+
+
+def without_content_length(fields: bytes) -> bytes:
+    """The encoded field lines minus Content-Length (for a 204)."""
+    return b"".join(
+        line + b"\r\n"
+        for line in fields.split(b"\r\n")[:-1]
+        if not line.lower().startswith(b"content-length:")
+    )
+
+
 def chunk(data: bytes) -> bytes:
     """Frame one piece of a chunked body (RFC 9112 §7.1)."""
     return b"%x\r\n%b\r\n" % (len(data), data)
