@@ -24,6 +24,11 @@ MAX_CHUNK_LINE = 4096
 
 _TRUNCATED = "connection closed before the request body was complete"
 
+# Chunk-size lines already validated (no extensions), e.g. b"1000": uploads repeat the same
+# few sizes, and a lookup is cheaper than the regex. Bounded, never evicted.
+_sizes: dict[bytes, int] = {}
+_SIZES_LIMIT = 1024
+
 
 class ContentLengthReader:
     """Reads exactly ``remaining`` bytes."""
@@ -93,9 +98,14 @@ class ChunkedReader:
                     available = remaining
                 remaining -= available
                 self.remaining = remaining
-                if not remaining:
-                    self.state = _DATA_END
                 end = pos + available
+                if not remaining:
+                    # Consume the CRLF after the chunk now when it is already here.
+                    if buf[end : end + 2] == b"\r\n":
+                        self.state = _SIZE
+                        piece = buf[pos:end]
+                        return Data(piece if piece.__class__ is bytes else bytes(piece)), end + 2
+                    self.state = _DATA_END
                 piece = buf[pos:end]
                 return Data(piece if piece.__class__ is bytes else bytes(piece)), end
             if state == _SIZE:
@@ -105,10 +115,15 @@ class ChunkedReader:
                     break
                 if eol - pos > MAX_CHUNK_LINE:
                     raise BadRequestError("chunk size line too long")
-                m = CHUNK_LINE_RE.fullmatch(buf, pos, eol)
-                if m is None:
-                    raise BadRequestError("invalid chunk size line")
-                size = int(m.group(1), 16)
+                line = buf[pos:eol]
+                size = _sizes.get(line) if line.__class__ is bytes else None
+                if size is None:
+                    m = CHUNK_LINE_RE.fullmatch(line)
+                    if m is None:
+                        raise BadRequestError("invalid chunk size line")
+                    size = int(m.group(1), 16)
+                    if not m.group(2) and len(_sizes) < _SIZES_LIMIT:
+                        _sizes[bytes(line)] = size
                 pos = eol + 2
                 if size:
                     self.total += size
