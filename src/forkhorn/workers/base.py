@@ -309,6 +309,15 @@ class Worker(abc.ABC):
     def handle_abort(self, signum: int, frame: FrameType | None) -> None:
         self.alive = False
         self.aborted = True
+        # Take no new connection from here on, even if the SystemExit below is swallowed by
+        # a loop's callback error handling (asyncio/uvloop log it and carry on): until the
+        # master's SIGKILL, such a worker would otherwise accept connections and fail them.
+        # The base close, not a subclass's: a worker that drains its accept queue when it
+        # stops (sync) would take connections that this exiting process can never serve.
+        try:
+            Worker.stop_accepting(self)
+        except Exception:
+            pass
         try:
             self.cfg.worker_abort(self)
         finally:

@@ -161,9 +161,11 @@ class HttpProtocol(asyncio.Protocol):
             self._process()
 
     def eof_received(self) -> bool | None:
+        """The client half-closed: answer what it sent, then close."""
         self.conn.receive_data(b"")
-        if not self.busy:
-            self._process()
+        if self.busy:
+            return True  # keep the transport for the response in progress; _finish closes
+        self._process()
         return None
 
     # -- request processing --------------------------------------------------------------

@@ -201,6 +201,11 @@ class SyncWorker(Worker):
 
     def _expire(self, now: float) -> None:
         for pending in [p for p in self.pending.values() if p.deadline <= now]:
+            # While this worker ran a request it could not read the other heads: what the
+            # kernel already holds counts, so a head that did arrive is served, not 408'd.
+            self._on_readable(pending)
+            if self.pending.get(pending.sock.fileno()) is not pending:
+                continue  # served, refused or closed by the read
             self._unregister(pending)
             send_protocol_error(
                 pending.sock, pending.conn, RequestTimeoutError("request head not received in time")
