@@ -1,0 +1,768 @@
+"""Issue 6, proven under load: faults injected into a real master while clients keep asking.
+
+Every test runs against each worker class in ``FAULT_CLASSES`` and counts failed requests
+with ``load.Load`` (keep-alive ``http.client`` threads that never retry). What is asserted
+is what the issue promises, as counts and log lines:
+
+- HUP, USR2 + TERM of the old master, recycling (max_requests + jitter, lifetime): 0 failed.
+- ``kill -9`` of a worker, three times a second apart: only requests on connections that
+  worker held can fail (failures <= connections it held at the kill), and it is replaced.
+- A bad release on disk then HUP: 0 failed, the old workers still serve, the error is
+  logged with its traceback; then a crash with the bad release still there: the master
+  stays up, retries with backoff (logged) and serves with the rest.
+- TERM with a 5 s request in flight: 200, exit 0; new connections are refused, never
+  accepted and reset.
+- A request hung past ``timeout``: its stack is logged and the others are served meanwhile.
+- Slowloris, a slow body, 200 idle connections and a 100 MB unread upload all at once:
+  each dropped by its deadline while normal requests answer.
+- ``--request-timeout``: 504 from gthread/gevent (their in-worker watchdog); sync and fast
+  run the app on the worker's only thread, so the master's ``timeout`` replaces the worker.
+
+Timing: the issue's "within 100 ms" and "under a second" are measured and reported (as
+``FAULT-RESULT`` lines on stdout, and appended as JSON lines to ``$FORKHORN_FAULT_REPORT``
+when set), never asserted; the only time bounds asserted are generous deadlines that a
+defence must meet (``header_timeout`` plus slack) so that "never dropped" fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ServerFactory
+from .load import ANNOUNCED, FAILED, Load, run_wrk_load
+from .server import (
+    InFlight,
+    Response,
+    ServerProcess,
+    children_of,
+    connect,
+    get,
+    is_alive,
+    process_identity,
+    read_until_close,
+    require_worker_class,
+)
+
+FAULT_CLASSES = ["sync", "gthread", "gevent", "fast"]
+
+WORKER_ARGS: dict[str, list[str]] = {
+    "sync": [],
+    "gthread": ["--threads", "4"],
+    "gevent": ["--worker-connections", "1000"],
+    "eventlet": ["--worker-connections", "1000"],
+    "fast": [],
+}
+
+# The app under test, written into each test's directory (the server's working directory,
+# which ``python -m`` puts on sys.path). Every answer ends with the worker's pid, so the
+# load generator knows which worker held each connection.
+FAULT_APP = """
+import os
+import time
+from urllib.parse import parse_qs
+
+HOARD = []
+
+
+def hang_forever_in_app():
+    while True:
+        time.sleep(0.1)
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    errors = environ["wsgi.errors"]
+    pid = os.getpid()
+    if path == "/sleep":
+        seconds = float(query["s"][0])
+        errors.write("fault app: sleeping\\n")
+        errors.flush()
+        time.sleep(seconds)
+        body = b"slept %d" % pid
+    elif path == "/hang":
+        errors.write("fault app: hanging\\n")
+        errors.flush()
+        hang_forever_in_app()
+        body = b"unreachable"
+    elif path == "/alloc":
+        HOARD.append(b"x" * (int(query["mb"][0]) * 1024 * 1024))  # resident: written
+        body = b"hoarding %d" % pid
+    elif path == "/read":
+        body = b"read %d %d" % (len(environ["wsgi.input"].read()), pid)
+    elif path == "/upload":
+        body = b"ignored %d" % pid  # the body is never read
+    else:
+        body = b"%d" % pid
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+RELEASE = """
+import os
+
+def app(environ, start_response):
+    body = b"{version} %d" % os.getpid()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+SYNTAX_ERROR_RELEASE = "def app(environ, start_response:\n    return []\n"
+
+
+def report(scenario: str, worker_class: str, **numbers: Any) -> None:
+    """Record a measured result (never asserted): stdout, and $FORKHORN_FAULT_REPORT."""
+    line = json.dumps({"scenario": scenario, "worker_class": worker_class, **numbers})
+    print(f"FAULT-RESULT {line}")
+    path = os.environ.get("FORKHORN_FAULT_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(line + "\n")
+
+
+@pytest.fixture(params=FAULT_CLASSES)
+def worker_class(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    require_worker_class(name)
+    return name
+
+
+StartServer = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def start(tmp_path: Path, server_factory: ServerFactory, worker_class: str) -> StartServer:
+    """Start ``faultapp:app`` (or ``app``) from ``tmp_path`` with the class's flags."""
+    (tmp_path / "faultapp.py").write_text(FAULT_APP)
+
+    def starter(*args: str, app: str = "faultapp:app", workers: int = 2) -> ServerProcess:
+        return server_factory(
+            app,
+            "-k",
+            worker_class,
+            *WORKER_ARGS[worker_class],
+            "--workers",
+            str(workers),
+            *args,
+            cwd=tmp_path,
+        )
+
+    return starter
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    """Poll ``condition`` until true; the timeout only bounds a hang."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.02)  # poll interval
+
+
+def pid_of(resp: Response) -> int:
+    return int(resp.body.split()[-1])
+
+
+# -- reload and upgrade ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_hup_under_load_loses_nothing(start: StartServer, worker_class: str) -> None:
+    server = start()
+    old = server.wait_for_workers(2)
+    with Load(server.port, threads=4) as load:
+        load.wait_for(200)
+        mark = server.mark()
+        server.signal(signal.SIGHUP)
+        server.wait_for_log(r"Reload complete", since=mark, timeout=20)
+        server.wait_for_workers(2, exclude=old, timeout=20)
+        load.wait_for(200)
+    assert not load.failures, load.summary()
+    assert load.pids() - set(old), "no new worker answered after the reload"
+    report("hup", worker_class, failed=len(load.failures), total=load.total)
+
+
+@pytest.mark.timeout(60)
+def test_usr2_then_term_old_master_under_load(
+    start: StartServer, worker_class: str, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "forkhorn.pid"
+    server = start("--pid", str(pidfile))
+    old_workers = server.wait_for_workers(2)
+    new_master = 0
+    new_identity: int | None = None
+    try:
+        with Load(server.port, threads=4) as load:
+            load.wait_for(200)
+            mark = server.mark()
+            server.signal(signal.SIGUSR2)
+            second = Path(f"{pidfile}.2")
+            wait_until(lambda: second.exists() and second.read_text().strip(), "pidfile.2")
+            new_master = int(second.read_text().strip())
+            new_identity = process_identity(new_master)
+            server.wait_for_log(rf"Listening at: .* \({new_master}\)", since=mark)
+            # Both masters serve the same sockets; new connections reach the new workers
+            # (the load's keep-alive connections may all stay with the old ones).
+            wait_until(
+                lambda: (
+                    len(children_of(new_master)) == 2
+                    and pid_of(get(server.port)) in children_of(new_master)
+                ),
+                "the new master's workers answer",
+            )
+            server.signal(signal.SIGTERM)
+            assert server.proc is not None
+            wait_until(lambda: server.proc.poll() is not None, "the old master exits")  # type: ignore[union-attr]
+            server.wait_for_log(r"Master has been promoted\.", since=mark, timeout=10)
+            load.wait_for(200)
+        assert server.proc.returncode == 0
+        assert not load.failures, load.summary()
+        assert pidfile.read_text().strip() == str(new_master)
+        assert not Path(f"{pidfile}.2").exists()
+        assert not any(is_alive(pid) for pid in old_workers)
+        report("usr2", worker_class, failed=len(load.failures), total=load.total)
+    finally:
+        _stop_foreign_master(new_master, new_identity)
+
+
+def _stop_foreign_master(pid: int, identity: int | None) -> None:
+    """TERM the re-executed master this test caused (not our child), then its workers."""
+    if not pid or not is_alive(pid, identity):
+        return
+    workers = {w: process_identity(w) for w in children_of(pid)}
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while is_alive(pid, identity) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if is_alive(pid, identity):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(is_alive(w, s) for w, s in workers.items()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for w, s in workers.items():
+        if is_alive(w, s):
+            os.kill(w, signal.SIGKILL)
+
+
+# -- crashes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_kill_9_every_second_costs_only_what_the_worker_held(
+    start: StartServer, worker_class: str
+) -> None:
+    server = start()
+    delays: list[float] = []
+    held = 0
+    victims: set[int] = set()
+    with Load(server.port, threads=4) as load:
+        load.wait_for(100)
+        previous = 0.0
+        for _ in range(3):
+            # Pace the faults a second apart (not a wait for the server).
+            time.sleep(max(0.0, previous + 1.0 - time.monotonic()))
+            workers = server.wait_for_workers(2)
+            victim = workers[0]
+            victims.add(victim)
+            mark = server.mark()
+            held += load.held_by(victim)
+            previous = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            server.wait_for_log(r"Booting worker with pid", since=mark)
+            delays.append(time.monotonic() - previous)
+            server.wait_for_workers(2, exclude=[victim])
+            load.wait_for(50)
+    foreign = [f for f in load.failures if f.pid is not None and f.pid not in victims]
+    assert not foreign, f"requests failed on workers that were not killed: {load.summary()}"
+    assert len(load.failures) <= held, f"held {held}; {load.summary()}"
+    report(
+        "kill-9",
+        worker_class,
+        failed=len(load.failures),
+        total=load.total,
+        held=held,
+        replacement_ms=[round(d * 1000, 1) for d in delays],
+    )
+
+
+def _write_release(directory: Path, text: str) -> None:
+    (directory / "release.py").write_text(text)
+    for pyc in directory.glob("__pycache__/release*.pyc"):
+        pyc.unlink()  # the same size and mtime second could be served from a stale .pyc
+
+
+@pytest.mark.timeout(90)
+def test_bad_release_then_hup_then_crash(
+    start: StartServer, worker_class: str, tmp_path: Path
+) -> None:
+    _write_release(tmp_path, RELEASE.format(version="v1"))
+    server = start(app="release:app")
+    old = server.wait_for_workers(2)
+    with Load(server.port, threads=4) as load:
+        # Every worker has loaded v1 (one still importing would load the bad release).
+        seen: set[int] = set()
+        wait_until(
+            lambda: seen.add(pid_of(get(server.port))) or seen | load.pids() >= set(old),
+            "both workers answer",
+        )
+        # 1. A release that cannot even compile, then HUP.
+        _write_release(tmp_path, SYNTAX_ERROR_RELEASE)
+        mark = server.mark()
+        server.signal(signal.SIGHUP)
+        server.wait_for_log(r"Reload abandoned", since=mark, timeout=20)
+        server.wait_for_log(r"Traceback", since=mark)
+        server.wait_for_log(r"SyntaxError", since=mark)
+        before = len(load.failures)
+        served_from = load.pids()
+        load.wait_for(100)
+        hup_failed = len(load.failures)
+        assert not load.failures, f"during the bad HUP: {load.summary()}"
+        # The failed new workers may still be exiting; then exactly the old ones are left.
+        assert server.wait_for_workers(2) == old, "the old workers must keep serving"
+        for _ in range(5):
+            resp = get(server.port)
+            assert resp.body.startswith(b"v1 ") and pid_of(resp) in old
+        assert served_from <= set(old)
+
+        # 2. A worker crashes with the bad release still on disk.
+        victim = old[0]
+        held = load.held_by(victim)
+        mark = server.mark()
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for_log(r"failed to boot .*retrying in", since=mark, timeout=20)
+        server.wait_for_log(r"failed to boot .*retrying in .*\(failure 2\)", since=mark)
+        load.wait_for(100)
+        assert server.proc is not None and server.proc.poll() is None, "the master must stay up"
+        assert get(server.port).body.startswith(b"v1 ")
+    crash_failures = load.failures[before:]
+    assert all(f.pid in (victim, None) for f in crash_failures), load.summary()
+    assert len(crash_failures) <= held, f"held {held}; {load.summary()}"
+    assert load.pids() - {victim} <= set(old)
+    report(
+        "bad-release",
+        worker_class,
+        hup_failed=hup_failed,
+        crash_failed=len(crash_failures),
+        held=held,
+        total=load.total,
+        backoff_lines=server.count_log(r"failed to boot .*retrying in", since=mark),
+    )
+
+
+# -- stopping --------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_term_finishes_a_5s_request_and_refuses_new_connections(
+    start: StartServer, worker_class: str
+) -> None:
+    server = start("--graceful-timeout", "20")
+    mark = server.mark()
+    in_flight = InFlight(server.port, "/sleep?s=5", timeout=30)
+    server.wait_for_log(r"fault app: sleeping", since=mark)
+    server.signal(signal.SIGTERM)
+    term_at = time.monotonic()
+    server.wait_for_log(r"Handling signal: term", since=mark)
+    outcomes: list[str] = []
+    deadline = time.monotonic() + 10
+    refused_after = None
+    while time.monotonic() < deadline:
+        try:
+            sock = connect(server.port, timeout=10)
+        except ConnectionRefusedError:
+            refused_after = time.monotonic() - term_at
+            break
+        with sock:
+            # Accepted in the instant before every process closed its listener: it must
+            # be served in full, never reset.
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            try:
+                data = read_until_close(sock, timeout=10)
+                outcomes.append("served" if data.startswith(b"HTTP/1.1 200 ") else repr(data))
+            except (ConnectionResetError, TimeoutError) as exc:
+                outcomes.append(repr(exc))
+    resp = in_flight.result(timeout=30)
+    assert (resp.status, resp.body.split()[0]) == (200, b"slept")
+    assert refused_after is not None, "new connections were still accepted while stopping"
+    assert all(o == "served" for o in outcomes), outcomes
+    assert server.wait_exit() == 0
+    report(
+        "term",
+        worker_class,
+        in_flight_status=resp.status,
+        refused_after_ms=round(refused_after * 1000, 1),
+        accepted_before_refusal=len(outcomes),
+    )
+
+
+# -- hung requests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_request_hung_past_timeout_is_dumped_while_others_are_served(
+    start: StartServer, worker_class: str
+) -> None:
+    server = start("--timeout", "2", "--graceful-timeout", "3")
+    mark = server.mark()
+    hung = InFlight(server.port, "/hang", timeout=30)
+    server.wait_for_log(r"fault app: hanging", since=mark)
+    latencies = []
+    for _ in range(10):
+        begun = time.monotonic()
+        assert get(server.port, timeout=10).status == 200
+        latencies.append(time.monotonic() - begun)
+    server.wait_for_log(r"hang_forever_in_app", since=mark, timeout=20)
+    for _ in range(5):
+        assert get(server.port, timeout=10).status == 200
+    outcome = hung.outcome(timeout=30)
+    assert not (isinstance(outcome, Response) and outcome.status == 200), outcome
+    report(
+        "hung",
+        worker_class,
+        hung_outcome=outcome.status if isinstance(outcome, Response) else type(outcome).__name__,
+        others_max_ms=round(max(latencies) * 1000, 1),
+        replaced=server.count_log(r"Booting worker with pid", since=mark),
+    )
+
+
+@pytest.mark.timeout(60)
+def test_request_timeout(start: StartServer, worker_class: str) -> None:
+    """gthread/gevent answer 504 from their watchdog and keep the worker; sync and fast run
+    the app on the worker's one thread, so the master's ``timeout`` aborts (stack dump) and
+    replaces the worker, and the client sees its connection closed."""
+    server = start("--request-timeout", "1", "--timeout", "3", "--graceful-timeout", "3")
+    workers = server.wait_for_workers(2)
+    mark = server.mark()
+    hung = InFlight(server.port, "/hang", timeout=30)
+    server.wait_for_log(r"fault app: hanging", since=mark)
+    assert get(server.port, timeout=10).status == 200
+    outcome = hung.outcome(timeout=30)
+    status = outcome.status if isinstance(outcome, Response) else type(outcome).__name__
+    if worker_class in ("gthread", "gevent", "eventlet"):
+        assert status == 504, outcome
+        server.wait_for_log(r"Request timeout \(pid:\d+\): GET /hang", since=mark)
+        assert server.count_log(r"Booting worker with pid", since=mark) == 0
+    else:
+        assert status != 200, outcome
+        server.wait_for_log(r"WORKER TIMEOUT \(pid:\d+\)", since=mark, timeout=20)
+        server.wait_for_log(r"hang_forever_in_app", since=mark, timeout=10)
+        server.wait_for_log(r"Booting worker with pid", since=mark, timeout=20)
+    server.wait_for_log(r"hang_forever_in_app", since=mark, timeout=10)
+    assert get(server.port, timeout=10).status == 200
+    report(
+        "request-timeout",
+        worker_class,
+        outcome=status,
+        replaced=sorted(set(workers) - set(server.worker_pids())) != [],
+    )
+
+
+# -- abuse -----------------------------------------------------------------------------------------
+
+
+class Abuser:
+    """One hostile client on its own thread; records when and how it was dropped."""
+
+    def __init__(self, name: str, action: Callable[[Abuser], None]) -> None:
+        self.name = name
+        self.began = time.monotonic()
+        self.dropped_after: float | None = None
+        self.answer = b""
+        self.error = ""
+        self.sent = 0
+        self._action = action
+        self.thread = threading.Thread(target=self._run, daemon=True, name=name)
+
+    def _run(self) -> None:
+        try:
+            self._action(self)
+        except Exception as exc:  # recorded for the assertion message
+            self.error = repr(exc)
+        finally:
+            if self.dropped_after is None and not self.error:
+                self.error = "not dropped"
+
+    def dropped(self) -> None:
+        self.dropped_after = time.monotonic() - self.began
+
+    def status(self) -> str:
+        return self.answer.split(b"\r\n", 1)[0].decode("latin-1") if self.answer else "closed"
+
+    def __repr__(self) -> str:
+        after = "-" if self.dropped_after is None else f"{self.dropped_after:.2f}s"
+        return f"<{self.name}: {self.status()} after {after}, sent {self.sent} {self.error}>"
+
+
+def _trickle(sock: socket.socket, data: bytes, interval: float, abuser: Abuser) -> None:
+    """Send ``data`` a byte every ``interval`` s until the server answers or closes."""
+    sock.settimeout(interval)
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+            abuser.sent += 1
+        except OSError:
+            break
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        abuser.answer += chunk
+        break
+    with contextlib.suppress(OSError):
+        abuser.answer += read_until_close(sock, timeout=10)
+    abuser.dropped()
+
+
+def slowloris(port: int) -> Callable[[Abuser], None]:
+    def act(abuser: Abuser) -> None:
+        with connect(port, timeout=30) as sock:
+            _trickle(sock, b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"s" * 100, 1.0, abuser)
+
+    return act
+
+
+def slow_body(port: int) -> Callable[[Abuser], None]:
+    def act(abuser: Abuser) -> None:
+        with connect(port, timeout=30) as sock:
+            sock.sendall(b"POST /read HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+            _trickle(sock, b"b" * 1000, 0.1, abuser)  # 10 B/s, far below --body-min-rate
+
+    return act
+
+
+def unread_upload(port: int, size: int) -> Callable[[Abuser], None]:
+    def act(abuser: Abuser) -> None:
+        with connect(port, timeout=30) as sock:
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+            piece = b"u" * 65536
+            reader = threading.Thread(target=_read_answer, args=(sock, abuser), daemon=True)
+            reader.start()
+            try:
+                while abuser.sent < size:
+                    abuser.sent += sock.send(piece[: size - abuser.sent])
+            except OSError:
+                pass
+            reader.join(15)
+            abuser.dropped()
+
+    return act
+
+
+def _read_answer(sock: socket.socket, abuser: Abuser) -> None:
+    with contextlib.suppress(OSError):
+        abuser.answer = read_until_close(sock, timeout=15)
+
+
+def idle_connections(port: int, count: int) -> Callable[[Abuser], None]:
+    def act(abuser: Abuser) -> None:
+        socks = [connect(port, timeout=30) for _ in range(count)]
+        abuser.sent = count
+        try:
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    read_until_close(sock, timeout=15)
+            abuser.dropped()  # when the last of them was closed
+        finally:
+            for sock in socks:
+                sock.close()
+
+    return act
+
+
+HEADER_TIMEOUT = 2.0
+# What "dropped within its deadline" allows on top of the deadline: a sweep interval, a
+# loaded machine. Generous on purpose: it only catches a defence that does not act.
+SLACK = 4.0
+
+
+@pytest.mark.timeout(90)
+def test_abusive_clients_are_dropped_while_normal_requests_answer(
+    start: StartServer, worker_class: str
+) -> None:
+    # sync serves one request per process: the slow body holds its worker while the app
+    # reads, so sync gets a second worker (that is the sync model; see docs/lifecycle.md).
+    server = start(
+        "--header-timeout",
+        str(HEADER_TIMEOUT),
+        "--body-min-rate",
+        "1000",
+        workers=2 if worker_class == "sync" else 1,
+    )
+    port = server.port
+    abusers = [
+        Abuser("slowloris", slowloris(port)),
+        Abuser("slow-body", slow_body(port)),
+        Abuser("idle-200", idle_connections(port, 200)),
+        Abuser("upload-100MB", unread_upload(port, 100 * 1024 * 1024)),
+    ]
+    for abuser in abusers:
+        abuser.thread.start()
+    latencies = []
+    failures = []
+    deadline = time.monotonic() + HEADER_TIMEOUT + SLACK
+    while time.monotonic() < deadline and any(a.thread.is_alive() for a in abusers):
+        begun = time.monotonic()
+        try:
+            resp = get(port, timeout=10)
+            if resp.status != 200:
+                failures.append(resp.status)
+        except (OSError, http.client.HTTPException) as exc:
+            failures.append(repr(exc))
+        latencies.append(time.monotonic() - begun)
+        time.sleep(0.1)  # a request every 100 ms while the abuse goes on (pacing)
+    for abuser in abusers:
+        abuser.thread.join(20)
+    assert not failures, f"normal requests failed during the abuse: {failures}"
+    for abuser in abusers:
+        assert abuser.dropped_after is not None and not abuser.error, abusers
+    bound = {
+        "slowloris": HEADER_TIMEOUT + SLACK,
+        "slow-body": HEADER_TIMEOUT + SLACK,
+        "idle-200": HEADER_TIMEOUT + SLACK,
+        "upload-100MB": SLACK,
+    }
+    late = [a for a in abusers if a.dropped_after > bound[a.name]]  # type: ignore[operator]
+    assert not late, f"not dropped within the deadline: {late}"
+    # The unread upload was answered (the app does not read it), then the rest refused.
+    upload = abusers[3]
+    assert upload.answer.startswith(b"HTTP/1.1 200 "), abusers
+    assert upload.sent < 100 * 1024 * 1024, abusers
+    report(
+        "abuse",
+        worker_class,
+        normal_requests=len(latencies),
+        normal_max_ms=round(max(latencies) * 1000, 1),
+        dropped_after_s={a.name: round(a.dropped_after or -1, 2) for a in abusers},
+        answers={a.name: a.status() for a in abusers},
+        upload_sent_mb=round(upload.sent / 1024 / 1024, 1),
+    )
+
+
+@pytest.mark.timeout(30)
+def test_body_over_limit_request_body_gets_413(start: StartServer, worker_class: str) -> None:
+    server = start("--limit-request-body", "1000000", workers=1)
+    with connect(server.port, timeout=10) as sock:
+        sock.sendall(b"POST /read HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (100 << 20))
+        answer = read_until_close(sock, timeout=10)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert get(server.port).status == 200
+
+
+# -- recycling -------------------------------------------------------------------------------------
+
+LOG_PID = re.compile(r"\] \[(\d+)\] \[")
+
+
+def _retired_pids(server: ServerProcess, pattern: str, since: int) -> set[int]:
+    pids = set()
+    for line in server.lines[since:]:
+        if re.search(pattern, line):
+            match = LOG_PID.search(line)
+            if match:
+                pids.add(int(match.group(1)))
+    return pids
+
+
+def _check_announced_closes(load: Load, retired: set[int], worker_class: str) -> None:
+    """Every keep-alive connection a retired worker held ended on a response that said
+    ``Connection: close`` (none ended in a failure)."""
+    for record in load.connections:
+        if record.pids and record.pids[-1] in retired and record.ended:
+            assert record.ended != FAILED, f"{record} ended in a failure: {load.summary()}"
+    announced = sum(
+        1 for r in load.connections if r.pids and r.pids[-1] in retired and r.ended == ANNOUNCED
+    )
+    assert announced >= len(retired) or worker_class == "sync", load.summary()
+
+
+@pytest.mark.timeout(60)
+def test_max_requests_with_jitter_under_load(start: StartServer, worker_class: str) -> None:
+    server = start("--max-requests", "60", "--max-requests-jitter", "20")
+    mark = server.mark()
+    with Load(server.port, threads=4, max_requests=600) as load:
+        wait_until(
+            lambda: server.count_log(r"Autorestarting worker", since=mark) >= 3,
+            "three workers recycled",
+        )
+        load.wait_for(100)
+    assert not load.failures, load.summary()
+    retired = _retired_pids(server, r"Autorestarting worker", mark)
+    _check_announced_closes(load, retired, worker_class)
+    report("max-requests", worker_class, failed=len(load.failures), total=load.total,
+           recycled=len(retired))  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+def test_max_worker_lifetime_under_load(start: StartServer, worker_class: str) -> None:
+    server = start("--max-worker-lifetime", "1.5", "--max-worker-lifetime-jitter", "0.5")
+    mark = server.mark()
+    with Load(server.port, threads=4) as load:
+        wait_until(
+            lambda: server.count_log(r"Retiring worker .*max_worker_lifetime", since=mark) >= 3,
+            "three workers retired for their lifetime",
+        )
+        load.wait_for(100)
+    assert not load.failures, load.summary()
+    retired = _retired_pids(server, r"Retiring worker .*max_worker_lifetime", mark)
+    _check_announced_closes(load, retired, worker_class)
+    report("max-lifetime", worker_class, failed=len(load.failures), total=load.total,
+           recycled=len(retired))  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+def test_max_worker_memory_retires_the_worker(start: StartServer, worker_class: str) -> None:
+    server = start("--max-worker-memory", "120", workers=1)
+    (first,) = server.wait_for_workers(1)
+    mark = server.mark()
+    with Load(server.port, threads=2) as load:
+        load.wait_for(50)
+        resp = get(server.port, "/alloc?mb=160", timeout=20)
+        assert resp.status == 200 and pid_of(resp) == first
+        server.wait_for_log(
+            rf"Retiring worker \(pid: {first}\): max_worker_memory reached", since=mark
+        )
+        (second,) = server.wait_for_workers(1, exclude=[first])
+        wait_until(lambda: second in load.pids(), "the replacement answers")
+        load.wait_for(50)
+    assert not load.failures, load.summary()
+    report("max-memory", worker_class, failed=len(load.failures), total=load.total)
+
+
+# -- an independent client ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_hup_under_wrk(start: StartServer, worker_class: str) -> None:
+    """The HUP test again with wrk (skipped where wrk is not installed)."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+    server = start()
+    result: list[Any] = []
+    runner = threading.Thread(
+        target=lambda: result.append(run_wrk_load(server.url("/"), seconds=3)), daemon=True
+    )
+    runner.start()
+    time.sleep(1.0)  # let wrk's connections open before the fault (pacing, not a wait)
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reload complete", since=mark, timeout=20)
+    runner.join(40)
+    assert result and result[0] is not None, "wrk did not finish"
+    run = result[0]
+    assert run.failed == 0, run.output
+    report("hup-wrk", worker_class, failed=run.failed, total=run.requests)
