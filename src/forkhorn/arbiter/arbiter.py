@@ -307,7 +307,7 @@ class Arbiter:
             reuse_port=bool(getattr(self.cfg, "reuse_port", False)),
             umask=getattr(self.cfg, "umask", None),
             environ=self._environ,
-            warn=self.log.error,
+            warn=self.log.debug,  # one line at the end (BindError), retries at debug
         )
         if inherited:
             self._inherited_sockets = True

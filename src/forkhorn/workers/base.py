@@ -156,11 +156,16 @@ class Worker(abc.ABC):
         except SystemExit:
             raise
         except AppImportError as exc:
-            self.log.error("App failed to load: %s", exc)
-            if self.log_boot_traceback and exc.__cause__ is not None:
-                self.log.error("Traceback of the failed load:", exc_info=exc.__cause__)
+            if self.log_boot_traceback:
+                # The server was up (a reload or a respawn): the operator needs the whole
+                # story of the bad release, traceback included.
+                self.log.error("App failed to load: %s", exc)
+                if exc.__cause__ is not None:
+                    self.log.error("Traceback of the failed load:", exc_info=exc.__cause__)
             else:
-                self.log.debug("Exception while loading the application", exc_info=exc)
+                # At start-up the master prints the one line that explains its exit (the
+                # reason travels in the scoreboard slot); the details are for debug level.
+                self.log.debug("App failed to load: %s", exc, exc_info=exc)
             self.slot.boot_failed(str(exc))
             raise SystemExit(APP_LOAD_ERROR) from None
         except Exception as exc:
