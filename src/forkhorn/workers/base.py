@@ -334,6 +334,31 @@ class Worker(abc.ABC):
         (an epoll set keeps a closed fd whose file is still open in other processes)."""
         return None
 
+    def drain_queued(self, limit: int = 2048) -> list[tuple[Any, Any]]:
+        """Accept, without blocking, what the kernel already queued on the listeners.
+
+        Runs in: the TERM (or retire) path, just before the listeners close. The kernel
+        completes handshakes on the shared socket until its last copy is closed, and the
+        process that closes it last would reset every connection still queued; taking
+        them first turns "accepted, then reset" into "served". ``limit`` per listener
+        keeps the handler finite under a flood. Returns ``(socket, address)`` pairs.
+        """
+        drained: list[tuple[Any, Any]] = []
+        for listener in self.sockets:
+            sock = listener.sock
+            try:
+                if sock.fileno() < 0:
+                    continue
+                sock.setblocking(False)
+            except (OSError, ValueError):
+                continue
+            for _ in range(limit):
+                try:
+                    drained.append(sock.accept())
+                except (OSError, ValueError):
+                    break  # EAGAIN: the queue is empty
+        return drained
+
     def stop_accepting(self) -> None:
         """Close this process's copies of the listening sockets.  Idempotent."""
         try:

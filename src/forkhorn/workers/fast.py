@@ -72,6 +72,9 @@ MAX_MEMORY_BODY = 1024 * 1024
 WRITE_HIGH_WATER = 256 * 1024
 #: How often deadlines are checked and the heartbeat is sent (seconds).
 SWEEP_INTERVAL = 1.0
+#: At a graceful stop, how long a connection that has sent nothing may still send its
+#: request (one already on its way is served rather than cut off).
+DRAIN_IDLE = 1.0
 
 _monotonic = time.monotonic
 # What a connection's deadline currently bounds.
@@ -124,7 +127,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         worker = self.worker
-        if len(worker.connections) >= worker.max_connections or not worker.alive:
+        if len(worker.connections) >= worker.max_connections:
             # Refused politely: a status the client can read, then close.
             transport.write(raw_error_response(503, "Service Unavailable"))  # type: ignore[attr-defined]
             transport.close()
@@ -466,14 +469,15 @@ class HttpProtocol(asyncio.Protocol):
         """Close the connection if its deadline passed (idle, slow head, slow body)."""
         if self.busy or now < self.deadline:
             return
-        if self.phase == _IDLE:
-            self._close()  # idle keep-alive: nothing to answer
+        if self.phase == _IDLE or (self.request is None and not self.conn.has_buffered):
+            self._close()  # idle, or never sent a byte: nothing to answer
             return
         self._fail(RequestTimeoutError("request not received in time"))
 
     def close_idle(self) -> None:
-        """Graceful stop: close a connection that is between requests."""
-        if not self.busy and self.request is None and not self.conn.buffered:
+        """Graceful stop: close a connection that is between requests (or has sent
+        nothing at all)."""
+        if not self.busy and self.request is None and not self.conn.has_buffered:
             self._close()
 
 
@@ -517,7 +521,7 @@ class FastWorker(Worker):
         prepare_http(self, multithread=False)
         cfg = self.cfg
         self.connections: set[HttpProtocol] = set()
-        self.tasks: set[asyncio.Future[None]] = set()  # keeps sendfile tasks referenced
+        self.tasks: set[asyncio.Future[Any]] = set()  # keeps sendfile tasks referenced
         self.max_connections = int(cfg.worker_connections)
         self.head_timeout = float(cfg.header_timeout)
         self.keepalive = float(cfg.keepalive)
@@ -574,16 +578,45 @@ class FastWorker(Worker):
         self.close_connections = True
         for protocol in getattr(self, "connections", ()):
             protocol.conn.close_after_response = True
-        for server in getattr(self, "servers", []):
+        servers = getattr(self, "servers", [])
+        if servers:
+            # Serve what is already queued rather than let the last close reset it.
+            for sock, _ in self.drain_queued():
+                self.loop.call_soon(self._adopt, sock)
+        for server in servers:
             server.close()
 
+    def _adopt(self, sock: Any) -> None:
+        self.tasks.add(
+            asyncio.ensure_future(
+                self.loop.connect_accepted_socket(lambda: HttpProtocol(self), sock)
+            )
+        )
+
+    def handle_abort(self, signum: int, frame: Any) -> None:
+        # uvloop reports a SystemExit raised inside a callback as a transport error and
+        # carries on; an aborted worker must end here (after the worker_abort hook).
+        try:
+            super().handle_abort(signum, frame)
+        finally:
+            os._exit(1)
+
     async def _drain(self) -> None:
-        """Graceful stop: no new connections; idle ones closed; busy ones finish."""
-        deadline = _monotonic() + float(self.cfg.graceful_timeout)
+        """Graceful stop: no new connections; busy ones finish; the others are closed.
+
+        Connections between requests (idle keep-alive, or just taken from the accept
+        queue) get a last short window (``DRAIN_IDLE``): a request already on its way is
+        served, with ``Connection: close``, rather than cut off by our FIN.
+        """
+        now = _monotonic()
+        deadline = now + float(self.cfg.graceful_timeout)
+        idle_until = now + min(DRAIN_IDLE, self.keepalive) if self.keepalive > 0 else now
+        for protocol in list(self.connections):
+            protocol.conn.close_after_response = True
         while self.connections and _monotonic() < deadline:
-            for protocol in list(self.connections):
-                protocol.conn.close_after_response = True
-                protocol.close_idle()
+            if _monotonic() >= idle_until:
+                for protocol in list(self.connections):
+                    protocol.close_idle()
             if not self.connections:
                 break
             self.notify()

@@ -268,6 +268,18 @@ class GreenletWorker(Worker):
         for acceptor in acceptors:
             if acceptor is not current:
                 self.kill(acceptor, _StopAccepting, block=True)
+        # Serve what is already queued rather than let the last close reset it; those
+        # connections get the same short window as idle ones for their request to arrive.
+        self._drain_until = max(
+            getattr(self, "_drain_until", 0.0),
+            time.monotonic() + min(self._idle_timeout, DRAIN_IDLE),
+        )
+        for listener in self.sockets:
+            try:
+                while self._accept_some(listener.sock):
+                    pass
+            except (OSError, ValueError):
+                pass
 
     # -- acceptor ------------------------------------------------------------------------
     def _accept_loop(self, listener: socket.socket) -> None:
@@ -283,25 +295,27 @@ class GreenletWorker(Worker):
             if self.alive:
                 self.log.exception("Accepting on %s failed; no longer accepting there", listener)
 
-    def _accept_some(self, listener: socket.socket) -> None:
+    def _accept_some(self, listener: socket.socket) -> bool:
+        """Accept up to ACCEPT_BATCH connections; False once the queue is empty."""
         accept_fd = listener._accept  # type: ignore[attr-defined]  # the descriptor, unwrapped
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, addr = accept_fd()
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
                 if exc.errno in _ACCEPT_TRANSIENT and self.alive:
                     self.log.warning("accept() failed, retrying: %s", exc)
                     self.sleep(_ACCEPT_BACKOFF)
-                    return
+                    return False
                 raise
             if self.pool_full():
                 _refuse(fd)
                 continue
             self.spawn_in_pool(self._serve_connection, self.wrap_accepted(fd, listener), addr)
+        return True
 
     # -- connection ----------------------------------------------------------------------
     def _serve_connection(self, sock: Any, addr: Any) -> None:

@@ -47,6 +47,7 @@ import socket
 import threading
 import time
 from collections import deque
+from typing import Any
 
 from forkhorn.http import CLOSED, NEED_DATA, ProtocolError, Request, RequestTimeoutError
 from forkhorn.http.connection import ServerConnection
@@ -206,6 +207,10 @@ class ThreadWorker(Worker):
                 selector.unregister(listener.sock)
             except (KeyError, ValueError):
                 pass
+        # Serve what is already queued rather than let the last close reset it.
+        deadline = time.monotonic() + self._head_timeout
+        for sock, addr in self.drain_queued():
+            self._adopt(sock, addr, deadline)
         self._poke()
 
     def retire(self, reason: str) -> None:
@@ -237,13 +242,17 @@ class ThreadWorker(Worker):
                     self.log.warning("accept() failed, retrying: %s", exc)
                     return
                 raise
-            if self._open_connections() >= self.cfg.worker_connections:
-                _refuse(sock)
-                continue
-            sock.setblocking(False)
-            client = _Client(sock, peer_of(addr), new_connection(self))
-            self._held += 1
-            self._watch(client, time.monotonic() + self._head_timeout)
+            self._adopt(sock, addr, time.monotonic() + self._head_timeout)
+
+    def _adopt(self, sock: socket.socket, addr: Any, deadline: float) -> None:
+        """Hold a new connection in the poller until its head is complete."""
+        if self._open_connections() >= self.cfg.worker_connections:
+            _refuse(sock)
+            return
+        sock.setblocking(False)
+        client = _Client(sock, peer_of(addr), new_connection(self))
+        self._held += 1
+        self._watch(client, deadline)
 
     def _open_connections(self) -> int:
         # A connection is counted from accept to close, wherever it is: held by the
