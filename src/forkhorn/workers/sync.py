@@ -32,6 +32,9 @@ _WAKE = object()  # selector key data of the worker's wake-up pipe
 # At most this many queued connections are taken per listener when the worker stops
 # accepting (a full default backlog): the handler must end even under a flood.
 DRAIN_MAX = 2048
+# At a graceful stop, how long a connection that has sent nothing may still send its
+# request (the other worker classes give idle connections the same window).
+DRAIN_IDLE = 1.0
 
 
 class _Pending:
@@ -68,10 +71,19 @@ class SyncWorker(Worker):
                 # Stopping: no new connections (the listeners are closed), but heads that
                 # already arrived in part are still served until their own deadline, so
                 # a reload or a recycle drops no request.
-                stop_deadline = time.monotonic() + float(self.cfg.graceful_timeout)
+                now = time.monotonic()
+                stop_deadline = now + float(self.cfg.graceful_timeout)
                 self._unregister_wakeup()
+                # A connection that has sent nothing yet gets a last short window for its
+                # request to arrive, not its whole head timeout: an idle client must not
+                # hold the worker (and the reload) for header_timeout seconds.
+                for pending in self.pending.values():
+                    if not pending.conn.has_buffered:
+                        pending.deadline = min(pending.deadline, now + DRAIN_IDLE)
             if self._drained:
-                self._adopt_drained(time.monotonic() + head_timeout)
+                self._adopt_drained(
+                    time.monotonic() + (head_timeout if stop_deadline is None else DRAIN_IDLE)
+                )
             if stop_deadline is not None and (
                 not self.pending or time.monotonic() >= stop_deadline
             ):
@@ -207,9 +219,13 @@ class SyncWorker(Worker):
             if self.pending.get(pending.sock.fileno()) is not pending:
                 continue  # served, refused or closed by the read
             self._unregister(pending)
-            send_protocol_error(
-                pending.sock, pending.conn, RequestTimeoutError("request head not received in time")
-            )
+            if pending.conn.has_buffered:
+                send_protocol_error(
+                    pending.sock,
+                    pending.conn,
+                    RequestTimeoutError("request head not received in time"),
+                )
+            # else: the client never sent a byte; there is nothing to answer.
             pending.sock.close()
 
     def _unregister(self, pending: _Pending) -> None:
