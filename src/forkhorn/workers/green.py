@@ -171,6 +171,7 @@ class GreenletWorker(Worker):
         # Set when the wind-down begins (see DRAIN_IDLE); connections use it from then on.
         self._drain_until = float("inf")
         self._stop_event = self.new_event()
+        self._accepting_stopped = self.new_event()
         limit = request_limit(cfg)
         self._watchdog: RequestWatchdog[Any] = RequestWatchdog(limit, grace_period(limit))
         self._enforcer = RequestTimeoutEnforcer(
@@ -196,6 +197,10 @@ class GreenletWorker(Worker):
     def _wind_down(self) -> None:
         """Finish in-flight requests up to graceful_timeout. Runs in: main."""
         self.stop_accepting()  # idempotent; the loop may also end because the parent left
+        # Another greenlet may be half-way through stop_accepting (killing the acceptors
+        # switches): wait until what it drained from the queue is in the pool, or this
+        # process could exit holding an accepted connection it never read.
+        self.wait_event(self._accepting_stopped, float(self.cfg.graceful_timeout))
         now = time.monotonic()
         deadline = now + float(self.cfg.graceful_timeout)
         # Idle keep-alive connections get a last short window: a request already on its
@@ -257,6 +262,18 @@ class GreenletWorker(Worker):
         event = getattr(self, "_stop_event", None)
         if event is not None:
             self.set_event(event)
+
+    def stop_accepting(self) -> None:
+        """Once only: kill the acceptors, take the queued connections, close listeners."""
+        if getattr(self, "_stop_accepting_started", False):
+            return
+        self._stop_accepting_started = True
+        try:
+            super().stop_accepting()
+        finally:
+            event = getattr(self, "_accepting_stopped", None)  # None before run()
+            if event is not None:
+                self.set_event(event)
 
     def unregister_listeners(self) -> None:
         # Kill the acceptors before the listeners close, so that the library's poller
