@@ -23,7 +23,7 @@ what=${1:-all}
 if [[ $what == pinned || $what == all ]]; then
   "$py" "$peers" "${specs[@]}" \
     --servers gunicorn-sync,gunicorn-gthread,gunicorn-gevent,gunicorn-eventlet,meinheld,granian,bjoern,forkhorn-sync,forkhorn-gthread,forkhorn-gevent,forkhorn-eventlet,forkhorn-fast \
-    --apps hello,todo --workers 1 --pin -c 50 -t 2 -d 10 --rounds 3 \
+    --apps hello,todo --workers 1 --pin -c 50 -t 2 -d 6 --rounds 3 \
     --json "$out/pinned.json" --markdown "$out/pinned.md"
 fi
 if [[ $what == classic || $what == all ]]; then
