@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -925,3 +925,35 @@ def run_wrk(url: str, duration: float = 3.0, connections: int = 20, threads: int
     if proc.returncode != 0 or total is None:
         raise ServerError(f"wrk failed ({proc.returncode}):\n{out}")
     return WrkResult(int(total.group(1)), int(non2xx.group(1)) if non2xx else 0, errors, out)
+
+
+@contextlib.contextmanager
+def server_pool(
+    log_dir: Path, args_for: Callable[[str], list[str]], app: str = "routes:app"
+) -> Iterator[Callable[[str], ServerProcess]]:
+    """One running server per worker class, started on first use and reused by every test
+    of a module (restarted if it died); all stopped, and their problems reported, at the
+    end."""
+    servers: dict[str, ServerProcess] = {}
+
+    def server_for(worker_class: str) -> ServerProcess:
+        server = servers.get(worker_class)
+        if server is None or server.proc is None or server.proc.poll() is not None:
+            if server is not None:
+                server.stop()
+            server = ServerProcess(
+                app, [*args_for(worker_class), "--workers", "2"], cwd=ROOT, log_dir=log_dir
+            )
+            servers[worker_class] = server
+            server.start()
+        return server
+
+    yield server_for
+    problems = []
+    for server in servers.values():
+        try:
+            server.stop()
+        except AssertionError as exc:
+            problems.append(str(exc))
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)

@@ -17,7 +17,6 @@ import pytest
 
 from .conftest import ServerFactory
 from .server import (
-    ROOT,
     WORKER_CLASSES,
     ServerProcess,
     connect,
@@ -26,6 +25,7 @@ from .server import (
     raw_request,
     read_until_close,
     require_worker_class,
+    server_pool,
 )
 from .test_contract import worker_args
 
@@ -177,33 +177,8 @@ def worker_class(request: pytest.FixtureRequest) -> str:
 def abuse_servers(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[[str], ServerProcess]]:
-    servers: dict[str, ServerProcess] = {}
-    log_dir = tmp_path_factory.mktemp("abuse-logs")
-
-    def server_for(worker_class: str) -> ServerProcess:
-        server = servers.get(worker_class)
-        if server is None or server.proc is None or server.proc.poll() is not None:
-            if server is not None:
-                server.stop()
-            server = ServerProcess(
-                "routes:app",
-                [*worker_args(worker_class), "--workers", "2"],
-                cwd=ROOT,
-                log_dir=log_dir,
-            )
-            servers[worker_class] = server
-            server.start()
-        return server
-
-    yield server_for
-    problems = []
-    for server in servers.values():
-        try:
-            server.stop()
-        except AssertionError as exc:
-            problems.append(str(exc))
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    with server_pool(tmp_path_factory.mktemp("abuse-logs"), worker_args) as server_for:
+        yield server_for
 
 
 @pytest.fixture

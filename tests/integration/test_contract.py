@@ -20,7 +20,6 @@ import pytest
 
 from .conftest import ServerFactory
 from .server import (
-    ROOT,
     WORKER_CLASSES,
     InFlight,
     RawConnection,
@@ -30,6 +29,7 @@ from .server import (
     parse_responses,
     raw_request,
     require_worker_class,
+    server_pool,
     stream_body,
 )
 
@@ -58,33 +58,8 @@ def worker_class(request: pytest.FixtureRequest) -> str:
 def shared_servers(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[[str], ServerProcess]]:
-    servers: dict[str, ServerProcess] = {}
-    log_dir = tmp_path_factory.mktemp("contract-logs")
-
-    def server_for(worker_class: str) -> ServerProcess:
-        server = servers.get(worker_class)
-        if server is None or server.proc is None or server.proc.poll() is not None:
-            if server is not None:
-                server.stop()
-            server = ServerProcess(
-                "routes:app",
-                [*worker_args(worker_class), "--workers", "2"],
-                cwd=ROOT,
-                log_dir=log_dir,
-            )
-            servers[worker_class] = server
-            server.start()
-        return server
-
-    yield server_for
-    problems = []
-    for server in servers.values():
-        try:
-            server.stop()
-        except AssertionError as exc:
-            problems.append(str(exc))
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    with server_pool(tmp_path_factory.mktemp("contract-logs"), worker_args) as server_for:
+        yield server_for
 
 
 @pytest.fixture
