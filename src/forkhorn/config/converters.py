@@ -219,8 +219,8 @@ def umask(raw: object) -> int:
     return value
 
 
-def user_id(raw: object) -> int | None:
-    """A user name or numeric uid -> uid; None means "do not switch user"."""
+def _system_id(raw: object, lookup: Callable[[str], int], what: str, short: str) -> int | None:
+    """A name or a non-negative number -> the numeric id; None means "do not switch"."""
     if raw is None or raw == "":
         return None
     if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
@@ -229,26 +229,22 @@ def user_id(raw: object) -> int | None:
         if raw.isdigit():
             return int(raw)
         try:
-            return pwd.getpwnam(raw).pw_uid
+            return lookup(raw)
         except KeyError:
-            raise ValueError("expected a user name or uid that exists on this system") from None
-    raise ValueError("expected a user name or uid")
+            raise ValueError(
+                f"expected a {what} name or {short} that exists on this system"
+            ) from None
+    raise ValueError(f"expected a {what} name or {short}")
+
+
+def user_id(raw: object) -> int | None:
+    """A user name or numeric uid -> uid; None means "do not switch user"."""
+    return _system_id(raw, lambda name: pwd.getpwnam(name).pw_uid, "user", "uid")
 
 
 def group_id(raw: object) -> int | None:
     """A group name or numeric gid -> gid; None means "do not switch group"."""
-    if raw is None or raw == "":
-        return None
-    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
-        return raw
-    if isinstance(raw, str):
-        if raw.isdigit():
-            return int(raw)
-        try:
-            return grp.getgrnam(raw).gr_gid
-        except KeyError:
-            raise ValueError("expected a group name or gid that exists on this system") from None
-    raise ValueError("expected a group name or gid")
+    return _system_id(raw, lambda name: grp.getgrnam(name).gr_gid, "group", "gid")
 
 
 def address_list(raw: object) -> list[str]:
