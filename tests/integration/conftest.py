@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .server import ROOT, ServerProcess
+from .server import ROOT, WORKER_CLASSES, ServerProcess, require_worker_class
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -60,3 +60,12 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 def todo_db(tmp_path: Path) -> dict[str, str]:
     """The environment that gives examples.todo a fresh database of its own."""
     return {"TODO_DB": str(tmp_path / "todo.db")}
+
+
+@pytest.fixture(params=WORKER_CLASSES)
+def worker_class(request: pytest.FixtureRequest) -> str:
+    """Each worker class in turn; one whose module is missing fails, never skips. A test
+    module with its own list (test_faults.py) overrides this fixture."""
+    name: str = request.param
+    require_worker_class(name)
+    return name

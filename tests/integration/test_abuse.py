@@ -17,14 +17,12 @@ import pytest
 
 from .conftest import ServerFactory
 from .server import (
-    WORKER_CLASSES,
     ServerProcess,
     connect,
     get,
     parse_responses,
     raw_request,
     read_until_close,
-    require_worker_class,
     server_pool,
 )
 from .test_contract import worker_args
@@ -164,13 +162,6 @@ SMUGGLING: list[tuple[str, bytes, int]] = [
     ("http-2.0", b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
     ("http-0.9-style", b"GET / HTTP/0.9\r\n" + H + b"\r\n", 505),
 ]
-
-
-@pytest.fixture(params=WORKER_CLASSES)
-def worker_class(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    require_worker_class(name)
-    return name
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import pytest
 
 from .conftest import ServerFactory
 from .server import (
-    WORKER_CLASSES,
     InFlight,
     RawConnection,
     ServerProcess,
@@ -28,7 +27,6 @@ from .server import (
     get,
     parse_responses,
     raw_request,
-    require_worker_class,
     server_pool,
     stream_body,
 )
@@ -45,13 +43,6 @@ WORKER_ARGS: dict[str, list[str]] = {
 
 def worker_args(worker_class: str) -> list[str]:
     return ["-k", worker_class, *WORKER_ARGS[worker_class]]
-
-
-@pytest.fixture(params=WORKER_CLASSES)
-def worker_class(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    require_worker_class(name)
-    return name
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,6 @@ TOKEN_RE = re.compile(TOKEN)
 FIELD_TEXT = rb"[\t \x21-\x7e\x80-\xff]*"
 FIELD_LINE = TOKEN + rb":" + FIELD_TEXT + rb"\r\n"
 FIELD_LINE_RE = re.compile(rb"(" + TOKEN + rb"):[ \t]*(" + FIELD_TEXT + rb")\r\n")
-# For re.split(): a valid block splits into ["", name, value, "", name, value, ..., ""],
-# so any non-empty separator is an invalid line.
-FIELD_SPLIT_RE = FIELD_LINE_RE
 # The whole header block (every field line, each ending in CRLF) in one match, for
 # trailers and for diagnosing.
 FIELD_BLOCK_RE = re.compile(rb"(?:" + FIELD_LINE + rb")*")

@@ -40,7 +40,6 @@ from .grammar import (
     DIGITS_RE,
     FIELD_BLOCK_RE,
     FIELD_LINE_RE,
-    FIELD_SPLIT_RE,
     HEAD_RE,
     HOST_RE,
     REQUEST_LINE_RE,
@@ -109,7 +108,9 @@ def parse_head(
             raise _diagnose_request_line(head[:eol])
         method, target, major, minor = m.groups()
         block = head[eol + 2 :]
-        parts = FIELD_SPLIT_RE.split(block)
+        # A valid block splits into ["", name, value, "", name, value, ..., ""]: any
+        # non-empty separator is an invalid line.
+        parts = FIELD_LINE_RE.split(block)
         if any(parts[::3]):
             raise _diagnose_fields(block, max_field_size)
         names = parts[1::3]

@@ -34,7 +34,6 @@ import gc
 import io
 import os
 import signal
-import stat
 import sys
 import tempfile
 import time
@@ -57,8 +56,8 @@ from forkhorn.wsgi.cycle import (
     FileWrapper,
     app_failed,
     close_result,
-    error_response,
     http_date,
+    protocol_error_answer,
     raw_error_response,
     single_body,
 )
@@ -310,9 +309,10 @@ class HttpProtocol(asyncio.Protocol):
             self.exchange = exchange
             self.environ = environ
             self.busy = True
-            if isinstance(result, FileWrapper) and _has_fileno(result):
+            file = result.regular_file() if isinstance(result, FileWrapper) else None
+            if file is not None:
                 self._pause_reading()
-                worker.tasks.add(asyncio.ensure_future(self._sendfile(result, exchange, environ)))
+                worker.tasks.add(asyncio.ensure_future(self._sendfile(file, exchange, environ)))
             else:
                 self.iterator = iter(result)
                 self._stream()
@@ -350,32 +350,23 @@ class HttpProtocol(asyncio.Protocol):
             ok = app_failed(exchange, self.environ or {}, self.worker.log, sys.exc_info())
         self._end_streaming(ok)
 
-    async def _sendfile(self, wrapper: FileWrapper, exchange: Exchange, environ: Any) -> None:
+    async def _sendfile(self, file: tuple[int, int, int], exchange: Exchange, environ: Any) -> None:
         ok = True
         try:
-            fd = wrapper.filelike.fileno()
-            try:
-                offset = wrapper.filelike.tell()
-            except (AttributeError, OSError):
-                offset = 0
-            size = max(os.fstat(fd).st_size - offset, 0)
-            conn = exchange.conn
-            head = conn.send_response(exchange.status or "", exchange.headers, _date(), size)
-            exchange.head_sent = True
+            fd, offset, size = file
+            head, count = exchange.file_head(size)
             transport = self.transport
             if transport is None:
                 return
             transport.write(head)
-            count = conn.sendfile_allowance(size)
             if count:
                 loop = asyncio.get_running_loop()
-                file = os.fdopen(os.dup(fd), "rb")
-                with file:
-                    sent = await loop.sendfile(transport, file, offset, count)
+                with os.fdopen(os.dup(fd), "rb") as fileobj:
+                    sent = await loop.sendfile(transport, fileobj, offset, count)
                 exchange.sent += sent
                 if sent < count:
                     ok = False
-            tail = conn.send_end()
+            tail = exchange.conn.send_end()
             if tail and self.transport is not None:
                 self.transport.write(tail)
         except Exception:
@@ -438,15 +429,9 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        conn = self.conn
-        try:
-            if not conn.response_started:
-                if conn.request is not None:
-                    transport.write(error_response(conn, exc.status, exc.reason))
-                else:
-                    transport.write(raw_error_response(exc.status, exc.reason))
-        except ProtocolError:
-            pass
+        answer = protocol_error_answer(self.conn, exc)
+        if answer:
+            transport.write(answer)
         self._close()
 
     def _close(self) -> None:
@@ -483,14 +468,6 @@ class HttpProtocol(asyncio.Protocol):
 
 
 _EMPTY_INPUT = io.BytesIO(b"")
-
-
-def _has_fileno(wrapper: FileWrapper) -> bool:
-    """Can this file go through sendfile (a regular file with a descriptor)?"""
-    try:
-        return stat.S_ISREG(os.fstat(wrapper.filelike.fileno()).st_mode)
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 _date = http_date

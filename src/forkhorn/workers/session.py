@@ -32,7 +32,7 @@ from forkhorn.http import (
     RequestTimeoutError,
     ServerConnection,
 )
-from forkhorn.wsgi.cycle import Exchange, error_response, raw_error_response, run_app
+from forkhorn.wsgi.cycle import Exchange, protocol_error_answer, run_app
 from forkhorn.wsgi.environ import build_environ
 from forkhorn.wsgi.input import RECV_SIZE, InputStream
 
@@ -54,13 +54,12 @@ def peer_of(addr: Any) -> tuple[str, str]:
 
 def send_protocol_error(sock: socket.socket, conn: ServerConnection, exc: ProtocolError) -> None:
     """Answer a refused request with its status, if nothing was sent yet, and give up."""
-    try:
-        if conn.request is not None and not conn.response_started:
-            sock.sendall(error_response(conn, exc.status, exc.reason))
-        elif not conn.response_started:
-            sock.sendall(raw_error_response(exc.status, exc.reason))
-    except (OSError, ProtocolError, ValueError):
-        pass
+    answer = protocol_error_answer(conn, exc)
+    if answer:
+        try:
+            sock.sendall(answer)
+        except (OSError, ValueError):
+            pass
 
 
 def read_request(

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from forkhorn.http import InvalidResponseError, ProtocolError, ServerConnection
 
@@ -76,19 +76,21 @@ class FileWrapper:
             return data
         raise StopIteration
 
-    def fileno(self) -> int | None:
-        """The descriptor and remaining size when sendfile can be used, else None."""
+    def regular_file(self) -> tuple[int, int, int] | None:
+        """``(fd, offset, size)`` of what is left to send when the file can go through
+        sendfile (a regular file with a descriptor), else None (iterate instead)."""
         try:
             fd: int = self.filelike.fileno()
+            st = os.fstat(fd)
         except (AttributeError, OSError, ValueError):
             return None
-        return fd
-
-
-class Sink(Protocol):
-    """How a worker moves response bytes; blocking workers pass their socket's methods."""
-
-    def __call__(self, data: bytes) -> None: ...
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        try:
+            offset: int = self.filelike.tell()
+        except (AttributeError, OSError):
+            offset = 0
+        return fd, offset, max(st.st_size - offset, 0)
 
 
 class Exchange:
@@ -176,6 +178,15 @@ class Exchange:
         self.sent += len(body)
         self.send(self.conn.send_whole(self.status, self.headers, http_date(), body))
 
+    def file_head(self, size: int) -> tuple[bytes, int]:
+        """The head of a file response of ``size`` bytes, and how many of them may follow
+        raw through sendfile (the framing decides: 0 for HEAD, 204, 304)."""
+        if self.status is None:
+            raise AssertionError("app returned without calling start_response()")
+        head = self.conn.send_response(self.status, self.headers, http_date(), size)
+        self.head_sent = True
+        return head, self.conn.sendfile_allowance(size)
+
     def finish(self) -> None:
         """End the response: the head if nothing was sent yet, then the last chunk."""
         if not self.head_sent:
@@ -207,6 +218,21 @@ def error_response(conn: ServerConnection, status: int, reason: str, detail: str
         len(body),
     )
     return head + conn.send_data(body) + conn.send_end()
+
+
+def protocol_error_answer(conn: ServerConnection, exc: ProtocolError) -> bytes:
+    """What to send for a refused request: its status if no response started, else b"".
+
+    Every worker class answers a ``ProtocolError`` through this, then closes.
+    """
+    if conn.response_started:
+        return b""
+    try:
+        if conn.request is not None:
+            return error_response(conn, exc.status, exc.reason)
+    except ProtocolError:
+        pass
+    return raw_error_response(exc.status, exc.reason)
 
 
 def raw_error_response(status: int, reason: str) -> bytes:
@@ -307,36 +333,21 @@ def run_app(
 def _send_file(
     exchange: Exchange, wrapper: FileWrapper, sendfile: Callable[[int, int, int], int]
 ) -> None:
-    fd = wrapper.fileno()
-    if fd is None:
+    file = wrapper.regular_file()
+    if file is None:
         for data in wrapper:
             exchange.write(data)
         exchange.finish()
         return
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        for data in wrapper:
-            exchange.write(data)
-        exchange.finish()
-        return
-    try:
-        offset = wrapper.filelike.tell()
-    except (AttributeError, OSError):
-        offset = 0
-    size = st.st_size - offset
-    if exchange.status is None:
-        raise AssertionError("app returned without calling start_response()")
-    conn = exchange.conn
-    head = conn.send_response(exchange.status, exchange.headers, http_date(), max(size, 0))
-    exchange.head_sent = True
+    fd, offset, size = file
+    head, count = exchange.file_head(size)
     exchange.send(head)
-    count = conn.sendfile_allowance(max(size, 0))
     if count > 0:
         sent = sendfile(fd, offset, count)
         exchange.sent += sent
         if sent < count:
             raise ConnectionError("the file ended or the client left before it was sent")
-    tail = conn.send_end()
+    tail = exchange.conn.send_end()
     if tail:
         exchange.send(tail)
 
