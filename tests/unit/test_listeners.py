@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +213,95 @@ def test_a_failed_bind_closes_the_listeners_already_made(tmp_path: Path) -> None
     with pytest.raises(BindError):
         create_listeners([f"unix:{path}", "127.0.0.1:99999"], environ={})
     assert not path.exists()
+
+
+# -- refusing new connections on a stop (Linux) --------------------------------------------------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux BPF filter")
+
+
+def _connect_nowait(port: int, family: int = socket.AF_INET) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.connect_ex(("127.0.0.1" if family == socket.AF_INET else "::1", port))
+    return sock
+
+
+@linux_only
+def test_refuse_new_keeps_the_queue_and_drops_new_syns() -> None:
+    listener = bind_one(parse_address("127.0.0.1:0"), backlog=16)
+    port = int(listener.getsockname()[1])
+    queued = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert not listener.refusing()
+    assert listener.refuse_new()
+    assert listener.refusing()
+    # A connection already queued is still handed out, and its bytes still arrive.
+    conn, _ = listener.sock.accept()
+    queued.sendall(b"still here")
+    conn.setblocking(True)
+    assert conn.recv(64) == b"still here"
+    # A new one does not complete its handshake: its SYN was dropped.
+    late = _connect_nowait(port)
+    try:
+        time.sleep(0.2)  # poll interval: long enough for a loopback handshake
+        with pytest.raises(BlockingIOError):
+            listener.sock.accept()
+        assert late.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0  # still trying
+    finally:
+        for s in (late, conn, queued):
+            s.close()
+        listener.close()
+
+
+@linux_only
+def test_shut_if_refusing_makes_the_kernel_refuse_at_once() -> None:
+    listener = bind_one(parse_address("127.0.0.1:0"), backlog=16)
+    port = int(listener.getsockname()[1])
+    twin = socket.socket(fileno=os.dup(listener.fileno()))  # another process's copy
+    try:
+        listener.shut_if_refusing()  # not refusing: nothing happens
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        listener.sock.accept()[0].close()
+        listener.refuse_new()
+        listener.shut_if_refusing()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        # The shutdown acted on the socket, so the other copy stopped listening too.
+        twin.setblocking(False)
+        with pytest.raises(OSError) as excinfo:
+            twin.accept()
+        assert excinfo.value.errno == errno.EINVAL
+    finally:
+        twin.close()
+        listener.close()
+
+
+@linux_only
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_refuse_new_on_ipv6() -> None:
+    listener = bind_one(parse_address("[::1]:0"), backlog=16)
+    try:
+        assert listener.refuse_new() and listener.refusing()
+        listener.shut_if_refusing()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("::1", int(listener.getsockname()[1])), timeout=5)
+    finally:
+        listener.close()
+
+
+def test_fd_and_unix_sockets_are_never_refusing(tmp_path: Path) -> None:
+    raw = socket.socket()
+    raw.bind(("127.0.0.1", 0))
+    raw.listen(4)
+    unix = bind_one(parse_address(f"unix:{tmp_path / 's.sock'}"), backlog=4)
+    by_fd = create_listeners([f"fd://{os.dup(raw.fileno())}"], environ={})[0]
+    try:
+        assert by_fd.address.kind == "fd"
+        # A supervisor's socket: even with our filter on it, never shut by us.
+        assert Listener(raw).refuse_new()
+        assert not by_fd.refusing()
+        assert not unix.refuse_new() and not unix.refusing()
+    finally:
+        by_fd.close()
+        unix.close()
+        raw.close()

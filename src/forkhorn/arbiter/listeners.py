@@ -26,10 +26,13 @@ Runs in: master (creation, closing), workers (using ``.sock``).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import socket
 import stat
+import struct
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +50,21 @@ __all__ = [
 ]
 
 FD_ENV = "FORKHORN_FD"  # fds a re-executed master inherits (USR2); gunicorn: GUNICORN_FD
+# Linux SO_ATTACH_FILTER (asm-generic/socket.h; Python has no constant for it) and a
+# classic BPF program for a listening TCP socket that drops every SYN and lets the rest
+# through, so handshakes already under way still complete. A TCP socket filter sees the
+# packet from its TCP header on, where byte 13 holds the flags.
+SO_ATTACH_FILTER = 26
+_REFUSE_SYN = b"".join(
+    struct.pack("HBBI", code, jt, jf, k)
+    for code, jt, jf, k in (
+        (0x30, 0, 0, 13),  # ldb [13]            (BPF_LD | BPF_B | BPF_ABS)
+        (0x45, 0, 1, 0x02),  # jset #SYN, 0, 1   (BPF_JMP | BPF_JSET | BPF_K)
+        (0x06, 0, 0, 0),  # ret #0: drop          (BPF_RET | BPF_K)
+        (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1: keep the whole packet
+    )
+)
+_REFUSE_SYN_LEN = len(_REFUSE_SYN) // 8  # instructions
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first passed fd is always 3
 DEFAULT_PORT = 8000  # gunicorn's, when a bind has no port
 
@@ -152,6 +170,61 @@ class Listener:
 
     def __repr__(self) -> str:
         return f"<Listener {self}>"
+
+    def refuse_new(self) -> bool:
+        """Stop the kernel queueing new connections on this socket, in every process that
+        holds it, while leaving the ones already queued to be accepted.
+
+        Why: the kernel completes handshakes on a listening socket until its last copy is
+        closed, and the process that closes it last resets whatever is still queued. The
+        workers each drain the queue before they close their copies, but a connection can
+        land between one's drain and its close (or a worker still booting, killed by TERM,
+        can be the last to close). Dropping every incoming SYN at the socket (a BPF
+        filter) closes that window: a SYN that arrives from here on is dropped, the
+        client retransmits it about a second later, and by then the socket is shut or
+        gone and the kernel refuses it (a worker shuts it once it has drained the
+        queue, see ``shut_if_refusing``, so usually at once). Only for a socket this
+        server alone owns (never one systemd, a supervisor or another master still
+        serves from). Linux TCP only
+        (a Unix socket's file is unlinked instead); returns False where it cannot.
+        """
+        if not sys.platform.startswith("linux") or self.is_unix or self.sock.fileno() < 0:
+            return False
+        program = ctypes.create_string_buffer(_REFUSE_SYN, len(_REFUSE_SYN))
+        # struct sock_fprog { unsigned short len; struct sock_filter *filter; }; the
+        # kernel copies the program during the call, so the buffer need only outlive it.
+        fprog = struct.pack("HP", _REFUSE_SYN_LEN, ctypes.addressof(program))
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError:
+            return False
+        return True
+
+    def refusing(self) -> bool:
+        """True once ``refuse_new()`` was called on this socket, in any process: the master
+        is stopping and the socket is its alone. (Read back from the kernel: a filter of
+        our program's length. ``fd://`` sockets, which a supervisor shares, never count.)"""
+        if self.address.kind == "fd" or self.is_unix or self.sock.fileno() < 0:
+            return False
+        try:
+            # SO_GET_FILTER (same number): the kernel answers with the program's length
+            # in instructions, which Python returns as that many bytes.
+            program = self.sock.getsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, 64)
+        except OSError:
+            return False
+        return len(program) == _REFUSE_SYN_LEN
+
+    def shut_if_refusing(self) -> None:
+        """Once this worker has drained the queue: when the master is stopping and the
+        socket is ours alone, shut it down. That acts on the socket, so every process's
+        copy stops listening at once, and the kernel refuses new connections right away
+        instead of dropping them until the slowest worker closes its copy. Nothing is
+        lost: the master's filter kept the queue from growing since the drain began."""
+        if self.refusing():
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self, unlink: bool = False) -> None:
         """Close this process's copy.  ``unlink`` also removes a Unix socket's file
@@ -288,7 +361,8 @@ def bind_one(
     then and only then).
     """
     if addr.kind == "fd":
-        return Listener(_socket_from_fd(addr.fd))
+        # The address stays "fd": another process (a supervisor) owns this socket too.
+        return Listener(_socket_from_fd(addr.fd), addr)
     for attempt in range(1, max(1, attempts) + 1):
         try:
             if addr.kind == "unix":

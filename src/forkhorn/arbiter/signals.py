@@ -16,18 +16,28 @@ Rules it keeps:
 How it works: ``SignalQueue.install()`` opens a non-blocking pipe, registers it with
 ``set_wakeup_fd`` and installs the handlers.  ``wait(timeout)`` selects on the read end,
 drains it, and ``pop()`` returns queued signals in arrival order.  After ``fork()`` the
-child calls ``reset_in_child()``: default dispositions, wake-up fd off, pipe closed.
+child calls ``reset_in_child()``: boot-time dispositions, wake-up fd off, pipe closed,
+and the signal mask that ``blocked_across_fork()`` set around ``fork()`` restored.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import select
 import signal
+from collections.abc import Iterable, Iterator
 from types import FrameType
 
-__all__ = ["HANDLED_SIGNALS", "MAX_QUEUED", "SignalQueue", "signal_name"]
+__all__ = [
+    "HANDLED_SIGNALS",
+    "MAX_QUEUED",
+    "STOP_SIGNALS",
+    "SignalQueue",
+    "blocked_across_fork",
+    "signal_name",
+]
 
 HANDLED_SIGNALS: tuple[signal.Signals, ...] = (
     signal.SIGHUP,
@@ -41,6 +51,25 @@ HANDLED_SIGNALS: tuple[signal.Signals, ...] = (
     signal.SIGWINCH,
 )
 MAX_QUEUED = 5
+# What the master sends a worker to make it stop (HUP means stop to a worker).
+STOP_SIGNALS = frozenset({signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def blocked_across_fork() -> Iterator[set[int | signal.Signals]]:
+    """Block the handled signals while the master forks; yields the previous mask, which
+    the master restores after ``fork`` and the child after ``reset_in_child``. Without
+    it a signal sent to a just-forked worker could run the master's handler in the
+    child, which queues it in a queue the child then drops: the signal is lost."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        yield previous
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _stop_while_booting(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def signal_name(signum: int) -> str:
@@ -120,13 +149,38 @@ class SignalQueue:
         except IndexError:
             return None
 
-    def reset_in_child(self) -> None:
-        """After fork, in the child: restore default dispositions and drop the pipe."""
+    def reset_for_exec(self) -> None:
+        """In a child about to exec a new master: default dispositions (an ignored
+        signal would stay ignored across exec), wake-up fd off, pipe closed."""
         signal.set_wakeup_fd(-1)
         for sig in (*HANDLED_SIGNALS, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         self._close_fds()
         self._queue.clear()
+
+    def reset_in_child(self, mask: Iterable[int | signal.Signals] | None = None) -> None:
+        """After fork, in the child: boot-time dispositions, and drop the pipe.
+
+        Until the worker installs its own handlers (after it has loaded the app), a stop
+        signal ends it through ``SystemExit``, so it leaves like any worker ("Worker
+        exiting", the worker_exit hook) instead of dying of the default action without a
+        word; USR1 (reopen logs), USR2 and WINCH are ignored rather than fatal. The
+        master blocks these signals across ``fork`` (``blocked_across_fork``), so one
+        sent in between is delivered here, after this runs, not to the master's handler.
+        """
+        signal.set_wakeup_fd(-1)
+        for sig in HANDLED_SIGNALS:
+            if sig in STOP_SIGNALS:
+                signal.signal(sig, _stop_while_booting)
+            elif sig in (signal.SIGTTIN, signal.SIGTTOU):
+                signal.signal(sig, signal.SIG_DFL)
+            else:
+                signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self._close_fds()
+        self._queue.clear()
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # what arrived meanwhile runs now
 
     def uninstall(self) -> None:
         """In the master at exit: default dispositions back, pipe closed."""

@@ -45,6 +45,7 @@ Runs in: master (``__init__`` only) and the worker process (everything else).
 from __future__ import annotations
 
 import abc
+import errno
 import faulthandler
 import gc
 import os
@@ -62,7 +63,7 @@ from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, AppImportError
 if TYPE_CHECKING:
     from forkhorn.arbiter.listeners import Listener
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "listener_was_shut"]
 
 WSGIApp = Callable[..., Any]
 
@@ -86,6 +87,13 @@ def rss_bytes() -> int | None:
         return int(fields[1]) * _page_size()
     except (OSError, IndexError, ValueError):
         return None
+
+
+def listener_was_shut(exc: OSError) -> bool:
+    """``accept()`` failed because another process shut the listening socket down: the
+    master is stopping (``Listener.shut_if_refusing``) and this worker's TERM is on its
+    way. Stop accepting there, quietly: it is not an error."""
+    return exc.errno == errno.EINVAL
 
 
 class Worker(abc.ABC):
@@ -328,10 +336,10 @@ class Worker(abc.ABC):
         # Take no new connection from here on, even if the SystemExit below is swallowed by
         # a loop's callback error handling (asyncio/uvloop log it and carry on): until the
         # master's SIGKILL, such a worker would otherwise accept connections and fail them.
-        # The base close, not a subclass's: a worker that drains its accept queue when it
-        # stops (sync) would take connections that this exiting process can never serve.
+        # A plain close, no drain: a worker that drains its accept queue when it stops
+        # would take connections that this exiting process can never serve.
         try:
-            Worker.stop_accepting(self)
+            self.close_listeners()
         except Exception:
             pass
         try:
@@ -371,12 +379,26 @@ class Worker(abc.ABC):
         return drained
 
     def stop_accepting(self) -> None:
-        """Close this process's copies of the listening sockets.  Idempotent."""
+        """Close this process's copies of the listening sockets.  Idempotent.
+
+        Subclasses take what the kernel already queued (``drain_queued``) in
+        ``unregister_listeners`` or before calling this; then, when the master is
+        stopping, the sockets are shut for every process (``refuse_if_stopping``).
+        """
         try:
             self.unregister_listeners()
+            self.refuse_if_stopping()
         finally:
-            for listener in self.sockets:
-                listener.close(unlink=False)
+            self.close_listeners()
+
+    def refuse_if_stopping(self) -> None:
+        """After this worker drained the queue: see ``Listener.shut_if_refusing``."""
+        for listener in self.sockets:
+            listener.shut_if_refusing()
+
+    def close_listeners(self) -> None:
+        for listener in self.sockets:
+            listener.close(unlink=False)
 
     # -- run loop helpers (worker) -----------------------------------------------------
     @abc.abstractmethod

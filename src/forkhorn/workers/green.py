@@ -52,7 +52,7 @@ from forkhorn.arbiter.scoreboard import WorkerState
 from forkhorn.http import ProtocolError, ServerConnection
 from forkhorn.wsgi.cycle import raw_error_response
 
-from .base import Worker
+from .base import Worker, listener_was_shut
 from .session import (
     new_connection,
     peer_of,
@@ -308,8 +308,8 @@ class GreenletWorker(Worker):
                 self._accept_some(listener)
         except _StopAccepting:
             return
-        except (OSError, ValueError):
-            if self.alive:
+        except (OSError, ValueError) as exc:
+            if self.alive and not (isinstance(exc, OSError) and listener_was_shut(exc)):
                 self.log.exception("Accepting on %s failed; no longer accepting there", listener)
 
     def _accept_some(self, listener: socket.socket) -> bool:

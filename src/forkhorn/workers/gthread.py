@@ -54,7 +54,7 @@ from forkhorn.http.connection import ServerConnection
 from forkhorn.wsgi.cycle import raw_error_response
 from forkhorn.wsgi.input import RECV_SIZE
 
-from .base import Worker
+from .base import Worker, listener_was_shut
 from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
 from .watchdog import (
     RequestHungError,
@@ -236,6 +236,12 @@ class ThreadWorker(Worker):
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
+                if listener_was_shut(exc):
+                    try:
+                        self.selector.unregister(listener)
+                    except (KeyError, ValueError):
+                        pass
+                    return
                 if not self.alive:
                     return
                 if exc.errno in _ACCEPT_TRANSIENT:

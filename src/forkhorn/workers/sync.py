@@ -25,7 +25,7 @@ from forkhorn.http import NEED_DATA, ProtocolError, Request, RequestTimeoutError
 from forkhorn.wsgi.cycle import raw_error_response
 from forkhorn.wsgi.input import RECV_SIZE
 
-from .base import Worker
+from .base import Worker, listener_was_shut
 from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
 
 _WAKE = object()  # selector key data of the worker's wake-up pipe
@@ -151,11 +151,20 @@ class SyncWorker(Worker):
             sock, addr = listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
-        except OSError:
+        except OSError as exc:
+            if listener_was_shut(exc):
+                self._forget_listener(listener)
+                return
             if not self.alive:
                 return
             raise
         self._adopt(sock, addr, deadline)
+
+    def _forget_listener(self, listener: socket.socket) -> None:
+        try:
+            self.selector.unregister(listener)
+        except (KeyError, ValueError):
+            pass
 
     def _adopt(self, sock: socket.socket, addr: Any, deadline: float) -> None:
         if len(self.pending) >= self.cfg.worker_connections:
