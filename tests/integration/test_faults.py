@@ -367,16 +367,8 @@ def test_bad_release_then_hup_then_crash(
 
 @pytest.mark.timeout(60)
 def test_term_finishes_a_5s_request_and_refuses_new_connections(
-    start: StartServer, worker_class: str, request: pytest.FixtureRequest
+    start: StartServer, worker_class: str
 ) -> None:
-    if worker_class in ("gevent", "fast"):
-        # Known bug, not yet understood: with gevent about one run in two, with fast rarely
-        # and only when the machine is loaded (the whole suite running), one connection
-        # made just after TERM reads EOF (accepted, then closed unread). It did not
-        # reproduce outside this harness; sync and gthread pass. See docs/lifecycle.md.
-        request.applymarker(
-            pytest.mark.xfail(reason=f"{worker_class}: EOF on one post-TERM connection")
-        )
     server = start("--graceful-timeout", "20")
     mark = server.mark()
     in_flight = InFlight(server.port, "/sleep?s=5", timeout=30)
@@ -763,17 +755,10 @@ def test_max_worker_memory_retires_the_worker(start: StartServer, worker_class: 
 
 
 @pytest.mark.timeout(60)
-def test_hup_under_wrk(
-    start: StartServer, worker_class: str, request: pytest.FixtureRequest
-) -> None:
+def test_hup_under_wrk(start: StartServer, worker_class: str) -> None:
     """The HUP test again with wrk (skipped where wrk is not installed)."""
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed")
-    if worker_class == "fast":
-        # Seen once in ~150k requests with the suite loading the machine: one read error
-        # as an old fast worker closed a keep-alive connection while a request arrived.
-        # The http.client HUP test (0 failed) holds; see docs/lifecycle.md.
-        request.applymarker(pytest.mark.xfail(reason="fast: rare read error during HUP"))
     server = start()
     result: list[Any] = []
     runner = threading.Thread(

@@ -52,7 +52,7 @@ from forkhorn.arbiter.policy import (
     judge_exit,
 )
 from forkhorn.arbiter.scoreboard import Scoreboard, ScoreboardSlot, WorkerState
-from forkhorn.arbiter.signals import SignalQueue, signal_name
+from forkhorn.arbiter.signals import SignalQueue, blocked_across_fork, signal_name
 from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, ForkhornError
 from forkhorn.workers import effective_worker_class, load_worker_class
 from forkhorn.workers.base import Worker
@@ -66,6 +66,11 @@ LOOP_INTERVAL = 1.0  # the longest the loop sleeps: heartbeats are checked at th
 QUICK_STOP_TIMEOUT = 2.0
 # A start-up halt (no worker could load the app): the others are booting the same bad app.
 HALT_STOP_TIMEOUT = 5.0
+# How long the master waits, once it told the kernel to refuse new connections on a stop,
+# for handshakes already under way to land in the queue the workers then drain: one
+# client round trip (well under a millisecond on loopback, a few on a LAN; a client
+# farther away than this can still, rarely, see its handshake reset).
+HANDSHAKE_GRACE = 0.02
 
 
 @dataclass(slots=True)
@@ -434,13 +439,32 @@ class Arbiter:
         self.stop_deadline = now + timeout
         systemd.stopping(self._environ)
         # Close ours first: with every worker closing its copy in its TERM handler, the
-        # kernel socket goes away and new connections are refused instead of queued.
+        # kernel socket goes away and new connections are refused instead of queued. And
+        # before that, stop the kernel queueing new ones at all: each worker drains the
+        # queue before it closes its copy, and from here on nothing can land behind the
+        # last drain (see Listener.refuse_new).
+        if self._sole_owner() and [lst for lst in self.listeners if lst.refuse_new()]:
+            # A handshake whose SYN came before the filter may still be completing (the
+            # client already counts itself connected); give it a moment to reach the
+            # queue, or the workers' drain could miss it and their shutdown reset it.
+            time.sleep(HANDSHAKE_GRACE)
         self._close_listeners()
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         for rec in self.workers.values():
             self._send(rec.pid, sig)
             if rec.retiring_since is None:
                 rec.retiring_since = now
+
+    def _sole_owner(self) -> bool:
+        """True when no process but ours serves from these sockets: not systemd's (it keeps
+        them to start us again), not a supervisor's (``fd://``), not shared with another
+        master during a USR2 upgrade."""
+        return (
+            self.reexec_pid == 0
+            and self.master_pid == 0
+            and not self._systemd_sockets
+            and all(listener.address.kind != "fd" for listener in self.listeners)
+        )
 
     def _may_unlink(self) -> bool:
         # Never while another master uses the same socket files (USR2), nor files that
@@ -630,7 +654,7 @@ class Arbiter:
             return
         # Child: becomes the new master.  Never returns into this loop.
         try:
-            self.signals.reset_in_child()
+            self.signals.reset_for_exec()
             self._call_hook("pre_exec", self)
             environ = dict(os.environ)
             environ[PID_ENV] = str(master_pid)
@@ -649,13 +673,14 @@ class Arbiter:
 
     def _maybe_promote(self) -> None:
         if self.master_pid and os.getppid() != self.master_pid:
-            self.log.info("Master has been promoted.")
             self.master_name = "Master"
             self.master_pid = 0
             path = getattr(self.cfg, "pidfile", None)
             if self.pidfile is not None and path:
                 self.pidfile.rename(path)
             self._set_master_title()
+            # Said once the pidfile is in place: whoever waits for this line may read it.
+            self.log.info("Master has been promoted.")
 
     def _maybe_watchdog(self, now: float) -> None:
         if self._watchdog_interval is not None and now >= self._next_watchdog:
@@ -684,20 +709,21 @@ class Arbiter:
         # operator needs the traceback, once, not on every backoff retry.
         worker.log_boot_traceback = self.ever_ready and self.backoff.failures == 0
         self._call_hook("pre_fork", self, worker)
-        pid = os.fork()
-        if pid:
-            worker.pid = pid
-            self.workers[pid] = WorkerRecord(
-                worker, pid, self._age, self.generation, slot, now, heartbeat=now
-            )
-            return pid
-        self._run_child(worker)  # never returns
+        with blocked_across_fork() as mask:
+            pid = os.fork()
+            if not pid:
+                self._run_child(worker, mask)  # never returns
+        worker.pid = pid
+        self.workers[pid] = WorkerRecord(
+            worker, pid, self._age, self.generation, slot, now, heartbeat=now
+        )
+        return pid
 
-    def _run_child(self, worker: Worker) -> NoReturn:
+    def _run_child(self, worker: Worker, mask: set[int | signal.Signals]) -> NoReturn:
         """Runs in: the newly forked worker process.  Leaves only through ``os._exit``."""
         code = 0
         try:
-            self.signals.reset_in_child()
+            self.signals.reset_in_child(mask)
             worker.pid = os.getpid()
             self.log.info("Booting worker with pid: %s", worker.pid)
             hook = _hook(self.cfg, "post_fork")

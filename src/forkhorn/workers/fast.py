@@ -30,12 +30,14 @@ Runs in: the worker process, main thread, inside the event loop.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import io
 import os
 import signal
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -463,8 +465,27 @@ class HttpProtocol(asyncio.Protocol):
     def close_idle(self) -> None:
         """Graceful stop: close a connection that is between requests (or has sent
         nothing at all)."""
-        if not self.busy and self.request is None and not self.conn.has_buffered:
+        if (
+            not self.busy
+            and self.request is None
+            and not self.conn.has_buffered
+            and not self._bytes_waiting()
+        ):
             self._close()
+
+    def _bytes_waiting(self) -> bool:
+        """A request may sit in the kernel's buffer, not yet handed to data_received:
+        closing then would reset it (closing with unread data sends RST), and the client
+        would see an error for a request it sent in time. It is read and served instead."""
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return False
+        try:
+            waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return False
+        return int.from_bytes(waiting, sys.byteorder) > 0
 
 
 _EMPTY_INPUT = io.BytesIO(b"")
@@ -500,6 +521,8 @@ class FastWorker(Worker):
         cfg = self.cfg
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Future[Any]] = set()  # keeps sendfile tasks referenced
+        self.adopting = 0  # connections drained from the accept queue, not yet protocols
+        self.closing_servers = False  # _close_servers is scheduled, not yet run
         self.max_connections = int(cfg.worker_connections)
         self.head_timeout = float(cfg.header_timeout)
         self.keepalive = float(cfg.keepalive)
@@ -536,6 +559,8 @@ class FastWorker(Worker):
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         loop.add_reader(wake_r, _drain_pipe, wake_r)
         for listener in self.sockets:
+            if not self.alive:
+                break  # told to stop while starting: the listeners may be closed already
             sock = listener.sock
             sock.setblocking(False)
             server = await loop.create_server(
@@ -556,20 +581,50 @@ class FastWorker(Worker):
         self.close_connections = True
         for protocol in getattr(self, "connections", ()):
             protocol.conn.close_after_response = True
-        servers = getattr(self, "servers", [])
-        if servers:
-            # Serve what is already queued rather than let the last close reset it.
+        if getattr(self, "servers", None) and not self.closing_servers:
+            self.closing_servers = True
+            # Take what the kernel queued, then (when the master is stopping) shut the
+            # sockets for every process: both are safe inside uvloop's accept callback,
+            # where a Python signal handler can run (uvloop then sees EINVAL on its next
+            # accept and closes its server quietly). So the kernel refuses new
+            # connections now, even while an app blocks this loop.
             for sock, _ in self.drain_queued():
                 self.loop.call_soon(self._adopt, sock)
-        for server in servers:
+            Worker.refuse_if_stopping(self)
+            # Closing a server is not safe there (the connection uvloop is setting up
+            # would fail to attach to it): the loop does it at its next turn.
+            self.loop.call_soon_threadsafe(self._close_servers)
+
+    def refuse_if_stopping(self) -> None:
+        # Done in unregister_listeners, after its drain (the base class would call it
+        # again before closing the listeners; once is enough).
+        return None
+
+    def _close_servers(self) -> None:
+        """Take anything queued since, then close the servers and with them this
+        process's copies of the listening sockets."""
+        for sock, _ in self.drain_queued():
+            self._adopt(sock)
+        for server in self.servers:
             server.close()
+        self.servers = []
+        self.closing_servers = False
 
     def _adopt(self, sock: Any) -> None:
-        self.tasks.add(
-            asyncio.ensure_future(
-                self.loop.connect_accepted_socket(lambda: HttpProtocol(self), sock)
-            )
+        self.adopting += 1
+        task = asyncio.ensure_future(
+            self.loop.connect_accepted_socket(lambda: HttpProtocol(self), sock)
         )
+        self.tasks.add(task)
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Future[Any]) -> None:
+        # By now the protocol is in self.connections (connection_made ran), or the
+        # adoption failed and the socket is closed: either way it is no longer pending.
+        self.adopting -= 1
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.debug("Could not adopt a drained connection: %s", task.exception())
 
     def tune_gc(self) -> None:
         """Also collect the youngest generation less often: the request path allocates a
@@ -588,6 +643,11 @@ class FastWorker(Worker):
         finally:
             os._exit(1)
 
+    def _draining(self) -> bool:
+        """Work left before exit: open connections, drained connections being adopted,
+        sendfile tasks (each belongs to a connection) and a scheduled _close_servers."""
+        return bool(self.connections or self.adopting or self.tasks or self.closing_servers)
+
     async def _drain(self) -> None:
         """Graceful stop: no new connections; busy ones finish; the others are closed.
 
@@ -600,11 +660,11 @@ class FastWorker(Worker):
         idle_until = now + min(DRAIN_IDLE, self.keepalive) if self.keepalive > 0 else now
         for protocol in list(self.connections):
             protocol.conn.close_after_response = True
-        while self.connections and _monotonic() < deadline:
+        while self._draining() and _monotonic() < deadline:
             if _monotonic() >= idle_until:
                 for protocol in list(self.connections):
                     protocol.close_idle()
-            if not self.connections:
+            if not self._draining():
                 break
             self.notify()
             await asyncio.sleep(0.05)
