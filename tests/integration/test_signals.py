@@ -218,3 +218,38 @@ def test_hung_request_is_dumped_and_its_worker_replaced(server_factory: ServerFa
         assert isinstance(outcome, (OSError, http.client.HTTPException)), outcome
     for _ in range(4):
         assert get(server.port, "/").status == 200
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["TERM", "USR1"])
+def test_a_worker_signalled_while_booting(
+    server_factory: ServerFactory, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A signal to a worker before its handlers exist (here: during a slow post_fork hook,
+    as gevent's monkey-patching is): TERM makes it leave cleanly (its own "Worker
+    exiting" line, exit 0) instead of dying of the signal; USR1 (reopen logs) does not
+    kill it."""
+    config = tmp_path / "slowfork.py"
+    config.write_text(
+        "import sys, time\n"
+        "def post_fork(server, worker):\n"
+        "    print('post_fork: sleeping', file=sys.stderr, flush=True)\n"
+        "    time.sleep(2)\n"
+    )
+    server = server_factory(
+        "hello:app", "--workers", "1", "--config", str(config), wait_ready=False
+    )
+    booting = server.wait_for_log(r"Booting worker with pid: (\d+)")
+    worker = int(booting.group(1))
+    server.wait_for_log(r"post_fork: sleeping")
+    mark = server.mark()
+    if sig == signal.SIGTERM:
+        server.signal(signal.SIGTERM)
+        assert server.wait_exit() == 0
+        server.wait_for_log(rf"Worker exiting \(pid: {worker}\)", since=mark)
+        assert not server.count_log(r"was sent|exited with code", since=mark)
+    else:
+        os.kill(worker, signal.SIGUSR1)
+        server.wait_ready()
+        assert get(server.port).status == 200
+        assert is_alive(worker)
