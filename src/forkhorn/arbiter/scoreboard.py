@@ -64,27 +64,28 @@ class WorkerState(enum.IntEnum):
         return self in (WorkerState.READY, WorkerState.BUSY, WorkerState.IDLE)
 
 
-# Layout, little-endian, no implicit padding; doubles first so they stay 8-byte aligned:
-#   heartbeat d | request_start d | spawned_at d | requests Q | pid i | generation I |
-#   state B | pad 1 | line_len H | pad 4 | line 200s | pad to a multiple of 8
-_LAYOUT = struct.Struct(f"<dddQiIBxH4x{MAX_REQUEST_LINE_BYTES}s")
+# Layout, little-endian, no implicit padding; doubles stay 8-byte aligned. What a request
+# changes comes first and in one run, so that each hot-path store is one pack_into:
+#   heartbeat d | request_start d | requests Q | state B | pad 1 | line_len H | pad 4 |
+#   line 200s | spawned_at d | pid i | generation I
+_LAYOUT = struct.Struct(f"<ddQBxH4x{MAX_REQUEST_LINE_BYTES}sdiI")
 SLOT_SIZE = (_LAYOUT.size + 7) // 8 * 8
 _HEARTBEAT = struct.Struct("<d")  # offset 0
-_REQUEST_START = struct.Struct("<d")  # offset 8
-_REQUESTS = struct.Struct("<Q")  # offset 24
-_PID = struct.Struct("<i")  # offset 32
-_STATE = struct.Struct("<B")  # offset 40
-_LINE = struct.Struct(f"<H4x{MAX_REQUEST_LINE_BYTES}s")  # offset 42
+_REQUESTS = struct.Struct("<Q")  # offset 16
+_STATE = struct.Struct("<B")  # offset 24
+_LINE = struct.Struct(f"<H4x{MAX_REQUEST_LINE_BYTES}s")  # offset 26
+_PID = struct.Struct("<i")  # offset 240
 _OFF_HEARTBEAT = 0
-_OFF_REQUEST_START = 8
-_OFF_REQUESTS = 24
-_OFF_PID = 32
-_OFF_STATE = 40
-_OFF_LINE = 42
-# Hot-path stores (request_started/finished): heartbeat and request start together, and
-# state with the line (the byte at 41 is padding).
-_HB_START = struct.Struct("<dd")  # offset 0
-_STATE_LINE = struct.Struct(f"<BxH4x{MAX_REQUEST_LINE_BYTES}s")  # offset 40
+_OFF_REQUESTS = 16
+_OFF_STATE = 24
+_OFF_LINE = 26
+_OFF_PID = 240
+# The two hot-path stores, each from offset 0: request_started writes heartbeat, start,
+# count (unchanged: pad bytes would be written as zeros, so it cannot be skipped), state
+# and line; request_finished writes heartbeat, start (0.0: no request in flight), count
+# and state.
+_STARTED = struct.Struct(f"<ddQBxH4x{MAX_REQUEST_LINE_BYTES}s")
+_FINISHED = struct.Struct("<ddQB")
 _monotonic = time.monotonic
 _BUSY = int(WorkerState.BUSY)
 _IDLE = int(WorkerState.IDLE)
@@ -131,16 +132,16 @@ class ScoreboardSlot:
         """Clear the slot for a worker about to be forked (master only)."""
         self._served = 0
         _LAYOUT.pack_into(
-            self._buf, self._base, now, 0.0, now, 0, 0, generation, WorkerState.BOOTING, 0, b""
+            self._buf, self._base, now, 0.0, 0, WorkerState.BOOTING, 0, b"", now, 0, generation
         )
 
     def release(self) -> None:
         """Mark the slot free after its owner was reaped (master only)."""
-        _LAYOUT.pack_into(self._buf, self._base, 0.0, 0.0, 0.0, 0, 0, 0, WorkerState.FREE, 0, b"")
+        _LAYOUT.pack_into(self._buf, self._base, 0.0, 0.0, 0, WorkerState.FREE, 0, b"", 0.0, 0, 0)
 
     def snapshot(self) -> SlotSnapshot:
         """Copy the slot out.  Unlocked; see the module docstring, rule 1."""
-        hb, rs, spawned, reqs, pid, gen, state, n, line = _LAYOUT.unpack_from(self._buf, self._base)
+        hb, rs, reqs, state, n, line, spawned, pid, gen = _LAYOUT.unpack_from(self._buf, self._base)
         try:
             st = WorkerState(state)
         except ValueError:  # a torn or scribbled byte; treat as still booting
@@ -177,31 +178,28 @@ class ScoreboardSlot:
     def request_started(self, request_line: bytes, now: float | None = None) -> None:
         """A request began: store its line and start, mark BUSY, heartbeat.
 
-        Two stores (heartbeat+start, then state+line): this runs once per request on every
-        worker's hot path, so it avoids enum lookups and per-field calls.
+        One store: this runs once per request on every worker's hot path.
         """
         t = _monotonic() if now is None else now
-        buf = self._buf
-        base = self._base
-        _HB_START.pack_into(buf, base, t, t)
         # struct's "s" truncates a longer line to MAX_REQUEST_LINE_BYTES by itself.
-        _STATE_LINE.pack_into(
-            buf,
-            base + _OFF_STATE,
+        _STARTED.pack_into(
+            self._buf,
+            self._base,
+            t,
+            t,
+            self._served,
             _BUSY,
             min(len(request_line), MAX_REQUEST_LINE_BYTES),
             request_line,
         )
 
     def request_finished(self, now: float | None = None) -> int:
-        """The request ended: count it, mark IDLE, heartbeat.  Returns requests served."""
-        t = _monotonic() if now is None else now
-        buf = self._buf
-        base = self._base
+        """The request ended: count it, mark IDLE, heartbeat.  Returns requests served.
+        One store, like request_started."""
         self._served = served = self._served + 1
-        _HB_START.pack_into(buf, base, t, 0.0)
-        _REQUESTS.pack_into(buf, base + _OFF_REQUESTS, served)
-        _STATE.pack_into(buf, base + _OFF_STATE, _IDLE)
+        _FINISHED.pack_into(
+            self._buf, self._base, _monotonic() if now is None else now, 0.0, served, _IDLE
+        )
         return served
 
     def boot_failed(self, reason: str) -> None:
