@@ -1,0 +1,128 @@
+"""The fast worker's request path without any I/O: microseconds of Python per request.
+
+A real ``FastWorker`` and ``HttpProtocol`` are built as in a worker process, the protocol
+is given a transport that only collects what is written, and ``data_received`` is called
+in a loop with the request ``wrk`` sends. What is left is exactly the Python the server
+runs per request (parse, environ, app, response, bookkeeping), with no syscall, no event
+loop and no loopback TCP: the part of a pinned hello run that forkhorn's code controls.
+Use it to measure a change to the hot path in isolation (the machine's noise is much
+smaller here than under wrk), and ``--profile`` to see where the time goes.
+
+    python bench/path_bench.py                      # examples.hello:app
+    python bench/path_bench.py --app todo:app --path /todo --sys-path ../shared/bench/apps
+    python bench/path_bench.py --profile 20         # cProfile, top 20 by own time
+
+Numbers are best-of-N means; compare two builds in runs minutes apart on a quiet host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+from forkhorn.arbiter.listeners import Listener  # noqa: E402
+from forkhorn.arbiter.scoreboard import Scoreboard  # noqa: E402
+from forkhorn.config import load_config  # noqa: E402
+from forkhorn.logs import Logger  # noqa: E402
+from forkhorn.workers.fast import FastWorker, HttpProtocol  # noqa: E402
+
+
+class NullTransport:
+    """Just enough of an asyncio transport for the protocol's request path."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.last = b""
+
+    def write(self, data: bytes) -> None:
+        self.written += 1
+        self.last = data
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def build(app: str) -> tuple[FastWorker, HttpProtocol, NullTransport, socket.socket]:
+    cfg = load_config([app], {})
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    worker = FastWorker(
+        1, os.getppid(), [Listener(listener)], app, 30, cfg, Logger(cfg), Scoreboard(4).allocate()
+    )
+    worker.load_wsgi()
+    worker.prepare()
+    worker.tune_gc()  # as a booted worker does
+    protocol = HttpProtocol(worker)
+    transport = NullTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return worker, protocol, transport, listener
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--app", default="examples.hello:app")
+    parser.add_argument("--path", default="/")
+    parser.add_argument("--sys-path", action="append", default=[], help="prepend to sys.path")
+    parser.add_argument("-n", type=int, default=100_000, help="requests per repeat")
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--profile", type=int, default=0, metavar="TOP")
+    args = parser.parse_args()
+    sys.path[:0] = [str(Path(p).resolve()) for p in args.sys_path]
+
+    _, protocol, transport, listener = build(args.app)
+    request = f"GET {args.path} HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n".encode()
+    feed = protocol.data_received
+    n = args.n
+
+    def run() -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            feed(request)
+        return (time.perf_counter() - start) / n * 1e6
+
+    run()  # warm up caches (targets, hosts, header blocks)
+    if transport.written == 0 or not transport.last.startswith(b"HTTP/1.1 "):
+        raise SystemExit(f"no response written: {transport.last[:80]!r}")
+    times = [run() for _ in range(args.repeat)]
+    print(
+        f"{args.app} {args.path}: best {min(times):.2f} us/request, "
+        f"median {sorted(times)[len(times) // 2]:.2f} (n={n}, repeats={args.repeat}, "
+        f"Python {sys.version.split()[0]})"
+    )
+    status_line = transport.last.split(b"\r\n", 1)[0].decode()
+    print(f"response: {status_line}")
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(run)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+    listener.close()
+
+
+if __name__ == "__main__":
+    main()
