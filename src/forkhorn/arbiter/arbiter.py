@@ -654,7 +654,7 @@ class Arbiter:
             return
         # Child: becomes the new master.  Never returns into this loop.
         try:
-            self.signals.reset_for_exec()
+            self.signals.uninstall()
             self._call_hook("pre_exec", self)
             environ = dict(os.environ)
             environ[PID_ENV] = str(master_pid)

@@ -149,15 +149,6 @@ class SignalQueue:
         except IndexError:
             return None
 
-    def reset_for_exec(self) -> None:
-        """In a child about to exec a new master: default dispositions (an ignored
-        signal would stay ignored across exec), wake-up fd off, pipe closed."""
-        signal.set_wakeup_fd(-1)
-        for sig in (*HANDLED_SIGNALS, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        self._close_fds()
-        self._queue.clear()
-
     def reset_in_child(self, mask: Iterable[int | signal.Signals] | None = None) -> None:
         """After fork, in the child: boot-time dispositions, and drop the pipe.
 
@@ -168,7 +159,7 @@ class SignalQueue:
         master blocks these signals across ``fork`` (``blocked_across_fork``), so one
         sent in between is delivered here, after this runs, not to the master's handler.
         """
-        signal.set_wakeup_fd(-1)
+        self._detach()
         for sig in HANDLED_SIGNALS:
             if sig in STOP_SIGNALS:
                 signal.signal(sig, _stop_while_booting)
@@ -177,19 +168,23 @@ class SignalQueue:
             else:
                 signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        self._close_fds()
-        self._queue.clear()
         if mask is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # what arrived meanwhile runs now
 
     def uninstall(self) -> None:
-        """In the master at exit: default dispositions back, pipe closed."""
+        """In the master at exit, and in a child about to exec a new master (USR2):
+        default dispositions back (an ignored signal would stay ignored across exec),
+        wake-up fd off, pipe closed."""
         if self._rfd < 0:
             return
-        signal.set_wakeup_fd(-1)
+        self._detach()
         for sig in (*HANDLED_SIGNALS, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+
+    def _detach(self) -> None:
+        signal.set_wakeup_fd(-1)
         self._close_fds()
+        self._queue.clear()
 
     def _close_fds(self) -> None:
         for fd in (self._rfd, self._wfd):

@@ -269,22 +269,13 @@ def _frame(
     else:
         keep_alive = _has_token(connection, b"keep-alive") and not _has_token(connection, b"close")
 
-    if expect is None:
-        return Request(
-            method,
-            target,
-            version,
-            headers,
-            content_length,
-            te_value is not None,
-            False,
-            keep_alive,
-            line,
-        )
-    # RFC 9110 §10.1.1: 100-continue is the only expectation defined; a server may answer
-    # any other with 417. HTTP/1.0 clients cannot use it (ignored there).
-    if expect.lower().strip(b" \t") != b"100-continue":
-        raise ExpectationFailedError("unsupported expectation")
+    expect_continue = False
+    if expect is not None:
+        # RFC 9110 §10.1.1: 100-continue is the only expectation defined; a server may
+        # answer any other with 417. HTTP/1.0 clients cannot use it (ignored there).
+        if expect.lower().strip(b" \t") != b"100-continue":
+            raise ExpectationFailedError("unsupported expectation")
+        expect_continue = http11
     return Request(
         method,
         target,
@@ -292,7 +283,7 @@ def _frame(
         headers,
         content_length,
         te_value is not None,
-        http11,
+        expect_continue,
         keep_alive,
         line,
     )

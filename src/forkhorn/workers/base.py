@@ -50,6 +50,7 @@ import faulthandler
 import gc
 import os
 import random
+import selectors
 import signal
 import sys
 import time
@@ -63,7 +64,7 @@ from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, AppImportError
 if TYPE_CHECKING:
     from forkhorn.arbiter.listeners import Listener
 
-__all__ = ["Worker", "listener_was_shut"]
+__all__ = ["Worker", "listener_was_shut", "unselect"]
 
 WSGIApp = Callable[..., Any]
 
@@ -87,6 +88,14 @@ def rss_bytes() -> int | None:
         return int(fields[1]) * _page_size()
     except (OSError, IndexError, ValueError):
         return None
+
+
+def unselect(selector: selectors.BaseSelector, fileobj: Any) -> None:
+    """Remove ``fileobj`` from ``selector`` if it is there (a listener, the wake-up fd)."""
+    try:
+        selector.unregister(fileobj)
+    except (KeyError, ValueError):
+        pass
 
 
 def listener_was_shut(exc: OSError) -> bool:
@@ -126,6 +135,9 @@ class Worker(abc.ABC):
         self.alive = True
         self.booted = False
         self.aborted = False
+        # Set once this worker took what the kernel had queued (drain_queued): only then
+        # may it shut the shared socket (refuse_if_stopping) without losing connections.
+        self.queue_drained = False
         self.max_requests = 0  # 0: unlimited; jitter applied after fork (reseeded random)
         self.retire_reason = ""
         # When True (the server was up before this worker), a boot failure is logged with
@@ -138,6 +150,10 @@ class Worker(abc.ABC):
         # Set by workers.session.prepare_http() at the start of run(): what every request
         # of this worker shares (the core's limits, the constant environ keys).
         self.http_limits: tuple[int, int, int, int, bytes] = (4094, 100, 8190, 0, b"forkhorn")
+        # Set by prepare_http: whether the request path logs and runs the request hooks.
+        self.access_enabled = False
+        self.hook_pre_request = False
+        self.hook_post_request = False
         self.base_environ: dict[str, Any] = {}
         self.header_map = "drop"
         self.body_min_rate = 0.0  # bytes/s; 0: no minimum (see wsgi/input.py)
@@ -359,8 +375,9 @@ class Worker(abc.ABC):
         Runs in: the TERM (or retire) path, just before the listeners close. The kernel
         completes handshakes on the shared socket until its last copy is closed, and the
         process that closes it last would reset every connection still queued; taking
-        them first turns "accepted, then reset" into "served". ``limit`` per listener
-        keeps the handler finite under a flood. Returns ``(socket, address)`` pairs.
+        them first turns "accepted, then reset" into "served". ``limit`` per listener (a
+        full default backlog) keeps the handler finite under a flood. Returns
+        ``(socket, address)`` pairs.
         """
         drained: list[tuple[Any, Any]] = []
         for listener in self.sockets:
@@ -376,6 +393,7 @@ class Worker(abc.ABC):
                     drained.append(sock.accept())
                 except (OSError, ValueError):
                     break  # EAGAIN: the queue is empty
+        self.queue_drained = True
         return drained
 
     def stop_accepting(self) -> None:
@@ -392,7 +410,11 @@ class Worker(abc.ABC):
             self.close_listeners()
 
     def refuse_if_stopping(self) -> None:
-        """After this worker drained the queue: see ``Listener.shut_if_refusing``."""
+        """See ``Listener.shut_if_refusing``. Only once this worker has drained the queue:
+        a worker stopped before it ever accepted (still loading the app) must not shut the
+        socket under the connections its siblings are about to drain and serve."""
+        if not self.queue_drained:
+            return
         for listener in self.sockets:
             listener.shut_if_refusing()
 

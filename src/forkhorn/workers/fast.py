@@ -42,7 +42,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from forkhorn.config import SETTINGS
 from forkhorn.http import (
     CLOSED,
     NEED_DATA,
@@ -66,7 +65,7 @@ from forkhorn.wsgi.cycle import (
 from forkhorn.wsgi.environ import build_environ
 
 from .base import Worker
-from .session import prepare_http
+from .session import finish_request, prepare_http
 
 #: Bodies up to this size stay in memory; larger ones are spilled to a temporary file.
 MAX_MEMORY_BODY = 1024 * 1024
@@ -401,21 +400,7 @@ class HttpProtocol(asyncio.Protocol):
     def _finish(self, exchange: Exchange, environ: dict[str, Any], ok: bool) -> None:
         """Bookkeeping after a response: logs, hooks, keep-alive or close."""
         worker = self.worker
-        worker.request_finished()
-        log = worker.log
-        if worker.access_enabled:
-            log.access(
-                environ,
-                exchange.status or "000 Unknown",
-                exchange.headers,
-                exchange.sent,
-                _monotonic() - exchange.started,
-            )
-        if worker.hook_post_request:
-            try:
-                worker.cfg.post_request(worker, self.request, environ, exchange)
-            except Exception:
-                log.exception("Exception in post_request hook")
+        finish_request(worker, self.request, environ, exchange)  # type: ignore[arg-type]
         conn = self.conn
         self.request = None
         if not ok or not conn.keep_alive:
@@ -527,9 +512,6 @@ class FastWorker(Worker):
         self.head_timeout = float(cfg.header_timeout)
         self.keepalive = float(cfg.keepalive)
         self.body_min_rate = float(cfg.body_min_rate)
-        self.hook_pre_request = cfg.pre_request is not SETTINGS["pre_request"].default
-        self.hook_post_request = cfg.post_request is not SETTINGS["post_request"].default
-        self.access_enabled = bool(self.log.access_enabled)
         # Every response says Connection: close (no keep-alive, or stopping).
         self.close_connections = self.keepalive <= 0
         self.now = _monotonic()
@@ -583,22 +565,16 @@ class FastWorker(Worker):
             protocol.conn.close_after_response = True
         if getattr(self, "servers", None) and not self.closing_servers:
             self.closing_servers = True
-            # Take what the kernel queued, then (when the master is stopping) shut the
-            # sockets for every process: both are safe inside uvloop's accept callback,
-            # where a Python signal handler can run (uvloop then sees EINVAL on its next
-            # accept and closes its server quietly). So the kernel refuses new
-            # connections now, even while an app blocks this loop.
+            # Take what the kernel queued now: safe inside uvloop's accept callback, where
+            # a Python signal handler can run; so is the shutdown that follows in the
+            # base class (refuse_if_stopping; uvloop then sees EINVAL on its next accept
+            # and closes its server quietly). So the kernel refuses new connections at
+            # once, even while an app blocks this loop.
             for sock, _ in self.drain_queued():
                 self.loop.call_soon(self._adopt, sock)
-            Worker.refuse_if_stopping(self)
             # Closing a server is not safe there (the connection uvloop is setting up
             # would fail to attach to it): the loop does it at its next turn.
             self.loop.call_soon_threadsafe(self._close_servers)
-
-    def refuse_if_stopping(self) -> None:
-        # Done in unregister_listeners, after its drain (the base class would call it
-        # again before closing the listeners; once is enough).
-        return None
 
     def _close_servers(self) -> None:
         """Take anything queued since, then close the servers and with them this

@@ -281,6 +281,8 @@ class GreenletWorker(Worker):
         # socket is still open in the other processes).
         acceptors = getattr(self, "_acceptors", [])
         self._acceptors = []
+        if not acceptors:
+            return  # run() has not started: nothing to drain into (see queue_drained)
         current = self.current()
         for acceptor in acceptors:
             if acceptor is not current:
@@ -297,6 +299,7 @@ class GreenletWorker(Worker):
                     pass
             except (OSError, ValueError):
                 pass
+        self.queue_drained = True
 
     # -- acceptor ------------------------------------------------------------------------
     def _accept_loop(self, listener: socket.socket) -> None:

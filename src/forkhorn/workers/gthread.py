@@ -54,7 +54,7 @@ from forkhorn.http.connection import ServerConnection
 from forkhorn.wsgi.cycle import raw_error_response
 from forkhorn.wsgi.input import RECV_SIZE
 
-from .base import Worker, listener_was_shut
+from .base import Worker, listener_was_shut, unselect
 from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
 from .watchdog import (
     RequestHungError,
@@ -203,10 +203,7 @@ class ThreadWorker(Worker):
         if selector is None:
             return
         for listener in self.sockets:
-            try:
-                selector.unregister(listener.sock)
-            except (KeyError, ValueError):
-                pass
+            unselect(selector, listener.sock)
         # Serve what is already queued rather than let the last close reset it.
         deadline = time.monotonic() + self._head_timeout
         for sock, addr in self.drain_queued():
@@ -237,10 +234,7 @@ class ThreadWorker(Worker):
                 continue
             except OSError as exc:
                 if listener_was_shut(exc):
-                    try:
-                        self.selector.unregister(listener)
-                    except (KeyError, ValueError):
-                        pass
+                    unselect(self.selector, listener)
                     return
                 if not self.alive:
                     return
@@ -276,10 +270,7 @@ class ThreadWorker(Worker):
     def _unwatch(self, client: _Client) -> None:
         if client.registered:
             client.registered = False
-            try:
-                self.selector.unregister(client.sock)
-            except (KeyError, ValueError):
-                pass
+            unselect(self.selector, client.sock)
 
     def _on_readable(self, client: _Client) -> None:
         try:

@@ -146,20 +146,7 @@ def serve_request(
     except OSError:
         pass  # the client went away
     finally:
-        worker.request_finished()
-        log = worker.log
-        if log.access_enabled:
-            log.access(
-                environ,
-                exchange.status or "000 Unknown",
-                exchange.headers,
-                exchange.sent,
-                time.monotonic() - exchange.started,
-            )
-        try:
-            worker.cfg.post_request(worker, request, environ, exchange)
-        except Exception:
-            log.exception("Exception in post_request hook")
+        finish_request(worker, request, environ, exchange)
     if not ok or not conn.keep_alive:
         return False
     if conn.must_drain:
@@ -180,6 +167,28 @@ def _sendfile_for(sock: socket.socket) -> Any:
     return sendfile
 
 
+def finish_request(
+    worker: Worker, request: Request, environ: dict[str, Any], exchange: Exchange
+) -> None:
+    """After every response, in every worker class: count it (max_requests, the
+    scoreboard), write the access-log line, run the post_request hook."""
+    worker.request_finished()
+    log = worker.log
+    if worker.access_enabled:
+        log.access(
+            environ,
+            exchange.status or "000 Unknown",
+            exchange.headers,
+            exchange.sent,
+            time.monotonic() - exchange.started,
+        )
+    if worker.hook_post_request:
+        try:
+            worker.cfg.post_request(worker, request, environ, exchange)
+        except Exception:
+            log.exception("Exception in post_request hook")
+
+
 def prepare_http(worker: Worker, multithread: bool) -> None:
     """Set what every request of this worker shares: the core's limits, the base environ.
 
@@ -188,10 +197,16 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
     import sys
 
     from forkhorn import __version__
+    from forkhorn.config import SETTINGS
     from forkhorn.wsgi.cycle import FileWrapper
     from forkhorn.wsgi.environ import make_base_environ
 
     cfg = worker.cfg
+    # Read once: the request path tests these flags instead of calling a default no-op
+    # hook or asking the logger on every request.
+    worker.access_enabled = bool(worker.log.access_enabled)
+    worker.hook_pre_request = cfg.pre_request is not SETTINGS["pre_request"].default
+    worker.hook_post_request = cfg.post_request is not SETTINGS["post_request"].default
     worker.http_limits = (
         cfg.limit_request_line or 8190,
         cfg.limit_request_fields,

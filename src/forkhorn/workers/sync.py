@@ -25,13 +25,10 @@ from forkhorn.http import NEED_DATA, ProtocolError, Request, RequestTimeoutError
 from forkhorn.wsgi.cycle import raw_error_response
 from forkhorn.wsgi.input import RECV_SIZE
 
-from .base import Worker, listener_was_shut
+from .base import Worker, listener_was_shut, unselect
 from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
 
 _WAKE = object()  # selector key data of the worker's wake-up pipe
-# At most this many queued connections are taken per listener when the worker stops
-# accepting (a full default backlog): the handler must end even under a flood.
-DRAIN_MAX = 2048
 # At a graceful stop, how long a connection that has sent nothing may still send its
 # request (the other worker classes give idle connections the same window).
 DRAIN_IDLE = 1.0
@@ -73,7 +70,7 @@ class SyncWorker(Worker):
                 # a reload or a recycle drops no request.
                 now = time.monotonic()
                 stop_deadline = now + float(self.cfg.graceful_timeout)
-                self._unregister_wakeup()
+                unselect(self.selector, self.wakeup_fd)
                 # A connection that has sent nothing yet gets a last short window for its
                 # request to arrive, not its whole head timeout: an idle client must not
                 # hold the worker (and the reload) for header_timeout seconds.
@@ -106,21 +103,12 @@ class SyncWorker(Worker):
         for pending in list(self.pending.values()):
             self._drop(pending)
 
-    def _unregister_wakeup(self) -> None:
-        try:
-            self.selector.unregister(self.wakeup_fd)
-        except (KeyError, ValueError):
-            pass
-
     def unregister_listeners(self) -> None:
         selector = getattr(self, "selector", None)
         if selector is None:
             return
         for listener in self.sockets:
-            try:
-                selector.unregister(listener.sock)
-            except (KeyError, ValueError):
-                pass
+            unselect(selector, listener.sock)
 
     def stop_accepting(self) -> None:
         """Accept what the kernel already queued, then close the listeners.
@@ -133,12 +121,7 @@ class SyncWorker(Worker):
         """
         if getattr(self, "_listening", False):
             self._listening = False
-            for listener in self.sockets:
-                for _ in range(DRAIN_MAX):
-                    try:
-                        self._drained.append(listener.sock.accept())
-                    except (OSError, ValueError):
-                        break  # EAGAIN: the queue is empty (or the socket is closed)
+            self._drained.extend(self.drain_queued())
         super().stop_accepting()
 
     def _adopt_drained(self, deadline: float) -> None:
@@ -153,18 +136,12 @@ class SyncWorker(Worker):
             return
         except OSError as exc:
             if listener_was_shut(exc):
-                self._forget_listener(listener)
+                unselect(self.selector, listener)
                 return
             if not self.alive:
                 return
             raise
         self._adopt(sock, addr, deadline)
-
-    def _forget_listener(self, listener: socket.socket) -> None:
-        try:
-            self.selector.unregister(listener)
-        except (KeyError, ValueError):
-            pass
 
     def _adopt(self, sock: socket.socket, addr: Any, deadline: float) -> None:
         if len(self.pending) >= self.cfg.worker_connections:
@@ -239,10 +216,7 @@ class SyncWorker(Worker):
 
     def _unregister(self, pending: _Pending) -> None:
         self.pending.pop(pending.sock.fileno(), None)
-        try:
-            self.selector.unregister(pending.sock)
-        except (KeyError, ValueError):
-            pass
+        unselect(self.selector, pending.sock)
 
     def _drop(self, pending: _Pending) -> None:
         self._unregister(pending)
