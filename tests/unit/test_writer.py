@@ -287,9 +287,40 @@ def test_keep_alive_cycle_then_next_pipelined_request() -> None:
     conn.send_response("200 OK", [("Content-Length", "0")])
     conn.send_end()
     assert conn.keep_alive
-    conn.start_next_cycle()
+    assert conn.start_next_cycle() is True  # the pipelined request is waiting
     event = conn.next_event()
     assert isinstance(event, Request) and event.target == b"/next"
+    assert isinstance(conn.next_event(), EndOfMessage)
+    conn.send_response("200 OK", [("Content-Length", "0")])
+    conn.send_end()
+    assert conn.start_next_cycle() is False  # nothing left in the buffer
+
+
+def test_head_cache_is_keyed_by_status_and_headers() -> None:
+    # Same headers, another status: each response gets its own status line, and the
+    # cached entry of one never leaks into the other.
+    for status in ("200 OK", "404 Not Found", "200 OK"):
+        conn = ServerConnection(server_header=b"")
+        conn.receive_data(GET11)
+        conn.next_event()
+        head = conn.send_response(status, [("Content-Length", "0")])
+        assert head.startswith(b"HTTP/1.1 " + status.encode() + b"\r\n")
+
+
+def test_headers_as_lists_are_validated_every_time() -> None:
+    # Unhashable pairs cannot be cached: a bad one must still be refused on later calls.
+    for _ in range(2):
+        conn = ServerConnection(server_header=b"")
+        conn.receive_data(GET11)
+        conn.next_event()
+        assert conn.send_response("200 OK", [["X-A", "1"]]).startswith(  # type: ignore[list-item]
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\n"
+        )
+        conn = ServerConnection(server_header=b"")
+        conn.receive_data(GET11)
+        conn.next_event()
+        with pytest.raises(InvalidResponseError):
+            conn.send_response("200 OK", [["X-A", "1\r\nX-B: 2"]])  # type: ignore[list-item]
 
 
 def test_send_continue_once_and_only_when_expected() -> None:

@@ -36,6 +36,8 @@ _IDLE, _BODY, _DONE, _ERROR = range(4)
 # Response body framing.
 _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 
+_head_cache = writer.head_cache
+
 # The end of every request without a chunked body. Shared: events are read-only.
 _END_NO_TRAILERS = EndOfMessage()
 
@@ -178,7 +180,9 @@ class ServerConnection:
         pos = self._pos
         if pos >= len(buf):
             return CLOSED if self._eof else NEED_DATA
-        if buf[pos] == 0x0D or buf[pos] == 0x0A:
+        # A request line starts with a token character (above 0x20); one test of the
+        # first byte keeps the empty-line handling off the common path.
+        if buf[pos] < 0x21 and (buf[pos] == 0x0D or buf[pos] == 0x0A):
             # RFC 9112 §2.2: a server SHOULD ignore at least one empty line received before
             # the request line. We ignore exactly one.
             if buf.startswith(b"\r\n", pos) and not self._skipped_crlf:
@@ -277,20 +281,18 @@ class ServerConnection:
         request = self._request
         if request is None or self._our_state != _IDLE:
             raise RuntimeError("send_response() without a request, or twice")
-        status_entry = writer.status_cache.get(status)
-        code, status_line = status_entry or writer.encode_status(status)
-        # The app's header list, validated and encoded as one block (cached by value: an
-        # app sends the same few header sets over and over).
+        # The status and the app's header list, validated and encoded together (cached
+        # by value: the lookup is inlined here, this being every response's path).
         try:
-            block = writer.block_cache.get(tuple(headers))
-        except TypeError:  # unhashable items (lists instead of tuples)
-            block = None
-        if block is None:
-            block = writer.encode_block(headers)
-        fields, length, app_close, has_date, has_server = block
-        lines = [status_line, fields]
+            entry = _head_cache.get((status, tuple(headers)))
+        except TypeError:  # unhashable pairs
+            entry = None
+        if entry is None:
+            entry = writer.encode_head(status, headers)
+        code, prefix, length, app_close, has_date, has_server = entry
 
         keep = request.keep_alive and not app_close and not self.close_after_response
+        framing_line = b""
         if code < 200:
             # A 1xx is an interim response: the client would go on waiting for the final
             # one. WSGI has no way to send both, so this is an application error.
@@ -299,20 +301,20 @@ class ServerConnection:
             framing = _NO_BODY
             if code == 204 and length >= 0:
                 # RFC 9110 §8.6: a server MUST NOT send Content-Length in a 204.
-                lines[1] = writer.without_content_length(fields)
+                prefix = writer.without_content_length(prefix)
         elif request.method == b"HEAD":
             framing = _NO_BODY
             if length < 0 and body_length is not None and body_length > 0:
-                lines.append(b"Content-Length: %d\r\n" % body_length)
+                framing_line = b"Content-Length: %d\r\n" % body_length
         elif length >= 0:
             framing = _LENGTH
         elif body_length is not None:
             framing = _LENGTH
             length = body_length
-            lines.append(b"Content-Length: %d\r\n" % body_length)
+            framing_line = b"Content-Length: %d\r\n" % body_length
         elif request.http_version == b"1.1":
             framing = _CHUNKED
-            lines.append(b"Transfer-Encoding: chunked\r\n")
+            framing_line = b"Transfer-Encoding: chunked\r\n"
         else:
             framing = _UNTIL_CLOSE
             keep = False
@@ -332,22 +334,28 @@ class ServerConnection:
                 keep = False
 
         if keep:
-            if request.http_version == b"1.0":
-                lines.append(b"Connection: keep-alive\r\n")
+            connection_line = (
+                b"Connection: keep-alive\r\n" if request.http_version == b"1.0" else b""
+            )
         else:
-            lines.append(b"Connection: close\r\n")
-        if date and not has_date:
-            lines.append(b"Date: " + date + b"\r\n")
-        if self.server_line and not has_server:
-            lines.append(self.server_line)
-        lines.append(b"\r\n")
+            connection_line = b"Connection: close\r\n"
+        server_line = b"" if has_server else self.server_line
 
         self._our_state = _BODY
         self._framing = framing
         self._out_remaining = length
         self._keep = keep
         self._status_code = code
-        return b"".join(lines)
+        # One formatting operation instead of a list and a join: every response's path.
+        if date and not has_date:
+            return b"%s%s%sDate: %s\r\n%s\r\n" % (
+                prefix,
+                framing_line,
+                connection_line,
+                date,
+                server_line,
+            )
+        return b"%s%s%s%s\r\n" % (prefix, framing_line, connection_line, server_line)
 
     def send_whole(
         self, status: str, headers: list[tuple[str, str]], date: bytes, body: bytes
@@ -440,10 +448,15 @@ class ServerConnection:
         """The response is done and the request body must be read and discarded first."""
         return self._their_state == _BODY
 
-    def start_next_cycle(self) -> None:
-        """Reset for the next request once the response is sent and the body consumed."""
+    def start_next_cycle(self) -> bool:
+        """Reset for the next request once the response is sent and the body consumed.
+
+        Returns ``has_buffered`` (a pipelined request may be waiting), which every caller
+        asks next: one call instead of two on the keep-alive path.
+        """
         if self._their_state != _DONE or self._our_state != _DONE:
             raise RuntimeError("start_next_cycle() before the request/response finished")
         self._their_state = self._our_state = _IDLE
         self._request = self._reader = None
         self._skipped_crlf = self._continue_sent = self.close_after_response = False
+        return self._pos < len(self._buf)

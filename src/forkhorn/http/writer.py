@@ -141,6 +141,36 @@ def encode_block(headers: list[tuple[str, str]]) -> HeaderBlock:
     return block
 
 
+#: (status code, status line + encoded field lines, Content-Length or -1, app asked to
+#: close, has Date, has Server)
+HeadEntry = tuple[int, bytes, int, bool, bool, bool]
+head_cache: dict[tuple[str, tuple[tuple[str, str], ...]], HeadEntry] = {}
+
+
+def encode_head(status: str, headers: list[tuple[str, str]]) -> HeadEntry:
+    """Validate and encode a status and its header list together (see ``HeadEntry``).
+
+    Cached by value: an app answers with the same few status and header sets over and
+    over, and one lookup per response is all the writer then costs.
+    """
+    try:
+        key = (status, tuple(headers))
+        cached = head_cache.get(key)
+    except TypeError:  # unhashable pairs (lists instead of tuples): validated every time
+        key = None
+        cached = None
+    if cached is not None:
+        return cached
+    code, status_line = encode_status(status)
+    fields, length, app_close, has_date, has_server = encode_block(headers)
+    entry = (code, status_line + fields, length, app_close, has_date, has_server)
+    if key is not None:
+        if len(head_cache) >= _CACHE_LIMIT:
+            head_cache.clear()
+        head_cache[key] = entry
+    return entry
+
+
 def without_content_length(fields: bytes) -> bytes:
     """The encoded field lines minus Content-Length (for a 204)."""
     return b"".join(

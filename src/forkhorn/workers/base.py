@@ -483,14 +483,18 @@ class Worker(abc.ABC):
         self.stop_accepting()
         self._wake()
 
-    def request_started(self, request_line: bytes) -> None:
-        """A request began (scoreboard: BUSY, its line and start time)."""
-        self.slot.request_started(request_line)
+    def request_started(self, request_line: bytes) -> float:
+        """A request began (scoreboard: BUSY, its line and start time). Returns the
+        start time (``time.monotonic()``)."""
+        now = time.monotonic()
+        self.slot.request_started(request_line, now)
+        return now
 
-    def request_finished(self) -> None:
-        """A request ended: count it; retire when ``max_requests`` is reached."""
+    def request_finished(self, now: float | None = None) -> None:
+        """A request ended (at ``now``, ``time.monotonic()``, read here if not given):
+        count it; retire when ``max_requests`` is reached."""
         self.nr += 1
-        self.slot.request_finished()
+        self.slot.request_finished(now)
         if not self.alive:
             self.slot.set_state(WorkerState.EXITING)
         elif self.max_requests and self.nr >= self.max_requests:

@@ -57,7 +57,7 @@ from forkhorn.wsgi.cycle import (
     FileWrapper,
     app_failed,
     close_result,
-    http_date,
+    dates,
     protocol_error_answer,
     raw_error_response,
     single_body,
@@ -96,7 +96,8 @@ class HttpProtocol(asyncio.Protocol):
         "exchange",
         "iterator",
         "paused_reading",
-        "peer",
+        "peer_addr",
+        "peer_port",
         "phase",
         "request",
         "result",
@@ -109,7 +110,8 @@ class HttpProtocol(asyncio.Protocol):
         self.worker = worker
         self.conn = ServerConnection(*worker.http_limits)
         self.transport: asyncio.Transport | None = None
-        self.peer: tuple[str, str] = ("", "")
+        self.peer_addr = ""  # REMOTE_ADDR and REMOTE_PORT
+        self.peer_port = ""
         self.request: Request | None = None
         self.body: Any = None  # list of pieces, or a temporary file past MAX_MEMORY_BODY
         self.body_size = 0
@@ -136,7 +138,8 @@ class HttpProtocol(asyncio.Protocol):
         worker.connections.add(self)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
-            self.peer = (str(peer[0]), str(peer[1]))
+            self.peer_addr = str(peer[0])
+            self.peer_port = str(peer[1])
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
         self.deadline = _monotonic() + worker.head_timeout
 
@@ -207,8 +210,7 @@ class HttpProtocol(asyncio.Protocol):
                     self.dispatching = False
                 if self.busy or self.phase != _IDLE:
                     return
-                conn.start_next_cycle()
-                if not conn.has_buffered:
+                if not conn.start_next_cycle():  # nothing pipelined behind it
                     if conn.peer_closed:
                         self._close()
                     return
@@ -260,22 +262,24 @@ class HttpProtocol(asyncio.Protocol):
         measured by bench/README.md's hello numbers, so it avoids every call it can.
         """
         worker = self.worker
-        request = self.request
-        transport = self.transport
+        # Both set: _process() has a request, connection_lost() has not run (no assert:
+        # this is the hot path, and the checks would run on every request).
+        request: Request = self.request  # type: ignore[assignment]
+        transport: asyncio.Transport = self.transport  # type: ignore[assignment]
         conn = self.conn
-        assert request is not None and transport is not None
         environ = build_environ(
             worker.base_environ,
             request,
-            self.peer[0],
-            self.peer[1],
+            self.peer_addr,
+            self.peer_port,
             _EMPTY_INPUT if self.body is None else self._body_stream(),
             worker.header_map,
         )
         if worker.close_connections:
             conn.close_after_response = True
-        exchange = Exchange(conn, transport.write)
-        worker.slot.request_started(request.request_line)
+        started = _monotonic()
+        worker.slot.request_started(request.request_line, started)
+        exchange = Exchange(conn, transport.write, started)
         if worker.hook_pre_request:
             worker.cfg.pre_request(worker, request)
         try:
@@ -297,8 +301,11 @@ class HttpProtocol(asyncio.Protocol):
                 body = result[0]
                 exchange.head_sent = True
                 exchange.sent = len(body)
-                transport.write(conn.send_whole(exchange.status, exchange.headers, _date(), body))
-                self._finish(exchange, environ, True)
+                # One clock reading for the Date header, the heartbeat and the log.
+                done = _monotonic()
+                date = _dates.value if done < _dates.expires else _dates.refresh(done)
+                transport.write(conn.send_whole(exchange.status, exchange.headers, date, body))
+                self._finish(exchange, environ, True, done)
                 return
             whole = single_body(result, exchange)
             if whole is not None:
@@ -397,10 +404,12 @@ class HttpProtocol(asyncio.Protocol):
             self.conn.start_next_cycle()
             self._process()
 
-    def _finish(self, exchange: Exchange, environ: dict[str, Any], ok: bool) -> None:
+    def _finish(
+        self, exchange: Exchange, environ: dict[str, Any], ok: bool, now: float | None = None
+    ) -> None:
         """Bookkeeping after a response: logs, hooks, keep-alive or close."""
         worker = self.worker
-        finish_request(worker, self.request, environ, exchange)  # type: ignore[arg-type]
+        finish_request(worker, self.request, environ, exchange, now)  # type: ignore[arg-type]
         conn = self.conn
         self.request = None
         if not ok or not conn.keep_alive:
@@ -476,7 +485,7 @@ class HttpProtocol(asyncio.Protocol):
 _EMPTY_INPUT = io.BytesIO(b"")
 
 
-_date = http_date
+_dates = dates
 
 
 def _drain_pipe(fd: int) -> None:

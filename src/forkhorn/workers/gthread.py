@@ -218,11 +218,11 @@ class ThreadWorker(Worker):
             self._retire_pending = self._retire_pending or reason
             self._poke()
 
-    def request_finished(self) -> None:
+    def request_finished(self, now: float | None = None) -> None:
         # Runs in: pool. The base class counts with ``self.nr += 1``; threads must not
         # lose counts, or max_requests would drift.
         with self._lock:
-            super().request_finished()
+            super().request_finished(now)
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):

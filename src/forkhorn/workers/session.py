@@ -134,8 +134,7 @@ def serve_request(
         return False
     if not worker.alive:
         conn.close_after_response = True
-    exchange = Exchange(conn, send)
-    worker.request_started(request.request_line)
+    exchange = Exchange(conn, send, worker.request_started(request.request_line))
     ok = False
     try:
         worker.cfg.pre_request(worker, request)
@@ -168,11 +167,16 @@ def _sendfile_for(sock: socket.socket) -> Any:
 
 
 def finish_request(
-    worker: Worker, request: Request, environ: dict[str, Any], exchange: Exchange
+    worker: Worker,
+    request: Request,
+    environ: dict[str, Any],
+    exchange: Exchange,
+    now: float | None = None,
 ) -> None:
     """After every response, in every worker class: count it (max_requests, the
-    scoreboard), write the access-log line, run the post_request hook."""
-    worker.request_finished()
+    scoreboard), write the access-log line, run the post_request hook. ``now`` is
+    ``time.monotonic()`` if the caller has just read it."""
+    worker.request_finished(now)
     log = worker.log
     if worker.access_enabled:
         log.access(
@@ -180,7 +184,7 @@ def finish_request(
             exchange.status or "000 Unknown",
             exchange.headers,
             exchange.sent,
-            time.monotonic() - exchange.started,
+            (now or time.monotonic()) - exchange.started,
         )
     if worker.hook_post_request:
         try:

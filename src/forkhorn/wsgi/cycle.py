@@ -34,14 +34,20 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-class _DateCache:
-    """The ``Date`` header value, formatted at most once per second (RFC 9110 §6.6.1)."""
+class DateCache:
+    """The ``Date`` header value, formatted at most once per second (RFC 9110 §6.6.1).
 
-    __slots__ = ("second", "value")
+    ``get()`` reads the wall clock. A caller that already read ``time.monotonic()`` for
+    the request can skip that: ``value`` is current while that reading is below
+    ``expires`` (the next wall-clock second, on the monotonic clock), else ``refresh()``.
+    """
+
+    __slots__ = ("expires", "second", "value")
 
     def __init__(self) -> None:
         self.second = -1
         self.value = b""
+        self.expires = 0.0
 
     def get(self) -> bytes:
         now = int(time.time())
@@ -50,8 +56,16 @@ class _DateCache:
             self.value = formatdate(now, usegmt=True).encode("ascii")
         return self.value
 
+    def refresh(self, monotonic_now: float) -> bytes:
+        """The value for a request that started at ``monotonic_now``."""
+        wall = time.time()
+        value = self.get()
+        self.expires = monotonic_now + (self.second + 1 - wall)
+        return value
 
-http_date = _DateCache().get
+
+dates = DateCache()
+http_date = dates.get
 
 
 class FileWrapper:
@@ -111,7 +125,9 @@ class Exchange:
         "status",
     )
 
-    def __init__(self, conn: ServerConnection, send: Callable[[bytes], Any]) -> None:
+    def __init__(
+        self, conn: ServerConnection, send: Callable[[bytes], Any], started: float = 0.0
+    ) -> None:
         self.conn = conn
         self.send = send
         self.status: str | None = None
@@ -119,7 +135,9 @@ class Exchange:
         self.head_sent = False
         self.broken = False  # the response cannot be completed: close the connection
         self.sent = 0  # body bytes handed to the framing (for the access log)
-        self.started = time.monotonic()
+        #: time.monotonic() when the request started (the access log's duration); the
+        #: caller passes the clock reading it already made for the scoreboard.
+        self.started = started or time.monotonic()
 
     @property
     def status_code(self) -> int:
