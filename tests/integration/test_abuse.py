@@ -17,6 +17,7 @@ import pytest
 
 from .conftest import ServerFactory
 from .server import (
+    RawConnection,
     ServerProcess,
     connect,
     get,
@@ -316,3 +317,30 @@ def test_head_not_complete_within_header_timeout_gets_408(
     (resp,) = parse_responses(answer)
     assert resp.status == 408
     assert resp.closes
+
+
+@pytest.mark.timeout(60)
+def test_fast_keepalive_request_queued_while_the_loop_was_blocked_is_served(
+    server_factory: ServerFactory,
+) -> None:
+    """A keep-alive client sends its next request in time, but the fast worker's loop is
+    blocked by another request (an app that sleeps) past the keep-alive deadline. When the
+    loop runs again, its sweep must not close that connection: closing with the request
+    unread in the kernel buffer resets it, and the client sees an error for a request it
+    sent in time (seen as wrk read errors under load on a busy host)."""
+    srv = server_factory(
+        "slow:app", "-k", "fast", "--workers", "1", "--keep-alive", "1", "--timeout", "30"
+    )
+    with RawConnection(srv.port, timeout=20) as idle:
+        idle.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert idle.read_response().status == 200  # now idle, keep-alive deadline in 1 s
+        with RawConnection(srv.port, timeout=20) as blocker:
+            mark = srv.mark()
+            blocker.send(b"GET /sleep?s=3 HTTP/1.1\r\nHost: t\r\n\r\n")
+            srv.wait_for_log(r"slow app: sleeping 3s", since=mark, timeout=10)
+            # The loop is blocked now; this request waits in the kernel's buffer, sent
+            # well within the keep-alive window.
+            idle.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert blocker.read_response().body == b"slept 3"
+            resp = idle.read_response()
+            assert resp.status == 200 and resp.body == b"ok"

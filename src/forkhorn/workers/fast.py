@@ -417,9 +417,9 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
             return
         self.phase = _IDLE
-        # The sweep's clock (updated every SWEEP_INTERVAL): a keep-alive deadline needs no
-        # better precision than the sweep that enforces it, and this saves a clock read.
-        self.deadline = worker.now + worker.keepalive
+        # From the response's end, not from the sweep's clock: that one can be a second
+        # old, which would cut the keep-alive window short by as much.
+        self.deadline = (now or _monotonic()) + worker.keepalive
 
     def _fail(self, exc: ProtocolError) -> None:
         transport = self.transport
@@ -452,7 +452,11 @@ class HttpProtocol(asyncio.Protocol):
         if self.busy or now < self.deadline:
             return
         if self.phase == _IDLE or (self.request is None and not self.conn.has_buffered):
-            self._close()  # idle, or never sent a byte: nothing to answer
+            # Idle, or never sent a byte: nothing to answer. Unless its next request is
+            # in the kernel's buffer, not yet read because the loop was busy (an app that
+            # blocked it past the deadline): that one is read and served, not reset.
+            if not self._bytes_waiting():
+                self._close()
             return
         self._fail(RequestTimeoutError("request not received in time"))
 
