@@ -57,11 +57,14 @@ class DateCache:
         return self.value
 
     def refresh(self, monotonic_now: float) -> bytes:
-        """The value for a request that started at ``monotonic_now``."""
+        """The value at ``monotonic_now`` (a reading just made); sets ``expires``."""
         wall = time.time()
-        value = self.get()
-        self.expires = monotonic_now + (self.second + 1 - wall)
-        return value
+        second = int(wall)
+        if second != self.second:
+            self.second = second
+            self.value = formatdate(second, usegmt=True).encode("ascii")
+        self.expires = monotonic_now + (second + 1 - wall)
+        return self.value
 
 
 dates = DateCache()
