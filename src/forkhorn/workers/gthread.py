@@ -99,6 +99,11 @@ class _Client:
         self.request: Request | None = None
 
 
+def _waiting_for(client: _Client, deadline: float) -> bool:
+    """Is the poller still holding ``client`` under this deadline (not moved on)?"""
+    return client.registered and client.deadline == deadline
+
+
 class ThreadWorker(Worker):
     """A thread pool for requests, a poller for everything that is only waiting."""
 
@@ -342,8 +347,15 @@ class ThreadWorker(Worker):
         heap = self._heap
         while heap and heap[0][0] <= now:
             deadline, _, client = heapq.heappop(heap)
-            if not client.registered or client.deadline != deadline:
+            if not _waiting_for(client, deadline):
                 continue  # a stale entry: the connection moved on
+            if not client.conn.buffered:
+                # Idle past its deadline, but its next request may have come in since the
+                # poll (this thread can wait for the GIL in between): closing with it
+                # unread would reset it. Read what is there first, as sync's expiry does.
+                self._on_readable(client)
+                if not _waiting_for(client, deadline):
+                    continue  # it brought a request (or its peer closed)
             self._unwatch(client)
             if client.conn.buffered:
                 send_protocol_error(
