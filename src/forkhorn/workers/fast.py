@@ -30,14 +30,12 @@ Runs in: the worker process, main thread, inside the event loop.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
 import io
 import os
 import signal
 import sys
 import tempfile
-import termios
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -65,7 +63,7 @@ from forkhorn.wsgi.cycle import (
 from forkhorn.wsgi.environ import build_environ
 
 from .base import Worker
-from .session import finish_request, prepare_http
+from .session import bytes_waiting, finish_request, prepare_http
 
 #: Bodies up to this size stay in memory; larger ones are spilled to a temporary file.
 MAX_MEMORY_BODY = 1024 * 1024
@@ -472,18 +470,11 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
 
     def _bytes_waiting(self) -> bool:
-        """A request may sit in the kernel's buffer, not yet handed to data_received:
-        closing then would reset it (closing with unread data sends RST), and the client
-        would see an error for a request it sent in time. It is read and served instead."""
+        """A request may sit in the kernel's buffer, not yet handed to data_received: it is
+        read and served instead of reset by a close (see ``bytes_waiting``)."""
         transport = self.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
-            return False
-        try:
-            waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-        except (OSError, ValueError):
-            return False
-        return int.from_bytes(waiting, sys.byteorder) > 0
+        return sock is not None and bytes_waiting(sock.fileno())
 
 
 _EMPTY_INPUT = io.BytesIO(b"")

@@ -19,8 +19,11 @@ Runs in: the worker process, in the thread or greenlet serving the connection.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import sys
+import termios
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +41,20 @@ from forkhorn.wsgi.input import RECV_SIZE, InputStream
 
 if TYPE_CHECKING:
     from .base import Worker
+
+
+def bytes_waiting(fd: int) -> bool:
+    """Has the peer sent bytes this process has not read yet (``FIONREAD``)?
+
+    Asked before closing a connection that looks idle: one that holds an unread request
+    would be reset by the close (the kernel sends RST when unread data is discarded), and
+    the client would see an error for a request it sent in time.
+    """
+    try:
+        waiting = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return False
+    return int.from_bytes(waiting, sys.byteorder) > 0
 
 
 def new_connection(worker: Worker) -> ServerConnection:
@@ -89,6 +106,8 @@ def read_request(
             except TimeoutError:
                 if conn.buffered or deadline:
                     raise RequestTimeoutError("request head not received in time") from None
+                if bytes_waiting(sock.fileno()):
+                    continue  # it arrived as the wait ended: read it, do not reset it
                 return None  # idle keep-alive connection: close quietly
             if data and not deadline:
                 deadline = time.monotonic() + head_timeout

@@ -1,0 +1,57 @@
+"""``session.read_request`` (the green workers' wait for the next request): a keep-alive
+wait that times out just as the client's request arrives reads that request instead of
+closing the connection (which would reset it); a wait with nothing sent ends quietly."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from forkhorn.http import Request, ServerConnection
+from forkhorn.workers.session import bytes_waiting, read_request
+
+
+class LateWake:
+    """A socket whose first wait times out although the request is already there: the
+    race between the keep-alive timer and the request's arrival, made deterministic."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.timeouts = 1
+
+    def settimeout(self, value: float | None) -> None:
+        self.sock.settimeout(value)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, size: int) -> bytes:
+        if self.timeouts:
+            self.timeouts -= 1
+            raise TimeoutError("timed out")
+        return self.sock.recv(size)
+
+
+def test_request_arriving_as_the_keepalive_wait_ends_is_read() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(b"GET /late HTTP/1.1\r\nHost: t\r\n\r\n")
+        request: Any = read_request(LateWake(ours), ServerConnection(), 2.0, 5.0)  # type: ignore[arg-type]
+        assert isinstance(request, Request) and request.target == b"/late"
+
+
+def test_idle_keepalive_wait_ends_quietly() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        assert read_request(LateWake(ours), ServerConnection(), 2.0, 5.0) is None  # type: ignore[arg-type]
+
+
+def test_bytes_waiting() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        assert not bytes_waiting(ours.fileno())
+        theirs.sendall(b"x")
+        assert bytes_waiting(ours.fileno())
+        ours.recv(1)
+        assert not bytes_waiting(ours.fileno())
+    assert not bytes_waiting(ours.fileno())  # closed: -1, no error
