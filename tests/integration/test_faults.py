@@ -772,5 +772,7 @@ def test_hup_under_wrk(start: StartServer, worker_class: str) -> None:
     runner.join(40)
     assert result and result[0] is not None, "wrk did not finish"
     run = result[0]
-    assert run.failed == 0, run.output
+    # The server's log since the HUP goes with a failure: which processes stopped when.
+    since_hup = "\n".join(server.lines[mark:])
+    assert run.failed == 0, f"{run.output}\nserver log since the HUP:\n{since_hup}"
     report("hup-wrk", worker_class, failed=run.failed, total=run.requests)

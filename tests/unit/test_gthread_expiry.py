@@ -1,5 +1,6 @@
-"""The gthread poller's keep-alive expiry: a request that arrived after the last poll
-is read and served, never reset by closing the connection with it unread.
+"""The gthread poller: a request that arrived after the last poll is read and served,
+never reset by closing the connection with it unread; and a stop signal's drain of the
+accept queue leaves the poller's state to the loop.
 
 A real ThreadWorker, built as the arbiter builds it, with the poller state its run()
 would set up; the connection is a real socket pair. Nothing is forked or run.
@@ -15,6 +16,7 @@ import threading
 import time
 from collections import deque
 
+from forkhorn.arbiter.listeners import Listener, bind_one, parse_address
 from forkhorn.arbiter.scoreboard import Scoreboard
 from forkhorn.config import load_config
 from forkhorn.http import ServerConnection
@@ -22,10 +24,10 @@ from forkhorn.logs import Logger
 from forkhorn.workers.gthread import ThreadWorker, _Client
 
 
-def _poller() -> ThreadWorker:
+def _poller(listeners: list[Listener] | None = None) -> ThreadWorker:
     cfg = load_config(["examples.hello:app"], {})
     worker = ThreadWorker(
-        1, os.getppid(), [], "examples.hello:app", 30, cfg, Logger(cfg),
+        1, os.getppid(), listeners or [], "examples.hello:app", 30, cfg, Logger(cfg),
         Scoreboard(1).allocate(),
     )  # fmt: skip
     # What run() sets up before serving (the parts _expire and its callees use).
@@ -38,6 +40,8 @@ def _poller() -> ThreadWorker:
     worker._seq = 0
     worker._returned = deque()
     worker._jobs = queue.SimpleQueue()
+    worker._drained = []
+    worker._drain_until = float("inf")
     worker.selector = selectors.DefaultSelector()
     return worker
 
@@ -80,3 +84,27 @@ def test_peer_that_closed_after_the_poll_is_dropped() -> None:
     worker._expire(time.monotonic())
     assert client.sock.fileno() == -1
     assert worker._jobs.empty()
+
+
+def test_stop_signal_only_takes_the_queue_and_the_loop_adopts_it() -> None:
+    """The TERM handler runs between any two bytecodes of the loop: if it adopted the
+    drained connections itself, its update of the held count or the deadline heap could
+    interleave with the loop's own and be lost (the wind-down then ends early and drops
+    connections that were about to be served). It only takes them; the loop adopts."""
+    listener = bind_one(parse_address("127.0.0.1:0"), backlog=16)
+    port = int(listener.getsockname()[1])
+    worker = _poller([listener])
+    queued = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        worker.unregister_listeners()  # what the stop handler calls
+        assert len(worker._drained) == 1
+        assert worker._held == 0 and worker._heap == []  # the poller's state untouched
+        worker._drain_until = time.monotonic() + 1.0  # the wind-down's window
+        worker._adopt_drained()
+        assert worker._drained == [] and worker._held == 1
+        ((deadline, _, client),) = worker._heap
+        assert deadline <= worker._drain_until  # bounded by the drain window
+        client.sock.close()
+    finally:
+        queued.close()
+        listener.close()

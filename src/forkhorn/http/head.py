@@ -129,22 +129,7 @@ def parse_head(
         method, target, major, minor, block = m.groups()
         if m.end(4) > max_line_size:
             raise UriTooLongError("request line too long")
-        if block:
-            # _fields() inlined: this is every short request's path.
-            pairs = FIELD_LINE_RE.findall(block)
-            if len(pairs) > max_fields:
-                raise HeaderFieldsTooLargeError("too many header fields")
-            if len(block) > max_field_size:
-                _check_field_sizes(block, max_field_size)
-            if block.find(b" \r") >= 0 or block.find(b"\t\r") >= 0:  # _has_trailing_ows
-                headers = [(name.lower(), value.rstrip(b" \t")) for name, value in pairs]
-            else:
-                headers = []
-                add = headers.append
-                for name, value in pairs:
-                    add((name.lower(), value))
-        else:
-            headers = []
+        headers = _fields(block, max_fields, max_field_size) if block else []
     if major != b"1" or (minor != b"1" and minor != b"0"):
         raise UnsupportedVersionError(f"HTTP/{major.decode()}.{minor.decode()} is not supported")
     http11 = minor == b"1"

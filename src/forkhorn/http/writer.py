@@ -10,9 +10,11 @@ Rules kept:
   honoured and re-emitted by the connection, its ``Content-Length`` is validated and
   becomes the response framing.
 
-How it works: validated lines are cached by (name, value), so an app that sends the same
-``Content-Type`` on every response pays one dict lookup per header, not two regex matches
-and an encode. The caches are bounded and simply cleared when full.
+How it works: a status and its whole header list are validated and encoded once and
+cached together (``encode_head``), so an app answering with the same few header sets pays
+one dict lookup per response. Below that, statuses and single (name, value) fields are
+cached too, so a new combination (a different Content-Length) costs lookups, not regex
+matches and encodes. The caches are bounded and simply cleared when full.
 """
 
 from __future__ import annotations
@@ -101,7 +103,6 @@ def encode_field(name: str, value: str) -> tuple[bytes, int, int]:
 
 #: (encoded field lines, Content-Length or -1, app asked to close, has Date, has Server)
 HeaderBlock = tuple[bytes, int, bool, bool, bool]
-block_cache: dict[tuple[tuple[str, str], ...], HeaderBlock] = {}
 
 
 def encode_block(headers: list[tuple[str, str]]) -> HeaderBlock:
@@ -130,15 +131,7 @@ def encode_block(headers: list[tuple[str, str]]) -> HeaderBlock:
             has_server = True
             lines.append(line)
         # DROP: hop-by-hop fields; the server writes its own.
-    block = (b"".join(lines), length, app_close, has_date, has_server)
-    try:
-        key = tuple(headers)
-        if len(block_cache) >= _CACHE_LIMIT:
-            block_cache.clear()
-        block_cache[key] = block
-    except TypeError:
-        pass  # unhashable pairs: validated every time
-    return block
+    return (b"".join(lines), length, app_close, has_date, has_server)
 
 
 #: (status code, status line + encoded field lines, Content-Length or -1, app asked to

@@ -301,7 +301,7 @@ class HttpProtocol(asyncio.Protocol):
                 exchange.sent = len(body)
                 # One clock reading for the Date header, the heartbeat and the log.
                 done = _monotonic()
-                date = _dates.value if done < _dates.expires else _dates.refresh(done)
+                date = dates.value if done < dates.expires else dates.refresh(done)
                 transport.write(conn.send_whole(exchange.status, exchange.headers, date, body))
                 self._finish(exchange, environ, True, done)
                 return
@@ -478,9 +478,6 @@ class HttpProtocol(asyncio.Protocol):
 
 
 _EMPTY_INPUT = io.BytesIO(b"")
-
-
-_dates = dates
 
 
 def _drain_pipe(fd: int) -> None:

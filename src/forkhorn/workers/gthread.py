@@ -128,6 +128,8 @@ class ThreadWorker(Worker):
         # between two lines of the loop) connections keep their usual deadlines.
         self._drain_until = float("inf")
         self._jobs: queue.SimpleQueue[_Client | None] = queue.SimpleQueue()
+        # Connections a stop signal took from the accept queue, for the loop to adopt.
+        self._drained: list[tuple[socket.socket, Any]] = []
 
         limit = request_limit(cfg)
         self._watchdog: RequestWatchdog[int] = RequestWatchdog(limit, grace_period(limit))
@@ -194,6 +196,7 @@ class ThreadWorker(Worker):
             if self._retire_pending:
                 reason, self._retire_pending = self._retire_pending, ""
                 super().retire(reason)
+            self._adopt_drained()
             self._take_returned()
             self._expire(time.monotonic())
 
@@ -209,11 +212,19 @@ class ThreadWorker(Worker):
             return
         for listener in self.sockets:
             unselect(selector, listener.sock)
-        # Serve what is already queued rather than let the last close reset it.
-        deadline = time.monotonic() + self._head_timeout
-        for sock, addr in self.drain_queued():
-            self._adopt(sock, addr, deadline)
+        # Serve what is already queued rather than let the last close reset it. Only
+        # taken here: a handler runs between any two bytecodes of the loop, and adopting
+        # (the heap, the held count) from it could lose one of the loop's own updates;
+        # the loop adopts them (_adopt_drained), as the sync worker's does.
+        self._drained.extend(self.drain_queued())
         self._poke()
+
+    def _adopt_drained(self) -> None:
+        drained, self._drained = self._drained, []
+        # Their head is due in header_timeout, or by the end of the stop's drain window.
+        deadline = min(time.monotonic() + self._head_timeout, self._drain_until)
+        for sock, addr in drained:
+            self._adopt(sock, addr, deadline)
 
     def retire(self, reason: str) -> None:
         # A pool thread (max_requests) must not touch the selector: hand it to main.
@@ -407,12 +418,13 @@ class ThreadWorker(Worker):
         deadline = now + float(self.cfg.graceful_timeout)
         busy = 0
         while True:
+            self._adopt_drained()
             self._take_returned()
             self._expire(time.monotonic())
             with self._lock:
                 busy = len(self._busy)
             now = time.monotonic()
-            if not (busy or self._held or self._returned) or now >= deadline:
+            if not (busy or self._held or self._returned or self._drained) or now >= deadline:
                 break
             self.notify()
             self._enforcer.run_once(now)
