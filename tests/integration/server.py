@@ -675,6 +675,14 @@ class RawConnection:
                     ) from None
                 self._fill(deadline)
 
+    def read_until(self, marker: bytes) -> None:
+        """Wait until ``marker`` has been received (it stays in the buffer)."""
+        deadline = time.monotonic() + self.timeout
+        while marker not in self.buffer:
+            if self.eof:
+                raise ConnectionError(f"closed before {marker!r}: {self.buffer[:300]!r}")
+            self._fill(deadline)
+
     def read_head_line(self) -> bytes:
         """One line (for ``100 Continue`` and the empty line after it)."""
         deadline = time.monotonic() + self.timeout

@@ -10,6 +10,8 @@ within ``--header-timeout`` is answered 408 and closed.
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 from collections.abc import Callable, Iterator
 
@@ -26,7 +28,7 @@ from .server import (
     read_until_close,
     server_pool,
 )
-from .test_contract import worker_args
+from .test_contract import keeps_alive, worker_args
 
 H = b"Host: t\r\n"
 
@@ -317,6 +319,47 @@ def test_head_not_complete_within_header_timeout_gets_408(
     (resp,) = parse_responses(answer)
     assert resp.status == 408
     assert resp.closes
+
+
+@pytest.mark.timeout(60)
+def test_pipelining_client_that_never_reads_is_not_buffered_without_bound(
+    server: ServerProcess, worker_class: str
+) -> None:
+    """A client pipelines requests for 2 KB responses and reads none of them. Once its
+    responses back up, the server must stop reading from it (the kernel's buffers then
+    stop the client), not go on building every response in memory: 8 MB of these
+    requests would be 360 MB of responses."""
+    request = b"GET /bulk?size=2000 HTTP/1.1\r\nHost: t\r\n\r\n"
+    data = request * (8 * 1024 * 1024 // len(request))
+    sock = socket.socket()
+    # Fixed, small client buffers: what the kernel can hold for a stalled peer stays
+    # far below 8 MB on both sides.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    sock.setblocking(False)
+    sent = 0
+    try:
+        while sent < len(data):
+            # Two seconds without room to send: the server has stopped reading.
+            if not select.select([], [sock], [], 2.0)[1]:
+                break
+            try:
+                sent += sock.send(data[sent : sent + 65536])
+            except BlockingIOError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break  # the sync worker answers one request and closes
+        assert sent < len(data), "the server read 8 MB of pipelined requests nobody reads"
+        # The connection still works: the responses come, in order, as the client reads.
+        sock.setblocking(True)
+        with RawConnection(server.port, timeout=20, sock=sock) as conn:
+            for _ in range(3 if keeps_alive(worker_class) else 1):
+                resp = conn.read_response()
+                assert (resp.status, len(resp.body)) == (200, 2000)
+    finally:
+        sock.close()
 
 
 @pytest.mark.timeout(60)

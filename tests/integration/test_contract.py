@@ -15,6 +15,8 @@ import http.client
 import json
 import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -145,6 +147,47 @@ def test_pipelining(server: ServerProcess, worker_class: str) -> None:
     assert paths == ["/echo/a", "/echo/b", "/echo/c"]
     assert [r.status for r in responses] == [200, 200, 200]
     assert [r.closes for r in responses] == [False, False, True]
+
+
+@pytest.mark.timeout(30)
+def test_response_is_not_held_behind_the_next_pipelined_request(
+    server: ServerProcess, worker_class: str, tmp_path: Path
+) -> None:
+    """The fast worker writes the responses of one turn of its loop together, but a
+    response made more than a moment ago goes out before the next app call: here the
+    second request's app waits until the client has the first response."""
+    marker = tmp_path / "first-received"
+    with RawConnection(server.port, timeout=20) as conn:
+        conn.send(
+            b"GET /slow/sleep?s=0.05 HTTP/1.1\r\nHost: t\r\n\r\n"
+            + f"GET /gate/wait?file={quote(str(marker))} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+        )
+        first = conn.read_response()
+        assert (first.status, first.body) == (200, b"slept 0.05")
+        if not keeps_alive(worker_class):
+            assert first.closes
+            return
+        marker.touch()
+        second = conn.read_response()
+    assert (second.status, second.body) == (200, b"seen")
+
+
+@pytest.mark.timeout(30)
+def test_stream_head_and_first_chunk_are_not_held_for_the_next_chunk(
+    server: ServerProcess, worker_class: str, tmp_path: Path
+) -> None:
+    """Only complete responses wait for the end of the fast worker's turn: the start of a
+    stream goes out while the app is still producing the rest."""
+    marker = tmp_path / "first-chunk-received"
+    with RawConnection(server.port, timeout=20) as conn:
+        conn.send(
+            f"GET /gate/stream?file={quote(str(marker))} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+        )
+        conn.read_until(b"first")
+        marker.touch()
+        resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.body == b"firstseen"
 
 
 @pytest.mark.timeout(30)

@@ -429,6 +429,16 @@ class ServerConnection:
         return self._our_state != _IDLE
 
     @property
+    def response_complete(self) -> bool:
+        """Has every byte of the response been produced? True once the head of a response
+        without a body is out, or its Content-Length is reached, or ``send_end()`` ran."""
+        state = self._our_state
+        if state == _BODY:
+            framing = self._framing
+            return framing == _NO_BODY or (framing == _LENGTH and self._out_remaining == 0)
+        return state == _DONE
+
+    @property
     def status_code(self) -> int:
         """Status of the response sent (0 before ``send_response``)."""
         return self._status_code

@@ -1,11 +1,13 @@
 """Every test app behind one server, by path prefix: ``routes:app``.
 
 ``/echo...`` -> echo (PATH_INFO kept), ``/stream`` -> stream, ``/raise/X`` -> raising ``/X``,
-``/slow/X`` -> slow ``/X``, anything else -> hello. Lets one running server answer a whole
-suite of tests.
+``/slow/X`` -> slow ``/X``, ``/gate/X`` -> gate ``/X``, ``/bulk`` -> bulk, anything else ->
+hello. Lets one running server answer a whole suite of tests.
 """
 
+import bulk
 import echo
+import gate
 import raising
 import slow
 import stream
@@ -30,4 +32,9 @@ def app(environ, start_response):
     if path.startswith("/slow/"):
         _strip(environ, "/slow")
         return slow.app(environ, start_response)
+    if path.startswith("/bulk"):
+        return bulk.app(environ, start_response)
+    if path.startswith("/gate/"):
+        _strip(environ, "/gate")
+        return gate.app(environ, start_response)
     return hello.app(environ, start_response)
