@@ -74,7 +74,9 @@ def main() -> None:
     parser.add_argument("json", nargs="+")
     parser.add_argument("-o", "--out", default=os.path.join(HERE, "results", "rps.png"))
     parser.add_argument("--peers-dir", default=os.path.join(HERE, "..", "..", "shared", "bench"))
-    parser.add_argument("--title", default="forkhorn and its peers, same machine, same run")
+    parser.add_argument(
+        "--title", default="forkhorn and its peers, same machine; each panel from one run"
+    )
     args = parser.parse_args()
     draw(load_rows(args.json, args.peers_dir), args.out, args.title)
 

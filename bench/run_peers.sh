@@ -2,7 +2,7 @@
 # The benchmark runs quoted in bench/README.md, with ../shared/bench/peers.py.
 # Needs the peers' venvs set up as ../shared/bench/README.md says (/tmp/peers and
 # /tmp/peers-g25) and forkhorn installed in /tmp/peers: /tmp/peers/bin/pip install -e '.[fast,gevent,eventlet]'
-# Usage: bench/run_peers.sh [pinned|classic|sleep|all]   (results go to bench/results/)
+# Usage: bench/run_peers.sh [pinned|classic|cores|sleep|all]   (results go to bench/results/)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 peers=${PEERS:-$here/../../shared/bench/peers.py}
@@ -29,8 +29,15 @@ fi
 if [[ $what == classic || $what == all ]]; then
   "$py" "$peers" "${specs[@]}" \
     --servers gunicorn-sync,gunicorn-meinheld,forkhorn-fast \
-    --apps todo --workers 9 -c 100 -t 12 -d 5 --rounds 3 \
+    --apps todo --workers 9 -c 100 -t 12 -d 5 --rounds 5 \
     --json "$out/classic.json" --markdown "$out/classic.md"
+fi
+if [[ $what == cores || $what == all ]]; then
+  # The classic load with one worker per core, as event-loop workers are meant to run.
+  "$py" "$peers" "${specs[@]}" \
+    --servers gunicorn-meinheld,forkhorn-fast \
+    --apps todo --workers 2 -c 100 -t 12 -d 5 --rounds 5 \
+    --json "$out/cores.json" --markdown "$out/cores.md"
 fi
 if [[ $what == sleep || $what == all ]]; then
   "$py" "$peers" "${specs[@]}" \
