@@ -1,0 +1,195 @@
+"""The fast worker's protocol: complete responses wait for the end of the loop's turn, with
+bounds; a stream is never held; a client that does not read its responses is not read.
+
+A real FastWorker and HttpProtocol, built as a worker process builds them, with a
+transport that records what is written and a loop stand-in whose ``turn()`` runs what
+was scheduled with ``call_soon``. Nothing is forked, no socket carries data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from forkhorn.arbiter.listeners import Listener
+from forkhorn.arbiter.scoreboard import Scoreboard
+from forkhorn.config import load_config
+from forkhorn.logs import Logger
+from forkhorn.workers import fast
+from forkhorn.workers.fast import FastWorker, HttpProtocol
+
+GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+class Transport:
+    """Records writes and read pauses; can report a full buffer like asyncio does."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.reading = True
+        self.protocol: HttpProtocol | None = None
+        self.pause_after_write = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        if self.pause_after_write and self.protocol is not None:
+            self.protocol.pause_writing()  # over the high-water mark
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+class Loop:
+    def __init__(self) -> None:
+        self.ready: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        self.ready.append((callback, args))
+
+    def turn(self) -> None:
+        ready, self.ready = self.ready, []
+        for callback, args in ready:
+            callback(*args)
+
+
+@pytest.fixture
+def worker() -> Iterator[FastWorker]:
+    cfg = load_config(["examples.hello:app"], {})
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    worker = FastWorker(
+        1, os.getppid(), [Listener(listener)], "examples.hello:app", 30, cfg, Logger(cfg),
+        Scoreboard(1).allocate(),
+    )  # fmt: skip
+    worker.load_wsgi()
+    worker.prepare()
+    worker.loop = Loop()  # type: ignore[assignment]
+    yield worker
+    listener.close()
+
+
+def connect(worker: FastWorker) -> tuple[HttpProtocol, Transport]:
+    protocol = HttpProtocol(worker)
+    transport = Transport()
+    transport.protocol = protocol
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
+
+
+def turn(worker: FastWorker) -> None:
+    worker.loop.turn()  # type: ignore[attr-defined]
+
+
+def test_responses_of_one_turn_are_written_at_its_end(worker: FastWorker) -> None:
+    (a, ta), (b, tb) = connect(worker), connect(worker)
+    a.data_received(GET)
+    b.data_received(GET)
+    assert ta.writes == [] and tb.writes == []
+    turn(worker)
+    assert len(ta.writes) == len(tb.writes) == 1
+    assert ta.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert ta.writes[0].endswith(b"Hello, World!")
+
+
+def test_a_batch_older_than_flush_after_goes_out_before_the_next_app_call(
+    worker: FastWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(fast, "_monotonic", lambda: clock[0])
+    (a, ta), (b, _) = connect(worker), connect(worker)
+    seen_by_app: list[int] = []
+
+    def slow_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen_by_app.append(len(ta.writes))  # what connection a had received by now
+        clock[0] += 0.002  # this call takes 2 ms, more than FLUSH_AFTER
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    worker.wsgi = slow_app
+    a.data_received(GET)
+    b.data_received(GET)  # same turn: a's response is 2 ms old when b's app starts
+    assert seen_by_app == [0, 1]
+
+
+def test_a_stream_is_written_as_it_is_produced(worker: FastWorker) -> None:
+    protocol, transport = connect(worker)
+    written_before_second_chunk: list[bytes] = []
+
+    def streaming_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first"
+        written_before_second_chunk.extend(transport.writes)
+        yield b"second"
+
+    worker.wsgi = streaming_app
+    protocol.data_received(GET)
+    assert b"".join(written_before_second_chunk).endswith(b"5\r\nfirst\r\n")
+    turn(worker)
+    assert b"".join(transport.writes).endswith(b"6\r\nsecond\r\n0\r\n\r\n")
+
+
+def test_a_client_that_does_not_read_is_not_read(worker: FastWorker) -> None:
+    protocol, transport = connect(worker)
+    calls: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        calls.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    worker.wsgi = app
+    protocol.pause_writing()  # its earlier responses fill the transport's buffer
+    protocol.data_received(GET)
+    assert not transport.reading and calls == [] and transport.writes == []
+    protocol.resume_writing()  # it read them: the request kept meanwhile is served
+    assert transport.reading and calls == ["/"]
+    turn(worker)
+    assert len(transport.writes) == 1
+
+
+def test_pipelined_requests_wait_while_the_client_does_not_read(worker: FastWorker) -> None:
+    protocol, transport = connect(worker)
+    calls: list[str] = []
+    size = fast.FLUSH_BYTES * 3 // 4  # two responses pass FLUSH_BYTES: written at once
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        calls.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Length", str(size))])
+        return [b"x" * size]
+
+    worker.wsgi = app
+    transport.pause_after_write = True
+    protocol.data_received(
+        b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /2 HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /3 HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    # The second response pushed the batch over FLUSH_BYTES; writing it filled the
+    # transport, so the third request waits, and the connection is no longer read.
+    assert calls == ["/1", "/2"]
+    assert len(transport.writes) == 2 and not transport.reading
+    transport.pause_after_write = False
+    protocol.resume_writing()
+    assert calls == ["/1", "/2", "/3"] and transport.reading
+    turn(worker)
+    assert len(transport.writes) == 3
