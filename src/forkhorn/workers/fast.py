@@ -429,7 +429,7 @@ class HttpProtocol(asyncio.Protocol):
         Under load a turn serves every connection with a request waiting; writing their
         responses together, after the last app call, instead of one between each two,
         saves the client side a wake-up per response and keeps the app's code in the CPU's
-        caches (bench/README.md: 1.31x on todo, pinned). ``_respond`` bounds the wait.
+        caches (bench/README.md: 1.06x to 1.31x on todo, pinned). ``_respond`` bounds the wait.
         """
         transport = self.transport
         if transport is None:
