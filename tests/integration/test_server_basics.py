@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import socket
 from pathlib import Path
@@ -87,6 +88,26 @@ def test_todo_example_with_three_workers(
     for line in server.lines:
         if "Starting forkhorn" in line or "Booting worker" in line:
             assert ERROR_LOG_LINE.match(line), line
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("worker_class", "extra", "advised"),
+    [("fast", 1, True), ("fast", 0, False), ("sync", 1, False)],
+    ids=["fast-more-than-cpus", "fast-one-per-cpu", "sync-more-than-cpus"],
+)
+def test_more_event_loop_workers_than_cpus_is_pointed_out(
+    server_factory: ServerFactory, worker_class: str, extra: int, advised: bool
+) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    workers = cpus + extra
+    server = server_factory("hello:app", "-k", worker_class, "--workers", str(workers))
+    pids = server.wait_for_workers(workers)
+    server.wait_for_log(rf"Booting worker with pid: {max(pids)}")
+    advice = f"{workers} fast workers on {cpus} CPUs"
+    assert (advice in server.logs) is advised, server.logs
+    if advised:
+        assert f"--workers {cpus} is usually faster" in server.logs
 
 
 @pytest.mark.timeout(30)

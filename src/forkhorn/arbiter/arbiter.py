@@ -271,6 +271,7 @@ class Arbiter:
         self.worker_class_name, self.worker_class = self._resolve_worker_class(self.cfg)
         self._bind()
         self.log.info("Using worker: %s", self.worker_class_name)
+        self._advise_on_cpus()
         self._set_master_title()
         pidfile = getattr(self.cfg, "pidfile", None)
         if pidfile:
@@ -280,6 +281,26 @@ class Arbiter:
         if getattr(self.cfg, "preload_app", False):
             self.wsgi = self._load_app(self.cfg)
         self._watchdog_interval = systemd.watchdog_interval(self._environ)
+
+    def _advise_on_cpus(self) -> None:
+        """gunicorn's 2 x CPUs + 1 is for workers that wait on I/O; an event-loop worker
+        that runs the app inline keeps one CPU busy, and more of them only take turns
+        (bench/README.md, the "cores" and "classic" runs)."""
+        if not self.worker_class or not self.worker_class.one_cpu_each:
+            return
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        if self.num_workers > cpus:
+            self.log.info(
+                "%d %s workers on %d CPUs: each keeps one CPU busy, so more workers than "
+                "CPUs only take turns; --workers %d is usually faster",
+                self.num_workers,
+                self.worker_class_name,
+                cpus,
+                cpus,
+            )
 
     def _apply_paths(self) -> None:
         chdir = getattr(self.cfg, "chdir", None)

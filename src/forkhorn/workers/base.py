@@ -56,7 +56,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from forkhorn.arbiter.scoreboard import ScoreboardSlot, WorkerState
 from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, AppImportError
@@ -107,6 +107,10 @@ def listener_was_shut(exc: OSError) -> bool:
 
 class Worker(abc.ABC):
     """Shared life cycle of every worker class.  Subclasses implement ``run()``."""
+
+    #: Each worker is one busy thread (an event loop running the app inline): with more
+    #: workers than CPUs they only take turns, and the master says so at start-up.
+    one_cpu_each: ClassVar[bool] = False
 
     def __init__(
         self,

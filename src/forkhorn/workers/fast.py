@@ -556,6 +556,8 @@ def _drain_pipe(fd: int) -> None:
 class FastWorker(Worker):
     """The event-loop worker: a protocol per connection, the app called inline."""
 
+    one_cpu_each = True
+
     def run(self) -> None:
         self.prepare()
         loop = self._new_loop()
