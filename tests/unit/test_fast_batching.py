@@ -8,6 +8,7 @@ was scheduled with ``call_soon``. Nothing is forked, no socket carries data.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -25,37 +26,32 @@ from forkhorn.workers.fast import FastWorker, HttpProtocol
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
-class Transport:
+class Transport(asyncio.Transport):
     """Records writes and read pauses; can report a full buffer like asyncio does."""
 
     def __init__(self) -> None:
+        super().__init__({"peername": ("127.0.0.1", 50000)})
         self.writes: list[bytes] = []
         self.reading = True
         self.protocol: HttpProtocol | None = None
         self.pause_after_write = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:  # type: ignore[override]
         self.writes.append(data)
         if self.pause_after_write and self.protocol is not None:
             self.protocol.pause_writing()  # over the high-water mark
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 50000) if name == "peername" else default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
 
     def pause_reading(self) -> None:
         self.reading = False
 
     def resume_reading(self) -> None:
         self.reading = True
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass  # the protocol sets its high-water mark; nothing is buffered here
+
+    def is_closing(self) -> bool:
+        return False
 
 
 class Loop:
