@@ -15,7 +15,7 @@ def test_refresh_tracks_the_wall_clock_second(monkeypatch: pytest.MonkeyPatch) -
     assert dates.expires == 0.0  # nothing cached: the first request refreshes
 
     value = dates.refresh(50.0)  # monotonic 50.0 is wall ...000.25
-    assert value == b"Sun, 09 Sep 2001 01:46:40 GMT" == dates.get()
+    assert value == b"Sun, 09 Sep 2001 01:46:40 GMT" == dates.value
     # Current until the next wall-clock second, 0.75 s later on the monotonic clock.
     assert dates.expires == pytest.approx(50.75)
 
@@ -27,6 +27,7 @@ def test_refresh_tracks_the_wall_clock_second(monkeypatch: pytest.MonkeyPatch) -
 def test_get_formats_once_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
     wall = [1_000_000_000.0]
     monkeypatch.setattr(cycle.time, "time", lambda: wall[0])
+    monkeypatch.setattr(cycle.time, "monotonic", lambda: wall[0] - 999_999_000.0)
     calls = []
     real = cycle.formatdate
     monkeypatch.setattr(cycle, "formatdate", lambda *a, **k: calls.append(a) or real(*a, **k))

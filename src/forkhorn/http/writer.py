@@ -141,26 +141,21 @@ head_cache: dict[tuple[str, tuple[tuple[str, str], ...]], HeadEntry] = {}
 
 
 def encode_head(status: str, headers: list[tuple[str, str]]) -> HeadEntry:
-    """Validate and encode a status and its header list together (see ``HeadEntry``).
-
-    Cached by value: an app answers with the same few status and header sets over and
-    over, and one lookup per response is all the writer then costs.
-    """
-    try:
-        key = (status, tuple(headers))
-        cached = head_cache.get(key)
-    except TypeError:  # unhashable pairs (lists instead of tuples): validated every time
-        key = None
-        cached = None
-    if cached is not None:
-        return cached
+    """Validate and encode a status and its header list together (see ``HeadEntry``),
+    and remember the result in ``head_cache``, which the caller looks up first: an app
+    answers with the same few status and header sets over and over, and one lookup per
+    response is all the writer then costs."""
     code, status_line = encode_status(status)
     fields, length, app_close, has_date, has_server = encode_block(headers)
     entry = (code, status_line + fields, length, app_close, has_date, has_server)
-    if key is not None:
-        if len(head_cache) >= _CACHE_LIMIT:
-            head_cache.clear()
-        head_cache[key] = entry
+    try:
+        key = (status, tuple(headers))
+        hash(key)
+    except TypeError:  # unhashable pairs (lists instead of tuples): validated every time
+        return entry
+    if len(head_cache) >= _CACHE_LIMIT:
+        head_cache.clear()
+    head_cache[key] = entry
     return entry
 
 

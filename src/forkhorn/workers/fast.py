@@ -391,8 +391,9 @@ class HttpProtocol(asyncio.Protocol):
             transport = self.transport
             if transport is None:
                 return
-            self.worker.flush()  # loop.sendfile waits for the transport's buffer only
-            transport.write(head)
+            # Written before loop.sendfile starts (it waits only for the transport's
+            # buffer), after anything of the batch that is pending.
+            self._send(head)
             if count:
                 loop = asyncio.get_running_loop()
                 with os.fdopen(os.dup(fd), "rb") as fileobj:
@@ -401,8 +402,8 @@ class HttpProtocol(asyncio.Protocol):
                 if sent < count:
                     ok = False
             tail = exchange.conn.send_end()
-            if tail and self.transport is not None:
-                self.transport.write(tail)
+            if tail:
+                self._send(tail)
         except Exception:
             ok = app_failed(exchange, environ, self.worker.log, sys.exc_info())
         finally:

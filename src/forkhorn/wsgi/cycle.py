@@ -37,9 +37,9 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 class DateCache:
     """The ``Date`` header value, formatted at most once per second (RFC 9110 §6.6.1).
 
-    ``get()`` reads the wall clock. A caller that already read ``time.monotonic()`` for
-    the request can skip that: ``value`` is current while that reading is below
-    ``expires`` (the next wall-clock second, on the monotonic clock), else ``refresh()``.
+    ``value`` is current while ``time.monotonic()`` is below ``expires`` (the next
+    wall-clock second, on the monotonic clock); ``refresh()`` formats it again. A caller
+    that has just read the monotonic clock does that check itself; ``get()`` reads it.
     """
 
     __slots__ = ("expires", "second", "value")
@@ -50,11 +50,8 @@ class DateCache:
         self.expires = 0.0
 
     def get(self) -> bytes:
-        now = int(time.time())
-        if now != self.second:
-            self.second = now
-            self.value = formatdate(now, usegmt=True).encode("ascii")
-        return self.value
+        now = time.monotonic()
+        return self.value if now < self.expires else self.refresh(now)
 
     def refresh(self, monotonic_now: float) -> bytes:
         """The value at ``monotonic_now`` (a reading just made); sets ``expires``."""
