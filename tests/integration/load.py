@@ -15,6 +15,14 @@ What it holds:
 Rules kept:
 - A request is never retried: a failure is counted, the connection is dropped and the
   next request opens a new one (as a proxy that does not retry would).
+- ``lost()``: the failures the server is answerable for. A graceful stop may close a
+  keep-alive connection once it has been idle for the drain window (``DRAIN_IDLE``: a
+  server must close idle connections some time), and a client that reuses it only after
+  that fails through no fault of the server: a stalled test process, or a host that
+  paused the VM. Such a client sent its request at least ``DRAIN_IDLE`` after the one
+  before on that connection, since the server's last keep-alive response went out between
+  the two sends and before the stop. Each failure keeps that gap (``gap``), so those are
+  told apart, not guessed; every other failure is a loss.
 - ``held_by(pid)``: the connections that a worker could be holding right now (the ones it
   answered last, plus open connections that no worker has answered yet): the upper bound
   on what a ``kill -9`` of that worker may cost.
@@ -31,6 +39,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+# The drain window every worker class promises idle keep-alive connections at a graceful
+# stop (forkhorn.workers.base.DRAIN_IDLE). Written out, not imported: a server that
+# shrank its window must fail these tests, not move their bar with it.
+DRAIN_IDLE = 1.0
+
 # Outcome of a connection when it ended.
 ANNOUNCED = "announced"  # the server's last response on it said Connection: close
 FAILED = "failed"  # a request on it failed
@@ -44,6 +57,7 @@ class Failure:
     at: float
     pid: int | None  # the worker that answered on this connection last, if any
     reused: bool  # the connection had carried a response before
+    gap: float = 0.0  # on a reused connection: seconds since the previous request's send
 
 
 @dataclass
@@ -131,6 +145,7 @@ class Load:
     def _run(self, client: _Client) -> None:
         conn: http.client.HTTPConnection | None = None
         record = ConnectionRecord()
+        last_sent = 0.0  # when the connection's previous request was sent
         while self._more():
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
@@ -144,10 +159,12 @@ class Load:
                 resp = conn.getresponse()
                 body = resp.read()
             except (OSError, http.client.HTTPException) as exc:
-                self._failed(client, record, classify(exc), repr(exc))
+                gap = started - last_sent if record.responses else 0.0
+                self._failed(client, record, classify(exc), repr(exc), gap)
                 conn.close()
                 conn = None
                 continue
+            last_sent = started
             pid = _pid_of(body)
             with self.changed:
                 self.latencies.append(time.monotonic() - started)
@@ -174,10 +191,12 @@ class Load:
                 record.ended = record.ended or CLIENT
                 client.open = False
 
-    def _failed(self, client: _Client, record: ConnectionRecord, kind: str, detail: str) -> None:
+    def _failed(
+        self, client: _Client, record: ConnectionRecord, kind: str, detail: str, gap: float
+    ) -> None:
         with self.changed:
             self.failures.append(
-                Failure(kind, detail, time.monotonic(), client.pid, record.responses > 0)
+                Failure(kind, detail, time.monotonic(), client.pid, record.responses > 0, gap)
             )
             record.ended = FAILED
             client.pid, client.open = None, False
@@ -213,6 +232,11 @@ class Load:
         return self
 
     # -- report ------------------------------------------------------------------------
+    def lost(self, grace: float = DRAIN_IDLE) -> list[Failure]:
+        """Failures not explained by the client reusing its connection ``grace`` or more
+        after its previous request (see the module docstring). A bad status always counts."""
+        return [f for f in self.failures if f.kind == "status" or not f.gap >= grace]
+
     def failure_kinds(self) -> dict[str, int]:
         kinds: dict[str, int] = {}
         for failure in self.failures:
@@ -222,10 +246,12 @@ class Load:
     def summary(self) -> str:
         lat = sorted(self.latencies)
         p99 = f"{lat[int(len(lat) * 0.99)] * 1000:.1f}ms" if lat else "-"
+        slow = len(self.failures) - len(self.lost())
         return (
-            f"{len(self.failures)} failed / {self.total} ({self.failure_kinds()}), "
+            f"{len(self.failures)} failed / {self.total} ({self.failure_kinds()}; "
+            f"{slow} sent >= {DRAIN_IDLE}s after the connection's previous request), "
             f"{len(self.connections)} connections, p99 {p99}; first failures: "
-            f"{[(f.kind, f.detail, f.pid) for f in self.failures[:5]]}"
+            f"{[(f.kind, f.detail, f.pid, round(f.gap, 3)) for f in self.failures[:5]]}"
         )
 
 

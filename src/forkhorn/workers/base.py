@@ -64,10 +64,16 @@ from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, AppImportError
 if TYPE_CHECKING:
     from forkhorn.arbiter.listeners import Listener
 
-__all__ = ["Worker", "listener_was_shut", "unselect"]
+__all__ = ["DRAIN_IDLE", "Worker", "listener_was_shut", "unselect"]
 
 WSGIApp = Callable[..., Any]
 
+# At a graceful stop, how long a keep-alive connection that has sent nothing may still
+# send a request, answered with Connection: close. Our last response to it may have gone
+# out before the stop without announcing a close, so its client may be sending the next
+# request right now: cutting it off would fail that request. Every worker class gives the
+# same window; a shutdown waits at most this long for idle clients.
+DRAIN_IDLE = 1.0
 # /proc is read at most this often for max_worker_memory: RSS moves slowly, and a read per
 # request would cost more than the check is worth.
 MEMORY_CHECK_INTERVAL = 1.0

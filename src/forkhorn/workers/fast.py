@@ -68,7 +68,7 @@ from forkhorn.wsgi.cycle import (
 )
 from forkhorn.wsgi.environ import build_environ
 
-from .base import Worker
+from .base import DRAIN_IDLE, Worker
 from .session import bytes_waiting, finish_request, prepare_http
 
 #: Bodies up to this size stay in memory; larger ones are spilled to a temporary file.
@@ -82,9 +82,6 @@ FLUSH_AFTER = 0.001
 FLUSH_BYTES = 256 * 1024
 #: How often deadlines are checked and the heartbeat is sent (seconds).
 SWEEP_INTERVAL = 1.0
-#: At a graceful stop, how long a connection that has sent nothing may still send its
-#: request (one already on its way is served rather than cut off).
-DRAIN_IDLE = 1.0
 
 _monotonic = time.monotonic
 # What a connection's deadline currently bounds.

@@ -52,7 +52,7 @@ from forkhorn.arbiter.scoreboard import WorkerState
 from forkhorn.http import ProtocolError, ServerConnection
 from forkhorn.wsgi.cycle import raw_error_response
 
-from .base import Worker, listener_was_shut
+from .base import DRAIN_IDLE, Worker, listener_was_shut
 from .session import (
     new_connection,
     peer_of,
@@ -76,9 +76,6 @@ __all__ = ["GreenletWorker"]
 
 # Connections accepted per wake-up of an acceptor before it lets others run.
 ACCEPT_BATCH = 64
-# At a graceful stop, how long an idle keep-alive connection may still bring a request
-# (answered with Connection: close) before it is shut: see gthread.DRAIN_IDLE.
-DRAIN_IDLE = 1.0
 # A header_timeout of 0 turns the head deadline off; an hour stands in for "none".
 NO_HEAD_DEADLINE = 3600.0
 # accept() errors that mean "out of resources now": wait a little, do not crash.

@@ -54,7 +54,7 @@ from forkhorn.http.connection import ServerConnection
 from forkhorn.wsgi.cycle import raw_error_response
 from forkhorn.wsgi.input import RECV_SIZE
 
-from .base import Worker, listener_was_shut, unselect
+from .base import DRAIN_IDLE, Worker, listener_was_shut, unselect
 from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
 from .watchdog import (
     RequestHungError,
@@ -75,10 +75,6 @@ _WAKE = "wake"
 # Connections accepted per readable event: enough to drain a burst without starving the
 # connections already waiting in the selector.
 ACCEPT_BATCH = 64
-# At a graceful stop, how long an idle keep-alive connection may still bring a request
-# (answered with Connection: close) before it is closed: a request already on the wire
-# arrives well within a second, and a shutdown waits at most this long for idle clients.
-DRAIN_IDLE = 1.0
 # A header_timeout of 0 turns the head deadline off; an hour stands in for "none".
 NO_HEAD_DEADLINE = 3600.0
 # Errors from accept() that mean "out of resources now", not a bug: back off one turn.

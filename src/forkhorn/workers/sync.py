@@ -25,13 +25,10 @@ from forkhorn.http import NEED_DATA, ProtocolError, Request, RequestTimeoutError
 from forkhorn.wsgi.cycle import raw_error_response
 from forkhorn.wsgi.input import RECV_SIZE
 
-from .base import Worker, listener_was_shut, unselect
+from .base import DRAIN_IDLE, Worker, listener_was_shut, unselect
 from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
 
 _WAKE = object()  # selector key data of the worker's wake-up pipe
-# At a graceful stop, how long a connection that has sent nothing may still send its
-# request (the other worker classes give idle connections the same window).
-DRAIN_IDLE = 1.0
 
 
 class _Pending:
