@@ -2,7 +2,8 @@
 # The benchmark runs quoted in bench/README.md, with ../shared/bench/peers.py.
 # Needs the peers' venvs set up as ../shared/bench/README.md says (/tmp/peers and
 # /tmp/peers-g25) and forkhorn installed in /tmp/peers: /tmp/peers/bin/pip install -e '.[fast,gevent,eventlet]'
-# Usage: bench/run_peers.sh [pinned|classic|cores|sleep|all]   (results go to bench/results/)
+# Usage: bench/run_peers.sh [pinned|goals|classic|cores|sleep|all]   (results go to bench/results/)
+# Round-by-round ratios of a result: python bench/paired.py bench/results/goals.json forkhorn-fast granian
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 peers=${PEERS:-$here/../../shared/bench/peers.py}
@@ -26,10 +27,18 @@ if [[ $what == pinned || $what == all ]]; then
     --apps hello,todo --workers 1 --pin -c 50 -t 2 -d 6 --rounds 3 \
     --json "$out/pinned.json" --markdown "$out/pinned.md"
 fi
+if [[ $what == goals || $what == all ]]; then
+  # The pinned load with only the servers the fast worker's goals name, and enough rounds
+  # for bench/paired.py to give quartiles of the per-round ratio.
+  "$py" "$peers" "${specs[@]}" \
+    --servers meinheld,granian,bjoern,forkhorn-fast \
+    --apps hello,todo --workers 1 --pin -c 50 -t 2 -d 6 --rounds 9 \
+    --json "$out/goals.json" --markdown "$out/goals.md"
+fi
 if [[ $what == classic || $what == all ]]; then
   "$py" "$peers" "${specs[@]}" \
     --servers gunicorn-sync,gunicorn-meinheld,forkhorn-fast \
-    --apps todo --workers 9 -c 100 -t 12 -d 5 --rounds 5 \
+    --apps todo --workers 9 -c 100 -t 12 -d 5 --rounds 12 \
     --json "$out/classic.json" --markdown "$out/classic.md"
 fi
 if [[ $what == cores || $what == all ]]; then
