@@ -44,6 +44,9 @@ from dataclasses import dataclass, field
 # shrank its window must fail these tests, not move their bar with it.
 DRAIN_IDLE = 1.0
 
+# Failure kinds of a request sent on a connection the server had closed.
+_CLOSED = ("reset", "disconnected")
+
 # Outcome of a connection when it ended.
 ANNOUNCED = "announced"  # the server's last response on it said Connection: close
 FAILED = "failed"  # a request on it failed
@@ -234,8 +237,10 @@ class Load:
     # -- report ------------------------------------------------------------------------
     def lost(self, grace: float = DRAIN_IDLE) -> list[Failure]:
         """Failures not explained by the client reusing its connection ``grace`` or more
-        after its previous request (see the module docstring). A bad status always counts."""
-        return [f for f in self.failures if f.kind == "status" or not f.gap >= grace]
+        after its previous request (see the module docstring). Only a closed connection
+        (reset, or closed before the response) is explained so; a bad status or a timeout
+        always counts."""
+        return [f for f in self.failures if not (f.kind in _CLOSED and f.gap >= grace)]
 
     def failure_kinds(self) -> dict[str, int]:
         kinds: dict[str, int] = {}
