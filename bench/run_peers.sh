@@ -34,12 +34,19 @@ if [[ $what == goals || $what == all ]]; then
     --servers meinheld,granian,bjoern,forkhorn-fast \
     --apps hello,todo --workers 1 --pin -c 50 -t 2 -d 6 --rounds 9 \
     --json "$out/goals.json" --markdown "$out/goals.md"
+  {
+    python3 "$here/paired.py" "$out/goals.json" forkhorn-fast granian --app hello
+    python3 "$here/paired.py" "$out/goals.json" forkhorn-fast meinheld --app hello
+    python3 "$here/paired.py" "$out/goals.json" forkhorn-fast bjoern --app todo
+  } | tee "$out/goals.paired.md"
 fi
 if [[ $what == classic || $what == all ]]; then
   "$py" "$peers" "${specs[@]}" \
     --servers gunicorn-sync,gunicorn-meinheld,forkhorn-fast \
     --apps todo --workers 9 -c 100 -t 12 -d 5 --rounds 12 \
     --json "$out/classic.json" --markdown "$out/classic.md"
+  python3 "$here/paired.py" "$out/classic.json" forkhorn-fast gunicorn-meinheld \
+    | tee "$out/classic.paired.md"
 fi
 if [[ $what == cores || $what == all ]]; then
   # The classic load with one worker per core, as event-loop workers are meant to run.
