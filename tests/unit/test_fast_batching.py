@@ -1,5 +1,6 @@
-"""The fast worker's protocol: complete responses wait for the end of the loop's turn, with
-bounds; a stream is never held; a client that does not read its responses is not read.
+"""The fast worker's protocol: the requests of a turn are served oldest connection first;
+complete responses wait for the end of the loop's turn, with bounds; a stream is never
+held; a client that does not read its responses is not read.
 
 A real FastWorker and HttpProtocol, built as a worker process builds them, with a
 transport that records what is written and a loop stand-in whose ``turn()`` runs what
@@ -62,9 +63,11 @@ class Loop:
         self.ready.append((callback, args))
 
     def turn(self) -> None:
-        ready, self.ready = self.ready, []
-        for callback, args in ready:
-            callback(*args)
+        """Run what was scheduled, then what that scheduled (serve_ready, then flush)."""
+        while self.ready:
+            ready, self.ready = self.ready, []
+            for callback, args in ready:
+                callback(*args)
 
 
 @pytest.fixture
@@ -123,7 +126,8 @@ def test_a_batch_older_than_flush_after_goes_out_before_the_next_app_call(
 
     worker.wsgi = slow_app
     a.data_received(GET)
-    b.data_received(GET)  # same turn: a's response is 2 ms old when b's app starts
+    b.data_received(GET)
+    turn(worker)  # same turn: a's response is 2 ms old when b's app starts
     assert seen_by_app == [0, 1]
 
 
@@ -139,8 +143,8 @@ def test_a_stream_is_written_as_it_is_produced(worker: FastWorker) -> None:
 
     worker.wsgi = streaming_app
     protocol.data_received(GET)
-    assert b"".join(written_before_second_chunk).endswith(b"5\r\nfirst\r\n")
     turn(worker)
+    assert b"".join(written_before_second_chunk).endswith(b"5\r\nfirst\r\n")
     assert b"".join(transport.writes).endswith(b"6\r\nsecond\r\n0\r\n\r\n")
 
 
@@ -180,6 +184,7 @@ def test_pipelined_requests_wait_while_the_client_does_not_read(worker: FastWork
         b"GET /2 HTTP/1.1\r\nHost: t\r\n\r\n"
         b"GET /3 HTTP/1.1\r\nHost: t\r\n\r\n"
     )
+    turn(worker)
     # The second response pushed the batch over FLUSH_BYTES; writing it filled the
     # transport, so the third request waits, and the connection is no longer read.
     assert calls == ["/1", "/2"]
@@ -189,3 +194,88 @@ def test_pipelined_requests_wait_while_the_client_does_not_read(worker: FastWork
     assert calls == ["/1", "/2", "/3"] and transport.reading
     turn(worker)
     assert len(transport.writes) == 3
+
+
+def test_the_connection_waiting_longest_is_served_first(
+    worker: FastWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # epoll reports still-readable connections in a stable order; served in that order,
+    # the ones whose responses went out last keep missing the next poll (serve_ready).
+    clock = [1000.0]
+    monkeypatch.setattr(fast, "_monotonic", lambda: clock[0])
+    order: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        order.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    worker.wsgi = app
+    worker.long_turns = True  # as after a turn whose batch reached FLUSH_AFTER
+    a, b, c = connect(worker)[0], connect(worker)[0], connect(worker)[0]
+    for name, protocol in (("/c", c), ("/b", b), ("/a", a)):  # c's response ends first
+        protocol.data_received(f"GET {name} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        turn(worker)
+        clock[0] += 0.01
+        worker.long_turns = True  # a short turn just switched it off
+    order.clear()
+    for name, protocol in (("/a", a), ("/b", b), ("/c", c)):  # reported in this order
+        protocol.data_received(f"GET {name} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    assert order == []  # nothing is served while the turn's reads go on
+    turn(worker)
+    assert order == ["/c", "/b", "/a"]
+
+
+def test_a_connection_read_twice_in_a_turn_is_queued_once(worker: FastWorker) -> None:
+    protocol, transport = connect(worker)
+    worker.long_turns = True
+    protocol.data_received(GET[:10])
+    protocol.data_received(GET[10:])
+    assert worker.ready == [protocol]
+    turn(worker)
+    assert len(transport.writes) == 1 and worker.ready == []
+
+
+def test_a_connection_lost_before_its_turn_is_not_served(worker: FastWorker) -> None:
+    calls: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        calls.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    worker.wsgi = app
+    worker.long_turns = True
+    protocol, transport = connect(worker)
+    protocol.data_received(GET)
+    protocol.connection_lost(None)
+    turn(worker)
+    assert calls == [] and transport.writes == []
+
+
+def test_requests_are_ordered_only_while_turns_are_long(
+    worker: FastWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(fast, "_monotonic", lambda: clock[0])
+    cost = [0.002]  # each app call: 2 ms, more than FLUSH_AFTER
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        clock[0] += cost[0]
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    worker.wsgi = app
+    (a, _), (b, _) = connect(worker), connect(worker)
+    a.data_received(GET)
+    b.data_received(GET)  # served as read: turns were short so far
+    assert worker.ready == []
+    turn(worker)
+    assert worker.long_turns  # b's app call found a's response older than FLUSH_AFTER
+    a.data_received(GET)
+    assert worker.ready == [a]  # queued for serve_ready
+    cost[0] = 0.0001
+    turn(worker)
+    assert not worker.long_turns  # one short turn: back to serving as read
+    a.data_received(GET)
+    assert worker.ready == []
