@@ -113,3 +113,40 @@ def test_a_segment_added_before_fork_is_shared() -> None:
 def test_is_serving(state: WorkerState) -> None:
     expected = state in (WorkerState.READY, WorkerState.BUSY, WorkerState.IDLE)
     assert state.is_serving is expected
+
+
+def test_a_read_during_the_owners_store_never_sees_a_zeroed_heartbeat() -> None:
+    # struct.pack_into zeroes its range before writing the fields; a master that read a
+    # busy worker's heartbeat as 0.0 aborted it for a timeout (a HUP test under wrk caught
+    # it). Bounded by counts, not time: the child stores until told to stop, the parent
+    # reads a fixed number of times.
+    board = Scoreboard(4)
+    slot = board.allocate(generation=1, now=1.0)
+    stop = board.allocate(generation=1, now=1.0)  # the parent's "stop" flag, a second slot
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            slot.set_pid(os.getpid())
+            slot.set_state(WorkerState.READY)
+            now = 100.0
+            for _ in range(5_000_000):
+                now += 0.001
+                slot.request_started(b"GET / HTTP/1.1", now=now)
+                slot.request_finished(now=now)
+                if stop.snapshot().state is WorkerState.READY:
+                    break
+        finally:
+            os._exit(0)
+    try:
+        while slot.snapshot().heartbeat < 100.0:  # the child has started storing
+            pass
+        torn = 0
+        for _ in range(200_000):
+            snap = slot.snapshot()
+            if snap.heartbeat < 100.0 or snap.state is WorkerState.FREE:
+                torn += 1
+    finally:
+        stop.set_state(WorkerState.READY)
+        assert _wait(pid) == 0
+    assert torn == 0
+    board.close()

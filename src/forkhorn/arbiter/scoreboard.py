@@ -70,12 +70,10 @@ class WorkerState(enum.IntEnum):
 #   line 200s | spawned_at d | pid i | generation I
 _LAYOUT = struct.Struct(f"<ddQBxH4x{MAX_REQUEST_LINE_BYTES}sdiI")
 SLOT_SIZE = (_LAYOUT.size + 7) // 8 * 8
-_HEARTBEAT = struct.Struct("<d")  # offset 0
 _REQUESTS = struct.Struct("<Q")  # offset 16
 _STATE = struct.Struct("<B")  # offset 24
 _LINE = struct.Struct(f"<H4x{MAX_REQUEST_LINE_BYTES}s")  # offset 26
 _PID = struct.Struct("<i")  # offset 240
-_OFF_HEARTBEAT = 0
 _OFF_REQUESTS = 16
 _OFF_STATE = 24
 _OFF_LINE = 26
@@ -84,11 +82,16 @@ _OFF_PID = 240
 # count (unchanged: pad bytes would be written as zeros, so it cannot be skipped), state
 # and line; request_finished writes heartbeat, start (0.0: no request in flight), count
 # and state.
-_STARTED = struct.Struct(f"<ddQBxH4x{MAX_REQUEST_LINE_BYTES}s")
-_FINISHED = struct.Struct("<ddQB")
+# Both start after the heartbeat, which is stored on its own (see ScoreboardSlot.snapshot).
+_STARTED = struct.Struct(f"<dQBxH4x{MAX_REQUEST_LINE_BYTES}s")  # offset 8
+_FINISHED = struct.Struct("<dQB")  # offset 8
+_OFF_START = 8
 _monotonic = time.monotonic
 _BUSY = int(WorkerState.BUSY)
 _IDLE = int(WorkerState.IDLE)
+_FREE = int(WorkerState.FREE)
+# Reads of a slot caught in the middle of its owner's store (see snapshot) before giving up.
+_TORN_READ_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +122,15 @@ class ScoreboardSlot:
     ``reset`` before the slot is handed out).
     """
 
-    __slots__ = ("_base", "_buf", "_served", "index")
+    __slots__ = ("_base", "_beat", "_beats", "_buf", "_served", "index")
 
-    def __init__(self, buf: mmap.mmap, base: int, index: int) -> None:
+    def __init__(self, buf: mmap.mmap, beats: memoryview[float], base: int, index: int) -> None:
         self._buf = buf
         self._base = base
+        # The heartbeat as one aligned 8-byte double of the segment seen as doubles: an
+        # item store or load through the view is a single machine store or load.
+        self._beats = beats
+        self._beat = base // 8
         self.index = index
         self._served = 0  # the owner's count, mirrored into the slot
 
@@ -140,8 +147,29 @@ class ScoreboardSlot:
         _LAYOUT.pack_into(self._buf, self._base, 0.0, 0.0, 0, WorkerState.FREE, 0, b"", 0.0, 0, 0)
 
     def snapshot(self) -> SlotSnapshot:
-        """Copy the slot out.  Unlocked; see the module docstring, rule 1."""
-        hb, rs, reqs, state, n, line, spawned, pid, gen = _LAYOUT.unpack_from(self._buf, self._base)
+        """Copy the slot out.  Unlocked; see the module docstring, rule 1.
+
+        ``struct.pack_into`` zeroes the whole range it packs before it writes the fields, so
+        a read can land between the two: a live worker's heartbeat then reads 0.0 (silent
+        since boot, so the master would abort it for a timeout; a HUP test under wrk caught
+        it) and its state FREE, and a double read while its bytes are being written one by
+        one is nonsense too. A busy worker stores twice per request, and such reads came
+        to about 0.8 % of all reads in a test here. So the heartbeat is never packed: the
+        owner stores it, and the master loads it, as one aligned 8-byte double. The other
+        fields are packed after offset 8; a slot whose owner is known (the pid lies outside
+        those stores) and that reads FREE is read again, and read as BUSY if the owner
+        stays in the middle of its store (descheduled there).
+        """
+        buf, base = self._buf, self._base
+        for _ in range(_TORN_READ_RETRIES):
+            _, rs, reqs, state, n, line, spawned, pid, gen = _LAYOUT.unpack_from(buf, base)
+            if not pid or state != _FREE:
+                break  # a free slot, or the owner's store is not half-done
+        else:
+            # The owner was descheduled in the middle of a store: it is serving requests
+            # (the hot-path stores) or changing state; BUSY is the safe reading of both.
+            state = _BUSY
+        hb = self._beats[self._beat]
         try:
             st = WorkerState(state)
         except ValueError:  # a torn or scribbled byte; treat as still booting
@@ -167,9 +195,7 @@ class ScoreboardSlot:
 
     def heartbeat(self, now: float | None = None) -> None:
         """Record that the worker is alive: one 8-byte store, no syscall beyond the clock."""
-        _HEARTBEAT.pack_into(
-            self._buf, self._base + _OFF_HEARTBEAT, time.monotonic() if now is None else now
-        )
+        self._beats[self._beat] = time.monotonic() if now is None else now
 
     def _set_line(self, line: bytes) -> None:
         raw = line[:MAX_REQUEST_LINE_BYTES]
@@ -184,22 +210,21 @@ class ScoreboardSlot:
         # struct's "s" truncates a longer line to MAX_REQUEST_LINE_BYTES by itself.
         _STARTED.pack_into(
             self._buf,
-            self._base,
-            t,
+            self._base + _OFF_START,
             t,
             self._served,
             _BUSY,
             min(len(request_line), MAX_REQUEST_LINE_BYTES),
             request_line,
         )
+        self._beats[self._beat] = t
 
     def request_finished(self, now: float | None = None) -> int:
         """The request ended: count it, mark IDLE, heartbeat.  Returns requests served.
         One store, like request_started."""
         self._served = served = self._served + 1
-        _FINISHED.pack_into(
-            self._buf, self._base, _monotonic() if now is None else now, 0.0, served, _IDLE
-        )
+        _FINISHED.pack_into(self._buf, self._base + _OFF_START, 0.0, served, _IDLE)
+        self._beats[self._beat] = _monotonic() if now is None else now
         return served
 
     def boot_failed(self, reason: str) -> None:
@@ -220,6 +245,7 @@ class Scoreboard:
     def __init__(self, nslots: int = 64) -> None:
         self._segment_slots = max(1, nslots)
         self._segments: list[mmap.mmap] = []
+        self._beat_views: list[memoryview[float]] = []
         self._slots: list[ScoreboardSlot] = []
         self._free: list[int] = []
         self._in_use: set[int] = set()
@@ -227,10 +253,12 @@ class Scoreboard:
 
     def _add_segment(self) -> None:
         buf = mmap.mmap(-1, SLOT_SIZE * self._segment_slots)
+        beats: memoryview[float] = memoryview(buf).cast("d")
         self._segments.append(buf)
+        self._beat_views.append(beats)
         first = len(self._slots)
         for i in range(self._segment_slots):
-            self._slots.append(ScoreboardSlot(buf, i * SLOT_SIZE, first + i))
+            self._slots.append(ScoreboardSlot(buf, beats, i * SLOT_SIZE, first + i))
         # Hand out low indexes first: pop() takes from the end.
         self._free.extend(range(len(self._slots) - 1, first - 1, -1))
 
@@ -263,6 +291,9 @@ class Scoreboard:
         return [self._slots[i].snapshot() for i in sorted(self._in_use)]
 
     def close(self) -> None:
+        for view in self._beat_views:
+            view.release()  # an mmap with a live view cannot be closed
+        self._beat_views.clear()
         for buf in self._segments:
             buf.close()
         self._segments.clear()
