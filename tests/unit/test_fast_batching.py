@@ -95,6 +95,17 @@ def connect(worker: FastWorker) -> tuple[HttpProtocol, Transport]:
     return protocol, transport
 
 
+def recording_app(paths: list[str]) -> Callable[..., list[bytes]]:
+    """A WSGI app that answers "ok" and appends each request's path to ``paths``."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        paths.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    return app
+
+
 def turn(worker: FastWorker) -> None:
     worker.loop.turn()  # type: ignore[attr-defined]
 
@@ -151,13 +162,7 @@ def test_a_stream_is_written_as_it_is_produced(worker: FastWorker) -> None:
 def test_a_client_that_does_not_read_is_not_read(worker: FastWorker) -> None:
     protocol, transport = connect(worker)
     calls: list[str] = []
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        calls.append(environ["PATH_INFO"])
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
-
-    worker.wsgi = app
+    worker.wsgi = recording_app(calls)
     protocol.pause_writing()  # its earlier responses fill the transport's buffer
     protocol.data_received(GET)
     assert not transport.reading and calls == [] and transport.writes == []
@@ -204,13 +209,7 @@ def test_the_connection_waiting_longest_is_served_first(
     clock = [1000.0]
     monkeypatch.setattr(fast, "_monotonic", lambda: clock[0])
     order: list[str] = []
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        order.append(environ["PATH_INFO"])
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
-
-    worker.wsgi = app
+    worker.wsgi = recording_app(order)
     worker.long_turns = True  # as after a turn whose batch reached FLUSH_AFTER
     a, b, c = connect(worker)[0], connect(worker)[0], connect(worker)[0]
     for name, protocol in (("/c", c), ("/b", b), ("/a", a)):  # c's response ends first
@@ -238,13 +237,7 @@ def test_a_connection_read_twice_in_a_turn_is_queued_once(worker: FastWorker) ->
 
 def test_a_connection_lost_before_its_turn_is_not_served(worker: FastWorker) -> None:
     calls: list[str] = []
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        calls.append(environ["PATH_INFO"])
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
-
-    worker.wsgi = app
+    worker.wsgi = recording_app(calls)
     worker.long_turns = True
     protocol, transport = connect(worker)
     protocol.data_received(GET)
@@ -279,3 +272,27 @@ def test_requests_are_ordered_only_while_turns_are_long(
     assert not worker.long_turns  # one short turn: back to serving as read
     a.data_received(GET)
     assert worker.ready == []
+
+
+def test_a_leftover_end_of_turn_callback_does_not_end_long_turns(
+    worker: FastWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(fast, "_monotonic", lambda: clock[0])
+    paths: list[str] = []
+    record = recording_app(paths)
+
+    def slow_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        clock[0] += 0.002  # longer than FLUSH_AFTER
+        return record(environ, start_response)
+
+    worker.wsgi = slow_app
+    worker.long_turns = True
+    (a, ta), (b, tb) = connect(worker), connect(worker)
+    a.pause_writing()
+    a.data_received(GET)  # kept: its client is not reading
+    b.data_received(GET)  # queued for serve_ready
+    a.resume_writing()  # served outside serve_ready: schedules its own end of turn
+    turn(worker)  # serve_ready (a long turn, it ends it) and then that callback
+    assert paths == ["/", "/"] and len(ta.writes) == len(tb.writes) == 1
+    assert worker.long_turns

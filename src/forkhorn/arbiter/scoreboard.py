@@ -12,15 +12,16 @@ Rules it keeps:
    process owns it: when it hands the slot out and after it reaped the owner).  The master
    only reads.  So there is no lock: a read may be torn between fields, which at worst
    pairs a request line with the previous request's start time in a log line.  The
-   heartbeat, the one field decisions hang on, is an aligned 8-byte store, which Linux
-   and every CPU we run on perform at once.
+   heartbeat, the one field decisions hang on, is stored and loaded as one aligned
+   8-byte double (never through ``struct``, which zeroes a range before it fills it;
+   see ``ScoreboardSlot.snapshot``), which Linux and every CPU we run on perform at once.
 2. Every time in a slot is ``time.monotonic()``; it is shared across processes on one host.
 3. Slots never move.  When the master runs out it maps one more segment; only workers
    forked afterwards see it, and they only ever touch their own slot.  Start-up allocates
    ``max(64, 4 * workers)`` slots so that HUP (twice the workers for a moment) and TTIN
    rarely need that.
 
-How a worker uses it: ``slot.heartbeat()`` on every tick (one ``pack_into``; no syscall,
+How a worker uses it: ``slot.heartbeat()`` on every tick (one 8-byte store; no syscall,
 no file), ``slot.request_started(line)`` / ``slot.request_finished()`` around a request.
 The master calls ``scoreboard.allocate()`` before forking, ``slot.snapshot()`` each loop,
 and ``scoreboard.free(slot)`` after reaping.
@@ -65,24 +66,22 @@ class WorkerState(enum.IntEnum):
 
 
 # Layout, little-endian, no implicit padding; doubles stay 8-byte aligned. What a request
-# changes comes first and in one run, so that each hot-path store is one pack_into:
+# changes comes first and in one run, so that each hot-path store is one pack_into after
+# the heartbeat plus the heartbeat's own store:
 #   heartbeat d | request_start d | requests Q | state B | pad 1 | line_len H | pad 4 |
 #   line 200s | spawned_at d | pid i | generation I
 _LAYOUT = struct.Struct(f"<ddQBxH4x{MAX_REQUEST_LINE_BYTES}sdiI")
 SLOT_SIZE = (_LAYOUT.size + 7) // 8 * 8
-_REQUESTS = struct.Struct("<Q")  # offset 16
 _STATE = struct.Struct("<B")  # offset 24
 _LINE = struct.Struct(f"<H4x{MAX_REQUEST_LINE_BYTES}s")  # offset 26
 _PID = struct.Struct("<i")  # offset 240
-_OFF_REQUESTS = 16
 _OFF_STATE = 24
 _OFF_LINE = 26
 _OFF_PID = 240
-# The two hot-path stores, each from offset 0: request_started writes heartbeat, start,
-# count (unchanged: pad bytes would be written as zeros, so it cannot be skipped), state
-# and line; request_finished writes heartbeat, start (0.0: no request in flight), count
-# and state.
-# Both start after the heartbeat, which is stored on its own (see ScoreboardSlot.snapshot).
+# The two hot-path packs, each from offset 8, after the heartbeat (stored on its own, see
+# ScoreboardSlot.snapshot): request_started writes start, count (unchanged: pad bytes
+# would be written as zeros, so it cannot be skipped), state and line; request_finished
+# writes start (0.0: no request in flight), count and state.
 _STARTED = struct.Struct(f"<dQBxH4x{MAX_REQUEST_LINE_BYTES}s")  # offset 8
 _FINISHED = struct.Struct("<dQB")  # offset 8
 _OFF_START = 8

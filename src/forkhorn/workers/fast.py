@@ -624,8 +624,8 @@ class FastWorker(Worker):
         written last, their next request arrives just after the next poll, and they miss
         a turn; served in epoll's order they stay last and miss one turn in two. Served
         oldest first, a connection that missed a poll goes first in the next turn. With
-        the Flask todo app pinned at 50 connections, p99 latency went from 26-27 ms to
-        16-17 ms (bench/README.md).
+        the Flask todo app pinned at 50 connections, p99 latency went from 17-28 ms to
+        10-24 ms, lower in each of 4 rounds (bench/README.md).
 
         Only while turns are long (``long_turns``: a batch reached ``FLUSH_AFTER`` in the
         last turn): queueing every request cost hello about a tenth of its throughput,
@@ -653,9 +653,10 @@ class FastWorker(Worker):
     def end_turn(self) -> None:
         """The end of a turn that made responses: write them, and note whether the turn
         was long (``serve_ready``)."""
-        self.turn_ending = False
-        self.long_turns = self.bounded
-        self.bounded = False
+        if self.turn_ending:  # not a callback left over from a turn serve_ready ended
+            self.turn_ending = False
+            self.long_turns = self.bounded
+            self.bounded = False
         self.flush()
 
     def flush(self) -> None:
