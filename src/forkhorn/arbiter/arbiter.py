@@ -24,6 +24,7 @@ Every method of ``Arbiter`` runs in: master, main loop only, unless it says othe
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -730,10 +731,19 @@ class Arbiter:
         # operator needs the traceback, once, not on every backoff retry.
         worker.log_boot_traceback = self.ever_ready and self.backoff.failures == 0
         self._call_hook("pre_fork", self, worker)
+        # Everything alive in the master now (modules, settings, a preloaded app) goes to
+        # the child frozen: the worker's collections then never write to those objects'
+        # GC headers, which would copy every page they sit on into each of the workers.
+        # The master thaws its own copy at once and collects as before (unless something,
+        # a hook, froze objects in the master on purpose).
+        thaw = gc.get_freeze_count() == 0
+        gc.freeze()
         with blocked_across_fork() as mask:
             pid = os.fork()
             if not pid:
                 self._run_child(worker, mask)  # never returns
+        if thaw:
+            gc.unfreeze()
         worker.pid = pid
         self.workers[pid] = WorkerRecord(
             worker, pid, self._age, self.generation, slot, now, heartbeat=now

@@ -91,8 +91,10 @@ class ServerOptions:
         action="flag",
         doc="""
         Load the app in the master before forking, so workers share its memory pages and
-        start faster. The app is then not re-imported by a worker restart, only by a
-        reload (HUP) or upgrade.
+        start faster. The master hands its objects to each worker frozen for the garbage
+        collector (``gc.freeze()``), so the workers' collections do not copy those pages.
+        The app is then not re-imported by a worker restart, only by a reload (HUP) or
+        upgrade.
         """,
     )
     chdir = Setting(
