@@ -42,11 +42,16 @@ if [[ $what == goals || $what == all ]]; then
 fi
 if [[ $what == classic || $what == all ]]; then
   "$py" "$peers" "${specs[@]}" \
-    --servers gunicorn-sync,gunicorn-meinheld,forkhorn-fast \
+    --servers gunicorn-sync,gunicorn-meinheld,bjoern,forkhorn-fast \
     --apps todo --workers 9 -c 100 -t 12 -d 5 --rounds 12 \
     --json "$out/classic.json" --markdown "$out/classic.md"
-  python3 "$here/paired.py" "$out/classic.json" forkhorn-fast gunicorn-meinheld \
-    | tee "$out/classic.paired.md"
+  # bjoern (C, pre-forked with the app preloaded) shows what a server with almost no
+  # per-request cost of its own reaches in this configuration.
+  {
+    python3 "$here/paired.py" "$out/classic.json" forkhorn-fast gunicorn-meinheld
+    python3 "$here/paired.py" "$out/classic.json" bjoern gunicorn-meinheld
+    python3 "$here/paired.py" "$out/classic.json" forkhorn-fast bjoern
+  } | tee "$out/classic.paired.md"
 fi
 if [[ $what == cores || $what == all ]]; then
   # The classic load with one worker per core, as event-loop workers are meant to run.
