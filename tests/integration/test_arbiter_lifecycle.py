@@ -134,6 +134,23 @@ def test_hup_switches_only_to_a_release_that_boots(
     assert {_version(server) for _ in range(10)} == {b"v2"}
 
 
+def test_hup_with_preload_says_the_code_is_not_reloaded(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """The master cannot import the app a second time: a HUP boots new workers with the
+    code it loaded at start-up (as gunicorn does), and the log must say so, since a deploy
+    by HUP would otherwise serve the old code without a word."""
+    _release(tmp_path, GOOD.format(version="v1"))
+    server = server_factory("release:app", "--preload", "--workers", "2", cwd=tmp_path)
+    _release(tmp_path, GOOD.format(version="v2"))
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"app was loaded in the master \(--preload\).*send USR2", since=mark)
+    server.wait_for_log(r"Reload complete", since=mark, timeout=20)
+    server.wait_for_workers(2)
+    assert {_version(server) for _ in range(6)} == {b"v1"}
+
+
 # A preloaded app holding many small containers the garbage collector tracks (400,000
 # one-item lists, 25 MB): the kind of heap a large Django or Flask app builds at import.
 HEAVY = """

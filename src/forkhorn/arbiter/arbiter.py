@@ -555,6 +555,15 @@ class Arbiter:
                 wsgi is None or new_cfg.wsgi_app != getattr(self.cfg, "wsgi_app", None)
             ):
                 wsgi = self._load_app(new_cfg)
+            elif wsgi is not None:
+                # As in gunicorn: the master cannot import its modules a second time, so
+                # the new workers get the code it loaded at start-up. Deploys that expect
+                # HUP to pick up new code serve the old code; say so every time.
+                self.log.warning(
+                    "Reload: the app was loaded in the master (--preload), so the new "
+                    "workers run the code loaded at start-up; send USR2 (then TERM to the "
+                    "old master) to load new code"
+                )
         except ForkhornError as exc:
             self.log.error("Reload failed; the current workers keep serving: %s", exc)
             systemd.ready(environ=self._environ)
