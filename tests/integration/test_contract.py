@@ -11,6 +11,7 @@ Tests that do not change the server's state share one running server per worker 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
@@ -258,6 +259,40 @@ def test_streaming_response_arrives_chunked(server: ServerProcess, worker_class:
             # The connection is still usable after a chunked response.
             conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
             assert conn.read_response().body == b"Hello, World!"
+
+
+@pytest.mark.timeout(30)
+def test_sized_iterable_of_one_chunk_keeps_the_connection(
+    server: ServerProcess, worker_class: str
+) -> None:
+    """What Flask and Django return: an iterable (not a list) of one chunk, with a
+    Content-Length."""
+    with RawConnection(server.port) as conn:
+        for _ in range(3):
+            conn.send(b"GET /stream?chunks=1&size=10&length=10 HTTP/1.1\r\nHost: t\r\n\r\n")
+            resp = conn.read_response()
+            assert resp.status == 200
+            assert resp.header("content-length") == "10"
+            assert resp.body == b"0" * 10
+            if not keeps_alive(worker_class):
+                break
+
+
+@pytest.mark.timeout(30)
+def test_chunks_past_the_content_length_are_cut_and_the_connection_closed(
+    server: ServerProcess, worker_class: str
+) -> None:
+    """An app that yields more than it declared: the client gets exactly the declared
+    bytes, and the connection is not trusted with another request."""
+    with RawConnection(server.port) as conn:
+        conn.send(b"GET /stream?chunks=3&size=10&length=10 HTTP/1.1\r\nHost: t\r\n\r\n")
+        resp = conn.read_response()
+        assert resp.status == 200 and resp.body == b"0" * 10
+        # At once, well inside the keep-alive window: a server that kept the connection
+        # would answer this one.
+        with contextlib.suppress(OSError):  # the close may already have arrived
+            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert conn.read_until_close() == b""
 
 
 @pytest.mark.timeout(30)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import itertools
 import operator
 import os
 import signal
@@ -350,17 +351,44 @@ class HttpProtocol(asyncio.Protocol):
                 close_result(result, worker.log)
                 self._finish(exchange, environ, True)
                 return
+            file = result.regular_file() if isinstance(result, FileWrapper) else None
+            if file is not None:
+                self.result = result
+                self.exchange = exchange
+                self.environ = environ
+                self.busy = True
+                self._pause_reading()
+                worker.tasks.add(asyncio.ensure_future(self._sendfile(file, exchange, environ)))
+                return
+            iterator = iter(result)
+            first = next(iterator, None)
+            if first.__class__ is bytes:
+                # Flask, Django and most frameworks return an iterable of one chunk with a
+                # Content-Length. When that chunk completes the response and nothing
+                # follows, finish here rather than through _stream and _end_streaming.
+                exchange.write(first)
+                if self.transport is None:  # gone while writing: nothing more to send
+                    close_result(result, worker.log)
+                    return
+                if conn.response_complete:
+                    # One more step, as _stream would take: a chunk past the
+                    # Content-Length is the app's error and must be reported, not dropped.
+                    first = next(iterator, None)
+                    if first is None:
+                        exchange.finish()
+                        close_result(result, worker.log)
+                        self._finish(exchange, environ, True)
+                        return
+                    iterator = itertools.chain((first,), iterator)
+            elif first is not None:
+                # Not bytes: _stream's check reports it as the app's error.
+                iterator = itertools.chain((first,), iterator)
             self.result = result
             self.exchange = exchange
             self.environ = environ
             self.busy = True
-            file = result.regular_file() if isinstance(result, FileWrapper) else None
-            if file is not None:
-                self._pause_reading()
-                worker.tasks.add(asyncio.ensure_future(self._sendfile(file, exchange, environ)))
-            else:
-                self.iterator = iter(result)
-                self._stream()
+            self.iterator = iterator
+            self._stream()
         except ProtocolError:
             raise
         except Exception:

@@ -2,6 +2,7 @@
 
 ``/?chunks=N&size=M&sleep=S`` yields N pieces of M bytes (piece i is the digit i % 10),
 sleeping S seconds between them. The expected body is ``expected_body(N, M)``.
+``&length=L`` declares ``Content-Length: L`` (which the pieces may not match).
 """
 
 import time
@@ -17,7 +18,10 @@ def app(environ, start_response):
     chunks = int(query.get("chunks", ["5"])[0])
     size = int(query.get("size", ["10"])[0])
     pause = float(query.get("sleep", ["0"])[0])
-    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    headers = [("Content-Type", "application/octet-stream")]
+    if "length" in query:
+        headers.append(("Content-Length", query["length"][0]))
+    start_response("200 OK", headers)
 
     def generate():
         for i in range(chunks):
