@@ -71,6 +71,14 @@ class Loop:
 
 
 @pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The fast worker's clock, moved by hand: ``clock[0] += seconds``."""
+    now = [1000.0]
+    monkeypatch.setattr(fast, "_monotonic", lambda: now[0])
+    return now
+
+
+@pytest.fixture
 def worker() -> Iterator[FastWorker]:
     cfg = load_config(["examples.hello:app"], {})
     listener = socket.socket()
@@ -122,10 +130,8 @@ def test_responses_of_one_turn_are_written_at_its_end(worker: FastWorker) -> Non
 
 
 def test_a_batch_older_than_flush_after_goes_out_before_the_next_app_call(
-    worker: FastWorker, monkeypatch: pytest.MonkeyPatch
+    worker: FastWorker, clock: list[float]
 ) -> None:
-    clock = [1000.0]
-    monkeypatch.setattr(fast, "_monotonic", lambda: clock[0])
     (a, ta), (b, _) = connect(worker), connect(worker)
     seen_by_app: list[int] = []
 
@@ -202,12 +208,10 @@ def test_pipelined_requests_wait_while_the_client_does_not_read(worker: FastWork
 
 
 def test_the_connection_waiting_longest_is_served_first(
-    worker: FastWorker, monkeypatch: pytest.MonkeyPatch
+    worker: FastWorker, clock: list[float]
 ) -> None:
     # epoll reports still-readable connections in a stable order; served in that order,
     # the ones whose responses went out last keep missing the next poll (serve_ready).
-    clock = [1000.0]
-    monkeypatch.setattr(fast, "_monotonic", lambda: clock[0])
     order: list[str] = []
     worker.wsgi = recording_app(order)
     worker.long_turns = True  # as after a turn whose batch reached FLUSH_AFTER
@@ -247,10 +251,8 @@ def test_a_connection_lost_before_its_turn_is_not_served(worker: FastWorker) -> 
 
 
 def test_requests_are_ordered_only_while_turns_are_long(
-    worker: FastWorker, monkeypatch: pytest.MonkeyPatch
+    worker: FastWorker, clock: list[float]
 ) -> None:
-    clock = [1000.0]
-    monkeypatch.setattr(fast, "_monotonic", lambda: clock[0])
     cost = [0.002]  # each app call: 2 ms, more than FLUSH_AFTER
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -275,10 +277,8 @@ def test_requests_are_ordered_only_while_turns_are_long(
 
 
 def test_a_leftover_end_of_turn_callback_does_not_end_long_turns(
-    worker: FastWorker, monkeypatch: pytest.MonkeyPatch
+    worker: FastWorker, clock: list[float]
 ) -> None:
-    clock = [1000.0]
-    monkeypatch.setattr(fast, "_monotonic", lambda: clock[0])
     paths: list[str] = []
     record = recording_app(paths)
 
