@@ -79,7 +79,7 @@ MAX_MEMORY_BODY = 1024 * 1024
 WRITE_HIGH_WATER = 256 * 1024
 #: Complete responses wait for the end of the loop's turn (HttpProtocol._defer), unless
 #: the turn has been making them for this long (seconds; 1 ms kept nearly all of the gain
-#: of an unbounded wait on todo, bench/README.md) or they hold this many bytes.
+#: of an unbounded wait on todo, bench/HISTORY.md) or they hold this many bytes.
 FLUSH_AFTER = 0.001
 FLUSH_BYTES = 256 * 1024
 #: How often deadlines are checked and the heartbeat is sent (seconds).
@@ -470,7 +470,7 @@ class HttpProtocol(asyncio.Protocol):
         Under load a turn serves every connection with a request waiting; writing their
         responses together, after the last app call, instead of one between each two,
         saves the client side a wake-up per response and keeps the app's code in the CPU's
-        caches (bench/README.md: 1.06x to 1.31x on todo, pinned). ``_respond`` bounds the wait.
+        caches (bench/HISTORY.md: 1.06x to 1.31x on todo, pinned). ``_respond`` bounds the wait.
         """
         transport = self.transport
         if transport is None:
@@ -653,7 +653,7 @@ class FastWorker(Worker):
         a turn; served in epoll's order they stay last and miss one turn in two. Served
         oldest first, a connection that missed a poll goes first in the next turn. With
         the Flask todo app pinned at 50 connections, p99 latency went from 17-28 ms to
-        10-24 ms, lower in each of 4 rounds (bench/README.md).
+        10-24 ms, lower in each of 4 rounds (bench/HISTORY.md).
 
         Only while turns are long (``long_turns``: a batch reached ``FLUSH_AFTER`` in the
         last turn): queueing every request cost hello about a tenth of its throughput,
