@@ -14,7 +14,11 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
+import random
 import signal
+import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -23,6 +27,9 @@ import pytest
 
 from .conftest import ServerFactory
 from .server import (
+    APPS,
+    ROOT,
+    SRC,
     InFlight,
     RawConnection,
     ServerProcess,
@@ -30,6 +37,7 @@ from .server import (
     get,
     parse_responses,
     raw_request,
+    read_until_close,
     server_pool,
     stream_body,
 )
@@ -326,6 +334,132 @@ def test_app_exception_mid_stream_closes(server: ServerProcess, worker_class: st
     (resp,) = parse_responses(data)
     assert resp.status == 200 and not resp.complete
     assert resp.body == b"x" * 1000
+
+
+# -- wsgi.file_wrapper -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def payload(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 MiB and 7 bytes of seeded random data: more than loopback sockets buffer, so a
+    client that stops reading makes the server's socket full; no block of it repeats, so
+    a block sent twice or out of place shows."""
+    path = tmp_path_factory.mktemp("files") / "payload.bin"
+    path.write_bytes(random.Random(5).randbytes(12 * 1024 * 1024 + 7))
+    return path
+
+
+def file_server(
+    server_factory: ServerFactory, worker_class: str, payload: Path, *args: str, **env: str
+) -> ServerProcess:
+    return server_factory(
+        "files:app",
+        *worker_args(worker_class),
+        *args,
+        env={"FORKHORN_TEST_FILE": str(payload), **env},
+    )
+
+
+def check_file_responses(server: ServerProcess, payload: Path, keep_alive: bool) -> None:
+    """``/`` declares the size, ``/nolength`` does not, ``HEAD /`` must carry no body:
+    on one connection (pipelined) where the class keeps connections, else one each."""
+    expected = payload.read_bytes()
+    requests = [
+        ("GET", b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"),
+        ("GET", b"GET /nolength HTTP/1.1\r\nHost: t\r\n\r\n"),
+        ("HEAD", b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+    ]
+    if keep_alive:
+        data = raw_request(server.port, b"".join(raw for _, raw in requests), 30)
+        responses = parse_responses(data, [method for method, _ in requests])
+    else:
+        responses = [
+            parse_responses(raw_request(server.port, raw, 30), [method])[0]
+            for method, raw in requests
+        ]
+    full, unsized, head = responses
+    for resp in (full, unsized):
+        assert (resp.status, resp.complete) == (200, True)
+        assert len(resp.body) == len(expected)
+        assert resp.body == expected
+    assert full.header("content-length") == str(len(expected))
+    assert head.status == 200 and head.body == b""
+    assert head.header("content-length") == str(len(expected))
+    assert "Traceback" not in server.logs
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sendfile", ["default", "--no-sendfile"])
+def test_file_wrapper_sends_the_file_exactly(
+    server_factory: ServerFactory, worker_class: str, payload: Path, sendfile: str
+) -> None:
+    args = [sendfile] if sendfile != "default" else []
+    server = file_server(server_factory, worker_class, payload, *args)
+    check_file_responses(server, payload, keeps_alive(worker_class))
+
+
+def read_slowly_then_fully(port: int, requests: bytes) -> bytes:
+    """A client with a small receive buffer that reads a little for a while, then
+    everything until the server closes: the server's socket fills up meanwhile."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(requests)
+        chunks = []
+        for _ in range(10):
+            chunks.append(sock.recv(4096))
+            time.sleep(0.05)
+        chunks.append(read_until_close(sock, 30))
+        return b"".join(chunks)
+
+
+@pytest.mark.timeout(90)
+def test_file_wrapper_to_a_client_that_reads_slowly(
+    server_factory: ServerFactory, worker_class: str, payload: Path
+) -> None:
+    server = file_server(server_factory, worker_class, payload)
+    if keeps_alive(worker_class):
+        # The second request waits behind the file: the connection must go on after it.
+        requests = (
+            b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        full, head = parse_responses(read_slowly_then_fully(server.port, requests), ["GET", "HEAD"])
+        assert head.status == 200 and head.body == b""
+    else:
+        data = read_slowly_then_fully(server.port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        (full,) = parse_responses(data)
+    assert (full.status, full.complete) == (200, True)
+    assert full.body == payload.read_bytes()
+    assert "Traceback" not in server.logs
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sendfile", ["default", "--no-sendfile"])
+def test_fast_file_wrapper_on_the_standard_asyncio_loop(
+    server_factory: ServerFactory, tmp_path: Path, payload: Path, sendfile: str
+) -> None:
+    """Without uvloop the fast worker runs asyncio's own loop: files must go out the same."""
+    hidden = tmp_path / "no-uvloop"
+    hidden.mkdir()
+    (hidden / "uvloop.py").write_text("raise ImportError('hidden by the test')\n")
+    path = os.pathsep.join(str(p) for p in (hidden, APPS, SRC, ROOT))
+    args = [sendfile] if sendfile != "default" else []
+    server = file_server(server_factory, "fast", payload, *args, PYTHONPATH=path)
+    server.wait_for_log(r"uvloop is not installed: using the standard asyncio loop")
+    check_file_responses(server, payload, keep_alive=True)
+    full, head = parse_responses(
+        read_slowly_then_fully(
+            server.port,
+            b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        ),
+        ["GET", "HEAD"],
+    )
+    assert full.body == payload.read_bytes()
+    assert head.status == 200 and head.body == b""
 
 
 # -- shutdown --------------------------------------------------------------------------------------

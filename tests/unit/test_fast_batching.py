@@ -1,6 +1,7 @@
 """The fast worker's protocol: the requests of a turn are served oldest connection first;
 complete responses wait for the end of the loop's turn, with bounds; a stream is never
-held; a client that does not read its responses is not read.
+held; a client that does not read its responses is not read. A file body goes through
+``os.sendfile``, or is copied with ``--no-sendfile``.
 
 A real FastWorker and HttpProtocol, built as a worker process builds them, with a
 transport that records what is written and a loop stand-in whose ``turn()`` runs what
@@ -296,3 +297,80 @@ def test_a_leftover_end_of_turn_callback_does_not_end_long_turns(
     turn(worker)  # serve_ready (a long turn, it ends it) and then that callback
     assert paths == ["/", "/"] and len(ta.writes) == len(tb.writes) == 1
     assert worker.long_turns
+
+
+# -- wsgi.file_wrapper bodies ------------------------------------------------------------
+
+
+def file_body_setup(
+    worker: FastWorker, tmp_path: Any, size: int
+) -> tuple[HttpProtocol, Transport, int, bytes, socket.socket, socket.socket]:
+    """A protocol whose transport reports a real socket (one end of a pair) and holds
+    nothing, and an open file of ``size`` bytes."""
+    content = os.urandom(size)
+    path = tmp_path / "body.bin"
+    path.write_bytes(content)
+    fd = os.open(path, os.O_RDONLY)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    protocol, transport = connect(worker)
+    transport._extra["socket"] = ours  # type: ignore[attr-defined]
+    transport.get_write_buffer_size = lambda: 0  # type: ignore[method-assign]
+    return protocol, transport, fd, content, ours, theirs
+
+
+def test_a_file_body_goes_through_sendfile_when_the_socket_takes_it(
+    worker: FastWorker, tmp_path: Any
+) -> None:
+    protocol, transport, fd, content, ours, theirs = file_body_setup(worker, tmp_path, 100_000)
+    try:
+        sent = asyncio.run(protocol._send_file_body(transport, fd, 1000, 50_000))
+        assert sent == 50_000
+        assert transport.writes == []  # nothing copied
+        theirs.settimeout(5)
+        got = b""
+        while len(got) < sent:
+            got += theirs.recv(65536)
+        assert got == content[1000:51000]
+    finally:
+        os.close(fd)
+        ours.close()
+        theirs.close()
+
+
+def test_no_sendfile_copies_the_file_through_the_transport(
+    worker: FastWorker, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any) -> int:
+        raise AssertionError("os.sendfile called with --no-sendfile")
+
+    monkeypatch.setattr(fast.os, "sendfile", refuse)
+    worker.use_sendfile = False  # what prepare_http sets for --no-sendfile
+    size = 3 * fast.FILE_BLOCK + 5
+    protocol, transport, fd, content, ours, theirs = file_body_setup(worker, tmp_path, size)
+    try:
+        assert asyncio.run(protocol._send_file_body(transport, fd, 0, size)) == size
+        assert b"".join(transport.writes) == content
+        assert len(transport.writes) == 4  # in FILE_BLOCK pieces
+    finally:
+        os.close(fd)
+        ours.close()
+        theirs.close()
+
+
+def test_no_sendfile_setting_reaches_the_worker() -> None:
+    from forkhorn.workers.session import prepare_http
+
+    for argv, expected in ((["--no-sendfile"], False), ([], True)):
+        cfg = load_config([*argv, "examples.hello:app"], {})
+        listener = socket.socket()
+        try:
+            listener.bind(("127.0.0.1", 0))
+            worker = FastWorker(
+                1, os.getppid(), [Listener(listener)], "examples.hello:app", 30, cfg,
+                Logger(cfg), Scoreboard(1).allocate(),
+            )  # fmt: skip
+            prepare_http(worker, multithread=False)
+            assert worker.use_sendfile is expected
+        finally:
+            listener.close()

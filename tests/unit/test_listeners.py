@@ -81,6 +81,26 @@ def test_tcp_v4_port_zero_reports_the_real_port() -> None:
         listener.close()
 
 
+def test_tcp_listeners_and_their_connections_have_no_nagle_delay() -> None:
+    made = bind_one(parse_address("127.0.0.1:0"), backlog=8)
+    inherited = socket.socket()
+    inherited.bind(("127.0.0.1", 0))
+    inherited.listen()
+    adopted = create_listeners([], environ={FD_ENV: str(inherited.detach())})[0]
+    try:
+        for listener in (made, adopted):
+            assert listener.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            with socket.create_connection(listener.sock.getsockname()[:2], timeout=5):
+                listener.sock.setblocking(True)
+                accepted, _ = listener.sock.accept()
+                with accepted:
+                    # What every worker class serves on.
+                    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        made.close()
+        adopted.close()
+
+
 def test_reuse_port_sets_the_option() -> None:
     [listener] = create_listeners(["127.0.0.1:0"], reuse_port=True, environ={})
     try:

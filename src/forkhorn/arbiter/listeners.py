@@ -256,6 +256,12 @@ def _address_of(sock: socket.socket) -> Address:
 def _prepare(sock: socket.socket) -> socket.socket:
     sock.setblocking(False)
     sock.set_inheritable(False)  # inherited by fork regardless; exec only via export_fds
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        # No Nagle delay: a response written in pieces (a head, then chunks) must not
+        # wait for the client's delayed ACK, about 40 ms per response on keep-alive
+        # connections. Set on the listener, it is inherited by every accepted socket,
+        # whatever the worker class (as gunicorn does).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 

@@ -168,6 +168,7 @@ class Worker(abc.ABC):
         self.header_map = "drop"
         self.body_min_rate = 0.0  # bytes/s; 0: no minimum (see wsgi/input.py)
         self.body_allowance = 0.0  # seconds a body read starts with
+        self.use_sendfile = True  # False: --no-sendfile, file bodies are read and written
         self._wake_r = -1
         self._wake_w = -1
 

@@ -13,8 +13,9 @@ How it works:
 - The app runs inline in the loop. A one-item list goes out in one write with a
   Content-Length; other iterables are pulled one chunk at a time, and only while the
   transport's buffer is under its high-water mark: when asyncio calls ``pause_writing``,
-  iteration stops and reading is paused until ``resume_writing``. ``wsgi.file_wrapper``
-  goes through ``loop.sendfile``.
+  iteration stops and reading is paused until ``resume_writing``. A ``wsgi.file_wrapper``
+  of a regular file goes out with ``os.sendfile`` while the socket takes it
+  (``HttpProtocol._send_file_body``).
 - Complete responses made in one turn of the loop are written together at its end, not
   one between each two app calls (``HttpProtocol._defer``): under load that saves the
   client a wake-up per response and keeps the app in the CPU's caches. A response waits
@@ -82,6 +83,8 @@ WRITE_HIGH_WATER = 256 * 1024
 #: of an unbounded wait on todo, bench/HISTORY.md) or they hold this many bytes.
 FLUSH_AFTER = 0.001
 FLUSH_BYTES = 256 * 1024
+#: Bytes per os.sendfile() call or copied block of a wsgi.file_wrapper body.
+FILE_BLOCK = 256 * 1024
 #: How often deadlines are checked and the heartbeat is sent (seconds).
 SWEEP_INTERVAL = 1.0
 
@@ -101,6 +104,7 @@ class HttpProtocol(asyncio.Protocol):
         "conn",
         "deadline",
         "dispatching",
+        "drain_waiter",
         "environ",
         "exchange",
         "iterator",
@@ -136,6 +140,7 @@ class HttpProtocol(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.environ: dict[str, Any] | None = None
         self.result: Any = None
+        self.drain_waiter: asyncio.Future[None] | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -156,6 +161,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.worker.connections.discard(self)
+        waiter = self.drain_waiter
+        if waiter is not None:
+            self.drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)  # the file body's task sees transport None and ends
         if self.result is not None:
             close_result(self.result, self.worker.log)
             self.result = None
@@ -167,6 +177,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        waiter = self.drain_waiter
+        if waiter is not None:  # a file body waits for the transport to drain
+            self.drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+            return
         if self.iterator is not None:
             self._stream()
         elif not self.busy:
@@ -431,19 +447,19 @@ class HttpProtocol(asyncio.Protocol):
             transport = self.transport
             if transport is None:
                 return
-            # Written before loop.sendfile starts (it waits only for the transport's
-            # buffer), after anything of the batch that is pending.
-            self._send(head)
+            # The head goes out now, after what this turn has pending (a response
+            # pipelined before this one may be among it), and before any of the file.
+            self.worker.flush()
+            transport.write(head)
             if count:
-                loop = asyncio.get_running_loop()
-                with os.fdopen(os.dup(fd), "rb") as fileobj:
-                    sent = await loop.sendfile(transport, fileobj, offset, count)
+                sent = await self._send_file_body(transport, fd, offset, count)
                 exchange.sent += sent
                 if sent < count:
-                    ok = False
-            tail = exchange.conn.send_end()
-            if tail:
-                self._send(tail)
+                    ok = False  # the file shrank, or the client left: close
+            if self.transport is not None:
+                tail = exchange.conn.send_end()
+                if tail:
+                    self._send(tail)
         except Exception:
             ok = app_failed(exchange, environ, self.worker.log, sys.exc_info())
         finally:
@@ -451,6 +467,62 @@ class HttpProtocol(asyncio.Protocol):
             if task is not None:
                 self.worker.tasks.discard(task)
         self._end_streaming(ok)
+
+    async def _send_file_body(
+        self, transport: asyncio.Transport, fd: int, offset: int, count: int
+    ) -> int:
+        """Send ``count`` bytes of the file from ``offset``; return how many went.
+
+        uvloop has no ``loop.sendfile``, so the worker calls ``os.sendfile`` on the
+        socket itself (as asyncio's own loop would), but only while the transport holds
+        nothing, so the bytes stay in order. When the socket is full, one block is
+        copied through the transport instead, and with the transport's limits at zero
+        ``pause_writing`` comes at once and ``resume_writing`` only once that block has
+        gone: then sendfile takes over again. ``--no-sendfile``, or a transport without
+        a socket, copies every block, with the usual high-water mark.
+        """
+        sock = transport.get_extra_info("socket") if self.worker.use_sendfile else None
+        out = sock.fileno() if sock is not None else -1
+        if out >= 0:
+            transport.set_write_buffer_limits(high=0, low=0)
+        sent = 0
+        try:
+            while sent < count:
+                if self.write_paused:
+                    await self._drained()
+                if self.transport is None:
+                    break
+                size = min(FILE_BLOCK, count - sent)
+                if out >= 0 and not transport.get_write_buffer_size():
+                    try:
+                        n = os.sendfile(out, fd, offset + sent, size)
+                    except BlockingIOError:
+                        n = -1  # the socket is full: copy one block through the transport
+                    except OSError:
+                        out = -1  # sendfile refused (a file system without it): copy
+                        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+                        n = -1
+                    if n == 0:
+                        break  # the file is shorter than it was
+                    if n > 0:
+                        sent += n
+                        await asyncio.sleep(0)  # let the loop serve other connections
+                        continue
+                block = os.pread(fd, size, offset + sent)
+                if not block:
+                    break
+                transport.write(block)
+                sent += len(block)
+        finally:
+            if out >= 0 and self.transport is not None:
+                transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        return sent
+
+    def _drained(self) -> asyncio.Future[None]:
+        """A future that ``resume_writing`` (or ``connection_lost``) completes."""
+        waiter: asyncio.Future[None] = self.worker.loop.create_future()
+        self.drain_waiter = waiter
+        return waiter
 
     def _send(self, data: bytes) -> None:
         """Write what the exchange produced: the end of a response waits for the end of

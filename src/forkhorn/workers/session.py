@@ -157,7 +157,13 @@ def serve_request(
     ok = False
     try:
         worker.cfg.pre_request(worker, request)
-        ok = run_app(worker.wsgi, environ, exchange, _sendfile_for(sock), worker.log)  # type: ignore[arg-type]
+        ok = run_app(
+            worker.wsgi,  # type: ignore[arg-type]
+            environ,
+            exchange,
+            _sendfile_for(sock) if worker.use_sendfile else _copy_for(sock),
+            worker.log,
+        )
     except ProtocolError as exc:
         send_protocol_error(sock, conn, exc)
         exchange.status = f"{exc.status} {exc.reason}"
@@ -183,6 +189,27 @@ def _sendfile_for(sock: socket.socket) -> Any:
             return sock.sendfile(file, offset, count)
 
     return sendfile
+
+
+#: Bytes read and sent at a time when a file is copied rather than sent with sendfile.
+COPY_BLOCK = 256 * 1024
+
+
+def _copy_for(sock: socket.socket) -> Any:
+    """``--no-sendfile``: the file's bytes are read here and sent like any body (for file
+    systems whose sendfile is broken), still framed by the file's size."""
+
+    def copy(fd: int, offset: int, count: int) -> int:
+        sent = 0
+        while sent < count:
+            block = os.pread(fd, min(COPY_BLOCK, count - sent), offset + sent)
+            if not block:
+                break  # the file is shorter than it was: the caller closes the connection
+            sock.sendall(block)
+            sent += len(block)
+        return sent
+
+    return copy
 
 
 def finish_request(
@@ -242,6 +269,7 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
     # setting's documented rule); see wsgi/input.py.
     worker.body_min_rate = float(cfg.body_min_rate or 0)
     worker.body_allowance = float(cfg.header_timeout or 0)
+    worker.use_sendfile = cfg.sendfile is not False
     server_name, server_port = "", ""
     if worker.sockets:
         name = worker.sockets[0].getsockname()
