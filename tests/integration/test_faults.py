@@ -46,6 +46,7 @@ from .conftest import ServerFactory
 from .load import ANNOUNCED, FAILED, Load, run_wrk_load
 from .server import (
     InFlight,
+    RawConnection,
     Response,
     ServerProcess,
     children_of,
@@ -713,6 +714,36 @@ def test_max_requests_with_jitter_under_load(start: StartServer, worker_class: s
     _check_announced_closes(load, retired, worker_class)
     report("max-requests", worker_class, failed=len(load.failures), total=load.total,
            recycled=len(retired))  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+def test_a_retiring_worker_is_replaced_before_it_exits(
+    start: StartServer, worker_class: str
+) -> None:
+    """A worker that retires itself stops counting at once: its replacement boots while it
+    still holds an idle keep-alive connection (for DRAIN_IDLE), so capacity never drops.
+    Before, the master replaced it only when it exited, and -k fast took a second more."""
+    if worker_class == "sync":
+        pytest.skip("sync closes every connection after its response: nothing to wait for")
+    # Three requests: the start-up handshake's, then two here.
+    server = start("--max-requests", "3", workers=1)
+    (old,) = server.wait_for_workers(1)
+    with RawConnection(server.port) as idle:
+        idle.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert idle.read_response().status == 200  # the connection stays open, idle
+        assert get(server.port).status == 200  # the third: the worker retires
+        both = False
+        deadline = time.monotonic() + 10  # bounds a hang only
+        while time.monotonic() < deadline:
+            # (/proc's children lists can miss one while another forks: ask each pid.)
+            replacements = [pid for pid in children_of(server.pid) if pid != old]
+            if not is_alive(old):
+                break  # it exited first: too late
+            if replacements:
+                both = True
+                break
+            time.sleep(0.005)  # poll interval
+        assert both, f"no replacement while worker {old} drained\n{server.logs}"
 
 
 @pytest.mark.timeout(60)

@@ -88,6 +88,7 @@ class WorkerRecord:
     heartbeat: float = 0.0
     reached_serving: bool = False
     retiring_since: float | None = None
+    retired_itself: bool = False  # retiring_since came from its slot, not our Retire
     aborted_at: float | None = None
     killed: bool = False
 
@@ -830,7 +831,8 @@ class Arbiter:
                 self.log.error("Worker (pid:%s) was sent SIGKILL! Perhaps out of memory?", rec.pid)
             elif sig == signal.SIGKILL:
                 self.log.warning("Worker (pid:%s) was killed (SIGKILL) by the master", rec.pid)
-            elif rec.retiring_since is None and rec.aborted_at is None:
+            elif (rec.retiring_since is None or rec.retired_itself) and rec.aborted_at is None:
+                # (Not told to stop by the master: a signal from elsewhere, or a crash.)
                 self.log.error("Worker (pid:%s) was sent %s!", rec.pid, signal.Signals(sig).name)
         elif code != 0 and snap.state is not WorkerState.BOOT_FAILED:
             # (A boot failure gets its own line below, with the reason.)
@@ -876,6 +878,11 @@ class Arbiter:
             snap = rec.slot.snapshot()
             rec.state = snap.state
             rec.heartbeat = snap.heartbeat
+            if snap.state is WorkerState.EXITING and rec.retiring_since is None:
+                # It retired itself (max_requests, lifetime, memory): no longer active,
+                # so its replacement starts now, and graceful_timeout bounds its exit.
+                rec.retiring_since = time.monotonic()
+                rec.retired_itself = True
             if snap.state.is_serving and not rec.reached_serving:
                 rec.reached_serving = True
                 current_ready = current_ready or rec.generation == self.generation

@@ -493,6 +493,16 @@ class Worker(abc.ABC):
         self.slot.set_state(WorkerState.EXITING)
         self.stop_accepting()
         self._wake()
+        self.tell_master()
+
+    def tell_master(self) -> None:
+        """Wake the master now (SIGCHLD only wakes its loop), so it sees this worker
+        leaving in the scoreboard and starts the replacement while this one finishes
+        its in-flight requests and idle connections, not after it exits."""
+        try:
+            os.kill(self.ppid, signal.SIGCHLD)
+        except OSError:
+            pass  # the master is gone: the parent check ends this worker
 
     def request_started(self, request_line: bytes) -> float:
         """A request began (scoreboard: BUSY, its line and start time). Returns the

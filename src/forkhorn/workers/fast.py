@@ -662,6 +662,11 @@ class HttpProtocol(asyncio.Protocol):
 _EMPTY_INPUT = io.BytesIO(b"")
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _drain_pipe(fd: int) -> None:
     try:
         while os.read(fd, 4096):
@@ -693,6 +698,7 @@ class FastWorker(Worker):
         self.tasks: set[asyncio.Future[Any]] = set()  # keeps sendfile tasks referenced
         self.adopting = 0  # connections drained from the accept queue, not yet protocols
         self.closing_servers = False  # _close_servers is scheduled, not yet run
+        self.nap: asyncio.Future[None] | None = None  # the sweep's wait (_serve)
         self.max_connections = int(cfg.worker_connections)
         self.head_timeout = float(cfg.header_timeout)
         self.keepalive = float(cfg.keepalive)
@@ -807,8 +813,22 @@ class FastWorker(Worker):
             self.now = now = _monotonic()
             for protocol in list(self.connections):
                 protocol.expire(now)
-            await asyncio.sleep(SWEEP_INTERVAL)
+            # A wait that _wake() can end: a stop or a retirement is acted on at once,
+            # not at the next sweep (the replacement of a retiring worker waits for it).
+            nap: asyncio.Future[None] = loop.create_future()
+            self.nap = nap
+            timer = loop.call_later(SWEEP_INTERVAL, _settle, nap)
+            await nap
+            timer.cancel()
+        self.nap = None
         await self._drain()
+
+    def _wake(self) -> None:
+        # From a signal handler (TERM) or retire(): the loop may be anywhere, so the
+        # sweep's wait is ended through the thread-safe entry, at its next turn.
+        nap = self.nap
+        if nap is not None:
+            self.loop.call_soon_threadsafe(_settle, nap)
 
     def unregister_listeners(self) -> None:
         # Runs in a signal handler (TERM) or on retirement: every response composed from
