@@ -336,6 +336,34 @@ def test_app_exception_mid_stream_closes(server: ServerProcess, worker_class: st
     assert resp.body == b"x" * 1000
 
 
+# -- limits set to 0 ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_limits_of_zero_mean_their_maximum_or_default(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """0 is documented as the maximum (request line 8190, 32768 fields) or the default
+    (field size 8190), not as "refuse every request"."""
+    server = server_factory(
+        "hello:app",
+        *worker_args(worker_class),
+        "--limit-request-line", "0",
+        "--limit-request-fields", "0",
+        "--limit-request-field-size", "0",
+    )  # fmt: skip
+    many = "".join(f"X-F{i}: v\r\n" for i in range(200))  # past the default of 100
+    ok = raw_request(
+        server.port,
+        f"GET /{'a' * 5000} HTTP/1.1\r\nHost: t\r\n{many}Connection: close\r\n\r\n".encode(),
+    )
+    assert parse_responses(ok)[0].status == 200
+    too_long = raw_request(
+        server.port, f"GET / HTTP/1.1\r\nHost: t\r\nX-Big: {'b' * 8200}\r\n\r\n".encode()
+    )
+    assert parse_responses(too_long)[0].status == 431
+
+
 # -- wsgi.file_wrapper -----------------------------------------------------------------------------
 
 

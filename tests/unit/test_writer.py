@@ -340,6 +340,20 @@ def test_send_continue_once_and_only_when_expected() -> None:
     assert plain.send_continue() == b""
 
 
+def test_expect_continue_without_content_sends_no_100_and_keeps_the_connection() -> None:
+    """Content-Length: 0 with Expect: 100-continue: nothing to wait for, so no 100, and an
+    app that never reads the (empty) body does not cost the connection."""
+    conn = ServerConnection()
+    conn.receive_data(
+        b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert isinstance(conn.next_event(), Request)
+    assert conn.send_continue() == b""
+    head = conn.send_response("200 OK", [("Content-Length", "0")])
+    assert b"Connection: close" not in head
+    assert conn.keep_alive
+
+
 def test_response_for_protocol_error_path_never_raises() -> None:
     """A worker answers a ProtocolError with its status; the parser must stay raising."""
     conn = ServerConnection()

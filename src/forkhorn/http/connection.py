@@ -259,6 +259,7 @@ class ServerConnection:
             and not self._continue_sent
             and self._our_state == _IDLE
             and self._their_state == _BODY
+            and self._reader is not None  # no content: nothing to wait for (RFC 9110 §10.1.1)
         ):
             self._continue_sent = True
             return writer.CONTINUE
@@ -323,7 +324,7 @@ class ServerConnection:
             # The app answered without reading the whole body. Draining keeps the
             # connection only when the rest is small and will actually arrive.
             reader = self._reader
-            if (
+            if reader is not None and (  # None: no content, nothing to drain
                 request.chunked
                 or (request.expect_continue and not self._continue_sent)
                 or (

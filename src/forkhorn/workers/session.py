@@ -248,6 +248,11 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
 
     from forkhorn import __version__
     from forkhorn.config import SETTINGS
+    from forkhorn.config.options.security import (
+        DEFAULT_MAX_FIELD_SIZE,
+        MAX_HEADERS,
+        MAX_REQUEST_LINE,
+    )
     from forkhorn.wsgi.cycle import FileWrapper
     from forkhorn.wsgi.environ import make_base_environ
 
@@ -257,10 +262,11 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
     worker.access_enabled = bool(worker.log.access_enabled)
     worker.hook_pre_request = cfg.pre_request is not SETTINGS["pre_request"].default
     worker.hook_post_request = cfg.post_request is not SETTINGS["post_request"].default
+    # 0 means each limit's documented maximum or default, never "refuse everything".
     worker.http_limits = (
-        cfg.limit_request_line or 8190,
-        cfg.limit_request_fields,
-        cfg.limit_request_field_size,
+        cfg.limit_request_line or MAX_REQUEST_LINE,
+        cfg.limit_request_fields or MAX_HEADERS,
+        cfg.limit_request_field_size or DEFAULT_MAX_FIELD_SIZE,
         cfg.limit_request_body,
         cfg.server_header.encode("latin-1"),
     )
