@@ -23,6 +23,7 @@ Runs in: the worker process (the master only imports it).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import warnings
 from collections.abc import Callable
@@ -74,13 +75,26 @@ class _GreenSocket(eventlet.greenio.GreenSocket):  # type: ignore[misc]
         return sent
 
 
+# The signals that stop a booting worker (arbiter.signals.STOP_SIGNALS).
+_STOP_SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM)
+
+
 class EventletWorker(GreenletWorker):
     """eventlet's primitives for ``GreenletWorker``."""
 
     library = "eventlet"
 
     def patch(self) -> None:
-        eventlet.monkey_patch()
+        # monkey_patch() catches every exception, SystemExit included, and goes on: a stop
+        # signal, which ends a booting worker with SystemExit, would be swallowed there
+        # and the worker would boot and serve until the master killed it at
+        # graceful_timeout. So stop signals wait until it returns (one that came
+        # meanwhile is delivered right after, and the worker leaves as it should).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            eventlet.monkey_patch()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def make_pool(self, size: int) -> None:
         self._pool = eventlet.greenpool.GreenPool(size)
