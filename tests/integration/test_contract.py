@@ -336,6 +336,29 @@ def test_app_exception_mid_stream_closes(server: ServerProcess, worker_class: st
     assert resp.body == b"x" * 1000
 
 
+# -- absolute-form targets -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_absolute_form_target_overrides_host(server: ServerProcess, worker_class: str) -> None:
+    """RFC 9112 §3.2.2: the target's authority wins over Host (userinfo dropped); one that
+    is not a valid host is 400."""
+    data = raw_request(
+        server.port,
+        b"GET http://user@target.example:8080/echo/abs?q=1 HTTP/1.1\r\n"
+        b"Host: other.example\r\nConnection: close\r\n\r\n",
+    )
+    (resp,) = parse_responses(data)
+    assert resp.status == 200
+    echoed = json.loads(resp.body)
+    assert echoed["headers"]["HTTP_HOST"] == "target.example:8080"
+    environ = echoed["environ"]
+    assert (environ["SERVER_NAME"], environ["SERVER_PORT"]) == ("target.example", "8080")
+    assert (echoed["path"], echoed["query"]) == ("/echo/abs", "q=1")
+    bad = raw_request(server.port, b"GET http://a^b/echo HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert parse_responses(bad)[0].status == 400
+
+
 # -- limits set to 0 ------------------------------------------------------------------------------
 
 

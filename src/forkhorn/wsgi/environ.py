@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from forkhorn.http import BadRequestError, Request
+from forkhorn.http.grammar import HOST_RE
 
 _KEY_CACHE_LIMIT = 1024
 #: Marks a header name that the ``refuse`` policy answers with 400.
@@ -129,6 +130,10 @@ def build_environ(
         else:
             environ[key] = value.decode("latin-1")
 
+    if target[0] != 0x2F and target != b"*" and method != b"CONNECT":
+        # RFC 9112 §3.2.2: with an absolute-form target the server MUST ignore Host and
+        # use the target's authority, so the app sees the URL the client asked for.
+        environ["HTTP_HOST"] = _authority_of(target)
     host = environ.get("HTTP_HOST")
     if host is not None:
         # SERVER_NAME/SERVER_PORT from Host, as gunicorn does (PEP 3333 URL reconstruction).
@@ -184,6 +189,21 @@ def _split_host(host: str, scheme: str) -> tuple[str, str]:
             _hosts.clear()
         _hosts[host] = server
     return server
+
+
+def _authority_of(target: bytes) -> str:
+    """The host and port of an absolute-form target (userinfo dropped). Raises
+    BadRequestError when it is not a valid Host value."""
+    rest = target[target.find(b"://") + 3 :]
+    end = len(rest)
+    for separator in (b"/", b"?", b"#"):
+        at = rest.find(separator)
+        if 0 <= at < end:
+            end = at
+    authority = rest[:end].rpartition(b"@")[2]
+    if not authority or HOST_RE.fullmatch(authority) is None:
+        raise BadRequestError("invalid host in the request target")
+    return authority.decode("latin-1")
 
 
 def _split_non_origin(target: bytes) -> tuple[bytes, bytes]:
