@@ -336,6 +336,46 @@ def test_app_exception_mid_stream_closes(server: ServerProcess, worker_class: st
     assert resp.body == b"x" * 1000
 
 
+# -- clients that leave or stop reading ------------------------------------------------------------
+
+# 2000 pieces of 64 KiB: far more than loopback sockets buffer.
+BIG_STREAM = b"GET /?chunks=2000&size=65536 HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_leaves_mid_stream_is_still_logged(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    server = server_factory("stream:app", *worker_args(worker_class), "--access-logfile", "-")
+    with connect(server.port) as sock:
+        sock.sendall(BIG_STREAM.replace(b"/?", b"/left?"))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        time.sleep(1)  # reads no more: the server's buffers fill and it waits for us
+    # The request ended when the client left; it is in the access log all the same.
+    server.wait_for_log(r'"GET /left\?chunks=2000&size=65536 HTTP/1\.1" 200', stream="stdout")
+    assert get(server.port, "/?chunks=2&size=3").status == 200  # and the worker serves on
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_stops_reading_is_dropped_after_the_timeout(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """It must not hold its connection, buffers and the app's iterable forever: after
+    ``timeout`` without taking any of the response, the server lets it go."""
+    server = server_factory("stream:app", *worker_args(worker_class), "--timeout", "2")
+    with connect(server.port) as sock:
+        sock.sendall(BIG_STREAM)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 OK")
+        time.sleep(5)  # reads nothing for longer than the timeout (and the 1 s sweep)
+        try:
+            rest = read_until_close(sock, 20)  # what the kernel buffered, then the end
+        except TimeoutError:
+            pytest.fail(f"the connection is still open\n{server.logs}")
+    assert len(first) + len(rest) < 2000 * 65536  # cut short: the server dropped it
+    assert get(server.port, "/?chunks=2&size=3").status == 200
+
+
 # -- absolute-form targets -------------------------------------------------------------------------
 
 

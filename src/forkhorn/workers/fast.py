@@ -25,8 +25,9 @@ How it works:
   processed again before reading more, unless the client is not reading its responses
   (``pause_writing``): then reading stops until it does.
 - Deadlines without a timer per request: each connection holds one monotonic deadline
-  (keep-alive idle, whole head, or minimum body rate) and a sweep every second closes
-  those past it, answering 408 where a status can still be sent. ``worker_connections``
+  (keep-alive idle, whole head, minimum body rate, or a response its client has stopped
+  reading for ``timeout``) and a sweep every second closes those past it, answering 408
+  where a status can still be sent. ``worker_connections``
   caps open connections; beyond it new ones get 503 and are closed.
 - The heartbeat is a loop callback: an app that hangs the loop stops it, so the master's
   ``timeout`` catches the worker, dumps its stack and replaces it.
@@ -161,19 +162,29 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.worker.connections.discard(self)
+        self.transport = None
         waiter = self.drain_waiter
         if waiter is not None:
             self.drain_waiter = None
             if not waiter.done():
                 waiter.set_result(None)  # the file body's task sees transport None and ends
+        if self.iterator is not None:
+            # A stream cut short (the client left, or was dropped for not reading): the
+            # request still ends, failed, in the access log, the hooks and the count.
+            self._end_streaming(False)
+            return
         if self.result is not None:
             close_result(self.result, self.worker.log)
             self.result = None
-        self.iterator = None
-        self.transport = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.busy:
+            # The response in progress waits for the client to read. It must take some
+            # within the send timeout (``timeout``, the other classes' socket timeout),
+            # or the sweep drops it: a client that never reads must not hold the
+            # connection, its buffer and the app's iterable or file forever.
+            self.deadline = _monotonic() + self.worker.send_timeout
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -628,8 +639,20 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- called by the worker's sweep ----------------------------------------------------
     def expire(self, now: float) -> None:
-        """Close the connection if its deadline passed (idle, slow head, slow body)."""
-        if self.busy or now < self.deadline:
+        """Close the connection if its deadline passed (idle, slow head, slow body, or a
+        response the client stopped reading)."""
+        if now < self.deadline:
+            return
+        if self.busy:
+            transport = self.transport
+            if self.write_paused and transport is not None:
+                request = self.request
+                self.worker.log.info(
+                    "Dropped a client that read nothing more of its response for %gs: %s",
+                    self.worker.send_timeout,
+                    request.request_line.decode("latin-1") if request is not None else "",
+                )
+                transport.abort()  # close() would wait for the buffer to drain
             return
         if self.phase == _IDLE or (self.request is None and not self.conn.has_buffered):
             # Idle, or never sent a byte: nothing to answer. Unless its next request is
@@ -699,6 +722,8 @@ class FastWorker(Worker):
         self.adopting = 0  # connections drained from the accept queue, not yet protocols
         self.closing_servers = False  # _close_servers is scheduled, not yet run
         self.nap: asyncio.Future[None] | None = None  # the sweep's wait (_serve)
+        # How long a response may wait for its client to read (0: no limit).
+        self.send_timeout = float(cfg.timeout or 0) or float("inf")
         self.max_connections = int(cfg.worker_connections)
         self.head_timeout = float(cfg.header_timeout)
         self.keepalive = float(cfg.keepalive)
