@@ -499,10 +499,12 @@ class Worker(abc.ABC):
         """Wake the master now (SIGCHLD only wakes its loop), so it sees this worker
         leaving in the scoreboard and starts the replacement while this one finishes
         its in-flight requests and idle connections, not after it exits."""
+        if os.getppid() != self.ppid:
+            return  # the master is gone (the parent check ends this worker): no one to tell
         try:
             os.kill(self.ppid, signal.SIGCHLD)
         except OSError:
-            pass  # the master is gone: the parent check ends this worker
+            pass
 
     def request_started(self, request_line: bytes) -> float:
         """A request began (scoreboard: BUSY, its line and start time). Returns the
