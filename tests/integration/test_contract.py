@@ -399,6 +399,29 @@ def test_absolute_form_target_overrides_host(server: ServerProcess, worker_class
     assert parse_responses(bad)[0].status == 400
 
 
+# -- server hooks ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_pre_request_hook_that_raises_gets_a_500(
+    server_factory: ServerFactory, worker_class: str, tmp_path: Path
+) -> None:
+    """As in gunicorn: answered 500 and logged like an app error; the worker lives on."""
+    config = tmp_path / "hooks.conf.py"
+    config.write_text(
+        "def pre_request(worker, req):\n"
+        "    if req.target == b'/hookboom':\n"
+        "        raise RuntimeError('pre_request hook failed')\n"
+    )
+    server = server_factory("hello:app", *worker_args(worker_class), "-c", str(config))
+    (before,) = server.wait_for_workers(1)
+    resp = get(server.port, "/hookboom")
+    assert resp.status == 500
+    server.wait_for_log(r"RuntimeError: pre_request hook failed")
+    assert get(server.port, "/").status == 200
+    assert server.worker_pids() == [before]  # the same worker: it did not die
+
+
 # -- limits set to 0 ------------------------------------------------------------------------------
 
 

@@ -345,9 +345,9 @@ class HttpProtocol(asyncio.Protocol):
             worker.batch_started = started
         worker.slot.request_started(request.request_line, started)
         exchange = Exchange(conn, self._send, started)
-        if worker.hook_pre_request:
-            worker.cfg.pre_request(worker, request)
         try:
+            if worker.hook_pre_request:  # a hook that raises is answered like the app
+                worker.cfg.pre_request(worker, request)
             result = worker.wsgi(environ, exchange.start_response)  # type: ignore[misc]
         except ProtocolError:
             raise

@@ -35,7 +35,7 @@ from forkhorn.http import (
     RequestTimeoutError,
     ServerConnection,
 )
-from forkhorn.wsgi.cycle import Exchange, protocol_error_answer, run_app
+from forkhorn.wsgi.cycle import Exchange, app_failed, protocol_error_answer, run_app
 from forkhorn.wsgi.environ import build_environ
 from forkhorn.wsgi.input import RECV_SIZE, InputStream
 
@@ -156,14 +156,19 @@ def serve_request(
     exchange = Exchange(conn, send, worker.request_started(request.request_line))
     ok = False
     try:
-        worker.cfg.pre_request(worker, request)
-        ok = run_app(
-            worker.wsgi,  # type: ignore[arg-type]
-            environ,
-            exchange,
-            _sendfile_for(sock) if worker.use_sendfile else _copy_for(sock),
-            worker.log,
-        )
+        try:
+            worker.cfg.pre_request(worker, request)
+        except Exception:
+            # As gunicorn: a hook that raises gets the app's treatment (500, logged).
+            ok = app_failed(exchange, environ, worker.log, sys.exc_info())
+        else:
+            ok = run_app(
+                worker.wsgi,  # type: ignore[arg-type]
+                environ,
+                exchange,
+                _sendfile_for(sock) if worker.use_sendfile else _copy_for(sock),
+                worker.log,
+            )
     except ProtocolError as exc:
         send_protocol_error(sock, conn, exc)
         exchange.status = f"{exc.status} {exc.reason}"
