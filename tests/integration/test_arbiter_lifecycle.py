@@ -193,3 +193,36 @@ def test_preloaded_app_stays_shared_with_the_workers(
             f"worker {pid} wrote to {private} KiB since fork; the preloaded data is "
             f"about {data_kib} KiB\n{server.logs}"
         )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent", "eventlet", "fast"])
+def test_reload_restarts_the_worker_when_its_code_or_an_extra_file_changes(
+    server_factory: ServerFactory, tmp_path: Path, worker_class: str
+) -> None:
+    _release(tmp_path, GOOD.format(version="v1"))
+    extra = tmp_path / "extra.txt"
+    extra.write_text("one")
+    server = server_factory(
+        "release:app", "-k", worker_class, "--reload", "--reload-extra-file", str(extra),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert _version(server) == b"v1"
+
+    def changed(path: Path, text: str) -> None:
+        path.write_text(text)
+        later = time.time() + 2  # a new mtime even on a file system with coarse times
+        os.utime(path, (later, later))
+
+    mark = server.mark()
+    changed(tmp_path / "release.py", GOOD.format(version="v2"))
+    server.wait_for_log(r"Worker reloading: .*release\.py modified", since=mark)
+    deadline = time.monotonic() + 20  # bounds a hang only
+    while _version(server) != b"v2":
+        assert time.monotonic() < deadline, server.logs
+        time.sleep(0.05)  # poll interval
+    (before,) = server.wait_for_workers(1)
+    mark = server.mark()
+    changed(extra, "two")
+    server.wait_for_log(r"Worker reloading: .*extra\.txt modified", since=mark)
+    server.wait_for_log(rf"Worker exiting \(pid: {before}\)", since=mark)

@@ -282,6 +282,11 @@ class Arbiter:
         self.scoreboard = Scoreboard(max(64, 4 * self.num_workers))
         if getattr(self.cfg, "preload_app", False):
             self.wsgi = self._load_app(self.cfg)
+            if getattr(self.cfg, "reload_enabled", False):
+                self.log.warning(
+                    "--reload restarts workers on code changes, but with --preload they "
+                    "keep the app the master loaded: edits to it take effect only on USR2"
+                )
         self._watchdog_interval = systemd.watchdog_interval(self._environ)
 
     def _advise_on_cpus(self) -> None:

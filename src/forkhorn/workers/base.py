@@ -223,7 +223,17 @@ class Worker(abc.ABC):
         self.init_signals()
         self.load_wsgi()
         self.tune_gc()
+        if getattr(self.cfg, "reload_enabled", False):
+            from .reloader import Reloader
+
+            Reloader(self.cfg.reload_extra_files or [], self._code_changed).start()
         self.cfg.post_worker_init(self)
+
+    def _code_changed(self, path: str) -> None:
+        """``--reload``: a watched file changed (the reloader's thread). Leave as on TERM:
+        the handler runs in the main thread, and the master replaces this worker."""
+        self.log.info("Worker reloading: %s modified", path)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def tune_gc(self) -> None:
         """After the app is loaded: move everything alive now (modules, the app, the

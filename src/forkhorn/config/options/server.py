@@ -121,8 +121,12 @@ class ServerOptions:
         flags=("--reload",),
         action="flag",
         doc="""
-        Restart workers when code changes. For development only. In Python code the value
-        is ``cfg.reload_enabled`` (``cfg.reload()`` re-reads the configuration).
+        Restart workers when code changes. For development only. Each worker checks, once
+        a second, the files of the modules it imported and ``reload_extra_files``; on a
+        change it logs ``Worker reloading: PATH modified`` and leaves as on TERM, and its
+        replacement imports the new code. Not with ``preload_app`` (the app stays the
+        master's). In Python code the value is ``cfg.reload_enabled`` (``cfg.reload()``
+        re-reads the configuration).
         """,
     )
     reload_engine = Setting(
@@ -130,7 +134,10 @@ class ServerOptions:
         convert=choice("auto", "poll", "inotify"),
         flags=("--reload-engine",),
         metavar="STRING",
-        doc="How ``reload`` watches files: ``auto``, ``poll`` or ``inotify``.",
+        doc="""
+        How ``reload`` watches files: ``auto``, ``poll`` or ``inotify``, gunicorn's values.
+        forkhorn polls whatever the value (no extra package; a second's delay).
+        """,
     )
     reload_extra_files = Setting[list[str]](
         default=[],
