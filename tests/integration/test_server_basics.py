@@ -478,6 +478,20 @@ def test_unknown_flag_is_one_line() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_unimplemented_gunicorn_settings_are_named_at_start_up(
+    server_factory: ServerFactory,
+) -> None:
+    """Accepted so a gunicorn configuration keeps loading, never ignored silently."""
+    server = server_factory(
+        "hello:app", "--statsd-host", "127.0.0.1:9125", "--forwarded-allow-ips", "*"
+    )
+    for name in ("statsd_host", "forwarded_allow_ips"):
+        server.wait_for_log(rf"\[WARNING\] {name} is accepted for gunicorn compatibility")
+    assert "proxy_protocol" not in server.logs  # only what was set is named
+    assert get(server.port).status == 200
+
+
+@pytest.mark.timeout(30)
 def test_access_log_default_format(server_factory: ServerFactory) -> None:
     server = server_factory("hello:app", "--access-logfile", "-")
     resp = get(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import json
 import logging
 import os
 import re
@@ -324,3 +325,59 @@ def test_capture_output_sends_stdout_and_stderr_to_the_error_log(tmp_path: Path)
     assert "printed\n" in rotated
     assert "raw stderr\n" in rotated
     assert path.read_text() == "after reopen\n"
+
+
+def test_log_config_ini_file_configures_the_loggers_it_names(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """gunicorn's --log-config (logging.config.fileConfig)."""
+    custom = tmp_path / "ini.log"
+    ini = tmp_path / "logging.ini"
+    ini.write_text(
+        "[loggers]\nkeys=root,error\n\n"
+        "[handlers]\nkeys=file\n\n"
+        "[formatters]\nkeys=short\n\n"
+        "[logger_root]\nlevel=WARNING\nhandlers=\n\n"
+        "[logger_error]\nlevel=INFO\nhandlers=file\npropagate=0\nqualname=forkhorn.error\n\n"
+        f"[handler_file]\nclass=FileHandler\nformatter=short\nargs=({str(custom)!r},)\n\n"
+        "[formatter_short]\nformat=INI %(levelname)s %(message)s\n"
+    )
+    log = make_logger(logconfig=str(ini))
+    log.info("via the ini file")
+    for handler in log.error_log.handlers:
+        handler.close()  # made by fileConfig, so not closed by Logger.close()
+    assert lines(custom) == ["INI INFO via the ini file"]
+
+
+def test_log_config_json_file_is_a_dict_config(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """gunicorn's --log-config-json: the same as logconfig_dict, from a file."""
+    custom = tmp_path / "json.log"
+    config = tmp_path / "logging.json"
+    config.write_text(
+        json.dumps(
+            {
+                "formatters": {"short": {"format": "JSON %(levelname)s %(message)s"}},
+                "handlers": {
+                    "f": {"class": "logging.FileHandler", "filename": str(custom),
+                          "formatter": "short"},
+                },
+                "loggers": {"forkhorn.error": {"level": "INFO", "handlers": ["f"]}},
+            }
+        )
+    )  # fmt: skip
+    log = make_logger(logconfig_json=str(config))
+    log.info("via the json file")
+    for handler in log.error_log.handlers:
+        handler.close()
+    assert lines(custom) == ["JSON INFO via the json file"]
+
+
+def test_a_log_config_file_that_cannot_be_read_is_one_config_error(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    with pytest.raises(ConfigError, match="log_config_json"):
+        make_logger(logconfig_json=str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="log_config"):
+        make_logger(logconfig=str(tmp_path / "missing.ini"))

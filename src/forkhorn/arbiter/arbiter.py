@@ -61,6 +61,19 @@ from forkhorn.workers.base import Worker
 __all__ = ["Arbiter"]
 
 PID_ENV = "FORKHORN_PID"  # set for a re-executed master: the old master's pid (USR2)
+#: Settings accepted from gunicorn configurations that have no effect yet (see
+#: _warn_unimplemented): forwarded headers, PROXY protocol and statsd are planned.
+UNIMPLEMENTED_SETTINGS = (
+    "forwarded_allow_ips",
+    "secure_scheme_headers",
+    "proxy_protocol",
+    "proxy_allow_ips",
+    "statsd_host",
+    "statsd_prefix",
+    "logger_class",
+    "spew",
+    "worker_tmp_dir",
+)
 LOOP_INTERVAL = 1.0  # the longest the loop sleeps: heartbeats are checked at this rate
 # INT/QUIT: workers exit from their handler at once; a worker that does not within this
 # is stuck (in C) and is killed.
@@ -274,6 +287,7 @@ class Arbiter:
         self._bind()
         self.log.info("Using worker: %s", self.worker_class_name)
         self._advise_on_cpus()
+        self._warn_unimplemented()
         self._set_master_title()
         pidfile = getattr(self.cfg, "pidfile", None)
         if pidfile:
@@ -288,6 +302,24 @@ class Arbiter:
                     "keep the app the master loaded: edits to it take effect only on USR2"
                 )
         self._watchdog_interval = systemd.watchdog_interval(self._environ)
+
+    def _warn_unimplemented(self) -> None:
+        """gunicorn settings that are accepted (so a config file keeps loading) but do
+        nothing yet: say so once at start-up when one is set, never ignore it silently."""
+        source = getattr(self.cfg, "source", None)
+        if source is None:
+            return
+        for name in UNIMPLEMENTED_SETTINGS:
+            try:
+                given = source(name) != "default"
+            except KeyError:
+                continue
+            if given:
+                self.log.warning(
+                    "%s is accepted for gunicorn compatibility but not implemented yet: "
+                    "it has no effect",
+                    name,
+                )
 
     def _advise_on_cpus(self) -> None:
         """gunicorn's 2 x CPUs + 1 is for workers that wait on I/O; an event-loop worker

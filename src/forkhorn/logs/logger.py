@@ -25,6 +25,7 @@ from the main loop of each process, never from a signal handler.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import logging.config
 import logging.handlers
@@ -120,6 +121,18 @@ def _open_file_handler(path: str, what: str) -> logging.FileHandler:
         raise ConfigError(f"cannot open {what} {path!r}: {exc.strerror or exc}") from None
 
 
+def _read_json_config(path: str) -> dict[str, Any]:
+    """``--log-config-json``: a file holding a ``logging.config.dictConfig`` dict."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            value = json.load(file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"log_config_json {path!r}: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"log_config_json {path!r}: expected a JSON object")
+    return value
+
+
 def _syslog_address(addr: str) -> tuple[str | tuple[str, int], socket.SocketKind]:
     """gunicorn's syslog_addr forms: unix://PATH[#dgram|#stream], udp://H:P, tcp://H:P."""
     scheme, sep, rest = addr.partition("://")
@@ -182,8 +195,12 @@ class Logger:
         if cfg.capture_output and errorlog != "-":
             self._capture_output(errorlog)
 
-        if cfg.logconfig_dict:
-            self._dict_config(cfg.logconfig_dict, errorlog, cfg.accesslog)
+        user_dict = cfg.logconfig_dict
+        json_file = getattr(cfg, "logconfig_json", None)
+        if json_file:
+            user_dict = _read_json_config(json_file)
+        if user_dict:
+            self._dict_config(user_dict, errorlog, cfg.accesslog)
             self._access_enabled = self.access_log.isEnabledFor(logging.INFO) and bool(
                 self.access_log.hasHandlers()
             )
@@ -197,6 +214,14 @@ class Logger:
             self.error_log.addHandler(self._make_syslog_handler("error"))
             if not cfg.disable_redirect_access_to_syslog:
                 self.access_log.addHandler(self._make_syslog_handler("access"))
+        ini_file = getattr(cfg, "logconfig", None)
+        if ini_file:
+            # gunicorn's --log-config: a logging.config.fileConfig file. The loggers it
+            # names get its handlers instead of the ones above; the others keep theirs.
+            try:
+                logging.config.fileConfig(ini_file, disable_existing_loggers=False)
+            except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+                raise ConfigError(f"log_config {ini_file!r}: {exc!r}") from None
         self._access_enabled = bool(self.access_log.handlers)
 
     def _make_error_handler(self, errorlog: str) -> logging.Handler:

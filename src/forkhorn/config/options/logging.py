@@ -78,7 +78,7 @@ class LoggingOptions:
         convert=dotted_path,
         flags=("--logger-class",),
         metavar="STRING",
-        doc="The logger class, as a dotted path; it must take the config as its argument.",
+        doc="The logger class, as a dotted path (gunicorn's). Accepted, not yet used.",
     )
     logconfig = Setting(
         default=None,
@@ -140,5 +140,5 @@ class LoggingOptions:
         convert=string,
         flags=("--statsd-prefix",),
         metavar="STATSD_PREFIX",
-        doc="A prefix for the statsd metric names.",
+        doc="A prefix for the statsd metric names. Accepted, not yet used.",
     )

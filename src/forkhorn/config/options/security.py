@@ -127,7 +127,8 @@ class SecurityOptions:
         doc="""
         Front-end addresses (comma separated IPs or networks, or ``*``) trusted to set
         ``secure_scheme_headers``. ``FORWARDED_ALLOW_IPS`` in the environment replaces the
-        default.
+        default. Accepted, not yet used: ``wsgi.url_scheme`` is the connection's (a
+        start-up warning says so when this is set).
         """,
     )
     secure_scheme_headers = Setting(
@@ -139,7 +140,8 @@ class SecurityOptions:
         convert=header_mapping,
         doc="""
         Headers and values that, from a trusted front end, mark the request as HTTPS
-        (``wsgi.url_scheme``). Config file only.
+        (``wsgi.url_scheme``). Config file only. Accepted, not yet used (a start-up warning
+        says so when this is set).
         """,
     )
     proxy_protocol = Setting(
@@ -155,5 +157,5 @@ class SecurityOptions:
         flags=("--proxy-allow-from",),
         metavar="STRING",
         default_doc="'127.0.0.1,::1'",
-        doc="Front-end addresses allowed to send a PROXY protocol header.",
+        doc="Front-end addresses allowed to send a PROXY protocol header. Accepted, not yet used.",
     )

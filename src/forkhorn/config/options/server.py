@@ -177,5 +177,5 @@ class ServerOptions:
         convert=boolean,
         flags=("--spew",),
         action="flag",
-        doc="Trace every executed line (``sys.settrace``). Debugging only; very slow.",
+        doc="Trace every executed line (gunicorn's ``--spew``). Accepted, not yet used.",
     )
