@@ -78,7 +78,7 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         key: value
         for key, value in os.environ.items()
         # Settings must come only from what a test passes.
-        if key not in ("FORKHORN_CMD_ARGS", "WEB_CONCURRENCY", "PORT")
+        if key not in ("FORKHORN_CMD_ARGS", "GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "PORT")
     }
     paths = [str(APPS), str(SRC), str(ROOT)]
     if env.get("PYTHONPATH"):

@@ -87,6 +87,22 @@ def test_boolean_flags() -> None:
     assert cfg.sendfile is False
 
 
+def test_gunicorn_cmd_args_count_when_forkhorn_cmd_args_is_unset() -> None:
+    cfg = load_config([], {"GUNICORN_CMD_ARGS": "--workers 3"})
+    assert (cfg.workers, cfg.source("workers")) == (3, "GUNICORN_CMD_ARGS")
+    both = {"GUNICORN_CMD_ARGS": "--workers 3", "FORKHORN_CMD_ARGS": "--timeout 9"}
+    cfg = load_config([], both)
+    assert (cfg.workers, cfg.timeout) == (1, 9)  # ours wins; gunicorn's is not merged
+
+
+def test_gunicorn_conf_py_is_read_when_there_is_no_forkhorn_conf_py(tmp_path: Path) -> None:
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 5\n")
+    cfg = load_config([], {})
+    assert (cfg.workers, cfg.source("workers")) == (5, "config file ./gunicorn.conf.py")
+    (tmp_path / "forkhorn.conf.py").write_text("workers = 6\n")
+    assert load_config([], {}).workers == 6
+
+
 def test_precedence_file_env_cli(tmp_path: Path) -> None:
     path = write_config(tmp_path / "conf.py", "workers = 2\ntimeout = 5\nkeepalive = 7\n")
     environ = {"FORKHORN_CMD_ARGS": "--workers 3 --timeout 6"}

@@ -29,7 +29,8 @@ Precedence, lowest first:
 1. the default (`WEB_CONCURRENCY`, `PORT` and `FORWARDED_ALLOW_IPS` in the environment
    replace the defaults of `workers`, `bind` and `forwarded_allow_ips`, as in gunicorn);
 2. the config file;
-3. `FORKHORN_CMD_ARGS`, parsed like extra command-line arguments;
+3. `FORKHORN_CMD_ARGS` (or `GUNICORN_CMD_ARGS` when it is unset), parsed like extra
+   command-line arguments;
 4. the command line.
 
 `forkhorn --print-config` shows every resolved value and where it came from.

@@ -6,8 +6,10 @@ Precedence, lowest first (each layer replaces whole values, lists included):
    ``FORWARDED_ALLOW_IPS`` replace the default, as gunicorn does: a config file or a flag
    still wins over them;
 2. the config file (``-c PATH``, ``-c python:module``, else ``./forkhorn.conf.py`` when it
-   exists); its lower-case names that match settings are applied, others ignored;
-3. ``FORKHORN_CMD_ARGS``, split like a shell command line and parsed like argv;
+   exists, else ``./gunicorn.conf.py`` as gunicorn would); its lower-case names that match
+   settings are applied, others ignored;
+3. ``FORKHORN_CMD_ARGS`` (``GUNICORN_CMD_ARGS`` when it is unset), split like a shell
+   command line and parsed like argv;
 4. the command line.
 
 Rules kept here:
@@ -38,8 +40,13 @@ from forkhorn.config.registry import DEFAULT_SOURCE, SETTINGS, Config, validate
 from forkhorn.errors import ConfigError
 
 CMD_ARGS_ENV = "FORKHORN_CMD_ARGS"
+#: Read instead when FORKHORN_CMD_ARGS is unset, so a gunicorn deployment's environment
+#: keeps working.
+GUNICORN_CMD_ARGS_ENV = "GUNICORN_CMD_ARGS"
 COMMAND_LINE = "command line"
 DEFAULT_CONFIG_FILE = "./forkhorn.conf.py"
+#: Read when there is no ./forkhorn.conf.py, as gunicorn reads it by default.
+GUNICORN_CONFIG_FILE = "./gunicorn.conf.py"
 PYTHON_MODULE_PREFIX = "python:"
 
 
@@ -218,7 +225,10 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
     ``argv`` excludes the program name. Raises ConfigError with one line on any bad input.
     """
     cli = _parse(argv, COMMAND_LINE)
-    env_args = _parse(shlex.split(environ.get(CMD_ARGS_ENV, "")), CMD_ARGS_ENV)
+    args_env = CMD_ARGS_ENV
+    if not environ.get(CMD_ARGS_ENV, "").strip() and environ.get(GUNICORN_CMD_ARGS_ENV, ""):
+        args_env = GUNICORN_CMD_ARGS_ENV
+    env_args = _parse(shlex.split(environ.get(args_env, "")), args_env)
 
     layers = _Layers()
     for name, setting in SETTINGS.items():
@@ -233,9 +243,11 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
     if "config" in cli:
         config_spec, config_source = cli["config"], COMMAND_LINE
     elif "config" in env_args:
-        config_spec, config_source = env_args["config"], CMD_ARGS_ENV
+        config_spec, config_source = env_args["config"], args_env
     elif Path(DEFAULT_CONFIG_FILE).is_file():
         config_spec, config_source = DEFAULT_CONFIG_FILE, DEFAULT_SOURCE
+    elif Path(GUNICORN_CONFIG_FILE).is_file():
+        config_spec, config_source = GUNICORN_CONFIG_FILE, DEFAULT_SOURCE
     if config_spec:
         layers.set("config", config_spec, config_source)
         namespace, label = _read_config_file(config_spec)
@@ -244,7 +256,7 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
             if name in SETTINGS and name != "config":
                 layers.set(name, raw, label)
 
-    for parsed, source in ((env_args, CMD_ARGS_ENV), (cli, COMMAND_LINE)):
+    for parsed, source in ((env_args, args_env), (cli, COMMAND_LINE)):
         for name, raw in parsed.items():
             layers.set(name, raw, source)
 

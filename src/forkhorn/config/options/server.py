@@ -42,12 +42,12 @@ class ServerOptions:
         convert=optional_string,
         flags=("-c", "--config"),
         metavar="CONFIG",
-        default_doc="./forkhorn.conf.py when that file exists, else None",
+        default_doc="./forkhorn.conf.py, else ./gunicorn.conf.py, when it exists; else None",
         doc="""
         The config file: a path to a Python file, or ``python:module.name`` to import a
         module. Its lower-case names that match settings are applied; other names are
-        ignored. ``./forkhorn.conf.py`` is read when present and no ``-c`` is given; a file
-        named with ``-c`` must exist.
+        ignored. When no ``-c`` is given, ``./forkhorn.conf.py`` is read if present, else
+        ``./gunicorn.conf.py`` (gunicorn's default); a file named with ``-c`` must exist.
         """,
     )
     bind = Setting(
