@@ -403,22 +403,30 @@ def test_absolute_form_target_overrides_host(server: ServerProcess, worker_class
 
 
 @pytest.mark.timeout(60)
-def test_a_pre_request_hook_that_raises_gets_a_500(
+def test_hooks_get_gunicorns_req_and_a_raising_pre_request_gets_a_500(
     server_factory: ServerFactory, worker_class: str, tmp_path: Path
 ) -> None:
-    """As in gunicorn: answered 500 and logged like an app error; the worker lives on."""
+    """As in gunicorn: answered 500 and logged like an app error; the worker lives on.
+    The hooks get gunicorn's ``req`` (str method and path, upper-case header names)."""
     config = tmp_path / "hooks.conf.py"
     config.write_text(
         "def pre_request(worker, req):\n"
-        "    if req.target == b'/hookboom':\n"
+        "    worker.log.info('pre %s %s', req.method, req.path)  # gunicorn's own example\n"
+        "    if req.path == '/hookboom':\n"
         "        raise RuntimeError('pre_request hook failed')\n"
+        "\n"
+        "def post_request(worker, req, environ, resp):\n"
+        "    worker.log.info('post %r %r %r %r %r', req.method, req.uri, req.query,\n"
+        "                    req.version, req.headers[0])\n"
     )
     server = server_factory("hello:app", *worker_args(worker_class), "-c", str(config))
     (before,) = server.wait_for_workers(1)
     resp = get(server.port, "/hookboom")
     assert resp.status == 500
     server.wait_for_log(r"RuntimeError: pre_request hook failed")
-    assert get(server.port, "/").status == 200
+    assert get(server.port, "/a%20b?x=1").status == 200
+    server.wait_for_log(r"pre GET /a%20b")
+    server.wait_for_log(r"post 'GET' '/a%20b\?x=1' 'x=1' \(1, 1\) \('HOST', '127\.0\.0\.1:\d+'\)")
     assert server.worker_pids() == [before]  # the same worker: it did not die
 
 

@@ -63,6 +63,7 @@ from forkhorn.http import (
 from forkhorn.wsgi.cycle import (
     Exchange,
     FileWrapper,
+    HookRequest,
     app_failed,
     close_result,
     dates,
@@ -347,7 +348,7 @@ class HttpProtocol(asyncio.Protocol):
         exchange = Exchange(conn, self._send, started)
         try:
             if worker.hook_pre_request:  # a hook that raises is answered like the app
-                worker.cfg.pre_request(worker, request)
+                worker.cfg.pre_request(worker, HookRequest(request, environ))
             result = worker.wsgi(environ, exchange.start_response)  # type: ignore[misc]
         except ProtocolError:
             raise

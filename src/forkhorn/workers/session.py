@@ -35,7 +35,13 @@ from forkhorn.http import (
     RequestTimeoutError,
     ServerConnection,
 )
-from forkhorn.wsgi.cycle import Exchange, app_failed, protocol_error_answer, run_app
+from forkhorn.wsgi.cycle import (
+    Exchange,
+    HookRequest,
+    app_failed,
+    protocol_error_answer,
+    run_app,
+)
 from forkhorn.wsgi.environ import build_environ
 from forkhorn.wsgi.input import RECV_SIZE, InputStream
 
@@ -157,7 +163,8 @@ def serve_request(
     ok = False
     try:
         try:
-            worker.cfg.pre_request(worker, request)
+            if worker.hook_pre_request:
+                worker.cfg.pre_request(worker, HookRequest(request, environ))
         except Exception:
             # As gunicorn: a hook that raises gets the app's treatment (500, logged).
             ok = app_failed(exchange, environ, worker.log, sys.exc_info())
@@ -239,7 +246,7 @@ def finish_request(
         )
     if worker.hook_post_request:
         try:
-            worker.cfg.post_request(worker, request, environ, exchange)
+            worker.cfg.post_request(worker, HookRequest(request, environ), environ, exchange)
         except Exception:
             log.exception("Exception in post_request hook")
 

@@ -23,7 +23,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from email.utils import formatdate
 from types import TracebackType
 from typing import Any
@@ -382,3 +382,72 @@ def app_failed(exchange: Exchange, environ: dict[str, Any], log: Any, exc: Any) 
     exchange.head_sent = True
     exchange.send(error_response(conn, 500, "Internal Server Error"))
     return True
+
+
+class HookRequest:
+    """The ``req`` that the ``pre_request`` and ``post_request`` hooks receive.
+
+    gunicorn's attribute names and types, so its documented hooks work unchanged
+    (``req.method``, ``req.path`` are str; ``req.headers`` holds upper-case str names).
+    Anything else is read from forkhorn's own ``Request`` (``target``, ``request_line``...,
+    as bytes). Made only when a hook is set.
+    """
+
+    __slots__ = ("_environ", "_request")
+
+    def __init__(self, request: Any, environ: Mapping[str, Any]) -> None:
+        self._request = request
+        self._environ = environ
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    @property
+    def method(self) -> str:
+        return str(self._request.method.decode("latin-1"))
+
+    @property
+    def uri(self) -> str:
+        return str(self._request.target.decode("latin-1"))
+
+    @property
+    def path(self) -> str:
+        """The target's path, not percent-decoded (``PATH_INFO`` is decoded)."""
+        uri = self.uri
+        if uri[:1] != "/":
+            return str(self._environ.get("PATH_INFO", ""))
+        return uri.partition("?")[0].partition("#")[0]
+
+    @property
+    def query(self) -> str:
+        return str(self._environ.get("QUERY_STRING", ""))
+
+    @property
+    def fragment(self) -> str:
+        return self.uri.partition("#")[2]
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return (1, 1) if self._request.http_version == b"1.1" else (1, 0)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [
+            (name.decode("latin-1").upper(), value.decode("latin-1"))
+            for name, value in self._request.headers
+        ]
+
+    @property
+    def scheme(self) -> str:
+        return str(self._environ.get("wsgi.url_scheme", "http"))
+
+    @property
+    def body(self) -> Any:
+        return self._environ.get("wsgi.input")
+
+    @property
+    def peer_addr(self) -> tuple[str, int]:
+        port = str(self._environ.get("REMOTE_PORT") or "0")
+        return str(self._environ.get("REMOTE_ADDR", "")), int(port) if port.isdigit() else 0
+
+    remote_addr = peer_addr
