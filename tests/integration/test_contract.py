@@ -376,6 +376,73 @@ def test_a_client_that_stops_reading_is_dropped_after_the_timeout(
     assert get(server.port, "/?chunks=2&size=3").status == 200
 
 
+def open_deleted_files(pids: list[int]) -> list[str]:
+    """What these processes hold open that was unlinked (a leaked spill file)."""
+    held = []
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        for fd in fd_dir.iterdir() if fd_dir.exists() else ():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.endswith("(deleted)"):
+                    held.append(target)
+    return held
+
+
+@pytest.mark.timeout(60)
+def test_an_upload_cut_short_leaves_no_file_or_memory_behind(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A client that leaves half-way through a large body: whatever the server buffered
+    (in memory, or spilled to an unlinked temporary file) is released."""
+    server = server_factory("echo:app", *worker_args(worker_class))
+    for _ in range(3):
+        with connect(server.port) as sock:
+            sock.sendall(
+                b"POST /?read=all HTTP/1.1\r\nHost: t\r\nContent-Length: 8000000\r\n\r\n"
+                + b"x" * 3_000_000
+            )
+    deadline = time.monotonic() + 10  # bounds a hang only
+    while open_deleted_files(server.worker_pids()):
+        assert time.monotonic() < deadline, open_deleted_files(server.worker_pids())
+        time.sleep(0.05)  # poll interval
+    assert get(server.port, "/echo").status == 200
+
+
+@pytest.mark.timeout(60)
+def test_pipelined_requests_wait_for_a_client_that_reads_late(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A client pipelining many requests may stop reading for longer than the keep-alive
+    timeout (it is not idle: its answers are waiting) and still get every answer."""
+    if not keeps_alive(worker_class):
+        pytest.skip("sync answers one request per connection")
+    server = server_factory("echo:app", *worker_args(worker_class), "--keep-alive", "1")
+    count = 10_000
+    requests = b"GET /p HTTP/1.1\r\nHost: t\r\n\r\n" * (count - 1)
+    requests += b"GET /p HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    with connect(server.port, timeout=30) as sock:
+        sock.sendall(requests)
+        time.sleep(3)  # longer than the keep-alive timeout, shorter than the send timeout
+        data = read_until_close(sock, 30)
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == count
+
+
+@pytest.mark.timeout(30)
+def test_header_timeout_of_zero_means_no_deadline(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    server = server_factory(
+        "hello:app", *worker_args(worker_class), "--header-timeout", "0", "--keep-alive", "10"
+    )
+    with connect(server.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n")
+        time.sleep(2.5)  # two sweeps of the fast worker (idle limits are 10 s here)
+        sock.sendall(b"Host: t\r\nConnection: close\r\n\r\n")
+        (resp,) = parse_responses(read_until_close(sock))
+    assert resp.status == 200
+
+
 # -- absolute-form targets -------------------------------------------------------------------------
 
 

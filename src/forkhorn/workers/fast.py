@@ -110,6 +110,7 @@ class HttpProtocol(asyncio.Protocol):
         "environ",
         "exchange",
         "iterator",
+        "paused_at",
         "paused_reading",
         "peer_addr",
         "peer_port",
@@ -134,6 +135,7 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = 0.0
         self.phase = _HEAD
         self.write_paused = False
+        self.paused_at = 0.0  # when write_paused became True (the send timeout's start)
         self.paused_reading = False
         self.busy = False  # a response is being produced (streaming or sendfile)
         self.dispatching = False  # inside _process() -> _respond()
@@ -177,15 +179,19 @@ class HttpProtocol(asyncio.Protocol):
         if self.result is not None:
             close_result(self.result, self.worker.log)
             self.result = None
+        body = self.body  # an upload cut short: its memory, or its spill file, goes now
+        self.body = None
+        if body is not None and body.__class__ is not list:
+            body.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.busy:
-            # The response in progress waits for the client to read. It must take some
-            # within the send timeout (``timeout``, the other classes' socket timeout),
-            # or the sweep drops it: a client that never reads must not hold the
-            # connection, its buffer and the app's iterable or file forever.
-            self.deadline = _monotonic() + self.worker.send_timeout
+        # The client is not reading what we sent (a response in progress, or the answers
+        # to requests it pipelines). It must take some within the send timeout
+        # (``timeout``, the other classes' socket timeout), or the sweep drops it, with a
+        # log line: it must not hold the connection, its buffers and the app's iterable
+        # or file forever, and its pipelined requests are not dropped any sooner.
+        self.paused_at = _monotonic()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -198,6 +204,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.iterator is not None:
             self._stream()
         elif not self.busy:
+            if self.phase == _IDLE:
+                self.deadline = _monotonic() + self.worker.keepalive  # back to idle time
             self._resume_reading()
             if self.conn.has_buffered and not self.dispatching:
                 self._process()  # what arrived while the client was not reading
@@ -303,8 +311,12 @@ class HttpProtocol(asyncio.Protocol):
             body.write(data)
         rate = self.worker.body_min_rate
         if rate:
-            # Each body_min_rate bytes buys one more second (mod_reqtimeout's MinRate).
-            self.deadline += len(data) / rate
+            # Each body_min_rate bytes buys one more second (mod_reqtimeout's MinRate), but
+            # a burst buys at most header_timeout of silence from now, so a client cannot
+            # send a megabyte and then hold the buffered body for an hour.
+            self.deadline = min(
+                self.deadline + len(data) / rate, _monotonic() + self.worker.head_timeout
+            )
 
     def _body_stream(self) -> Any:
         body = self.body
@@ -642,11 +654,9 @@ class HttpProtocol(asyncio.Protocol):
     def expire(self, now: float) -> None:
         """Close the connection if its deadline passed (idle, slow head, slow body, or a
         response the client stopped reading)."""
-        if now < self.deadline:
-            return
-        if self.busy:
+        if self.write_paused:
             transport = self.transport
-            if self.write_paused and transport is not None:
+            if now >= self.paused_at + self.worker.send_timeout and transport is not None:
                 request = self.request
                 self.worker.log.info(
                     "Dropped a client that read nothing more of its response for %gs: %s",
@@ -654,6 +664,8 @@ class HttpProtocol(asyncio.Protocol):
                     request.request_line.decode("latin-1") if request is not None else "",
                 )
                 transport.abort()  # close() would wait for the buffer to drain
+            return
+        if self.busy or now < self.deadline:
             return
         if self.phase == _IDLE or (self.request is None and not self.conn.has_buffered):
             # Idle, or never sent a byte: nothing to answer. Unless its next request is
@@ -726,7 +738,7 @@ class FastWorker(Worker):
         # How long a response may wait for its client to read (0: no limit).
         self.send_timeout = float(cfg.timeout or 0) or float("inf")
         self.max_connections = int(cfg.worker_connections)
-        self.head_timeout = float(cfg.header_timeout)
+        self.head_timeout = float(cfg.header_timeout) or float("inf")  # 0: no deadline
         self.keepalive = float(cfg.keepalive)
         self.body_min_rate = float(cfg.body_min_rate)
         # Every response says Connection: close (no keep-alive, or stopping).
@@ -875,15 +887,26 @@ class FastWorker(Worker):
             # would fail to attach to it): the loop does it at its next turn.
             self.loop.call_soon_threadsafe(self._close_servers)
 
+    def close_listeners(self) -> None:
+        if getattr(self, "servers", None):
+            # _close_servers closes them, once the servers stop watching them: asyncio's
+            # own loop serves the very socket object, and closing it first breaks its
+            # server.close() (uvloop serves a duplicate and does not mind).
+            return
+        super().close_listeners()
+
     def _close_servers(self) -> None:
         """Take anything queued since, then close the servers and with them this
         process's copies of the listening sockets."""
-        for sock, _ in self.drain_queued():
-            self._adopt(sock)
-        for server in self.servers:
-            server.close()
-        self.servers = []
-        self.closing_servers = False
+        try:
+            for sock, _ in self.drain_queued():
+                self._adopt(sock)
+            for server in self.servers:
+                server.close()
+        finally:
+            self.servers = []
+            self.closing_servers = False
+            super().close_listeners()
 
     def _adopt(self, sock: Any) -> None:
         self.adopting += 1

@@ -57,7 +57,7 @@ class SyncWorker(Worker):
         self.pending: dict[int, _Pending] = {}
         self._drained: list[tuple[socket.socket, Any]] = []
         self._listening = True  # the listeners are non-blocking now: stop_accepting may drain
-        head_timeout = float(self.cfg.header_timeout)
+        head_timeout = float(self.cfg.header_timeout) or float("inf")  # 0: no deadline
         tick_every = max(0.1, min(1.0, self.timeout / 2 if self.timeout else 1.0))
         stop_deadline: float | None = None
         while True:
