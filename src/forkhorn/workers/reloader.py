@@ -35,6 +35,23 @@ class Reloader(threading.Thread):
         self.extra_files = [os.path.abspath(path) for path in extra_files]
         self.changed = changed
         self.interval = interval
+        # The first scan, here in the caller's thread, before the worker serves: a change
+        # made after its first response is then always a change, however late the
+        # thread gets to run.
+        self.seen: dict[str, float] = {}
+        self.scan()
+
+    def scan(self) -> str | None:
+        """Note each file's mtime; return the first that moved since the last scan."""
+        seen = self.seen
+        for path in self.files():
+            try:
+                mtime = os.stat(path).st_mtime
+            except OSError:
+                continue  # not there (yet): an extra file may appear later
+            if seen.setdefault(path, mtime) != mtime:
+                return path
+        return None
 
     def files(self) -> Iterator[str]:
         for module in list(sys.modules.values()):
@@ -44,15 +61,9 @@ class Reloader(threading.Thread):
         yield from self.extra_files
 
     def run(self) -> None:
-        seen: dict[str, float] = {}
         while True:
-            for path in self.files():
-                try:
-                    mtime = os.stat(path).st_mtime
-                except OSError:
-                    continue  # not there (yet): an extra file may appear later
-                before = seen.setdefault(path, mtime)
-                if mtime != before:
-                    self.changed(path)
-                    return
             time.sleep(self.interval)
+            path = self.scan()
+            if path is not None:
+                self.changed(path)
+                return
