@@ -725,6 +725,10 @@ def test_a_retiring_worker_is_replaced_before_it_exits(
     Before, the master replaced it only when it exited, and -k fast took a second more."""
     if worker_class == "sync":
         pytest.skip("sync closes every connection after its response: nothing to wait for")
+    if worker_class == "gthread":
+        # It counts requests in flight when it announces its last response, so whether
+        # the idle connection here is told to close depends on thread timing.
+        pytest.skip("gthread may close the idle connection ahead: no stable scenario")
     # Three requests: the start-up handshake's, then two here.
     server = start("--max-requests", "3", workers=1)
     (old,) = server.wait_for_workers(1)
