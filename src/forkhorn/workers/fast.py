@@ -953,6 +953,11 @@ class FastWorker(Worker):
         queue) get a last short window (``DRAIN_IDLE``): a request already on its way is
         served, with ``Connection: close``, rather than cut off by our FIN.
         """
+        # asyncio's own loop sets up an accepted connection in a task of its own, a few
+        # turns after the accept: let those finish, so that each is in self.connections
+        # (and served or closed cleanly) before the loop stops. uvloop does it at once.
+        for _ in range(4):
+            await asyncio.sleep(0)
         now = _monotonic()
         deadline = now + float(self.cfg.graceful_timeout)
         idle_until = now + min(DRAIN_IDLE, self.keepalive) if self.keepalive > 0 else now
