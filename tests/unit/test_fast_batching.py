@@ -11,6 +11,7 @@ was scheduled with ``call_soon``. Nothing is forked, no socket carries data.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -374,3 +375,33 @@ def test_no_sendfile_setting_reaches_the_worker() -> None:
             assert worker.use_sendfile is expected
         finally:
             listener.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "copied"),
+    [(BrokenPipeError(errno.EPIPE, "gone"), False), (OSError(errno.ENOSYS, "no"), True)],
+    ids=["client-gone", "no-sendfile-here"],
+)
+def test_a_sendfile_error_stops_or_falls_back_to_copying(
+    worker: FastWorker,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    error: OSError,
+    copied: bool,
+) -> None:
+    """A failed connection ends the body (nothing read in vain); a file or socket that
+    sendfile does not support is copied instead."""
+
+    def fail(*args: Any) -> int:
+        raise error
+
+    monkeypatch.setattr(fast.os, "sendfile", fail)
+    size = 2 * fast.FILE_BLOCK
+    protocol, transport, fd, content, ours, theirs = file_body_setup(worker, tmp_path, size)
+    try:
+        sent = asyncio.run(protocol._send_file_body(transport, fd, 0, size))
+        assert (sent, b"".join(transport.writes)) == ((size, content) if copied else (0, b""))
+    finally:
+        os.close(fd)
+        ours.close()
+        theirs.close()

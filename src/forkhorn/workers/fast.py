@@ -38,6 +38,7 @@ Runs in: the worker process, main thread, inside the event loop.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import io
 import itertools
@@ -87,6 +88,8 @@ FLUSH_AFTER = 0.001
 FLUSH_BYTES = 256 * 1024
 #: Bytes per os.sendfile() call or copied block of a wsgi.file_wrapper body.
 FILE_BLOCK = 256 * 1024
+#: os.sendfile() errors that mean "not for this file or socket", not a failed connection.
+_NO_SENDFILE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK))
 #: How often deadlines are checked and the heartbeat is sent (seconds).
 SWEEP_INTERVAL = 1.0
 
@@ -166,11 +169,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.worker.connections.discard(self)
         self.transport = None
-        waiter = self.drain_waiter
-        if waiter is not None:
-            self.drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)  # the file body's task sees transport None and ends
+        self._end_drain_wait()  # a file body's task sees transport None and ends
         if self.iterator is not None:
             # A stream cut short (the client left, or was dropped for not reading): the
             # request still ends, failed, in the access log, the hooks and the count.
@@ -195,11 +194,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        waiter = self.drain_waiter
-        if waiter is not None:  # a file body waits for the transport to drain
-            self.drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._end_drain_wait():  # a file body waited for the transport to drain
             return
         if self.iterator is not None:
             self._stream()
@@ -514,29 +509,31 @@ class HttpProtocol(asyncio.Protocol):
             while sent < count:
                 if self.write_paused:
                     await self._drained()
-                if self.transport is None:
-                    break
+                if self.transport is None or transport.is_closing():
+                    break  # the client left (or was dropped)
                 size = min(FILE_BLOCK, count - sent)
+                n = -1  # -1: copy this block through the transport
                 if out >= 0 and not transport.get_write_buffer_size():
                     try:
                         n = os.sendfile(out, fd, offset + sent, size)
                     except BlockingIOError:
-                        n = -1  # the socket is full: copy one block through the transport
-                    except OSError:
-                        out = -1  # sendfile refused (a file system without it): copy
+                        pass  # the socket is full
+                    except OSError as exc:
+                        if exc.errno not in _NO_SENDFILE:
+                            break  # the connection failed: connection_lost follows
+                        out = -1  # a file system without sendfile: copy from now on
                         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-                        n = -1
                     if n == 0:
                         break  # the file is shorter than it was
-                    if n > 0:
-                        sent += n
-                        await asyncio.sleep(0)  # let the loop serve other connections
-                        continue
-                block = os.pread(fd, size, offset + sent)
-                if not block:
-                    break
-                transport.write(block)
-                sent += len(block)
+                if n < 0:
+                    block = os.pread(fd, size, offset + sent)
+                    if not block:
+                        break
+                    transport.write(block)
+                    n = len(block)
+                sent += n
+                if not self.write_paused:
+                    await asyncio.sleep(0)  # between blocks, the loop serves the others
         finally:
             if out >= 0 and self.transport is not None:
                 transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
@@ -547,6 +544,15 @@ class HttpProtocol(asyncio.Protocol):
         waiter: asyncio.Future[None] = self.worker.loop.create_future()
         self.drain_waiter = waiter
         return waiter
+
+    def _end_drain_wait(self) -> bool:
+        """Complete the file body's wait, if it is waiting."""
+        waiter = self.drain_waiter
+        if waiter is None:
+            return False
+        self.drain_waiter = None
+        _settle(waiter)
+        return True
 
     def _send(self, data: bytes) -> None:
         """Write what the exchange produced: the end of a response waits for the end of
