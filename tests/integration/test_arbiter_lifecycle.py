@@ -226,3 +226,43 @@ def test_reload_restarts_the_worker_when_its_code_or_an_extra_file_changes(
     changed(extra, "two")
     server.wait_for_log(r"Worker reloading: .*extra\.txt modified", since=mark)
     server.wait_for_log(rf"Worker exiting \(pid: {before}\)", since=mark)
+
+
+# Registers an atexit handler at import (in each worker: no --preload) that leaves a file
+# named for the worker's pid, and a second one that raises.
+ATEXIT_APP = """
+import atexit
+import os
+
+def _fails():
+    raise RuntimeError("an atexit handler that fails")
+
+def _leave_mark():
+    with open(os.path.join(os.path.dirname(__file__), "atexit.%d" % os.getpid()), "w") as f:
+        f.write("ran")
+
+atexit.register(_leave_mark)
+atexit.register(_fails)  # runs first (atexit is last in, first out); must not stop the other
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent", "eventlet", "fast"])
+def test_a_stopping_worker_runs_the_apps_atexit_handlers(
+    server_factory: ServerFactory, tmp_path: Path, worker_class: str
+) -> None:
+    """As at a normal interpreter exit and in gunicorn's workers: the last flush of a
+    tracer or an error reporter is registered with atexit, and must not be skipped."""
+    (tmp_path / "leaver.py").write_text(ATEXIT_APP)
+    server = server_factory("leaver:app", "-k", worker_class, cwd=tmp_path)
+    (pid,) = server.wait_for_workers(1)
+    assert get(server.port).body == b"ok"  # the worker has imported the app
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    marks = [path.name for path in tmp_path.glob("atexit.*")]
+    assert marks == [f"atexit.{pid}"], server.logs
+    assert "an atexit handler that fails" in server.logs

@@ -24,6 +24,7 @@ Every method of ``Arbiter`` runs in: master, main loop only, unless it says othe
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import os
@@ -825,6 +826,17 @@ class Arbiter:
                     hook(self, worker)
             except BaseException:
                 self.log.exception("Exception during worker exit")
+            try:
+                # The app's atexit handlers (a tracer's or an error reporter's last flush,
+                # a temporary directory's removal) run as they would at a normal
+                # interpreter exit, and as gunicorn's workers run them: os._exit alone
+                # skips them. A handler that raises is reported on stderr by atexit itself.
+                # Not after a hang (SIGABRT): the stuck thread may hold a lock a handler
+                # needs, and the master's SIGKILL follows in seconds.
+                if not worker.aborted:
+                    atexit._run_exitfuncs()
+            except BaseException:
+                self.log.exception("Exception in an atexit handler")
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
