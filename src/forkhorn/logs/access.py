@@ -177,8 +177,10 @@ def _atoms() -> dict[str, Getter]:
     def body(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> int:
         return n
 
-    def body_clf(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> str:
-        return str(n) if n else "-"
+    def body_text(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> str:
+        # "0" for an empty body, not CLF's "-": gunicorn writes 0, and parsers of its
+        # lines expect a number there.
+        return str(n)
 
     def secs(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> int:
         return _micros(rt) // 1_000_000
@@ -208,7 +210,7 @@ def _atoms() -> dict[str, Getter]:
         "H": _environ_atom("SERVER_PROTOCOL"),
         "s": status,
         "B": body,
-        "b": body_clf,
+        "b": body_text,
         "f": _environ_atom("HTTP_REFERER"),
         "a": _environ_atom("HTTP_USER_AGENT"),
         "T": secs,
