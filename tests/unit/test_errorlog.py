@@ -327,10 +327,12 @@ def test_capture_output_sends_stdout_and_stderr_to_the_error_log(tmp_path: Path)
     assert path.read_text() == "after reopen\n"
 
 
+@pytest.mark.parametrize("qualname", ["forkhorn.error", "gunicorn.error"])
 def test_log_config_ini_file_configures_the_loggers_it_names(
-    tmp_path: Path, make_logger: Callable[..., Logger]
+    tmp_path: Path, make_logger: Callable[..., Logger], qualname: str
 ) -> None:
-    """gunicorn's --log-config (logging.config.fileConfig)."""
+    """gunicorn's --log-config (logging.config.fileConfig), written for forkhorn or for
+    gunicorn (its logger names configure ours)."""
     custom = tmp_path / "ini.log"
     ini = tmp_path / "logging.ini"
     ini.write_text(
@@ -338,7 +340,7 @@ def test_log_config_ini_file_configures_the_loggers_it_names(
         "[handlers]\nkeys=file\n\n"
         "[formatters]\nkeys=short\n\n"
         "[logger_root]\nlevel=WARNING\nhandlers=\n\n"
-        "[logger_error]\nlevel=INFO\nhandlers=file\npropagate=0\nqualname=forkhorn.error\n\n"
+        f"[logger_error]\nlevel=INFO\nhandlers=file\npropagate=0\nqualname={qualname}\n\n"
         f"[handler_file]\nclass=FileHandler\nformatter=short\nargs=({str(custom)!r},)\n\n"
         "[formatter_short]\nformat=INI %(levelname)s %(message)s\n"
     )
@@ -381,3 +383,48 @@ def test_a_log_config_file_that_cannot_be_read_is_one_config_error(
         make_logger(logconfig_json=str(tmp_path / "missing.json"))
     with pytest.raises(ConfigError, match="log_config"):
         make_logger(logconfig=str(tmp_path / "missing.ini"))
+
+
+def test_an_app_borrowing_gunicorns_handlers_logs_to_the_error_log(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """The Flask recipe ``app.logger.handlers = getLogger("gunicorn.error").handlers``
+    must not leave the app with no handler (its lines would be lost)."""
+    path = tmp_path / "error.log"
+    make_logger(errorlog=str(path), loglevel="debug")
+    gunicorn_error = logging.getLogger("gunicorn.error")
+    app_logger = logging.getLogger("test_errorlog.app")
+    app_logger.propagate = False
+    app_logger.handlers = gunicorn_error.handlers
+    app_logger.setLevel(gunicorn_error.level)
+    try:
+        app_logger.debug("from the app")
+    finally:
+        app_logger.handlers = []
+    (line,) = lines(path)
+    match = LINE_RE.match(line)
+    assert match is not None, line
+    assert (match["level"], match["message"]) == ("DEBUG", "from the app")
+    assert logging.getLogger("gunicorn.access").handlers == []  # no access log configured
+
+
+def test_logconfig_dict_for_gunicorns_logger_configures_ours(
+    tmp_path: Path, make_logger: Callable[..., Logger], capsys: pytest.CaptureFixture[str]
+) -> None:
+    custom = tmp_path / "gunicorn.log"
+    config = {
+        "formatters": {"short": {"format": "G %(levelname)s %(message)s"}},
+        "handlers": {
+            "file": {"class": "logging.FileHandler", "filename": str(custom), "formatter": "short"}
+        },
+        "loggers": {"gunicorn.error": {"level": "DEBUG", "handlers": ["file"]}},
+    }
+    log = make_logger(logconfig_dict=config, loglevel="info")
+    log.debug("debug, enabled by the dict")
+    handlers = list(log.error_log.handlers)
+    make_logger(loglevel="warning")  # a reload with another configuration
+    for handler in handlers:
+        handler.close()  # made by dictConfig, so not closed by Logger.close()
+    assert lines(custom) == ["G DEBUG debug, enabled by the dict"]
+    assert capsys.readouterr().err == ""  # not also on stderr
+    assert logging.getLogger("gunicorn.error").level == logging.WARNING

@@ -15,6 +15,8 @@ Rules kept here:
 - ``logconfig_dict``, when non-empty, is merged over the handlers the settings above would
   make and handed to ``logging.config.dictConfig``; the root logger is left alone unless the
   dict configures it.
+- ``gunicorn.error`` and ``gunicorn.access`` are the same logs under gunicorn's names: a
+  logging config that configures them configures ours, and they share our handlers.
 - ``reopen_files()`` (SIGUSR1, after logrotate moved the files) reopens every file handler
   of both loggers on the same path, and the captured stdout/stderr file.
 
@@ -201,6 +203,7 @@ class Logger:
             user_dict = _read_json_config(json_file)
         if user_dict:
             self._dict_config(user_dict, errorlog, cfg.accesslog)
+            self._share_with_gunicorn_names()
             self._access_enabled = self.access_log.isEnabledFor(logging.INFO) and bool(
                 self.access_log.hasHandlers()
             )
@@ -222,7 +225,37 @@ class Logger:
                 logging.config.fileConfig(ini_file, disable_existing_loggers=False)
             except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
                 raise ConfigError(f"log_config {ini_file!r}: {exc!r}") from None
+        self._share_with_gunicorn_names()
         self._access_enabled = bool(self.access_log.handlers)
+
+    def _share_with_gunicorn_names(self) -> None:
+        """Make ``gunicorn.error`` and ``gunicorn.access`` the same logs as ours.
+
+        Both ways, because deployments written for gunicorn use the names both ways: a
+        logging config (``--log-config``, ``logconfig_dict``) that gives handlers or a
+        level to ``gunicorn.error`` configures forkhorn's error log, and an app that
+        borrows ``logging.getLogger("gunicorn.error").handlers`` (a common Flask recipe)
+        gets forkhorn's handlers instead of none, which would drop its lines silently.
+        """
+        for ours, theirs in self._gunicorn_pairs():
+            if theirs.handlers:  # the user's logging config named gunicorn's logger
+                for handler in list(ours.handlers):
+                    ours.removeHandler(handler)
+                    if isinstance(handler, _OWN_HANDLERS):
+                        handler.close()
+                for handler in theirs.handlers:
+                    ours.addHandler(handler)
+            if theirs.level != logging.NOTSET:
+                ours.setLevel(theirs.level)
+            theirs.handlers = list(ours.handlers)
+            theirs.setLevel(ours.level)
+            theirs.propagate = False
+
+    def _gunicorn_pairs(self) -> list[tuple[logging.Logger, logging.Logger]]:
+        return [
+            (self.error_log, logging.getLogger("gunicorn.error")),
+            (self.access_log, logging.getLogger("gunicorn.access")),
+        ]
 
     def _make_error_handler(self, errorlog: str) -> logging.Handler:
         handler: logging.Handler
@@ -321,6 +354,11 @@ class Logger:
         self._capture_path = path
 
     def _close_own_handlers(self) -> None:
+        for _, theirs in self._gunicorn_pairs():
+            # A mirror of ours (_share_with_gunicorn_names), set again after the new
+            # configuration, which may also name these loggers itself.
+            theirs.handlers = []
+            theirs.setLevel(logging.NOTSET)
         for logger in (self.error_log, self.access_log):
             # Handlers someone else made (a logconfig_dict) are removed but left open.
             for handler in list(logger.handlers):

@@ -85,13 +85,23 @@ class LoggingOptions:
         convert=optional_string,
         flags=("--log-config",),
         metavar="FILE",
-        doc="A ``logging.config.fileConfig`` file that configures logging.",
+        doc="""
+        A ``logging.config.fileConfig`` file that configures logging. The error and access
+        logs are the loggers ``forkhorn.error`` and ``forkhorn.access``; a file written for
+        gunicorn that configures ``gunicorn.error`` or ``gunicorn.access`` configures them
+        too, and those names share forkhorn's handlers (so an app that borrows
+        ``logging.getLogger("gunicorn.error").handlers`` logs to the error log).
+        """,
     )
     logconfig_dict = Setting[dict[str, Any]](
         default={},
         convert=mapping,
         default_doc="{}",
-        doc="A ``logging.config.dictConfig`` dict that configures logging. Config file only.",
+        doc="""
+        A ``logging.config.dictConfig`` dict that configures logging, merged over the
+        handlers the other settings make. Config file only. The logger names are as for
+        ``logconfig``: ``gunicorn.error`` and ``gunicorn.access`` configure forkhorn's.
+        """,
     )
     logconfig_json = Setting(
         default=None,
