@@ -485,6 +485,9 @@ def test_hooks_get_gunicorns_req_and_a_raising_pre_request_gets_a_500(
         "def post_request(worker, req, environ, resp):\n"
         "    worker.log.info('post %r %r %r %r %r', req.method, req.uri, req.query,\n"
         "                    req.version, req.headers[0])\n"
+        "    worker.log.info('resp %r %r %r %r %r %r %r', resp.status, resp.status_code,\n"
+        "                    resp.response_length, resp.sent, resp.chunked,\n"
+        "                    resp.should_close(), resp.headers_sent)\n"
     )
     server = server_factory("hello:app", *worker_args(worker_class), "-c", str(config))
     (before,) = server.wait_for_workers(1)
@@ -494,6 +497,8 @@ def test_hooks_get_gunicorns_req_and_a_raising_pre_request_gets_a_500(
     assert get(server.port, "/a%20b?x=1").status == 200
     server.wait_for_log(r"pre GET /a%20b")
     server.wait_for_log(r"post 'GET' '/a%20b\?x=1' 'x=1' \(1, 1\) \('HOST', '127\.0\.0\.1:\d+'\)")
+    closes = worker_class == "sync"  # it closes after every response; the others keep alive
+    server.wait_for_log(rf"resp '200 OK' 200 13 13 False {closes} True")
     assert server.worker_pids() == [before]  # the same worker: it did not die
 
 

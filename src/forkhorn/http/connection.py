@@ -445,6 +445,11 @@ class ServerConnection:
         return self._status_code
 
     @property
+    def response_chunked(self) -> bool:
+        """Is the response body sent in chunked coding?"""
+        return self._framing == _CHUNKED
+
+    @property
     def keep_alive(self) -> bool:
         """May this connection carry another request after the current response?"""
         return self._keep and self._their_state != _ERROR and not self._eof

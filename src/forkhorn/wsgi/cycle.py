@@ -110,8 +110,9 @@ class FileWrapper:
 class Exchange:
     """One request's response: ``start_response``, ``write`` and the framing state.
 
-    Also the ``resp`` object handed to the ``post_request`` hook (``status``,
-    ``status_code``, ``headers``, ``sent``), as in gunicorn.
+    Also the ``resp`` object handed to the ``post_request`` hook, with gunicorn's
+    attributes: ``status``, ``status_code``, ``headers``, ``sent``, ``response_length``,
+    ``chunked``, ``must_close``/``should_close()``, ``headers_sent``.
     """
 
     __slots__ = (
@@ -143,6 +144,31 @@ class Exchange:
     def status_code(self) -> int:
         status = self.status
         return int(status[:3]) if status and status[:3].isdigit() else 0
+
+    # gunicorn's Response attributes, for hooks (never read on the request path).
+    @property
+    def response_length(self) -> int | None:
+        """The app's Content-Length, None when it gave none."""
+        for name, value in self.headers:
+            if name.lower() == "content-length":
+                return int(value) if value.isdigit() else None
+        return None
+
+    @property
+    def chunked(self) -> bool:
+        return self.conn.response_chunked
+
+    @property
+    def must_close(self) -> bool:
+        """Will the connection close after this response?"""
+        return not self.conn.keep_alive
+
+    def should_close(self) -> bool:
+        return self.must_close
+
+    @property
+    def headers_sent(self) -> bool:
+        return self.head_sent
 
     def start_response(
         self,
