@@ -225,6 +225,31 @@ def test_chunked_upload_is_echoed(server: ServerProcess, worker_class: str, mode
     assert "HTTP_X_TRAILER" not in echoed["environ"]  # trailers never reach the environ
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("size", [65536, 65537, 1024 * 1024, 1024 * 1024 + 1, 2_500_000])
+def test_upload_around_the_buffering_bounds_is_echoed(
+    server: ServerProcess, worker_class: str, size: int
+) -> None:
+    """Sizes on each side of the fast worker's bounds (kept as pieces up to 64 KiB, in a
+    memory map up to 1 MiB, in a file past it), with a Content-Length and chunked."""
+    body = random.Random(size).randbytes(size)
+    chunked = b"".join(
+        b"%x\r\n" % len(body[i : i + 50000]) + body[i : i + 50000] + b"\r\n"
+        for i in range(0, size, 50000)
+    )
+    for framing, data in [
+        (f"Content-Length: {size}", body),
+        ("Transfer-Encoding: chunked", chunked + b"0\r\n\r\n"),
+    ]:
+        with RawConnection(server.port, timeout=20) as conn:
+            conn.send(f"POST /echo?read=sized HTTP/1.1\r\nHost: t\r\n{framing}\r\n\r\n".encode())
+            for start in range(0, len(data), 300_000):  # several reads on the server's side
+                conn.send(data[start : start + 300_000])
+            resp = conn.read_response()
+        assert resp.status == 200, (framing, resp.body[:500])
+        assert json.loads(resp.body)["body"].encode("latin-1") == body, framing
+
+
 @pytest.mark.timeout(30)
 def test_chunked_request_environ(server: ServerProcess, worker_class: str) -> None:
     data = raw_request(
