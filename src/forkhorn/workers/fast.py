@@ -7,9 +7,10 @@ or ``gthread`` for those.
 
 How it works:
 - One ``asyncio.Protocol`` per connection drives a ``ServerConnection``. Request bodies
-  are buffered before the app runs (in memory up to ``MAX_MEMORY_BODY``, then spilled to a
-  temporary file), so ``wsgi.input`` never blocks the loop; ``100 Continue`` is sent when
-  buffering starts.
+  are buffered before the app runs (as the pieces read up to ``MAPPED_BODY``, then in an
+  anonymous memory map that goes back to the system when the body is released, past
+  ``MAX_MEMORY_BODY`` in a temporary file), so ``wsgi.input`` never blocks the loop;
+  ``100 Continue`` is sent when buffering starts.
 - The app runs inline in the loop. A one-item list goes out in one write with a
   Content-Length; other iterables are pulled one chunk at a time, and only while the
   transport's buffer is under its high-water mark: when asyncio calls ``pause_writing``,
