@@ -763,7 +763,10 @@ class FastWorker(Worker):
         self.prepare()
         loop = self._new_loop()
         self.loop = loop
-        self.servers: list[asyncio.AbstractServer] = []
+        # asyncio's own loop accepts in one callback and sets each connection up in a task
+        # of its own (see _close_servers); uvloop does both in its accept callback.
+        self.accepts_in_tasks = isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+        self.servers: list[asyncio.Server] = []
         try:
             loop.run_until_complete(self._serve())
         finally:
@@ -940,10 +943,35 @@ class FastWorker(Worker):
 
     def _close_servers(self) -> None:
         """Take anything queued since, then close the servers and with them this
-        process's copies of the listening sockets."""
+        process's copies of the listening sockets.
+
+        On asyncio's own loop the servers stop accepting here but close one turn later
+        (``_end_servers``). Its accept callback takes up to ``backlog`` connections at a
+        time and sets each up in a task that starts at the next turn, where it attaches
+        its transport to the server: once the server is closed, that fails (an assertion
+        in ``Server._attach``, dropped unless the loop is in debug mode) and the accepted
+        socket is closed unanswered, reset if its request had arrived. Under load the
+        callback often runs after the retirement in the same turn, and takes connections
+        that arrived after ``drain_queued``: its tasks then came after this call, and wrk
+        counted their resets as read errors (0 to 37 a run of a few hundred recycles).
+        Stopping the accept callback first and closing behind every task it already made
+        leaves none (tests/integration/test_faults.py arranges that turn).
+        """
         try:
             for sock, _ in self.drain_queued():
                 self._adopt(sock)
+            if self.accepts_in_tasks:
+                for server in self.servers:
+                    for sock in server.sockets:
+                        self.loop.remove_reader(sock)  # no new accept tasks from here
+        finally:
+            if self.accepts_in_tasks:
+                self.loop.call_soon(self._end_servers)  # after the tasks already queued
+            else:
+                self._end_servers()
+
+    def _end_servers(self) -> None:
+        try:
             for server in self.servers:
                 server.close()
         finally:
@@ -999,6 +1027,9 @@ class FastWorker(Worker):
         # asyncio's own loop sets up an accepted connection in a task of its own, a few
         # turns after the accept: let those finish, so that each is in self.connections
         # (and served or closed cleanly) before the loop stops. uvloop does it at once.
+        # The last of those tasks start before the servers close (_close_servers).
+        while self.closing_servers:
+            await asyncio.sleep(0)
         for _ in range(4):
             await asyncio.sleep(0)
         now = _monotonic()
