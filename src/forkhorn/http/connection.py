@@ -160,16 +160,7 @@ class ServerConnection:
                 if reader is None:
                     self._their_state = _DONE
                     return _END_NO_TRAILERS
-                buf = self._buf
-                event, pos = reader.read(buf, self._pos, self._eof)
-                if pos < len(buf):
-                    self._pos = pos
-                else:
-                    # All of it handed out: drop our reference, so that a body kept in
-                    # pieces does not also hold the last chunk read for as long as the
-                    # connection waits for the next one (up to 256 KiB each).
-                    self._buf = b""
-                    self._pos = 0
+                event, self._pos = reader.read(self._buf, self._pos, self._eof)
                 if event.__class__ is EndOfMessage:
                     self._their_state = _DONE
                 return event
