@@ -127,11 +127,11 @@ def draw_goals(goals: list[dict[str, Any]], out: str, title: str) -> None:
         medianprops={"color": "#d9480f", "linewidth": 2},
     )
     for x, goal in zip(positions, goals, strict=True):
-        ax.hlines(goal["target"], x - 0.35, x + 0.35, colors="#1c7ed6", linestyles="dashed")
+        ax.hlines(goal["target"], x - 0.3, x + 0.3, colors="#1c7ed6", linestyles="dashed")
         median = statistics.median(goal["ratios"])
         met = sum(r >= goal["target"] for r in goal["ratios"])
         ax.text(
-            x + 0.3,
+            x + 0.33,
             median,
             f" {median:.2f}x\n goal {goal['target']}x\n {met}/{goal['cycles']} cycles",
             va="center",
