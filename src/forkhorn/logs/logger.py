@@ -157,6 +157,48 @@ def _syslog_address(addr: str) -> tuple[str | tuple[str, int], socket.SocketKind
     raise ConfigError(f"syslog_addr = {addr!r}: expected unix://, udp:// or tcp://")
 
 
+class WSGIErrors:
+    """``wsgi.errors``: what the app writes goes to the error log's streams, as in gunicorn.
+
+    Flask's default handler and wsgiref-style apps write here; with ``--error-logfile``
+    gunicorn puts those lines (and the tracebacks of unhandled exceptions) in that file,
+    not on stderr, which a daemonized master points at /dev/null. The streams are looked
+    up on each write, so a file reopened by USR1 is followed. Falls back to stderr when
+    no handler has a stream (syslog only).
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def _streams(self) -> list[Any]:
+        streams: list[Any] = []
+        for handler in self._logger.handlers:
+            stream = getattr(handler, "stream", None)
+            if stream is not None and not any(stream is s for s in streams):
+                streams.append(stream)
+        return streams or [sys.stderr]
+
+    def write(self, data: str) -> int:
+        for stream in self._streams():
+            try:
+                stream.write(data)
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed or broken log stream must not fail the request
+        return len(data)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        for stream in self._streams():
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
 class Logger:
     """The error log and the access log of one forkhorn process tree.
 

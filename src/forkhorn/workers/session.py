@@ -256,6 +256,7 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
 
     Runs in: the worker, once, at the start of ``run()``.
     """
+    import logging
     import sys
 
     from forkhorn import __version__
@@ -265,6 +266,7 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
         MAX_HEADERS,
         MAX_REQUEST_LINE,
     )
+    from forkhorn.logs.logger import WSGIErrors
     from forkhorn.wsgi.cycle import FileWrapper
     from forkhorn.wsgi.environ import make_base_environ
 
@@ -295,12 +297,16 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
             server_name, server_port = str(name[0]), str(name[1])
         else:
             server_name = str(name)
+    error_log = getattr(worker.log, "error_log", None)
     worker.base_environ = make_base_environ(
         server_name,
         server_port,
         "http",
-        sys.stderr,
+        WSGIErrors(error_log) if isinstance(error_log, logging.Logger) else sys.stderr,
         FileWrapper,
         multithread,
         f"forkhorn/{__version__}",
+        # gunicorn's rule: the app is mounted at $SCRIPT_NAME (from the environment or
+        # raw_env, applied before this runs), which is taken off the front of PATH_INFO.
+        script_name=os.environ.get("SCRIPT_NAME", ""),
     )

@@ -9,6 +9,10 @@ Rules kept:
 - ``CONTENT_LENGTH`` comes from the framing the parser decided, never from a header a
   second time; ``CONTENT_TYPE`` is set once. Repeated headers are joined with ", "
   (``; `` for Cookie, RFC 6265 §5.4). Trailers never reach the environ.
+- ``SCRIPT_NAME`` is the worker's ``$SCRIPT_NAME`` (the environment or ``raw_env``), as in
+  gunicorn: a request under it has it taken off the front of ``PATH_INFO``; a request
+  outside it is answered 404 (gunicorn answers 500). Matched on whole path segments, so
+  ``/app`` does not swallow ``/application``.
 - ``SERVER_NAME``/``SERVER_PORT`` come from the Host header when present, else from the
   listening address (what gunicorn does, and what URL reconstruction in PEP 3333 expects).
 
@@ -22,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from forkhorn.http import BadRequestError, Request
+from forkhorn.http import BadRequestError, ProtocolError, Request
 from forkhorn.http.grammar import HOST_RE
 
 _KEY_CACHE_LIMIT = 1024
@@ -56,6 +60,13 @@ class _EnvironKeys(dict[bytes, "str | None"]):
         return key
 
 
+class OutsideScriptNameError(ProtocolError):
+    """The request path is not under the ``SCRIPT_NAME`` the app is mounted at."""
+
+    status = 404
+    reason = "Not Found"
+
+
 _METHODS = {
     m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")
 }
@@ -71,10 +82,11 @@ def make_base_environ(
     file_wrapper: Any,
     multithread: bool,
     server_software: str,
+    script_name: str = "",
 ) -> dict[str, Any]:
     """The keys that are the same for every request a worker serves."""
     return {
-        "SCRIPT_NAME": "",
+        "SCRIPT_NAME": script_name.rstrip("/"),
         "SERVER_NAME": server_name,
         "SERVER_PORT": server_port,
         "SERVER_SOFTWARE": server_software,
@@ -104,6 +116,13 @@ def build_environ(
     if decoded is None:
         decoded = _decode_target(target)
     environ["RAW_URI"], environ["PATH_INFO"], environ["QUERY_STRING"] = decoded
+    script_name = environ["SCRIPT_NAME"]
+    if script_name:
+        path = decoded[1]
+        if path == script_name or path.startswith(script_name + "/"):
+            environ["PATH_INFO"] = path[len(script_name) :]
+        else:
+            raise OutsideScriptNameError(f"path outside SCRIPT_NAME {script_name!r}")
     method = request.method
     environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
     environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.http_version == b"1.1" else "HTTP/1.0"
