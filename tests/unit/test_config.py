@@ -435,3 +435,20 @@ def test_config_package_imports_nothing_else_from_forkhorn() -> None:
             for name in names:
                 if name.startswith("forkhorn"):
                     assert name.startswith(("forkhorn.config", "forkhorn.errors")), (source, name)
+
+
+def test_gunicorns_config_attributes_for_hooks() -> None:
+    """What gunicorn's hooks and config files read from ``server.cfg``."""
+    cfg = load_config(
+        ["-b", "127.0.0.1:9000", "-b", "unix:/tmp/x.sock", "-e", "A=1=2", "-w", "3",
+         "--threads", "4", "app:app"],
+        {},
+    )  # fmt: skip
+    assert cfg.settings["workers"].value == 3
+    assert cfg.settings["workers"].get() == 3
+    assert cfg.settings["bind"].name == "bind"
+    assert set(cfg.settings) == set(SETTINGS)
+    assert cfg.address == [("127.0.0.1", 9000), "/tmp/x.sock"]
+    assert cfg.env == {"A": "1=2"}
+    assert cfg.worker_class_str == "gthread"  # sync with threads, gunicorn's rule
+    assert cfg.is_ssl is False

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from forkhorn.config.converters import parse_bind
 from forkhorn.config.options.hooks import HookOptions
 from forkhorn.config.options.logging import LoggingOptions
 from forkhorn.config.options.process import ProcessOptions
@@ -99,6 +100,41 @@ class Config(
         """The command-line arguments this config was loaded from."""
         return list(self._argv)
 
+    # gunicorn's Config attributes that server hooks and config files commonly read.
+    @property
+    def settings(self) -> dict[str, SettingValue]:
+        """``cfg.settings["workers"].value``, as in gunicorn (read-only views)."""
+        return {name: SettingValue(name, value) for name, value in self._values.items()}
+
+    @property
+    def address(self) -> list[tuple[str, int] | str | int]:
+        """The bind addresses as gunicorn gives them: ``(host, port)``, a unix socket's
+        path, or a file descriptor number."""
+        out: list[tuple[str, int] | str | int] = []
+        for raw in self._values["bind"]:
+            bind = parse_bind(raw)  # validated when the config was loaded
+            if bind.kind == "tcp":
+                out.append((bind.host, bind.port))
+            elif bind.kind == "unix":
+                out.append(bind.path)
+            else:
+                out.append(bind.fd)
+        return out
+
+    @property
+    def env(self) -> dict[str, str]:
+        """``raw_env`` as a dict."""
+        pairs = (item.partition("=") for item in self._values["raw_env"] or ())
+        return {key: value for key, _, value in pairs}
+
+    @property
+    def worker_class_str(self) -> str:
+        return self.worker_class_name
+
+    @property
+    def is_ssl(self) -> bool:
+        return False  # TLS is not served yet (the TLS flags are refused at start-up)
+
     @property
     def worker_class_name(self) -> str:
         """The worker class to run: ``sync`` with ``threads`` > 1 means ``gthread``
@@ -131,6 +167,23 @@ class Config(
             name: self._values[name] for name, src in self._sources.items() if src != "default"
         }
         return f"Config({changed!r})"
+
+
+class SettingValue:
+    """One entry of ``Config.settings``: gunicorn's ``.name`` and ``.value`` (and
+    ``.get()``), read-only."""
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str, value: Any) -> None:
+        self.name = name
+        self.value = value
+
+    def get(self) -> Any:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"<setting {self.name} = {self.value!r}>"
 
 
 def _show(value: object, setting: Setting[Any]) -> str:
