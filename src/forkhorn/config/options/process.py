@@ -33,7 +33,12 @@ class ProcessOptions:
         flags=("-e", "--env"),
         metavar="ENV",
         action="append",
-        doc="Set ``KEY=VALUE`` in the environment of the master and workers; repeatable.",
+        doc="""
+        Set ``KEY=VALUE`` in the environment of the master and workers; repeatable.
+        ``SCRIPT_NAME`` (set here or in forkhorn's environment) mounts the app under that
+        path prefix, as in gunicorn: it becomes the environ's ``SCRIPT_NAME`` and is taken
+        off the front of ``PATH_INFO``; a request outside it is answered 404.
+        """,
     )
     pidfile = Setting(
         default=None,
