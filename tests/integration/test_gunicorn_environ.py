@@ -46,6 +46,13 @@ def test_no_script_name_by_default(server_factory: ServerFactory) -> None:
     server = server_factory("validated:app")
     env = json.loads(get(server.port, "/app/x").body)
     assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", "/app/x")
+    assert env["wsgi.multiprocess"] is False  # one worker, as gunicorn says
+
+
+@pytest.mark.timeout(60)
+def test_wsgi_multiprocess_with_several_workers(server_factory: ServerFactory) -> None:
+    server = server_factory("validated:app", "--workers", "2")
+    assert json.loads(get(server.port, "/").body)["wsgi.multiprocess"] is True
 
 
 @pytest.mark.timeout(60)

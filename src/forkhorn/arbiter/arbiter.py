@@ -73,8 +73,8 @@ UNIMPLEMENTED_SETTINGS = (
     "statsd_prefix",
     "logger_class",
     "spew",
-    "worker_tmp_dir",
-)
+)  # Not worker_tmp_dir: it is moot here (the heartbeat is in shared memory, not a file),
+# and Docker guides set it to /dev/shm everywhere, so a warning would only be noise.
 LOOP_INTERVAL = 1.0  # the longest the loop sleeps: heartbeats are checked at this rate
 # INT/QUIT: workers exit from their handler at once; a worker that does not within this
 # is stuck (in C) and is killed.

@@ -309,4 +309,5 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
         # gunicorn's rule: the app is mounted at $SCRIPT_NAME (from the environment or
         # raw_env, applied before this runs), which is taken off the front of PATH_INFO.
         script_name=os.environ.get("SCRIPT_NAME", ""),
+        multiprocess=int(getattr(cfg, "workers", 2) or 1) > 1,  # gunicorn's rule
     )

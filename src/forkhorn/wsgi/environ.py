@@ -14,7 +14,10 @@ Rules kept:
   outside it is answered 404 (gunicorn answers 500). Matched on whole path segments, so
   ``/app`` does not swallow ``/application``.
 - ``SERVER_NAME``/``SERVER_PORT`` come from the Host header when present, else from the
-  listening address (what gunicorn does, and what URL reconstruction in PEP 3333 expects).
+  listening address. gunicorn takes them from the listening address on TCP and from Host
+  only on unix sockets; here one rule serves every listener of a worker, and PEP 3333's
+  URL reconstruction (and Werkzeug's and Django's host lookups) read ``HTTP_HOST`` first
+  anyway.
 
 How it works: each worker builds one ``base`` dict of the constant keys once; a request
 copies it (a C-level dict copy) and adds its own keys. Header names map to environ keys
@@ -83,6 +86,7 @@ def make_base_environ(
     multithread: bool,
     server_software: str,
     script_name: str = "",
+    multiprocess: bool = True,
 ) -> dict[str, Any]:
     """The keys that are the same for every request a worker serves."""
     return {
@@ -94,7 +98,7 @@ def make_base_environ(
         "wsgi.url_scheme": url_scheme,
         "wsgi.errors": errors,
         "wsgi.multithread": multithread,
-        "wsgi.multiprocess": True,
+        "wsgi.multiprocess": multiprocess,
         "wsgi.run_once": False,
         "wsgi.file_wrapper": file_wrapper,
         "wsgi.input_terminated": True,
@@ -155,7 +159,7 @@ def build_environ(
         environ["HTTP_HOST"] = _authority_of(target)
     host = environ.get("HTTP_HOST")
     if host is not None:
-        # SERVER_NAME/SERVER_PORT from Host, as gunicorn does (PEP 3333 URL reconstruction).
+        # SERVER_NAME/SERVER_PORT from Host (see the module docstring).
         server = _hosts.get(host)
         if server is None:
             server = _split_host(host, environ["wsgi.url_scheme"])
