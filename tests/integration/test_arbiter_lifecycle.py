@@ -63,11 +63,18 @@ def test_kill_9_of_a_worker_is_replaced(server_factory: ServerFactory) -> None:
     assert get(server.port).status == 200
 
 
-def test_ttin_and_ttou(server_factory: ServerFactory) -> None:
-    server = server_factory("hello:app", "--workers", "2")
+def test_ttin_and_ttou(server_factory: ServerFactory, tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks.conf.py"
+    hooks.write_text(
+        "def nworkers_changed(server, new_value, old_value):\n"
+        "    server.log.info('nworkers_changed %r %r', new_value, old_value)\n"
+    )
+    server = server_factory("hello:app", "--workers", "2", "-c", str(hooks))
     server.wait_for_workers(2)
+    server.wait_for_log(r"nworkers_changed 2 None")  # at start-up, as in gunicorn
     server.signal(signal.SIGTTIN)
     server.wait_for_workers(3)
+    server.wait_for_log(r"nworkers_changed 3 2")
     # One at a time: POSIX merges a signal sent again before the first was delivered.
     server.signal(signal.SIGTTOU)
     server.wait_for_workers(2)

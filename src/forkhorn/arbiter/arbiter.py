@@ -281,6 +281,8 @@ class Arbiter:
             self.master_name = "Master.2"
         self.log.info("Starting forkhorn %s", __version__)
         self._apply_paths()
+        # As gunicorn does when its arbiter is made: the count goes from None to workers.
+        self._call_hook("nworkers_changed", self, self.num_workers, None)
         if callable(getattr(self.cfg, "on_starting", None)):
             self.cfg.on_starting(self)  # a failing on_starting stops the start, as gunicorn
         self.signals.install()
