@@ -108,3 +108,23 @@ def test_stop_signal_only_takes_the_queue_and_the_loop_adopts_it() -> None:
     finally:
         queued.close()
         listener.close()
+
+
+def test_stale_deadline_entries_do_not_pin_closed_connections() -> None:
+    # Connections that were dispatched or closed leave their entry in the deadline heap;
+    # those entries must be swept, not kept (with the connection) until header_timeout.
+    worker = _poller()
+    for _ in range(1000):
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        client = _Client(ours, ("127.0.0.1", "50000"), ServerConnection())
+        worker._held += 1
+        worker._watch(client, time.monotonic() + 30.0)
+        worker._drop(client)  # closed long before its deadline
+        theirs.close()
+    live, theirs = _idle_client(worker)
+    assert len(worker._heap) <= 2 * worker._held + 64 + 1
+    assert any(entry[2] is live for entry in worker._heap)
+    worker._drop(live)
+    theirs.close()
+    worker.selector.close()

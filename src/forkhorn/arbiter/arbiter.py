@@ -204,6 +204,10 @@ class Arbiter:
         self._systemd_sockets = False
         self._age = 0
         self._pending_reload: _Release | None = None
+        # A HUP that arrived while a reload was in flight: run one more reload when the
+        # current one completes or is abandoned, so the last HUP's code and config win
+        # (a deploy that HUPs after each step must not be left on a half-updated tree).
+        self._reload_again = False
         self._when_ready_called = False
         self._watchdog_interval: float | None = None
         self._next_watchdog = 0.0
@@ -570,7 +574,10 @@ class Arbiter:
         """Re-read the config, start a full new generation of workers; the policy retires
         the old one once the new one serves.  On any failure the old one keeps serving."""
         if self._pending_reload is not None:
-            self.log.warning("Reload already in progress; HUP ignored")
+            self._reload_again = True
+            self.log.warning(
+                "Reload already in progress; another reload will follow it (HUP queued)"
+            )
             return
         systemd.reloading(self._environ)
         old = _Release(
@@ -695,6 +702,13 @@ class Arbiter:
                 self._send(rec.pid, signal.SIGTERM)
                 rec.retiring_since = now
         systemd.ready(environ=self._environ)
+        self._run_queued_reload()
+
+    def _run_queued_reload(self) -> None:
+        if self._reload_again and self._pending_reload is None and self.stop_deadline is None:
+            self._reload_again = False
+            self.log.info("Running the reload queued by a HUP received during the last one")
+            self.reload()
 
     # -- re-exec (USR2) ----------------------------------------------------------------
     def reexec_argv(self) -> list[str]:
@@ -975,6 +989,7 @@ class Arbiter:
                 retired_for_reload,
             )
             systemd.ready(environ=self._environ)
+            self._run_queued_reload()
 
     def _abort(self, action: Abort, now: float) -> None:
         rec = self.workers.get(action.pid)

@@ -81,6 +81,10 @@ NO_HEAD_DEADLINE = 3600.0
 _ACCEPT_TRANSIENT = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
+# Stale deadline entries tolerated beyond twice the held connections before a sweep.
+STALE_SLACK = 64
+
+
 class _Client:
     """One open connection, held by the poller or by one pool thread."""
 
@@ -274,7 +278,15 @@ class ThreadWorker(Worker):
     def _watch(self, client: _Client, deadline: float) -> None:
         client.deadline = deadline
         self._seq += 1
-        heapq.heappush(self._heap, (deadline, self._seq, client))
+        heap = self._heap
+        heapq.heappush(heap, (deadline, self._seq, client))
+        # Entries go stale (dispatched, re-watched or closed connections) and would sit
+        # until their deadline (header_timeout, 30 s), each pinning its connection, its
+        # buffers and any exception with the app's frames: hundreds of MB under
+        # connection churn or aborted uploads. Sweep them once they outnumber the live.
+        if len(heap) > 2 * self._held + STALE_SLACK:
+            heap[:] = [entry for entry in heap if _waiting_for(entry[2], entry[0])]
+            heapq.heapify(heap)
         if not client.registered:
             self.selector.register(client.sock, selectors.EVENT_READ, client)
             client.registered = True
