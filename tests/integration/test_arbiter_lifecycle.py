@@ -273,3 +273,47 @@ def test_a_stopping_worker_runs_the_apps_atexit_handlers(
     marks = [path.name for path in tmp_path.glob("atexit.*")]
     assert marks == [f"atexit.{pid}"], server.logs
     assert "an atexit handler that fails" in server.logs
+
+
+# A release whose import waits until the file ``gate`` exists next to it (bounded): its
+# reload stays in progress for as long as the test needs.
+GATED = """
+import os
+import time
+
+_gate = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gate")
+_deadline = time.monotonic() + 30  # bounds a hang only
+while not os.path.exists(_gate) and time.monotonic() < _deadline:
+    time.sleep(0.02)  # poll interval
+
+def app(environ, start_response):
+    body = b"v2 %d" % os.getpid()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_hup_during_a_reload_is_queued_not_dropped(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A deploy that sends HUP after each step must end on its last step's code."""
+    _release(tmp_path, GOOD.format(version="v1"))
+    server = server_factory("release:app", "--workers", "1", cwd=tmp_path)
+    assert _version(server) == b"v1"
+    mark = server.mark()
+    _release(tmp_path, GATED)
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Booting worker", since=mark)  # the v2 worker, held at its import
+    mark = server.mark()
+    _release(tmp_path, GOOD.format(version="v3"))
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reload already in progress; another reload will follow", since=mark)
+    assert _version(server) == b"v1"  # the old generation serves meanwhile
+    (tmp_path / "gate").write_text("open")
+    server.wait_for_log(r"Running the reload queued by a HUP", since=mark)
+    deadline = time.monotonic() + 30  # bounds a hang only
+    while _version(server) != b"v3":
+        assert time.monotonic() < deadline, server.logs
+        time.sleep(0.05)  # poll interval
+    server.wait_for_workers(1)
