@@ -281,7 +281,10 @@ GATED = """
 import os
 import time
 
-_gate = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gate")
+_here = os.path.dirname(os.path.abspath(__file__))
+_gate = os.path.join(_here, "gate")
+with open(os.path.join(_here, "entered"), "w"):
+    pass
 _deadline = time.monotonic() + 30  # bounds a hang only
 while not os.path.exists(_gate) and time.monotonic() < _deadline:
     time.sleep(0.02)  # poll interval
@@ -301,10 +304,12 @@ def test_a_hup_during_a_reload_is_queued_not_dropped(
     _release(tmp_path, GOOD.format(version="v1"))
     server = server_factory("release:app", "--workers", "1", cwd=tmp_path)
     assert _version(server) == b"v1"
-    mark = server.mark()
     _release(tmp_path, GATED)
     server.signal(signal.SIGHUP)
-    server.wait_for_log(r"Booting worker", since=mark)  # the v2 worker, held at its import
+    deadline = time.monotonic() + 20  # bounds a hang only
+    while not (tmp_path / "entered").exists():  # the v2 worker is held inside its import
+        assert time.monotonic() < deadline, server.logs
+        time.sleep(0.02)  # poll interval
     mark = server.mark()
     _release(tmp_path, GOOD.format(version="v3"))
     server.signal(signal.SIGHUP)
