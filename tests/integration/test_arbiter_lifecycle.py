@@ -97,6 +97,11 @@ def test_hung_request_dumps_its_stack_and_is_replaced(server_factory: ServerFact
         server.wait_for_log(r"stuck on 'GET /hang HTTP/1.1'")
         server.wait_for_log(r"in hang_forever_in_app", timeout=10)
         assert get(server.port).status == 200
+        # As gunicorn's sync worker: the hung request's client is told, not dropped.
+        answer = b""
+        while chunk := hung.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 500 "), answer
     finally:
         hung.close()
     server.wait_for_workers(2)

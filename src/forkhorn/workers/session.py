@@ -39,6 +39,7 @@ from forkhorn.wsgi.cycle import (
     Exchange,
     HookRequest,
     app_failed,
+    error_response,
     protocol_error_answer,
     run_app,
 )
@@ -181,6 +182,18 @@ def serve_request(
         exchange.status = f"{exc.status} {exc.reason}"
     except OSError:
         pass  # the client went away
+    except SystemExit:
+        # The master aborted this worker for a hang (SIGABRT, raised here on the sync
+        # worker's only thread): as gunicorn's sync worker, tell the client with a 500
+        # rather than drop it (a proxy would report 502) when no head went out yet.
+        if getattr(worker, "aborted", False) and not exchange.head_sent:
+            exchange.status = "500 Internal Server Error"
+            try:
+                sock.settimeout(1.0)  # the process is going: never wait on this client
+                send(error_response(conn, 500, "Internal Server Error"))
+            except (OSError, RuntimeError):
+                pass
+        raise
     finally:
         finish_request(worker, request, environ, exchange)
     if not ok or not conn.keep_alive:
