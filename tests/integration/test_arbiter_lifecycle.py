@@ -87,8 +87,11 @@ def test_ttin_and_ttou(server_factory: ServerFactory, tmp_path: Path) -> None:
     server.wait_for_workers(1)
 
 
-def test_hung_request_dumps_its_stack_and_is_replaced(server_factory: ServerFactory) -> None:
-    server = server_factory("slow:app", "--workers", "2", "--timeout", "2")
+@pytest.mark.parametrize("worker_class", ["sync", "fast"])
+def test_hung_request_dumps_its_stack_and_is_replaced(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    server = server_factory("slow:app", "-k", worker_class, "--workers", "2", "--timeout", "2")
     server.wait_for_workers(2)
     hung = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     try:
@@ -97,7 +100,7 @@ def test_hung_request_dumps_its_stack_and_is_replaced(server_factory: ServerFact
         server.wait_for_log(r"stuck on 'GET /hang HTTP/1.1'")
         server.wait_for_log(r"in hang_forever_in_app", timeout=10)
         assert get(server.port).status == 200
-        # As gunicorn's sync worker: the hung request's client is told, not dropped.
+        # As from gunicorn's sync worker: the hung request's client is told, not dropped.
         answer = b""
         while chunk := hung.recv(65536):
             answer += chunk

@@ -69,6 +69,7 @@ from forkhorn.wsgi.cycle import (
     app_failed,
     close_result,
     dates,
+    error_response,
     protocol_error_answer,
     raw_error_response,
     single_body,
@@ -1020,9 +1021,28 @@ class FastWorker(Worker):
         # uvloop reports a SystemExit raised inside a callback as a transport error and
         # carries on; an aborted worker must end here (after the worker_abort hook).
         try:
+            self._answer_before_abort()
+        except Exception:
+            pass  # best effort: the process ends either way
+        try:
             super().handle_abort(signum, frame)
         finally:
             os._exit(1)
+
+    def _answer_before_abort(self) -> None:
+        """Killed for a hang: the responses this turn already made go out, and the request
+        the app hangs in is answered 500 (as the sync worker's), instead of both being
+        dropped. The loop is stopped inside the app, so the writes go straight to the
+        sockets (a transport with nothing buffered writes at once)."""
+        self.flush()
+        for protocol in list(getattr(self, "connections", ())):
+            transport = protocol.transport
+            if (
+                protocol.dispatching
+                and transport is not None
+                and not protocol.conn.response_started
+            ):
+                transport.write(error_response(protocol.conn, 500, "Internal Server Error"))
 
     def _draining(self) -> bool:
         """Work left before exit: open connections, drained connections being adopted,
