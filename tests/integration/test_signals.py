@@ -9,7 +9,9 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -253,3 +255,48 @@ def test_a_worker_signalled_while_booting(
         server.wait_ready()
         assert get(server.port).status == 200
         assert is_alive(worker)
+
+
+@pytest.mark.timeout(60)
+def test_workers_leave_when_the_master_is_killed(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """kill -9 of the master: no worker may live on as an orphan, serving from a socket no
+    one supervises. Each notices its new parent, stops taking connections and exits."""
+    server = server_factory("hello:app", "-k", worker_class, "--workers", "2")
+    workers = server.wait_for_workers(2)
+    identities = {pid: process_identity(pid) for pid in workers}
+    assert get(server.port).status == 200
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        pytest.skip("wrk is not installed (.ci/run installs it)")
+    # Clients that never pause: an orphan that only left once idle stayed as long as they
+    # did (fast: the whole run).
+    load = subprocess.Popen(
+        [wrk, "-t1", "-c20", "-d40s", f"http://127.0.0.1:{server.port}/"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)  # let the load reach the workers (no assertion depends on it)
+        assert server.proc is not None
+        server.proc.kill()  # the master this test started
+        server.proc.wait(timeout=10)
+        poll_until(
+            lambda: not any(is_alive(pid, identities[pid]) for pid in workers),
+            "the orphaned workers exited while clients kept sending",
+            timeout=20,  # bounds a hang only; wrk runs for 40 s
+        )
+    finally:
+        load.kill()  # the wrk this test started
+        load.wait(10)
+    for pid in workers:  # the lines reach the harness's reader thread a little later
+        poll_until(
+            lambda pid=pid: bool(
+                re.search(rf"\[{pid}\] \[INFO\] Parent changed, shutting down", server.logs)
+            ),
+            f"worker {pid} logged its reason",
+            timeout=10,
+        )
+    with pytest.raises(ConnectionRefusedError):
+        connect(server.port, timeout=5)

@@ -471,7 +471,10 @@ class Worker(abc.ABC):
             return False
         if not self.is_parent_alive():
             self.log.info("Parent changed, shutting down: %s", self)
-            self.alive = False
+            # As on TERM: stop taking connections and announce the close on keep-alive
+            # ones. Merely leaving the run loop let a busy worker drain for as long as its
+            # clients kept sending (an orphan served unsupervised while the load lasted).
+            self.handle_term(signal.SIGTERM, None)
             return False
         reason = self.should_retire(time.monotonic() if now is None else now)
         if reason:
