@@ -914,7 +914,8 @@ class FastWorker(Worker):
         in-use heap under 5 MB). ``malloc_trim`` releases the free pages wherever they
         are. It costs a walk of the heap, so it runs from the sweep, at most once a
         second, and only after TRIM_AFTER bytes of large bodies. Copying bodies into
-        memory maps instead made 256 KiB uploads 3.5 times slower.
+        memory maps instead, with the parser dropping its last piece read early, made
+        256 KiB uploads 3.5 times slower (the early drop alone: 1.6 times).
         """
         self.released_body_bytes = 0
         if self.malloc_trim is not None:
