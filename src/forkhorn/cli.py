@@ -84,9 +84,7 @@ def prepare_app_environment(cfg: Config) -> None:
         for entry in reversed([item.strip() for item in cfg.pythonpath.split(",")]):
             if entry and entry not in sys.path:
                 sys.path.insert(0, entry)
-    for assignment in cfg.raw_env:
-        key, _, value = assignment.partition("=")
-        os.environ[key.strip()] = value
+    os.environ.update(cfg.env)
 
 
 def _require_app(cfg: Config) -> str:

@@ -123,9 +123,10 @@ class Config(
 
     @property
     def env(self) -> dict[str, str]:
-        """``raw_env`` as a dict."""
+        """``raw_env`` as a dict (gunicorn's ``cfg.env``): what the CLI and each worker put
+        in ``os.environ``. The converter has checked every item is ``KEY=VALUE``."""
         pairs = (item.partition("=") for item in self._values["raw_env"] or ())
-        return {key: value for key, _, value in pairs}
+        return {key.strip(): value for key, _, value in pairs}
 
     @property
     def worker_class_str(self) -> str:

@@ -157,6 +157,15 @@ def _syslog_address(addr: str) -> tuple[str | tuple[str, int], socket.SocketKind
     raise ConfigError(f"syslog_addr = {addr!r}: expected unix://, udp:// or tcp://")
 
 
+def _release_handlers(logger: logging.Logger) -> None:
+    """Remove every handler; close the ones a Logger made. Handlers someone else made (a
+    logging config) are removed but left open."""
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        if isinstance(handler, _OWN_HANDLERS):
+            handler.close()
+
+
 class WSGIErrors:
     """``wsgi.errors``: what the app writes goes to the error log's streams, as in gunicorn.
 
@@ -281,10 +290,7 @@ class Logger:
         """
         for ours, theirs in self._gunicorn_pairs():
             if theirs.handlers:  # the user's logging config named gunicorn's logger
-                for handler in list(ours.handlers):
-                    ours.removeHandler(handler)
-                    if isinstance(handler, _OWN_HANDLERS):
-                        handler.close()
+                _release_handlers(ours)
                 for handler in theirs.handlers:
                     ours.addHandler(handler)
             if theirs.level != logging.NOTSET:
@@ -402,11 +408,7 @@ class Logger:
             theirs.handlers = []
             theirs.setLevel(logging.NOTSET)
         for logger in (self.error_log, self.access_log):
-            # Handlers someone else made (a logconfig_dict) are removed but left open.
-            for handler in list(logger.handlers):
-                logger.removeHandler(handler)
-                if isinstance(handler, _OWN_HANDLERS):
-                    handler.close()
+            _release_handlers(logger)
 
     def close(self) -> None:
         """Remove and close the handlers this Logger made (tests; end of process)."""

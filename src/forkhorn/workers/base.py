@@ -267,10 +267,7 @@ class Worker(abc.ABC):
         setproctitle.setproctitle(f"forkhorn: worker [{name}]")
 
     def _apply_raw_env(self) -> None:
-        for item in getattr(self.cfg, "raw_env", None) or []:
-            key, sep, value = str(item).partition("=")
-            if sep and key.strip():
-                os.environ[key.strip()] = value
+        os.environ.update(getattr(self.cfg, "env", None) or {})
 
     def _drop_privileges(self) -> None:
         uid = getattr(self.cfg, "user", None)

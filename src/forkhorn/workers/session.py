@@ -186,7 +186,7 @@ def serve_request(
         # The master aborted this worker for a hang (SIGABRT, raised here on the sync
         # worker's only thread): as gunicorn's sync worker, tell the client with a 500
         # rather than drop it (a proxy would report 502) when no head went out yet.
-        if getattr(worker, "aborted", False) and not exchange.head_sent:
+        if worker.aborted and not exchange.head_sent:
             exchange.status = "500 Internal Server Error"
             try:
                 sock.settimeout(1.0)  # the process is going: never wait on this client
@@ -322,5 +322,5 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
         # gunicorn's rule: the app is mounted at $SCRIPT_NAME (from the environment or
         # raw_env, applied before this runs), which is taken off the front of PATH_INFO.
         script_name=os.environ.get("SCRIPT_NAME", ""),
-        multiprocess=int(getattr(cfg, "workers", 2) or 1) > 1,  # gunicorn's rule
+        multiprocess=int(cfg.workers) > 1,  # gunicorn's rule
     )
