@@ -361,6 +361,56 @@ def test_app_exception_mid_stream_closes(server: ServerProcess, worker_class: st
     assert resp.body == b"x" * 1000
 
 
+# -- refused requests leave a trace ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_refused_requests_are_logged(server_factory: ServerFactory, worker_class: str) -> None:
+    """Every request the core refuses is in the error log, in gunicorn's words (log
+    scrapers and fail2ban rules match them), and in the access log when its head was read:
+    a smuggling probe or a cut-short upload must not pass unseen."""
+    server = server_factory(
+        "echo:app",
+        *worker_args(worker_class),
+        "--access-logfile",
+        "-",
+        "--limit-request-body",
+        "100",
+        "--header-timeout",
+        "1",
+    )
+    # A head the parser refuses: no request line to log, so the error log only.
+    assert raw_request(server.port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    server.wait_for_log(r"\[WARNING\] Invalid request from ip=127\.0\.0\.1: .+ \(400\)")
+    # Both framings at once, the classic smuggling probe.
+    probe = (
+        b"POST /smuggle HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+    mark = server.mark()
+    assert raw_request(server.port, probe).startswith(b"HTTP/1.1 400 ")
+    server.wait_for_log(r"\[WARNING\] Invalid request from ip=127\.0\.0\.1: .+ \(400\)", since=mark)
+    # A body over the limit, found while reading it (chunked: no length up front).
+    chunk = b"c8\r\n" + b"x" * 200 + b"\r\n0\r\n\r\n"
+    big = b"POST /big?read=all HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert raw_request(server.port, big + chunk).startswith(b"HTTP/1.1 413 ")
+    server.wait_for_log(r"\[WARNING\] Invalid request from ip=127\.0\.0\.1: .+ \(413\)")
+    server.wait_for_log(r'"POST /big\?read=all HTTP/1\.1" 413 ', stream="stdout")
+    # An upload the client abandons half-way: routine, so INFO, and a 400 in the access log.
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /cut?read=all HTTP/1.1\r\nHost: t\r\nContent-Length: 50\r\n\r\n")
+        sock.sendall(b"x" * 10)
+        time.sleep(0.3)
+    server.wait_for_log(r"\[INFO\] Incomplete request from ip=127\.0\.0\.1: ")
+    server.wait_for_log(r'"POST /cut\?read=all HTTP/1\.1" 400 ', stream="stdout")
+    # A head that never completes: 408, also INFO.
+    with connect(server.port) as sock:
+        sock.sendall(b"GET /late HTTP/1.1\r\nHost: t\r\n")
+        assert read_until_close(sock, 20).startswith(b"HTTP/1.1 408 ")
+    server.wait_for_log(r"\[INFO\] Request timeout from ip=127\.0\.0\.1: .+ \(408\)")
+    assert get(server.port, "/?read=none").status == 200  # and it serves on
+
+
 # -- clients that leave or stop reading ------------------------------------------------------------
 
 # 2000 pieces of 64 KiB: far more than loopback sockets buffer.

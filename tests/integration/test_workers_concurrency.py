@@ -13,6 +13,7 @@ The behaviour every worker class shares is in ``test_contract.py``; here:
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -153,6 +154,51 @@ def test_connections_beyond_the_cap_get_503(
         if status == 200:
             break
     assert status == 200
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", *GREEN, "fast"])
+def test_connections_refused_for_the_cap_are_logged(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """Overload must show in the log: the first 503 at once, a burst as one line with its
+    count (not one line per client)."""
+    cap = 2
+    srv = server_factory(
+        "hello:app", "-k", worker_class, "--workers", "1", "--worker-connections", str(cap)
+    )
+
+    def hold() -> socket.socket:
+        """A connection with half a head: it counts against the cap in every class (sync
+        counts only these: it closes after each response)."""
+        for _ in range(50):
+            sock = connect(srv.port)
+            sock.sendall(b"GET / HTTP/1.1\r\n")
+            sock.settimeout(0.2)
+            try:
+                sock.recv(100)
+            except TimeoutError:
+                sock.settimeout(10)
+                return sock  # held, waiting for the rest of its head
+            sock.close()  # refused: the start-up check's connection was still counted
+        raise AssertionError(f"no connection was held\n{srv.logs}")
+
+    held: list[socket.socket] = []
+    try:
+        for _ in range(cap):
+            held.append(hold())
+        for i in range(3):
+            with RawConnection(srv.port, timeout=10) as extra:
+                extra.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert extra.read_response().status == 503, (i, srv.logs)
+        srv.wait_for_log(
+            r"\[WARNING\] Refused 1 connection\(s\) with 503: all 2 worker_connections"
+        )
+        # The next two fall within the same ten seconds: counted, not logged one by one.
+        assert srv.count_log(r"Refused \d+ connection") == 1
+    finally:
+        for sock in held:
+            sock.close()
 
 
 @pytest.mark.timeout(60)

@@ -13,7 +13,12 @@ parsed like a header block and may not carry framing or routing fields.
 
 from __future__ import annotations
 
-from .errors import BadRequestError, BodyTooLargeError, HeaderFieldsTooLargeError
+from .errors import (
+    BadRequestError,
+    BodyTooLargeError,
+    HeaderFieldsTooLargeError,
+    IncompleteBodyError,
+)
 from .events import NEED_DATA, Data, EndOfMessage, Sentinel
 from .grammar import BARE_LF_RE, CHUNK_LINE_RE
 from .head import parse_trailers
@@ -47,7 +52,7 @@ class ContentLengthReader:
         available = len(buf) - pos
         if not available:
             if eof:
-                raise BadRequestError(_TRUNCATED)
+                raise IncompleteBodyError(_TRUNCATED)
             return NEED_DATA, pos
         if available > remaining:
             available = remaining
@@ -167,7 +172,7 @@ class ChunkedReader:
                 return EndOfMessage(trailers), end + 4
             return EndOfMessage(), pos  # _DONE: only reached if called again
         if eof:
-            raise BadRequestError(_TRUNCATED)
+            raise IncompleteBodyError(_TRUNCATED)
         return NEED_DATA, pos
 
     @staticmethod

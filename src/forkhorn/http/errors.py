@@ -30,6 +30,14 @@ class BadRequestError(ProtocolError):
     reason = "Bad Request"
 
 
+class IncompleteBodyError(BadRequestError):
+    """The connection closed, or broke, before the request body was complete.
+
+    Still a 400 (the request as received is not one), but the client's doing, not a
+    malformed message: the workers log it at INFO, not as an invalid request.
+    """
+
+
 class RequestTimeoutError(ProtocolError):
     """The request (head or body) did not arrive within its deadline."""
 

@@ -77,6 +77,9 @@ DRAIN_IDLE = 1.0
 # /proc is read at most this often for max_worker_memory: RSS moves slowly, and a read per
 # request would cost more than the check is worth.
 MEMORY_CHECK_INTERVAL = 1.0
+#: Connections refused with 503 (worker_connections in use) are logged at most once per
+#: this many seconds, with their count: overload shows in the log without a line per client.
+OVERLOAD_LOG_EVERY = 10.0
 
 
 def _page_size() -> int:
@@ -157,6 +160,8 @@ class Worker(abc.ABC):
         self._lifetime_deadline: float | None = None
         self._next_memory_check = 0.0
         self._reopen_requested = False
+        self.overload_refused = 0  # 503s not yet logged (refused_overloaded)
+        self._overload_logged_at = -OVERLOAD_LOG_EVERY
         # Set by workers.session.prepare_http() at the start of run(): what every request
         # of this worker shares (the core's limits, the constant environ keys).
         self.http_limits: tuple[int, int, int, int, bytes] = (4094, 100, 8190, 0, b"forkhorn")
@@ -464,6 +469,8 @@ class Worker(abc.ABC):
         """Everything an idle run loop owes per turn: heartbeat, parent check, USR1,
         lifetime and memory recycling.  Returns ``self.alive``."""
         self.notify()
+        if self.overload_refused:
+            self._log_overload(time.monotonic() if now is None else now)
         if not self.alive:
             return False
         if not self.is_parent_alive():
@@ -477,6 +484,24 @@ class Worker(abc.ABC):
         if reason:
             self.retire(reason)
         return self.alive
+
+    def refused_overloaded(self) -> None:
+        """Count a connection just refused with 503 because ``worker_connections`` are in
+        use. The first is logged at once; the rest in one line per ``OVERLOAD_LOG_EVERY``
+        seconds, with their count (``tick`` writes out what a burst left)."""
+        self.overload_refused += 1
+        self._log_overload(time.monotonic())
+
+    def _log_overload(self, now: float) -> None:
+        if now - self._overload_logged_at < OVERLOAD_LOG_EVERY:
+            return
+        self.log.warning(
+            "Refused %d connection(s) with 503: all %d worker_connections in use",
+            self.overload_refused,
+            int(self.cfg.worker_connections),
+        )
+        self.overload_refused = 0
+        self._overload_logged_at = now
 
     def should_retire(self, now: float) -> str:
         """Why this worker should be recycled now ("" for no reason): lifetime or memory."""

@@ -57,6 +57,7 @@ from forkhorn.http import (
     NEED_DATA,
     Data,
     EndOfMessage,
+    IncompleteBodyError,
     ProtocolError,
     Request,
     RequestTimeoutError,
@@ -69,6 +70,7 @@ from forkhorn.wsgi.cycle import (
     app_failed,
     close_result,
     dates,
+    error_body,
     error_response,
     protocol_error_answer,
     raw_error_response,
@@ -77,7 +79,7 @@ from forkhorn.wsgi.cycle import (
 from forkhorn.wsgi.environ import build_environ
 
 from .base import DRAIN_IDLE, Worker
-from .session import bytes_waiting, finish_request, prepare_http
+from .session import bytes_waiting, finish_request, log_refused, prepare_http
 
 #: Bodies up to this size stay in memory; larger ones are spilled to a temporary file.
 MAX_MEMORY_BODY = 1024 * 1024
@@ -164,6 +166,7 @@ class HttpProtocol(asyncio.Protocol):
             # Refused politely: a status the client can read, then close.
             transport.write(raw_error_response(503, "Service Unavailable"))  # type: ignore[attr-defined]
             transport.close()
+            worker.refused_overloaded()
             return
         worker.connections.add(self)
         peer = transport.get_extra_info("peername")
@@ -188,6 +191,15 @@ class HttpProtocol(asyncio.Protocol):
         body = self.body  # an upload cut short: its memory, or its spill file, goes now
         self.body = None
         if body is not None:
+            # Logged as the other classes log it (their app's read fails): nothing is lost
+            # without a trace. A body that did arrive complete was answered, not cut short.
+            if self.phase == _BODY:
+                log_refused(
+                    self.worker,
+                    self.conn,
+                    IncompleteBodyError("connection lost before the request body was complete"),
+                    (self.peer_addr, self.peer_port),
+                )
             if body.__class__ is not list:
                 body.close()
             elif self.body_size >= LARGE_BODY:
@@ -648,6 +660,9 @@ class HttpProtocol(asyncio.Protocol):
         answer = protocol_error_answer(self.conn, exc)
         if answer:
             self._defer(answer)  # _close() flushes it
+        sent = len(error_body(exc.status, exc.reason)) if answer else 0  # body, as %(b)s
+        log_refused(self.worker, self.conn, exc, (self.peer_addr, self.peer_port), sent)
+        self.phase = _CLOSING  # logged once: connection_lost must not take it for a cut upload
         self._close()
 
     def _close(self) -> None:

@@ -330,6 +330,7 @@ class GreenletWorker(Worker):
                 raise
             if self.pool_full():
                 _refuse(fd)
+                self.refused_overloaded()
                 continue
             self.spawn_in_pool(self._serve_connection, self.wrap_accepted(fd, listener), addr)
         return True
@@ -344,7 +345,7 @@ class GreenletWorker(Worker):
         try:
             self._keep_serving(me, session, peer)
         except ProtocolError as exc:
-            send_protocol_error(sock, conn, exc)
+            send_protocol_error(self, sock, conn, exc, peer)
         except RequestHungError:
             try:
                 sock.sendall(timeout_response(conn, self._answer_504))

@@ -264,6 +264,7 @@ class ThreadWorker(Worker):
         """Hold a new connection in the poller until its head is complete."""
         if self._open_connections() >= self.cfg.worker_connections:
             _refuse(sock)
+            self.refused_overloaded()
             return
         sock.setblocking(False)
         client = _Client(sock, peer_of(addr), new_connection(self))
@@ -319,7 +320,7 @@ class ThreadWorker(Worker):
             event = conn.next_event()
         except ProtocolError as exc:
             self._unwatch(client)
-            send_protocol_error(client.sock, conn, exc)
+            send_protocol_error(self, client.sock, conn, exc, client.peer)
             self._drop(client)
             return
         if event is NEED_DATA:
@@ -378,9 +379,11 @@ class ThreadWorker(Worker):
             self._unwatch(client)
             if client.conn.buffered:
                 send_protocol_error(
+                    self,
                     client.sock,
                     client.conn,
                     RequestTimeoutError("request head not received in time"),
+                    client.peer,
                 )
             self._drop(client)
 
@@ -502,7 +505,7 @@ class ThreadWorker(Worker):
                 try:
                     event = conn.next_event()
                 except ProtocolError as exc:
-                    send_protocol_error(sock, conn, exc)
+                    send_protocol_error(self, sock, conn, exc, client.peer)
                     return False
                 if event is CLOSED:
                     return False

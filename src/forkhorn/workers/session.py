@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from forkhorn.http import (
     CLOSED,
     NEED_DATA,
+    IncompleteBodyError,
     ProtocolError,
     Request,
     RequestTimeoutError,
@@ -39,11 +40,12 @@ from forkhorn.wsgi.cycle import (
     Exchange,
     HookRequest,
     app_failed,
+    error_body,
     error_response,
     protocol_error_answer,
     run_app,
 )
-from forkhorn.wsgi.environ import build_environ
+from forkhorn.wsgi.environ import build_environ, refused_environ
 from forkhorn.wsgi.input import RECV_SIZE, InputStream
 
 if TYPE_CHECKING:
@@ -76,14 +78,57 @@ def peer_of(addr: Any) -> tuple[str, str]:
     return "", ""  # Unix socket: no peer address
 
 
-def send_protocol_error(sock: socket.socket, conn: ServerConnection, exc: ProtocolError) -> None:
-    """Answer a refused request with its status, if nothing was sent yet, and give up."""
+def send_protocol_error(
+    worker: Worker,
+    sock: socket.socket,
+    conn: ServerConnection,
+    exc: ProtocolError,
+    peer: tuple[str, str],
+    access: bool = True,
+) -> int:
+    """Answer a refused request with its status, if nothing was sent yet, log it, and give
+    up. ``access=False`` where the caller's own access-log line covers the request.
+    Returns the bytes sent."""
     answer = protocol_error_answer(conn, exc)
+    sent = 0
     if answer:
         try:
             sock.sendall(answer)
+            sent = len(error_body(exc.status, exc.reason))  # body bytes, as %(b)s counts
         except (OSError, ValueError):
             pass
+    log_refused(worker, conn, exc, peer, sent, access)
+    return sent
+
+
+def log_refused(
+    worker: Worker,
+    conn: ServerConnection,
+    exc: ProtocolError,
+    peer: tuple[str, str],
+    sent: int = 0,
+    access: bool = True,
+) -> None:
+    """Leave a trace of a request the HTTP core refused, in every worker class.
+
+    The error log gets one line naming the client, the reason and the answer. Its words
+    are gunicorn's ("Invalid request from ip=..."), which log scrapers and fail2ban rules
+    match; a smuggling probe must not pass unseen. A request that came too slowly (408) or
+    whose client left mid-body is the client's doing and routine behind a proxy: INFO, the
+    rest WARNING. When the request's head had been read, the access log gets its line too,
+    with the status it was refused with, as gunicorn writes it.
+    """
+    log = worker.log
+    if isinstance(exc, IncompleteBodyError):
+        log.info("Incomplete request from ip=%s: %s", peer[0], exc.detail)
+    elif isinstance(exc, RequestTimeoutError):
+        log.info("Request timeout from ip=%s: %s (%d)", peer[0], exc.detail, exc.status)
+    else:
+        log.warning("Invalid request from ip=%s: %s (%d)", peer[0], exc.detail, exc.status)
+    request = conn.request
+    if access and request is not None and worker.access_enabled:
+        environ = refused_environ(worker.base_environ, request, peer[0], peer[1], worker.header_map)
+        log.access(environ, f"{exc.status} {exc.reason}", [], sent, 0.0)
 
 
 def read_request(
@@ -156,7 +201,7 @@ def serve_request(
             worker.base_environ, request, peer[0], peer[1], body, worker.header_map
         )
     except ProtocolError as exc:
-        send_protocol_error(sock, conn, exc)
+        send_protocol_error(worker, sock, conn, exc, peer)
         return False
     if not worker.alive:
         conn.close_after_response = True
@@ -178,7 +223,8 @@ def serve_request(
                 worker.log,
             )
     except ProtocolError as exc:
-        send_protocol_error(sock, conn, exc)
+        # finish_request writes its access line, with the answer's bytes
+        exchange.sent += send_protocol_error(worker, sock, conn, exc, peer, access=False)
         exchange.status = f"{exc.status} {exc.reason}"
     except OSError:
         pass  # the client went away
@@ -202,7 +248,10 @@ def serve_request(
         try:
             if not body.drain(conn.max_drain_size):
                 return False
-        except (ProtocolError, OSError):
+        except ProtocolError as exc:  # the body the app left unread, read to keep the connection
+            log_refused(worker, conn, exc, peer, access=False)
+            return False
+        except OSError:
             return False
     conn.start_next_cycle()
     return True

@@ -149,6 +149,7 @@ class SyncWorker(Worker):
             except OSError:
                 pass
             sock.close()
+            self.refused_overloaded()
             return
         sock.setblocking(False)
         pending = _Pending(sock, addr, new_connection(self), deadline)
@@ -169,7 +170,7 @@ class SyncWorker(Worker):
             event = conn.next_event()
         except ProtocolError as exc:
             self._unregister(pending)
-            send_protocol_error(pending.sock, conn, exc)
+            send_protocol_error(self, pending.sock, conn, exc, peer_of(pending.addr))
             pending.sock.close()
             return
         if event is NEED_DATA:
@@ -204,9 +205,11 @@ class SyncWorker(Worker):
             self._unregister(pending)
             if pending.conn.has_buffered:
                 send_protocol_error(
+                    self,
                     pending.sock,
                     pending.conn,
                     RequestTimeoutError("request head not received in time"),
+                    peer_of(pending.addr),
                 )
             # else: the client never sent a byte; there is nothing to answer.
             pending.sock.close()

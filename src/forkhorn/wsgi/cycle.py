@@ -247,13 +247,16 @@ class Exchange:
             self.send(tail)
 
 
+def error_body(status: int, reason: str, detail: str = "") -> bytes:
+    """The plain-text body of every error response the server makes itself."""
+    if not detail:
+        return f"{status} {reason}\n".encode("latin-1")
+    return f"{status} {reason}: {detail}\n".encode("latin-1", "replace")
+
+
 def error_response(conn: ServerConnection, status: int, reason: str, detail: str = "") -> bytes:
     """A complete plain-text error response that closes the connection."""
-    body = (
-        f"{status} {reason}\n".encode("latin-1")
-        if not detail
-        else (f"{status} {reason}: {detail}\n".encode("latin-1", "replace"))
-    )
+    body = error_body(status, reason, detail)
     conn.close_after_response = True
     head = conn.send_response(
         f"{status} {reason}",
@@ -281,7 +284,7 @@ def protocol_error_answer(conn: ServerConnection, exc: ProtocolError) -> bytes:
 
 def raw_error_response(status: int, reason: str) -> bytes:
     """An error response for input the core refused before there was a request to frame."""
-    body = f"{status} {reason}\n".encode("latin-1")
+    body = error_body(status, reason)
     return (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n".encode("latin-1")

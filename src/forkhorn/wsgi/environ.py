@@ -177,6 +177,34 @@ _targets: dict[bytes, tuple[str, str, str]] = {}
 _hosts: dict[str, tuple[str, str]] = {}
 
 
+def refused_environ(
+    base: dict[str, Any],
+    request: Request,
+    remote_addr: str,
+    remote_port: str,
+    header_map: str = "drop",
+) -> dict[str, Any]:
+    """The environ for the access-log line of a request the server refused.
+
+    As full as ``build_environ`` makes it (so ``%(a)s`` and ``%({...}i)s`` work), or, where
+    that refuses the request itself (a header it will not map, a path outside
+    ``SCRIPT_NAME``), the request line and the peer only.
+    """
+    try:
+        return build_environ(base, request, remote_addr, remote_port, None, header_map)
+    except ProtocolError:
+        pass
+    environ = base.copy()
+    environ["RAW_URI"], environ["PATH_INFO"], environ["QUERY_STRING"] = _decode_target(
+        request.target
+    )
+    environ["REQUEST_METHOD"] = request.method.decode("latin-1")
+    environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.http_version == b"1.1" else "HTTP/1.0"
+    environ["REMOTE_ADDR"] = remote_addr
+    environ["REMOTE_PORT"] = remote_port
+    return environ
+
+
 def _decode_target(target: bytes) -> tuple[str, str, str]:
     """RAW_URI, PATH_INFO (percent-decoded, then latin-1 per PEP 3333) and QUERY_STRING."""
     if target[0] != 0x2F:

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 
 from forkhorn.http import (
     NEED_DATA,
-    BadRequestError,
     Data,
+    IncompleteBodyError,
     RequestTimeoutError,
     ServerConnection,
 )
@@ -94,7 +94,7 @@ class InputStream:
                 except TimeoutError:
                     raise RequestTimeoutError("request body not received in time") from None
                 except OSError as exc:
-                    raise BadRequestError(f"connection lost reading the body: {exc}") from None
+                    raise IncompleteBodyError(f"connection lost reading the body: {exc}") from None
                 conn.receive_data(data)
                 continue
             self._done = True  # EndOfMessage (PAUSED cannot come before it)
