@@ -361,6 +361,31 @@ def test_app_exception_mid_stream_closes(server: ServerProcess, worker_class: st
     assert resp.body == b"x" * 1000
 
 
+# -- the app's thread ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_the_app_sees_no_running_event_loop(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """As in a plain thread, under every class, fast's loop included: Django raises
+    SynchronousOnlyOperation on every ORM call when a loop is running in the thread, and
+    asyncio.run() (or asgiref's async_to_sync, behind Flask's async views) refuses to
+    start."""
+    server = server_factory("loopcheck:app", *worker_args(worker_class), "--workers", "1")
+    assert get(server.port, "/call").body == b"no loop"
+    assert get(server.port, "/run").body == b"asyncio.run worked"
+    # 400 chunks of 64 KiB: more than the sockets hold, so the fast worker pulls
+    # the later ones from its resume_writing callback.
+    with connect(server.port) as sock:
+        sock.sendall(b"GET /stream?n=400 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        time.sleep(0.5)  # let the buffers fill and the server wait for us
+        data = read_until_close(sock, 20)
+    assert (data.count(b" no loop\n"), data.count(b" a running loop\n")) == (400, 0)
+    assert get(server.port, "/closed").body == b"no loop"
+    assert get(server.port, "/run").body == b"asyncio.run worked"  # and the worker goes on
+
+
 # -- refused requests leave a trace ----------------------------------------------------------------
 
 
