@@ -113,6 +113,7 @@ _monotonic = time.monotonic
 #: asyncio's running-loop slot for this thread: cleared while app code runs (see the module
 #: docstring). About 0.3 us per set-and-restore on Python 3.11.
 _set_running_loop = asyncio.events._set_running_loop
+_get_running_loop = asyncio.events._get_running_loop
 # What a connection's deadline currently bounds.
 _IDLE, _HEAD, _BODY, _CLOSING = range(4)
 _by_deadline = operator.attrgetter("deadline")
@@ -193,11 +194,11 @@ class HttpProtocol(asyncio.Protocol):
         if self.iterator is not None:
             # A stream cut short (the client left, or was dropped for not reading): the
             # request still ends, failed, in the access log, the hooks and the count.
-            with _off_loop(self.worker.loop):
+            with _off_loop():
                 self._end_streaming(False)
             return
         if self.result is not None:
-            with _off_loop(self.worker.loop):
+            with _off_loop():
                 close_result(self.result, self.worker.log)
             self.result = None
         body = self.body  # an upload cut short: its memory, or its spill file, goes now
@@ -231,14 +232,14 @@ class HttpProtocol(asyncio.Protocol):
         if self._end_drain_wait():  # a file body waited for the transport to drain
             return
         if self.iterator is not None:
-            with _off_loop(self.worker.loop):
+            with _off_loop():
                 self._stream()
         elif not self.busy:
             if self.phase == _IDLE:
                 self.deadline = _monotonic() + self.worker.keepalive  # back to idle time
             self._resume_reading()
             if self.conn.has_buffered and not self.dispatching:
-                with _off_loop(self.worker.loop):
+                with _off_loop():
                     self._process()  # what arrived while the client was not reading
 
     def data_received(self, data: bytes) -> None:
@@ -252,11 +253,12 @@ class HttpProtocol(asyncio.Protocol):
             return
         worker = self.worker
         if not worker.long_turns:
+            running = _get_running_loop()
             _set_running_loop(None)  # the app sees no running loop (module docstring)
             try:
                 self._process()  # short turns: served as read, the cheapest path
             finally:
-                _set_running_loop(worker.loop)
+                _set_running_loop(running)
         elif not self.queued:
             # Long turns: served by FastWorker.serve_ready, once every connection with
             # data in this turn has been read, in the order their previous responses ended.
@@ -271,7 +273,7 @@ class HttpProtocol(asyncio.Protocol):
         self.conn.receive_data(b"")
         if self.busy:
             return True  # keep the transport for the response in progress; _finish closes
-        with _off_loop(self.worker.loop):
+        with _off_loop():
             self._process()
         return None
 
@@ -384,6 +386,11 @@ class HttpProtocol(asyncio.Protocol):
             _EMPTY_INPUT if self.body is None else self._body_stream(),
             worker.header_map,
         )
+        if request.chunked:
+            # The whole body is here, so say its size, as waitress does: frameworks that
+            # read CONTENT_LENGTH bytes and no more (Django, Falcon's bounded_stream) see
+            # an empty body otherwise, as they do under gunicorn and the other classes.
+            environ["CONTENT_LENGTH"] = str(self.body_size)
         if worker.close_connections:
             conn.close_after_response = True
         started = _monotonic()
@@ -529,7 +536,7 @@ class HttpProtocol(asyncio.Protocol):
             task = asyncio.current_task()
             if task is not None:
                 self.worker.tasks.discard(task)
-        with _off_loop(self.worker.loop):
+        with _off_loop():
             self._end_streaming(ok)  # the app's close(), and perhaps the next request
 
     async def _send_file_body(
@@ -753,14 +760,16 @@ _EMPTY_INPUT = io.BytesIO(b"")
 
 
 @contextlib.contextmanager
-def _off_loop(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
-    """Run the block with asyncio's running loop cleared (module docstring), for the loop
-    callbacks off the hot path; data_received and serve_ready inline the same."""
+def _off_loop() -> Iterator[None]:
+    """Run the block with asyncio's running loop cleared (module docstring), then put back
+    what was there, for the loop callbacks off the hot path; data_received and
+    serve_ready inline the same."""
+    running = _get_running_loop()
     _set_running_loop(None)
     try:
         yield
     finally:
-        _set_running_loop(loop)
+        _set_running_loop(running)
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -863,6 +872,7 @@ class FastWorker(Worker):
         if len(ready) > 1:
             ready.sort(key=_by_deadline)
         self.serving = True  # the responses are written below, not in a callback of their own
+        running = _get_running_loop()
         _set_running_loop(None)  # the app sees no running loop (module docstring)
         try:
             for protocol in ready:
@@ -874,7 +884,7 @@ class FastWorker(Worker):
                     continue
                 protocol._process()
         finally:
-            _set_running_loop(self.loop)
+            _set_running_loop(running)
             self.serving = False
         # Before the loop polls again, as end_turn would: not one poll later.
         self.end_turn()
