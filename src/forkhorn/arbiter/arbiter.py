@@ -303,6 +303,9 @@ class Arbiter:
         self.scoreboard = Scoreboard(max(64, 4 * self.num_workers))
         if getattr(self.cfg, "preload_app", False):
             self.wsgi = self._load_app(self.cfg)
+            hazard = self.worker_class.preload_hazard()
+            if hazard:
+                self.log.warning(hazard)
             if getattr(self.cfg, "reload_enabled", False):
                 self.log.warning(
                     "--reload restarts workers on code changes, but with --preload they "

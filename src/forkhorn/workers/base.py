@@ -121,6 +121,12 @@ class Worker(abc.ABC):
     #: workers than CPUs they only take turns, and the master says so at start-up.
     one_cpu_each: ClassVar[bool] = False
 
+    @classmethod
+    def preload_hazard(cls) -> str:
+        """Why an app the master preloaded may not work under this class ("" if it will).
+        The master logs it after ``--preload`` loaded the app."""
+        return ""
+
     def __init__(
         self,
         age: int,

@@ -39,6 +39,7 @@ with warnings.catch_warnings():
     import eventlet.greenpool
     import eventlet.greenthread
     import eventlet.hubs
+    import eventlet.patcher
 
 __all__ = ["EventletWorker"]
 
@@ -95,6 +96,10 @@ class EventletWorker(GreenletWorker):
             eventlet.monkey_patch()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    @classmethod
+    def stdlib_patched(cls) -> bool:
+        return bool(eventlet.patcher.is_monkey_patched("thread"))
 
     def make_pool(self, size: int) -> None:
         self._pool = eventlet.greenpool.GreenPool(size)

@@ -50,6 +50,12 @@ class GeventWorker(GreenletWorker):
 
         monkey.patch_all()
 
+    @classmethod
+    def stdlib_patched(cls) -> bool:
+        from gevent import monkey
+
+        return bool(monkey.is_module_patched("threading"))
+
     def make_pool(self, size: int) -> None:
         self._pool = gevent.pool.Pool(size)
 

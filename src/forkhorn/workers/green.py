@@ -105,6 +105,27 @@ class GreenletWorker(Worker):
     def patch(self) -> None:
         """Monkey-patch the process. Called first thing after the fork."""
 
+    @classmethod
+    @abc.abstractmethod
+    def stdlib_patched(cls) -> bool:
+        """Has the library already patched this process (``threading`` at least)?"""
+
+    @classmethod
+    def preload_hazard(cls) -> str:
+        # Preloaded, the app is imported before the worker's patch(): what it made at
+        # import (thread-locals, locks, sockets, connections) stays unpatched. Django's
+        # database layer then fails every request ("DatabaseWrapper objects created in a
+        # thread can only be used in that same thread"), under gunicorn as here.
+        if cls.stdlib_patched():
+            return ""  # patched before the app was imported: the config file or the app did
+        return (
+            f"--preload with the {cls.library} worker: the app was imported before "
+            f"{cls.library} patched the standard library, so what it made at import "
+            "(thread-locals, locks, sockets, database connections) is unpatched; Django's "
+            f"database layer, for one, fails. Patch first ({cls.library} monkey-patching "
+            "at the top of the config file or of the app module) or drop --preload"
+        )
+
     @abc.abstractmethod
     def make_pool(self, size: int) -> None:
         """Create the pool of connection greenlets."""
