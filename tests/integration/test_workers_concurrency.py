@@ -201,10 +201,9 @@ def test_connections_refused_for_the_cap_are_logged(
             sock.close()
 
 
-PATCH_FIRST = {
-    "gevent": "from gevent import monkey\nmonkey.patch_all()\n",
-    "eventlet": "import eventlet\neventlet.monkey_patch()\n",
-}
+# The advice for gevent: patch in the config file first. (A master eventlet patched does
+# not stop on TERM, so eventlet's advice is to drop --preload; not exercised here.)
+PATCH_FIRST = "from gevent import monkey\nmonkey.patch_all()\n"
 
 
 @pytest.mark.timeout(60)
@@ -213,14 +212,16 @@ def test_preload_before_patching_is_warned(
     server_factory: ServerFactory, worker_class: str, tmp_path: Path
 ) -> None:
     """--preload imports the app before the worker patches the standard library (under
-    gunicorn too), which breaks Django's database layer: one warning says so and how to
-    patch first; a config file that patches first gets none."""
+    gunicorn too), which breaks Django's database layer: one warning says so and what to
+    do; for gevent, a config file that patches first gets none."""
     warning = rf"\[WARNING\] --preload with the {worker_class} worker: the app was imported"
     srv = server_factory("hello:app", "-k", worker_class, "--preload")
     srv.wait_for_log(warning)
     assert get(srv.port, "/").status == 200
+    if worker_class != "gevent":
+        return
     config = tmp_path / "patch_first.py"
-    config.write_text(PATCH_FIRST[worker_class])
+    config.write_text(PATCH_FIRST)
     patched = server_factory("hello:app", "-k", worker_class, "--preload", "-c", str(config))
     assert get(patched.port, "/").status == 200
     assert patched.count_log(r"--preload with the") == 0, patched.logs

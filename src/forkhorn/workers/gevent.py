@@ -44,6 +44,10 @@ class GeventWorker(GreenletWorker):
     """gevent's primitives for ``GreenletWorker``."""
 
     library = "gevent"
+    patch_first_advice = (
+        "Patch first (gevent.monkey.patch_all() at the top of the config file or of the "
+        "app module) or drop --preload"
+    )
 
     def patch(self) -> None:
         from gevent import monkey

@@ -100,6 +100,9 @@ class GreenletWorker(Worker):
     #: The library's name, for log lines.
     library = "greenlet"
 
+    #: What to do about a preloaded app imported before the patch (preload_hazard).
+    patch_first_advice = "drop --preload"
+
     # -- primitives (subclasses) -------------------------------------------------------
     @abc.abstractmethod
     def patch(self) -> None:
@@ -122,8 +125,7 @@ class GreenletWorker(Worker):
             f"--preload with the {cls.library} worker: the app was imported before "
             f"{cls.library} patched the standard library, so what it made at import "
             "(thread-locals, locks, sockets, database connections) is unpatched; Django's "
-            f"database layer, for one, fails. Patch first ({cls.library} monkey-patching "
-            "at the top of the config file or of the app module) or drop --preload"
+            f"database layer, for one, fails. {cls.patch_first_advice}"
         )
 
     @abc.abstractmethod
