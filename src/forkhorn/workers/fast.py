@@ -77,7 +77,6 @@ from forkhorn.wsgi.cycle import (
     app_failed,
     close_result,
     dates,
-    error_body,
     error_response,
     protocol_error_answer,
     raw_error_response,
@@ -688,8 +687,7 @@ class HttpProtocol(asyncio.Protocol):
         answer = protocol_error_answer(self.conn, exc)
         if answer:
             self._defer(answer)  # _close() flushes it
-        sent = len(error_body(exc.status, exc.reason)) if answer else 0  # body, as %(b)s
-        log_refused(self.worker, self.conn, exc, (self.peer_addr, self.peer_port), sent)
+        log_refused(self.worker, self.conn, exc, (self.peer_addr, self.peer_port), bool(answer))
         self.phase = _CLOSING  # logged once: connection_lost must not take it for a cut upload
         self._close()
 

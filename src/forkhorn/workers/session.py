@@ -90,15 +90,14 @@ def send_protocol_error(
     up. ``access=False`` where the caller's own access-log line covers the request.
     Returns the bytes sent."""
     answer = protocol_error_answer(conn, exc)
-    sent = 0
+    answered = False
     if answer:
         try:
             sock.sendall(answer)
-            sent = len(error_body(exc.status, exc.reason))  # body bytes, as %(b)s counts
+            answered = True
         except (OSError, ValueError):
             pass
-    log_refused(worker, conn, exc, peer, sent, access)
-    return sent
+    return log_refused(worker, conn, exc, peer, answered, access)
 
 
 def log_refused(
@@ -106,10 +105,11 @@ def log_refused(
     conn: ServerConnection,
     exc: ProtocolError,
     peer: tuple[str, str],
-    sent: int = 0,
+    answered: bool = False,
     access: bool = True,
-) -> None:
-    """Leave a trace of a request the HTTP core refused, in every worker class.
+) -> int:
+    """Leave a trace of a request the HTTP core refused, in every worker class; return the
+    body bytes of the answer, if ``answered`` (what ``%(b)s`` counts).
 
     The error log gets one line naming the client, the reason and the answer. Its words
     are gunicorn's ("Invalid request from ip=..."), which log scrapers and fail2ban rules
@@ -125,10 +125,12 @@ def log_refused(
         log.info("Request timeout from ip=%s: %s (%d)", peer[0], exc.detail, exc.status)
     else:
         log.warning("Invalid request from ip=%s: %s (%d)", peer[0], exc.detail, exc.status)
+    sent = len(error_body(exc.status, exc.reason)) if answered else 0
     request = conn.request
     if access and request is not None and worker.access_enabled:
         environ = refused_environ(worker.base_environ, request, peer[0], peer[1], worker.header_map)
         log.access(environ, f"{exc.status} {exc.reason}", [], sent, 0.0)
+    return sent
 
 
 def read_request(
