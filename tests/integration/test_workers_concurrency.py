@@ -13,6 +13,8 @@ The behaviour every worker class shares is in ``test_contract.py``; here:
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -201,30 +203,43 @@ def test_connections_refused_for_the_cap_are_logged(
             sock.close()
 
 
-# The advice for gevent: patch in the config file first. (A master eventlet patched does
-# not stop on TERM, so eventlet's advice is to drop --preload; not exercised here.)
-PATCH_FIRST = "from gevent import monkey\nmonkey.patch_all()\n"
+# The advice: patch in the config file first (or drop --preload).
+PATCH_FIRST = {
+    "gevent": "from gevent import monkey\nmonkey.patch_all()\n",
+    "eventlet": "import eventlet\neventlet.monkey_patch()\n",
+}
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize("worker_class", GREEN)
 def test_preload_before_patching_is_warned(
     server_factory: ServerFactory, worker_class: str, tmp_path: Path
 ) -> None:
     """--preload imports the app before the worker patches the standard library (under
     gunicorn too), which breaks Django's database layer: one warning says so and what to
-    do; for gevent, a config file that patches first gets none."""
+    do. A config file that patches first gets none, and its patched master still obeys
+    HUP and TERM (an eventlet-patched master once waited forever in a green os.read)."""
     warning = rf"\[WARNING\] --preload with the {worker_class} worker: the app was imported"
     srv = server_factory("hello:app", "-k", worker_class, "--preload")
     srv.wait_for_log(warning)
     assert get(srv.port, "/").status == 200
-    if worker_class != "gevent":
-        return
     config = tmp_path / "patch_first.py"
-    config.write_text(PATCH_FIRST)
-    patched = server_factory("hello:app", "-k", worker_class, "--preload", "-c", str(config))
+    config.write_text(PATCH_FIRST[worker_class])
+    patched = server_factory(
+        "hello:app", "-k", worker_class, "--preload", "-c", str(config), "--workers", "2"
+    )
     assert get(patched.port, "/").status == 200
     assert patched.count_log(r"--preload with the") == 0, patched.logs
+    first = patched.wait_for_workers(2)
+    mark = patched.mark()
+    os.kill(first[0], signal.SIGKILL)  # the master reaps and replaces it
+    patched.wait_for_log(r"Booting worker with pid", since=mark)
+    patched.signal(signal.SIGHUP)
+    patched.wait_for_log(r"Reload complete", since=mark)
+    assert get(patched.port, "/").status == 200
+    patched.signal(signal.SIGTERM)
+    assert patched.wait_exit(timeout=30) == 0, patched.logs
+    patched.wait_for_log(r"Shutting down: Master", since=mark)
 
 
 @pytest.mark.timeout(60)

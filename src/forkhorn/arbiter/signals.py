@@ -115,7 +115,10 @@ class SignalQueue:
         self._handle(signum, None)
 
     def wake(self) -> None:
-        if self._wfd >= 0:
+        # Asks select first rather than relying on EAGAIN: a master that eventlet patched
+        # (a config file or a preloaded app calling monkey_patch) has a green os.write
+        # that waits for room instead of raising, and only this loop makes room.
+        if self._wfd >= 0 and select.select([], [self._wfd], [], 0)[1]:
             try:
                 os.write(self._wfd, b"\0")
             except (BlockingIOError, InterruptedError):
@@ -134,11 +137,14 @@ class SignalQueue:
         self._drain()
 
     def _drain(self) -> None:
+        # Reads only what select says is there.  Under eventlet's monkey_patch, os.read
+        # on an empty non-blocking pipe does not raise EAGAIN: it parks the caller until
+        # a byte comes, and the master then never stopped on TERM (nothing ran to notice).
         if self._rfd < 0:
             return
-        while True:
+        while select.select([self._rfd], [], [], 0)[0]:
             try:
-                if not os.read(self._rfd, 4096):
+                if not os.read(self._rfd, 65536):
                     return
             except (BlockingIOError, InterruptedError):
                 return

