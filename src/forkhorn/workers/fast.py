@@ -32,12 +32,13 @@ How it works:
   caps open connections; beyond it new ones get 503 and are closed.
 - The heartbeat is a loop callback: an app that hangs the loop stops it, so the master's
   ``timeout`` catches the worker, dumps its stack and replaces it.
-- The app sees no running event loop, as under every other worker: each loop callback
-  that can reach app code (``data_received``, ``eof_received``, ``resume_writing``,
-  ``serve_ready``, ``connection_lost``, the end of a file body) clears asyncio's running
-  loop while it runs (``_off_loop``). Django refuses every ORM call "from an async
-  context" otherwise, and ``asyncio.run()``, asgiref's ``async_to_sync`` (Flask's async
-  views) refuse to run at all.
+- The app sees no running event loop, as under every other worker: the worker's main
+  task clears asyncio's running loop for the thread as it starts (``FastWorker._serve``),
+  and nothing the worker runs on the loop asks for it (its coroutines name their loop:
+  ``self.loop.create_future()``, ``call_later``, ``asyncio.current_task(loop)``; uvloop
+  and asyncio's own loop set it only when they start and stop). Django refuses every ORM
+  call "from an async context" otherwise, and ``asyncio.run()``, asgiref's
+  ``async_to_sync`` (Flask's async views) refuse to run at all.
 
 Runs in: the worker process, main thread, inside the event loop.
 """
@@ -45,7 +46,6 @@ Runs in: the worker process, main thread, inside the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import gc
 import io
@@ -109,10 +109,9 @@ _NO_SENDFILE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EN
 SWEEP_INTERVAL = 1.0
 
 _monotonic = time.monotonic
-#: asyncio's running-loop slot for this thread: cleared while app code runs (see the module
-#: docstring). About 0.3 us per set-and-restore on Python 3.11.
+#: asyncio's running-loop slot for this thread: cleared once the worker serves (see the
+#: module docstring).
 _set_running_loop = asyncio.events._set_running_loop
-_get_running_loop = asyncio.events._get_running_loop
 # What a connection's deadline currently bounds.
 _IDLE, _HEAD, _BODY, _CLOSING = range(4)
 _by_deadline = operator.attrgetter("deadline")
@@ -193,12 +192,10 @@ class HttpProtocol(asyncio.Protocol):
         if self.iterator is not None:
             # A stream cut short (the client left, or was dropped for not reading): the
             # request still ends, failed, in the access log, the hooks and the count.
-            with _off_loop():
-                self._end_streaming(False)
+            self._end_streaming(False)
             return
         if self.result is not None:
-            with _off_loop():
-                close_result(self.result, self.worker.log)
+            close_result(self.result, self.worker.log)
             self.result = None
         body = self.body  # an upload cut short: its memory, or its spill file, goes now
         self.body = None
@@ -231,15 +228,13 @@ class HttpProtocol(asyncio.Protocol):
         if self._end_drain_wait():  # a file body waited for the transport to drain
             return
         if self.iterator is not None:
-            with _off_loop():
-                self._stream()
+            self._stream()
         elif not self.busy:
             if self.phase == _IDLE:
                 self.deadline = _monotonic() + self.worker.keepalive  # back to idle time
             self._resume_reading()
             if self.conn.has_buffered and not self.dispatching:
-                with _off_loop():
-                    self._process()  # what arrived while the client was not reading
+                self._process()  # what arrived while the client was not reading
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -252,12 +247,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         worker = self.worker
         if not worker.long_turns:
-            running = _get_running_loop()
-            _set_running_loop(None)  # the app sees no running loop (module docstring)
-            try:
-                self._process()  # short turns: served as read, the cheapest path
-            finally:
-                _set_running_loop(running)
+            self._process()  # short turns: served as read, the cheapest path
         elif not self.queued:
             # Long turns: served by FastWorker.serve_ready, once every connection with
             # data in this turn has been read, in the order their previous responses ended.
@@ -272,8 +262,7 @@ class HttpProtocol(asyncio.Protocol):
         self.conn.receive_data(b"")
         if self.busy:
             return True  # keep the transport for the response in progress; _finish closes
-        with _off_loop():
-            self._process()
+        self._process()
         return None
 
     # -- request processing --------------------------------------------------------------
@@ -532,11 +521,11 @@ class HttpProtocol(asyncio.Protocol):
         except Exception:
             ok = app_failed(exchange, environ, self.worker.log, sys.exc_info())
         finally:
-            task = asyncio.current_task()
+            # Named: the running loop is cleared (module docstring).
+            task = asyncio.current_task(self.worker.loop)
             if task is not None:
                 self.worker.tasks.discard(task)
-        with _off_loop():
-            self._end_streaming(ok)  # the app's close(), and perhaps the next request
+        self._end_streaming(ok)  # the app's close(), and perhaps the next request
 
     async def _send_file_body(
         self, transport: asyncio.Transport, fd: int, offset: int, count: int
@@ -757,19 +746,6 @@ class HttpProtocol(asyncio.Protocol):
 _EMPTY_INPUT = io.BytesIO(b"")
 
 
-@contextlib.contextmanager
-def _off_loop() -> Iterator[None]:
-    """Run the block with asyncio's running loop cleared (module docstring), then put back
-    what was there, for the loop callbacks off the hot path; data_received and
-    serve_ready inline the same."""
-    running = _get_running_loop()
-    _set_running_loop(None)
-    try:
-        yield
-    finally:
-        _set_running_loop(running)
-
-
 def _find_malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
     try:
@@ -870,8 +846,6 @@ class FastWorker(Worker):
         if len(ready) > 1:
             ready.sort(key=_by_deadline)
         self.serving = True  # the responses are written below, not in a callback of their own
-        running = _get_running_loop()
-        _set_running_loop(None)  # the app sees no running loop (module docstring)
         try:
             for protocol in ready:
                 protocol.queued = False
@@ -882,7 +856,6 @@ class FastWorker(Worker):
                     continue
                 protocol._process()
         finally:
-            _set_running_loop(running)
             self.serving = False
         # Before the loop polls again, as end_turn would: not one poll later.
         self.end_turn()
@@ -919,7 +892,13 @@ class FastWorker(Worker):
         return loop
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        # The app must not see a running loop (module docstring). Cleared here, once, in
+        # the loop's first callback and before any connection: clearing and restoring it
+        # around each callback instead cost hello 5 % (each set, and each read while a
+        # loop is set, is a getpid() system call on CPython 3.11). From here on the
+        # worker's own coroutines name their loop instead of asking for the running one.
+        _set_running_loop(None)
         # The base class's Python-level handlers stay: they run even while an app blocks
         # the loop (between bytecodes), so a response finished after TERM says
         # Connection: close. A wake-up pipe makes an idle loop notice a signal at once:
@@ -1052,7 +1031,7 @@ class FastWorker(Worker):
 
     def _adopt(self, sock: Any) -> None:
         self.adopting += 1
-        task = asyncio.ensure_future(
+        task = self.loop.create_task(
             self.loop.connect_accepted_socket(lambda: HttpProtocol(self), sock)
         )
         self.tasks.add(task)
@@ -1107,6 +1086,16 @@ class FastWorker(Worker):
         sendfile tasks (each belongs to a connection) and a scheduled _close_servers."""
         return bool(self.connections or self.adopting or self.tasks or self.closing_servers)
 
+    async def _pause(self, delay: float) -> None:
+        """``asyncio.sleep(delay)``, which asks for the running loop (cleared, see _serve);
+        ``asyncio.sleep(0)`` does not (it only yields), and stays."""
+        nap: asyncio.Future[None] = self.loop.create_future()
+        timer = self.loop.call_later(delay, _settle, nap)
+        try:
+            await nap
+        finally:
+            timer.cancel()
+
     async def _drain(self) -> None:
         """Graceful stop: no new connections; busy ones finish; the others are closed.
 
@@ -1134,6 +1123,6 @@ class FastWorker(Worker):
             if not self._draining():
                 break
             self.notify()
-            await asyncio.sleep(0.05)
+            await self._pause(0.05)
         for protocol in list(self.connections):
             protocol._close()
