@@ -404,6 +404,49 @@ def test_django_app(server_factory: ServerFactory, worker_class: str) -> None:
     assert "Traceback" not in server.logs, server.logs
 
 
+@pytest.mark.timeout(60)
+def test_app_takes_the_connection_over(server_factory: ServerFactory, worker_class: str) -> None:
+    """``environ["gunicorn.socket"]`` and ``StopIteration``, as under gunicorn: WebSocket
+    libraries (simple-websocket, so Flask-Sock) answer 101 on the raw socket themselves
+    and end the app call with StopIteration; the server then writes nothing and closes,
+    and the socket has no timeout (a WebSocket may idle longer than ``--timeout``). Not
+    on fast: its connections belong to the event loop, and the app gets no socket."""
+    # --request-timeout 1: the classes that bound each request (all but sync, which the
+    # master's --timeout bounds, as gunicorn's) must not bound one that asked for an upgrade.
+    bounded = worker_class != "sync"
+    server = server_factory(
+        "takeover:app",
+        *worker_args(worker_class),
+        "--timeout",
+        "5",
+        *(["--request-timeout", "1"] if bounded else []),
+        "--access-logfile",
+        "-",
+    )
+    if worker_class == "fast":
+        assert get(server.port, "/echo").body == b"no socket\n"
+        return
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"HTTP/1.1 101 ")
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        assert reader.readline() == b"timeout=None\n"
+        if bounded:
+            time.sleep(1.5)  # idle past --request-timeout
+        sock.sendall(b"hello\n")
+        assert reader.readline() == b"hello\n"
+        sock.sendall(b"bye\n")
+        assert reader.read() == b""  # closed, and nothing of the server's after the app's bytes
+    assert get(server.port, "/").body == b"plain\n"  # the worker serves on
+    server.wait_for_log(r'"GET / HTTP/1.1" 200', stream="stdout")
+    assert "Traceback" not in server.logs, server.logs
+    assert '"GET /echo HTTP/1.1"' not in server.stdout, server.stdout  # as gunicorn: no line
+
+
 # -- the app's thread ------------------------------------------------------------------------------
 
 

@@ -547,6 +547,13 @@ class Worker(abc.ABC):
         except OSError:
             pass
 
+    def unbound_request(self) -> None:
+        """The request being served in this thread asked for an upgrade (a WebSocket
+        handshake): the app may take the connection over for as long as its client stays,
+        so the classes that bound each request (the watchdog) stop bounding it. The sync
+        worker keeps the master's ``timeout``, as gunicorn's sync worker does."""
+        return None
+
     def request_started(self, request_line: bytes) -> float:
         """A request began (scoreboard: BUSY, its line and start time). Returns the
         start time (``time.monotonic()``)."""

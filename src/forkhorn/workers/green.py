@@ -152,6 +152,9 @@ class GreenletWorker(Worker):
     @abc.abstractmethod
     def current(self) -> Any: ...
 
+    def unbound_request(self) -> None:
+        self._watchdog.release(self.current())
+
     @abc.abstractmethod
     def sleep(self, seconds: float) -> None: ...
 

@@ -480,6 +480,9 @@ class ThreadWorker(Worker):
                 keep = False
             self._release(client, keep)
 
+    def unbound_request(self) -> None:
+        self._watchdog.release(threading.get_ident())
+
     def _serve(self, client: _Client) -> bool:
         """Serve the connection's request and any pipelined behind it. Runs in: pool."""
         sock, conn, request = client.sock, client.conn, client.request

@@ -37,6 +37,7 @@ from forkhorn.http import (
     ServerConnection,
 )
 from forkhorn.wsgi.cycle import (
+    ConnectionTakenOver,
     Exchange,
     HookRequest,
     app_failed,
@@ -205,10 +206,24 @@ def serve_request(
     except ProtocolError as exc:
         send_protocol_error(worker, sock, conn, exc, peer)
         return False
+    # The connection's socket, under gunicorn's key: WebSocket libraries (simple-websocket,
+    # so Flask-Sock) take the connection over with it and end the app call with
+    # StopIteration (wsgi/cycle.py). As in gunicorn, a WebSocket handshake's socket has no
+    # timeout, and the request is not bounded: a WebSocket may idle longer than --timeout.
+    environ["gunicorn.socket"] = sock
+    websocket = (
+        "HTTP_UPGRADE" in environ
+        and request.content_length == 0
+        and "websocket" in environ["HTTP_UPGRADE"].lower()
+    )
+    if websocket:
+        sock.settimeout(None)
+        worker.unbound_request()
     if not worker.alive:
         conn.close_after_response = True
     exchange = Exchange(conn, send, worker.request_started(request.request_line))
     ok = False
+    taken = False
     try:
         try:
             if worker.hook_pre_request:
@@ -228,13 +243,17 @@ def serve_request(
         # finish_request writes its access line, with the answer's bytes
         exchange.sent += send_protocol_error(worker, sock, conn, exc, peer, access=False)
         exchange.status = f"{exc.status} {exc.reason}"
+    except ConnectionTakenOver:
+        taken = True
+        worker.log.debug("Closing connection: the app took it over (%s)", peer[0])
     except OSError:
         pass  # the client went away
     except SystemExit:
         # The master aborted this worker for a hang (SIGABRT, raised here on the sync
         # worker's only thread): as gunicorn's sync worker, tell the client with a 500
         # rather than drop it (a proxy would report 502) when no head went out yet.
-        if worker.aborted and not exchange.head_sent:
+        # Not on a WebSocket handshake: the app may have answered 101 on the socket itself.
+        if worker.aborted and not exchange.head_sent and not websocket:
             exchange.status = "500 Internal Server Error"
             try:
                 sock.settimeout(1.0)  # the process is going: never wait on this client
@@ -243,7 +262,9 @@ def serve_request(
                 pass
         raise
     finally:
-        finish_request(worker, request, environ, exchange)
+        # A taken-over connection has no response of the server's to log (gunicorn
+        # writes no access line either); it still counts, and post_request runs.
+        finish_request(worker, request, environ, exchange, access=not taken)
     if not ok or not conn.keep_alive:
         return False
     if conn.must_drain:
@@ -294,13 +315,14 @@ def finish_request(
     environ: dict[str, Any],
     exchange: Exchange,
     now: float | None = None,
+    access: bool = True,
 ) -> None:
     """After every response, in every worker class: count it (max_requests, the
     scoreboard), write the access-log line, run the post_request hook. ``now`` is
     ``time.monotonic()`` if the caller has just read it."""
     worker.request_finished(now)
     log = worker.log
-    if worker.access_enabled:
+    if access and worker.access_enabled:
         log.access(
             environ,
             exchange.status or "000 Unknown",

@@ -139,6 +139,14 @@ class RequestWatchdog(Generic[H]):
                 self._entries[id(entry)] = entry
         return entry
 
+    def release(self, handle: H) -> None:
+        """Stop bounding the request ``handle`` serves: it asked for an upgrade (a
+        WebSocket), and such a request lasts as long as its client stays."""
+        with self._lock:
+            for key, entry in list(self._entries.items()):
+                if entry.handle == handle:
+                    del self._entries[key]
+
     def finished(self, entry: InFlight[H]) -> None:
         with self._lock:
             entry.done = True

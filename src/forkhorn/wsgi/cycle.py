@@ -15,6 +15,10 @@ Rules kept (PEP 3333):
 - A request framing error found while the app reads ``wsgi.input`` raises from ``read()``
   and the worker answers 400 (if nothing was sent) and closes; the app never sees a
   silently truncated body.
+- An app that took the connection over through ``environ["gunicorn.socket"]`` (a
+  WebSocket library such as simple-websocket, which Flask-Sock uses) says so by raising
+  ``StopIteration`` from the app call, gunicorn's convention: ``call_app`` raises
+  ``ConnectionTakenOver`` and the worker writes nothing more and closes.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ from forkhorn.http import InvalidResponseError, ProtocolError, ServerConnection
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class ConnectionTakenOver(Exception):
+    """The app took the connection over (``StopIteration`` from the app call, see the
+    module docstring): no response may follow, and the connection is closed."""
 
 
 class DateCache:
@@ -303,6 +312,12 @@ def call_app(
         return app(environ, exchange.start_response)
     except ProtocolError:
         raise
+    except StopIteration:
+        if not exchange.head_sent:
+            raise ConnectionTakenOver from None
+        # Not a takeover: the app had written through start_response's write().
+        app_failed(exchange, environ, log, sys.exc_info())
+        return None
     except Exception:
         app_failed(exchange, environ, log, sys.exc_info())
         return None

@@ -1,0 +1,27 @@
+"""An app that takes its connection over through ``environ["gunicorn.socket"]``, as
+WebSocket libraries do (simple-websocket, so Flask-Sock): ``/echo`` answers 101 itself (a
+stand-in for a WebSocket handshake), reports the socket's timeout, echoes lines until
+``bye`` and ends with ``StopIteration`` (gunicorn's convention for "the connection is
+mine"); ``/`` answers normally."""
+
+
+def app(environ, start_response):
+    sock = environ.get("gunicorn.socket")
+    if environ["PATH_INFO"] != "/echo" or sock is None:
+        body = b"no socket\n" if sock is None else b"plain\n"
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+    sock.sendall(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    sock.sendall(f"timeout={sock.gettimeout()}\n".encode())
+    buffered = b""
+    while True:
+        data = sock.recv(1024)
+        if not data:
+            break
+        buffered += data
+        if buffered.endswith(b"bye\n"):
+            break
+        sock.sendall(data)
+    raise StopIteration
