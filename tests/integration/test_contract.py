@@ -447,6 +447,26 @@ def test_app_takes_the_connection_over(server_factory: ServerFactory, worker_cla
     assert '"GET /echo HTTP/1.1"' not in server.stdout, server.stdout  # as gunicorn: no line
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent", "eventlet"])
+def test_upgrade_header_does_not_unbound_a_plain_response(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A WebSocket handshake's socket loses its timeout (test above), but a response the
+    worker writes itself gets it back: a client that adds ``Upgrade: websocket`` to a
+    request for a large body and never reads must not hold a thread forever."""
+    server = server_factory("takeover:app", *worker_args(worker_class), "--timeout", "2")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(
+            b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        time.sleep(5)  # not reading, for more than --timeout
+        received = len(read_until_close(sock))
+    assert received < 32 * 1024 * 1024, received  # the worker gave up on the send
+    assert get(server.port, "/").body == b"plain\n"
+
+
 # -- the app's thread ------------------------------------------------------------------------------
 
 

@@ -219,6 +219,10 @@ def serve_request(
     if websocket:
         sock.settimeout(None)
         worker.unbound_request()
+        # An app that answers it as a plain request (no takeover) writes through the
+        # exchange: with the timeout back, so that adding "Upgrade: websocket" to a request
+        # and then not reading the response cannot hold this thread forever.
+        send = _bounded_send(sock, io_timeout)
     if not worker.alive:
         conn.close_after_response = True
     exchange = Exchange(conn, send, worker.request_started(request.request_line))
@@ -278,6 +282,14 @@ def serve_request(
             return False
     conn.start_next_cycle()
     return True
+
+
+def _bounded_send(sock: socket.socket, timeout: float | None) -> Any:
+    def send(data: bytes) -> None:
+        sock.settimeout(timeout)
+        sock.sendall(data)
+
+    return send
 
 
 def _sendfile_for(sock: socket.socket) -> Any:

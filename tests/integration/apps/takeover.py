@@ -2,11 +2,17 @@
 WebSocket libraries do (simple-websocket, so Flask-Sock): ``/echo`` answers 101 itself (a
 stand-in for a WebSocket handshake), reports the socket's timeout, echoes lines until
 ``bye`` and ends with ``StopIteration`` (gunicorn's convention for "the connection is
-mine"); ``/`` answers normally."""
+mine"); ``/big`` answers BIG bytes as a plain response; ``/`` answers normally."""
+
+BIG = 32 * 1024 * 1024
 
 
 def app(environ, start_response):
     sock = environ.get("gunicorn.socket")
+    if environ["PATH_INFO"] == "/big":
+        body = b"x" * BIG
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
     if environ["PATH_INFO"] != "/echo" or sock is None:
         body = b"no socket\n" if sock is None else b"plain\n"
         start_response("200 OK", [("Content-Length", str(len(body)))])
