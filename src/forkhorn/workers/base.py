@@ -548,10 +548,10 @@ class Worker(abc.ABC):
             pass
 
     def unbound_request(self) -> None:
-        """The request being served in this thread asked for an upgrade (a WebSocket
-        handshake): the app may take the connection over for as long as its client stays,
-        so the classes that bound each request (the watchdog) stop bounding it. The sync
-        worker keeps the master's ``timeout``, as gunicorn's sync worker does."""
+        """The request being served in this thread is a WebSocket handshake: the app may
+        take the connection over (``environ["gunicorn.socket"]``) for as long as its
+        client stays, so the classes that bound each request (the watchdog) stop bounding
+        it. The sync worker keeps the master's ``timeout``, as gunicorn's sync worker does."""
         return None
 
     def request_started(self, request_line: bytes) -> float:

@@ -312,13 +312,11 @@ def call_app(
         return app(environ, exchange.start_response)
     except ProtocolError:
         raise
-    except StopIteration:
-        if not exchange.head_sent:
+    except Exception as exc:
+        # StopIteration before any output: the app took the connection over (module
+        # docstring). After output through write(), it is an error like any other.
+        if isinstance(exc, StopIteration) and not exchange.head_sent:
             raise ConnectionTakenOver from None
-        # Not a takeover: the app had written through start_response's write().
-        app_failed(exchange, environ, log, sys.exc_info())
-        return None
-    except Exception:
         app_failed(exchange, environ, log, sys.exc_info())
         return None
 
