@@ -265,11 +265,15 @@ def test_chunked_request_environ(server: ServerProcess, worker_class: str) -> No
         # fast has the whole body before the app runs and says its size (as waitress
         # does), so that Django and Falcon's bounded_stream, which read CONTENT_LENGTH
         # bytes and no more, see it; the others stream it (wsgi.input_terminated).
+        # The body the app reads is no longer chunked, so the Transfer-Encoding goes (as
+        # in waitress): an app that rebuilds headers from the environ (a proxy) must not
+        # see both framings.
         assert environ["CONTENT_LENGTH"] == "3"
+        assert "HTTP_TRANSFER_ENCODING" not in environ
     else:
         assert "CONTENT_LENGTH" not in environ or environ["CONTENT_LENGTH"] == ""
-    # The header as the client sent it, once (PEP 3333 HTTP_ variables).
-    assert environ.get("HTTP_TRANSFER_ENCODING") == "chunked"
+        # The header as the client sent it, once (PEP 3333 HTTP_ variables).
+        assert environ.get("HTTP_TRANSFER_ENCODING") == "chunked"
 
 
 @pytest.mark.timeout(30)
@@ -358,6 +362,61 @@ def test_app_exception_gives_500(server: ServerProcess, worker_class: str) -> No
     assert resp.status == 500
     server.wait_for_log(r"RuntimeError: boom-before-start-response", since=mark)
     assert get(server.port, "/").status == 200
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("what", ["header", "status", "interim"])
+@pytest.mark.parametrize("shape", ["list", "stream"])
+def test_refused_response_head_gives_500(
+    server: ServerProcess, worker_class: str, what: str, shape: str
+) -> None:
+    """A head the core refuses (CRLF in a value, a bad status, a 1xx) is the app's error:
+    nothing of it was sent, so the client gets a 500, whatever the body's shape. A
+    one-item list used to close the connection with no answer at all."""
+    mark = server.mark()
+    query = "?stream" if shape == "stream" else ""
+    data = raw_request(
+        server.port, f"GET /raise/refused/{what}{query} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    )
+    (resp,) = parse_responses(data)
+    assert resp.status == 500
+    assert b"never sent" not in data and b"Injected" not in data
+    server.wait_for_log(r"InvalidResponseError", since=mark)
+    assert get(server.port, "/").status == 200
+
+
+@pytest.mark.timeout(30)
+def test_hop_by_hop_fields_from_the_app_are_dropped(
+    server: ServerProcess, worker_class: str
+) -> None:
+    """PEP 3333: hop-by-hop fields are the server's. Passing the app's Upgrade on without
+    its Connection: upgrade (which the server owns) contradicted the server's own head."""
+    with RawConnection(server.port) as conn:
+        conn.send(b"GET /raise/hop HTTP/1.1\r\nHost: t\r\n\r\n")
+        resp = conn.read_response()
+        assert (resp.status, resp.body) == (200, b"hop")
+        for name in ("upgrade", "keep-alive", "te", "trailer", "proxy-connection"):
+            assert resp.header_count(name) == 0, name
+        assert resp.header("transfer-encoding") is None
+        assert resp.header("connection") in (None, "close")
+        if keeps_alive(worker_class):
+            # The app's "Connection: Upgrade" did not end or change the connection.
+            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert conn.read_response().status == 200
+
+
+@pytest.mark.timeout(30)
+def test_connect_answered_2xx_is_refused(server: ServerProcess, worker_class: str) -> None:
+    """RFC 9110 §9.3.6: a 2xx to CONNECT opens a tunnel and carries no framing, which a
+    WSGI response cannot do; the app's 200 becomes a 500 (a 4xx goes out as written)."""
+    mark = server.mark()
+    data = raw_request(
+        server.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+    )
+    (resp,) = parse_responses(data)
+    assert resp.status == 500
+    assert resp.header("content-length") == str(len(resp.body))
+    server.wait_for_log(r"CONNECT would open a tunnel", since=mark)
 
 
 @pytest.mark.timeout(30)

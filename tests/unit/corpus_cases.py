@@ -164,7 +164,9 @@ def run_case(case: Case, pieces: list[bytes], *, eof: bool = True) -> Run:
                 return run
             if event is PAUSED:
                 assert current is not None, "PAUSED before any request"
-                conn.send_response("200 OK", [("Content-Length", "0")])
+                # A 2xx to CONNECT would be a tunnel, which the writer refuses.
+                status = "405 Method Not Allowed" if current.method == b"CONNECT" else "200 OK"
+                conn.send_response(status, [("Content-Length", "0")])
                 conn.send_end()
                 if not current.keep_alive:
                     run.stopped = True

@@ -298,6 +298,11 @@ class ServerConnection:
             # A 1xx is an interim response: the client would go on waiting for the final
             # one. WSGI has no way to send both, so this is an application error.
             raise InvalidResponseError(f"{code} is not a final status")
+        if code < 300 and request.method == b"CONNECT":
+            # RFC 9110 §9.3.6: a 2xx to CONNECT turns the connection into a tunnel and has
+            # no framing; a WSGI response cannot be one (takeover, which can, never gets
+            # here).
+            raise InvalidResponseError("a 2xx answer to CONNECT would open a tunnel")
         if code == 204 or code == 304:
             framing = _NO_BODY
             if code == 204 and length >= 0:

@@ -35,18 +35,19 @@ FIELD_BLOCK_RE = re.compile(rb"(?:" + FIELD_LINE + rb")*")
 # RFC 9112 §3: request-line = method SP request-target SP HTTP-version. Exactly one SP
 # between the parts; the target is visible ASCII only (obs-text is not allowed in a URI).
 # The version is matched loosely here so that a well-formed but unsupported version can
-# get 505 while a malformed one gets 400.
-REQUEST_LINE = rb"(" + TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])"
+# get 505 while a malformed one gets 400. "#" is left out: a fragment is never part of a
+# request-target (RFC 9112 §3.2; RFC 9110 §4.2.5), so a target holding one is refused.
+REQUEST_LINE = rb"(" + TOKEN + rb") ([\x21\x22\x24-\x7e]+) HTTP/([0-9])\.([0-9])"
 REQUEST_LINE_RE = re.compile(REQUEST_LINE)
 # A whole head (request line and field block) validated by one C-level match; group 5 is
 # the field block for FIELD_LINE_RE.findall().
 HEAD_RE = re.compile(REQUEST_LINE + rb"\r\n((?:" + FIELD_LINE + rb")*)")
 
-# RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ). We only accept the
-# absolute-form with an authority ("scheme://"), which is what proxies send (RFC 9112
-# §3.2.2); "host:port" without a scheme is authority-form and belongs to CONNECT alone.
+# RFC 9112 §3.2.2: the absolute-form is what proxies send, with an authority; an HTTP
+# server serves the http and https schemes only (RFC 9110 §4.2), any other is refused.
+# "host:port" without a scheme is authority-form and belongs to CONNECT alone.
 # RFC 9110 §4.2.1: an http(s) URI with an empty host is invalid and MUST be rejected.
-ABSOLUTE_FORM_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*://[^/?#\x00-\x20\x7f-\xff]+[\x21-\x7e]*")
+ABSOLUTE_FORM_RE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://[^/?#\x00-\x20\x7f-\xff]+[\x21-\x7e]*")
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP literal
 # in brackets or a reg-name (unreserved, pct-encoded, sub-delims). Empty is allowed (§7.2).
 HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")

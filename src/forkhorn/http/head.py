@@ -303,10 +303,13 @@ def _frame(
     expect_continue = False
     if expect is not None:
         # RFC 9110 §10.1.1: 100-continue is the only expectation defined; a server may
-        # answer any other with 417. HTTP/1.0 clients cannot use it (ignored there).
-        if expect.lower().strip(b" \t") != b"100-continue":
+        # answer any other with 417. Expect is a list: empty members are ignored (§5.6.1),
+        # so "100-continue," or the field twice is still 100-continue, and an empty field
+        # expects nothing. HTTP/1.0 clients cannot use it (ignored there).
+        members = {m.strip(b" \t") for m in expect.lower().split(b",")} - {b""}
+        if members - {b"100-continue"}:
             raise ExpectationFailedError("unsupported expectation")
-        expect_continue = http11
+        expect_continue = http11 and bool(members)
     return Request(
         method,
         target,

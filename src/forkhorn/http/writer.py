@@ -6,7 +6,8 @@ Rules kept:
   (HTAB allowed). Anything else raises ``InvalidResponseError``: an app can never inject a
   header or split a response.
 - Hop-by-hop fields are the server's business (PEP 3333 forbids apps to set them): the
-  app's ``Transfer-Encoding`` and ``Keep-Alive`` are dropped, its ``Connection: close`` is
+  app's ``Transfer-Encoding``, ``Keep-Alive``, ``Upgrade``, ``TE``, ``Trailer`` and
+  ``Proxy-Connection`` are dropped, its ``Connection: close`` is
   honoured and re-emitted by the connection, its ``Content-Length`` is validated and
   becomes the response framing.
 
@@ -35,6 +36,13 @@ _SPECIAL = {
     "transfer-encoding": DROP,
     "keep-alive": DROP,
     "connection": DROP,
+    # The other hop-by-hop fields (RFC 9110 §7.6.1, §7.8, §10.1.4, §6.6.2): the server
+    # sends no Upgrade (a WSGI response cannot switch protocols; a 1xx is refused) and no
+    # trailers, and would contradict its own Connection line by passing these on.
+    "upgrade": DROP,
+    "te": DROP,
+    "trailer": DROP,
+    "proxy-connection": DROP,
     "date": DATE,
     "server": SERVER,
 }

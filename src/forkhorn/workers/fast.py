@@ -379,6 +379,9 @@ class HttpProtocol(asyncio.Protocol):
             # read CONTENT_LENGTH bytes and no more (Django, Falcon's bounded_stream) see
             # an empty body otherwise, as they do under gunicorn and the other classes.
             environ["CONTENT_LENGTH"] = str(self.body_size)
+            # The body the app reads is no longer chunked: say so, or a proxy app that
+            # rebuilds headers from the environ would pass on both framings.
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
         if worker.close_connections:
             conn.close_after_response = True
         started = _monotonic()
@@ -410,12 +413,15 @@ class HttpProtocol(asyncio.Protocol):
                 and not exchange.head_sent
             ):
                 body = result[0]
-                exchange.head_sent = True
-                exchange.sent = len(body)
                 # One clock reading for the Date header, the heartbeat and the log.
                 done = _monotonic()
                 date = dates.value if done < dates.expires else dates.refresh(done)
-                self._defer(conn.send_whole(exchange.status, exchange.headers, date, body))
+                # Encoded before head_sent is set: a refused status or header is then
+                # still answered with a 500 (app_failed).
+                data = conn.send_whole(exchange.status, exchange.headers, date, body)
+                exchange.head_sent = True
+                exchange.sent = len(body)
+                self._defer(data)
                 self._finish(exchange, environ, True, done)
                 return
             whole = single_body(result, exchange)

@@ -227,9 +227,12 @@ class Exchange:
             raise AssertionError("app returned without calling start_response()")
         if self.conn.error is not None:
             raise self.conn.error
+        # Encoded first: a status or header the core refuses raises here, with nothing
+        # sent yet, so app_failed can still answer 500 instead of closing silently.
+        data = self.conn.send_whole(self.status, self.headers, http_date(), body)
         self.head_sent = True
         self.sent += len(body)
-        self.send(self.conn.send_whole(self.status, self.headers, http_date(), body))
+        self.send(data)
 
     def file_head(self, size: int) -> tuple[bytes, int]:
         """The head of a file response of ``size`` bytes, and how many of them may follow

@@ -5,14 +5,43 @@
 ``/after-start``  calls start_response, then raises before any body
 ``/mid-stream``   Content-Length 100000, yields 1000 bytes, then raises
 ``/mid-chunked``  no Content-Length (chunked), yields 1000 bytes, then raises
+``/refused/X``    a response head the server must refuse, the body a one-item list
+                  (``?stream``: a generator): X is ``header`` (CRLF in a value),
+                  ``status`` (``2000 OK``) or ``interim`` (a 1xx)
+``/hop``          200 with every hop-by-hop field an app might set
 Each message names the point, so the test finds its traceback in the log.
 """
 
 PARTIAL = b"x" * 1000
 
 
+REFUSED = {
+    "/refused/header": ("200 OK", [("X-A", "a\r\nInjected: 1")]),
+    "/refused/status": ("2000 OK", []),
+    "/refused/interim": ("101 Switching Protocols", [("Upgrade", "websocket")]),
+}
+HOP_BY_HOP = [
+    ("Connection", "Upgrade"),
+    ("Upgrade", "websocket"),
+    ("Keep-Alive", "timeout=5"),
+    ("TE", "trailers"),
+    ("Trailer", "X-Checksum"),
+    ("Proxy-Connection", "keep-alive"),
+    ("Transfer-Encoding", "chunked"),
+]
+
+
 def app(environ, start_response):
     path = environ["PATH_INFO"]
+    if path in REFUSED:
+        status, headers = REFUSED[path]
+        start_response(status, headers)
+        if environ["QUERY_STRING"] == "stream":
+            return iter([b"never sent"])
+        return [b"never sent"]
+    if path == "/hop":
+        start_response("200 OK", [("Content-Type", "text/plain"), *HOP_BY_HOP])
+        return [b"hop"]
     if path == "/before":
         raise RuntimeError("boom-before-start-response")
     if path == "/after-start":
