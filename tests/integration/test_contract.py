@@ -878,6 +878,40 @@ def read_slowly_then_fully(port: int, requests: bytes) -> bytes:
         return b"".join(chunks)
 
 
+@pytest.mark.timeout(60)
+def test_fast_request_timeout_spares_a_stream_to_a_slow_reader(
+    server_factory: ServerFactory,
+) -> None:
+    """The master bounds fast's requests by the loop's heartbeat (``request_timeout``): a
+    response held back for 3 s by a client that reads slowly is not a hung app, and the
+    loop keeps beating while it waits, so the worker is not aborted."""
+    server = server_factory(
+        "routes:app", *worker_args("fast"), "--workers", "1",
+        "--request-timeout", "1", "--timeout", "40",
+    )  # fmt: skip
+    mark = server.mark()
+    chunks, size = 128, 65536
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(
+            f"GET /stream?chunks={chunks}&size={size} HTTP/1.1\r\n"
+            "Host: t\r\nConnection: close\r\n\r\n".encode()
+        )
+        received = []
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            received.append(sock.recv(4096))
+            time.sleep(0.05)
+        received.append(read_until_close(sock, 30))
+    (resp,) = parse_responses(b"".join(received))
+    assert (resp.status, resp.complete) == (200, True)
+    assert resp.body == stream_body(chunks, size)
+    assert server.count_log(r"WORKER TIMEOUT", since=mark) == 0
+
+
 def check_slow_reader(server: ServerProcess, payload: Path, keep_alive: bool) -> None:
     if keep_alive:
         # The second request waits behind the file: the connection must go on after it.

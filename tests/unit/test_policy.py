@@ -95,6 +95,28 @@ def test_timeout_zero_disables_the_heartbeat_check() -> None:
     assert run([worker(1, heartbeat=0.0), worker(2), worker(3)], now=1e6, limits=limits) == []
 
 
+def test_request_timeout_bounds_a_silent_busy_worker() -> None:
+    """sync and fast run the app on their only thread or loop: a worker in a request
+    (BUSY) that stops beating past request_timeout is stuck in it, well before timeout."""
+    limits = replace(LIMITS, request_timeout=5.0)
+    busy = WorkerState.BUSY
+    table = [worker(1, state=busy, heartbeat=94.0), worker(2, heartbeat=90.0), worker(3)]
+    # 6 s silent: the busy one is past request_timeout; the idle one is within timeout.
+    assert run(table, limits=limits) == [Abort(1, 6.0, False), Spawn(1)]
+    assert run(table, now=99.0, limits=limits) == []
+    # request_timeout above timeout changes nothing; timeout 0 leaves request_timeout on.
+    assert run(table, limits=replace(LIMITS, request_timeout=40.0)) == []
+    off = replace(LIMITS, timeout=0.0, request_timeout=5.0)
+    assert run(table, now=1e6, limits=off) == [Abort(1, 1e6 - 94.0, False), Spawn(1)]
+
+
+def test_request_timeout_wakes_the_master_in_time() -> None:
+    limits = replace(LIMITS, request_timeout=5.0)
+    table = [worker(1, state=WorkerState.BUSY, heartbeat=98.0), worker(2), worker(3)]
+    decision = decide(table, desired=3, generation=0, now=100.0, limits=limits)
+    assert decision.wake_at == pytest.approx(103.0)
+
+
 def test_an_aborted_worker_is_killed_after_the_grace() -> None:
     table = [worker(1, heartbeat=0.0, aborted_at=100.0), worker(2), worker(3), worker(4)]
     assert run(table, now=101.9) == []

@@ -244,11 +244,13 @@ class Arbiter:
     @property
     def limits(self) -> Limits:
         timeout = float(self.cfg.timeout or 0)
+        watched = self.worker_class is not None and self.worker_class.watches_requests
         # Booting gets the same allowance as gunicorn gives it: ``timeout`` from the fork.
         return Limits(
             timeout=timeout,
             boot_timeout=timeout,
             graceful_timeout=float(self.cfg.graceful_timeout),
+            request_timeout=0.0 if watched else float(self.cfg.request_timeout or 0),
         )
 
     # -- run ---------------------------------------------------------------------------

@@ -13,7 +13,9 @@ Rules ``decide`` keeps, in the order it applies them:
    while it is still booting) is aborted (``Abort``: SIGABRT, so it dumps its stacks).
    One still alive ``abort_grace`` seconds later is killed.  A retiring worker still
    alive ``graceful_timeout`` after it was told to stop is killed.  ``timeout <= 0``
-   disables the heartbeat check, as in gunicorn.
+   disables the heartbeat check, as in gunicorn.  ``request_timeout`` (when set) is the
+   allowance instead while the worker is in a request, if smaller: for the classes that
+   run the app on their only thread or loop, a silent busy worker is a request stuck.
 3. **Count.**  Workers of the current generation that are neither retiring nor aborted
    are "active".  Fewer than ``desired``: spawn the difference, unless the boot backoff
    says wait; while the backoff holds failures, spawn one probe at a time and only when
@@ -81,6 +83,9 @@ class Limits:
     """Durations the policy applies, in seconds."""
 
     timeout: float = 30.0  # gunicorn's default; <= 0 disables the heartbeat check
+    # The heartbeat allowance of a worker in a request (BUSY), when > 0 and smaller than
+    # ``timeout``; 0 for the classes that bound each request themselves.
+    request_timeout: float = 0.0
     boot_timeout: float = 30.0  # allowance from fork to READY
     # SIGABRT to SIGKILL: faulthandler writes the stacks in well under a second; two leave
     # room for a worker_abort hook and a busy disk without letting a hung worker linger.
@@ -209,9 +214,13 @@ def decide(
             else:
                 wake_at = _earliest(wake_at, kill_at)
             continue
-        if limits.timeout > 0 and w.state is not WorkerState.BOOT_FAILED:
-            booting = w.state is WorkerState.BOOTING
+        booting = w.state is WorkerState.BOOTING
+        allowed = 0.0
+        if limits.timeout > 0:
             allowed = limits.boot_timeout if booting else limits.timeout
+        if limits.request_timeout > 0 and w.state is WorkerState.BUSY:
+            allowed = min(allowed or limits.request_timeout, limits.request_timeout)
+        if allowed > 0 and w.state is not WorkerState.BOOT_FAILED:
             stalled = now - w.heartbeat
             if stalled > allowed:
                 actions.append(Abort(w.pid, stalled, booting))

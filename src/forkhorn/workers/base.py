@@ -120,6 +120,11 @@ class Worker(abc.ABC):
     #: Each worker is one busy thread (an event loop running the app inline): with more
     #: workers than CPUs they only take turns, and the master says so at start-up.
     one_cpu_each: ClassVar[bool] = False
+    #: The class bounds each request itself (``request_timeout``: a watchdog interrupts
+    #: the request and answers 504). Where it does not (sync, fast: the app runs on the
+    #: worker's only thread or loop), the master applies ``request_timeout`` to a busy
+    #: worker's heartbeat, as it applies ``timeout``.
+    watches_requests: ClassVar[bool] = False
 
     @classmethod
     def preload_hazard(cls) -> str:

@@ -809,6 +809,11 @@ class FastWorker(Worker):
         self.nap: asyncio.Future[None] | None = None  # the sweep's wait (_serve)
         # How long a response may wait for its client to read (0: no limit).
         self.send_timeout = float(cfg.timeout or 0) or float("inf")
+        # The sweep is also the heartbeat of a loop with nothing else to do (a response
+        # streaming to a slow client): often enough that the master's timeout, or
+        # request_timeout, never mistakes it for a hung app.
+        limits = [t for t in (float(cfg.timeout or 0), float(cfg.request_timeout or 0)) if t > 0]
+        self.sweep_every = max(0.1, min([SWEEP_INTERVAL, *(t / 2 for t in limits)]))
         self.max_connections = int(cfg.worker_connections)
         self.head_timeout = float(cfg.header_timeout) or float("inf")  # 0: no deadline
         self.keepalive = float(cfg.keepalive)
@@ -934,7 +939,7 @@ class FastWorker(Worker):
             # not at the next sweep (the replacement of a retiring worker waits for it).
             nap: asyncio.Future[None] = loop.create_future()
             self.nap = nap
-            timer = loop.call_later(SWEEP_INTERVAL, _settle, nap)
+            timer = loop.call_later(self.sweep_every, _settle, nap)
             await nap
             timer.cancel()
         self.nap = None

@@ -95,6 +95,7 @@ class _Session:
 
 
 class GreenletWorker(Worker):
+    watches_requests = True  # RequestWatchdog
     """A greenlet per connection; subclasses supply their library's primitives."""
 
     #: The library's name, for log lines.

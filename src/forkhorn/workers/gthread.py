@@ -105,6 +105,7 @@ def _waiting_for(client: _Client, deadline: float) -> bool:
 
 
 class ThreadWorker(Worker):
+    watches_requests = True  # RequestWatchdog
     """A thread pool for requests, a poller for everything that is only waiting."""
 
     # -- main thread -------------------------------------------------------------------

@@ -137,8 +137,10 @@ class WorkerOptions:
         metavar="SECONDS",
         doc="""
         Per-request limit (like uWSGI's harakiri): a request running longer is interrupted,
-        answered 504 when headers were not sent yet, and logged with its stack. 0 is off;
-        ``timeout`` still bounds every worker.
+        answered 504 when headers were not sent yet, and logged with its stack (gthread,
+        gevent, eventlet). sync and fast run the app on their only thread or loop: there
+        the master aborts (stack dump) and replaces a worker stuck in one request this
+        long, as it does at ``timeout``. 0 is off; ``timeout`` still bounds every worker.
         """,
     )
     worker_tmp_dir = Setting(
