@@ -598,6 +598,17 @@ def test_refused_requests_are_logged(server_factory: ServerFactory, worker_class
         sock.sendall(b"GET /late HTTP/1.1\r\nHost: t\r\n")
         assert read_until_close(sock, 20).startswith(b"HTTP/1.1 408 ")
     server.wait_for_log(r"\[INFO\] Request timeout from ip=127\.0\.0\.1: .+ \(408\)")
+    # A client that hangs up mid-head (or a health check): its doing, INFO; any client
+    # could otherwise fill the log with warnings.
+    mark = server.mark()
+    with connect(server.port) as sock:
+        sock.sendall(b"GET /gone HTTP/1.1\r\nHo")
+    server.wait_for_log(
+        r"\[INFO\] Incomplete request from ip=127\.0\.0\.1: connection closed before the "
+        r"request head was complete",
+        since=mark,
+    )
+    assert server.count_log(r"\[WARNING\]", since=mark) == 0
     assert get(server.port, "/?read=none").status == 200  # and it serves on
 
 

@@ -336,6 +336,8 @@ def test_bad_release_then_hup_then_crash(
         assert not load.lost(), f"during the bad HUP: {load.summary()}"
         # The failed new workers may still be exiting; then exactly the old ones are left.
         assert server.wait_for_workers(2) == old, "the old workers must keep serving"
+        # Both new workers failed the same way: the traceback is logged once, not per worker.
+        assert server.count_log(r"Traceback of the failed load", since=mark) == 1
         for _ in range(5):
             resp = get(server.port)
             assert resp.body.startswith(b"v1 ") and pid_of(resp) in old
@@ -432,7 +434,10 @@ def test_request_hung_past_timeout_is_dumped_while_others_are_served(
     for _ in range(5):
         assert get(server.port, timeout=10).status == 200
     outcome = hung.outcome(timeout=30)
-    assert not (isinstance(outcome, Response) and outcome.status == 200), outcome
+    # Every class answers the hung request 500 while nothing of its response was sent:
+    # sync and fast as the master aborts them, the others from their watchdog (which
+    # closed the connection silently before unless --request-timeout asked for a 504).
+    assert isinstance(outcome, Response) and outcome.status == 500, outcome
     report(
         "hung",
         worker_class,

@@ -163,8 +163,17 @@ def test_timeout_response_only_before_the_head() -> None:
     conn = ServerConnection()
     conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     conn.next_event()
-    assert timeout_response(conn, answer=False) == b""
-    response = timeout_response(conn, answer=True)
+    response = timeout_response(conn, request_timeout=True)
     assert response.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
     assert b"Connection: close" in response
-    assert timeout_response(conn, answer=True) == b""  # a head was sent now
+    assert timeout_response(conn, request_timeout=True) == b""  # a head was sent now
+    assert timeout_response(conn, request_timeout=False) == b""
+
+
+def test_timeout_response_at_timeout_is_a_500() -> None:
+    """Past ``timeout`` (no request_timeout) the client gets what sync and fast give it."""
+    conn = ServerConnection()
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.next_event()
+    response = timeout_response(conn, request_timeout=False)
+    assert response.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")

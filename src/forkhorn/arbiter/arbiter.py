@@ -187,6 +187,10 @@ class Arbiter:
         self.generation = 0
         self.backoff = Backoff()
         self.ever_ready = False
+        # One failed-load traceback per reload or respawn, not one per worker: the next
+        # worker forked may print it; cleared when one does, set again by a new
+        # generation or by a worker of this one that boots.
+        self._traceback_wanted = True
         self.exit_code = 0
         self.halt_reason = ""
         self.stop_deadline: float | None = None
@@ -631,6 +635,7 @@ class Arbiter:
         self._pending_reload = old
         self.generation += 1
         self.backoff = Backoff()
+        self._traceback_wanted = True
         self.log.info(
             "Reloading: booting %d new workers; the current ones serve until they are ready",
             self.num_workers,
@@ -701,6 +706,7 @@ class Arbiter:
         self.generation = old.generation
         self.num_workers = old.num_workers
         self.backoff = Backoff()
+        self._traceback_wanted = True
         now = time.monotonic()
         for rec in self.workers.values():
             if rec.generation == failed_generation and rec.retiring_since is None:
@@ -798,7 +804,11 @@ class Arbiter:
         )
         # At first start-up one clear line is enough; later (a reload, a respawn) the
         # operator needs the traceback, once, not on every backoff retry.
-        worker.log_boot_traceback = self.ever_ready and self.backoff.failures == 0
+        worker.log_boot_traceback = (
+            self.ever_ready and self.backoff.failures == 0 and self._traceback_wanted
+        )
+        if worker.log_boot_traceback:
+            self._traceback_wanted = False
         self._call_hook("pre_fork", self, worker)
         # Everything alive in the master now (modules, settings, a preloaded app) goes to
         # the child frozen: the worker's collections then never write to those objects'
@@ -959,6 +969,8 @@ class Arbiter:
                 if not self.ever_ready:  # any generation: the server has served
                     self.ever_ready = True
                     systemd.ready(environ=self._environ)
+        if current_ready:
+            self._traceback_wanted = True
         if current_ready and self.backoff.failures:
             self.log.info("A worker booted; boot backoff reset")
             self.backoff = self.backoff.succeeded()

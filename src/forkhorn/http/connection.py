@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from . import writer
 from .body import ChunkedReader, ContentLengthReader
-from .errors import BadRequestError, InvalidResponseError, ProtocolError
+from .errors import BadRequestError, IncompleteHeadError, InvalidResponseError, ProtocolError
 from .events import CLOSED, NEED_DATA, PAUSED, Data, EndOfMessage, Request, Sentinel
 from .head import check_partial_head, parse_head
 
@@ -211,7 +211,7 @@ class ServerConnection:
                 self.max_head_size,
             )
             if self._eof:
-                raise BadRequestError("connection closed before the request head was complete")
+                raise IncompleteHeadError("connection closed before the request head was complete")
             self._scan = max(pos, len(buf) - 3)
             return NEED_DATA
         head = buf[pos : end + 2]

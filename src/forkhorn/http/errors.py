@@ -38,6 +38,15 @@ class IncompleteBodyError(BadRequestError):
     """
 
 
+class IncompleteHeadError(BadRequestError):
+    """The connection closed before the request head was complete.
+
+    A 400 for the same reason as ``IncompleteBodyError``, and likewise the client's doing
+    (a client or a health check that gave up mid-head): logged at INFO, as gunicorn logs a
+    premature disconnection at DEBUG, so any client cannot fill the log with warnings.
+    """
+
+
 class RequestTimeoutError(ProtocolError):
     """The request (head or body) did not arrive within its deadline."""
 

@@ -39,6 +39,7 @@ Runs in: the worker process; "main" and "pool" are marked on each method.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import heapq
 import queue
@@ -57,6 +58,7 @@ from forkhorn.wsgi.input import RECV_SIZE
 from .base import DRAIN_IDLE, Worker, listener_was_shut, unselect
 from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
 from .watchdog import (
+    InFlight,
     RequestHungError,
     RequestTimeoutEnforcer,
     RequestWatchdog,
@@ -141,7 +143,11 @@ class ThreadWorker(Worker):
             thread_stack,
             lambda entry: interrupt_thread(entry.handle),
             self.retire,
+            self._abandon,
         )
+        # Stuck requests answered from the main loop (_abandon): the wind-down does not
+        # wait for their threads, which may never return.
+        self._abandoned: set[_Client] = set()
 
         self.selector = selectors.DefaultSelector()
         self._poke_r, self._poke_w = socket.socketpair()
@@ -434,7 +440,7 @@ class ThreadWorker(Worker):
             self._take_returned()
             self._expire(time.monotonic())
             with self._lock:
-                busy = len(self._busy)
+                busy = len(self._busy - self._abandoned)
             now = time.monotonic()
             if not (busy or self._held or self._returned or self._drained) or now >= deadline:
                 break
@@ -484,6 +490,23 @@ class ThreadWorker(Worker):
     def unbound_request(self) -> None:
         self._watchdog.release(threading.get_ident())
 
+    def _abandon(self, entry: InFlight[int]) -> None:
+        """A request stuck in C past its grace (its thread cannot unwind): answer it here,
+        if nothing of its response went out, and shut its connection, so its client is
+        not left waiting until the retiring worker exits. Its thread, should it return,
+        finds the connection answered and shut. Runs in: main, under the watchdog's lock."""
+        client: _Client = entry.context
+        with self._lock:
+            self._abandoned.add(client)
+        sock = client.sock
+        try:
+            sock.settimeout(1.0)  # a small answer; a client that does not read loses it
+            sock.sendall(timeout_response(client.conn, self._answer_504))
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
     def _serve(self, client: _Client) -> bool:
         """Serve the connection's request and any pipelined behind it. Runs in: pool."""
         sock, conn, request = client.sock, client.conn, client.request
@@ -491,7 +514,9 @@ class ThreadWorker(Worker):
         while request is not None:
             if self._idle_timeout <= 0 or self._is_last_request():
                 conn.close_after_response = True
-            entry = self._watchdog.started(ident, request.request_line, time.monotonic())
+            entry = self._watchdog.started(
+                ident, request.request_line, time.monotonic(), context=client
+            )
             try:
                 keep = serve_request(self, sock, conn, request, client.peer, self._io_timeout)
             except RequestHungError:
@@ -535,6 +560,7 @@ class ThreadWorker(Worker):
             _close(client.sock)
         with self._lock:
             self._busy.discard(client)
+            self._abandoned.discard(client)
         if keep or not self.alive:
             self._poke()  # when stopping, the main thread may be waiting for the last one
 

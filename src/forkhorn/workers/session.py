@@ -31,6 +31,7 @@ from forkhorn.http import (
     CLOSED,
     NEED_DATA,
     IncompleteBodyError,
+    IncompleteHeadError,
     ProtocolError,
     Request,
     RequestTimeoutError,
@@ -115,17 +116,20 @@ def log_refused(
     The error log gets one line naming the client, the reason and the answer. Its words
     are gunicorn's ("Invalid request from ip=..."), which log scrapers and fail2ban rules
     match; a smuggling probe must not pass unseen. A request that came too slowly (408) or
-    whose client left mid-body is the client's doing and routine behind a proxy: INFO, the
-    rest WARNING. When the request's head had been read, the access log gets its line too,
-    with the status it was refused with, as gunicorn writes it.
+    whose client left mid-head or mid-body is the client's doing and routine behind a
+    proxy: INFO, the rest WARNING. When the request's head had been read, the access log
+    gets its line too, with the status it was refused with, as gunicorn writes it.
     """
     log = worker.log
-    if isinstance(exc, IncompleteBodyError):
-        log.info("Incomplete request from ip=%s: %s", peer[0], exc.detail)
+    # Unknown when the client reset the connection before the worker asked for its
+    # address (the fast worker's transport then has none).
+    ip = peer[0] or "unknown"
+    if isinstance(exc, (IncompleteBodyError, IncompleteHeadError)):
+        log.info("Incomplete request from ip=%s: %s", ip, exc.detail)
     elif isinstance(exc, RequestTimeoutError):
-        log.info("Request timeout from ip=%s: %s (%d)", peer[0], exc.detail, exc.status)
+        log.info("Request timeout from ip=%s: %s (%d)", ip, exc.detail, exc.status)
     else:
-        log.warning("Invalid request from ip=%s: %s (%d)", peer[0], exc.detail, exc.status)
+        log.warning("Invalid request from ip=%s: %s (%d)", ip, exc.detail, exc.status)
     sent = len(error_body(exc.status, exc.reason)) if answered else 0
     request = conn.request
     if access and request is not None and worker.access_enabled:

@@ -24,7 +24,9 @@ How the interruption ends: the worker raises ``RequestHungError`` inside the req
 asynchronous exception in a thread, ``kill`` for a greenlet). It passes through the
 request cycle like any error (the iterable is closed, the access log and ``post_request``
 run), the worker answers 504 if ``request_timeout`` is set and no response head was sent
-yet, and closes the connection.
+yet (500 at ``timeout``), and closes the connection. A request stuck in C (rule 3) cannot
+unwind: the worker answers it from the main loop (``abandon``) and closes its connection,
+so its client is not left waiting for the retired worker's exit.
 
 Runs in: the worker process. ``started``/``finished`` in whichever thread or greenlet
 serves the request; ``check`` and the enforcer in the worker's main loop.
@@ -231,12 +233,16 @@ def interrupt_thread(ident: int, exc_type: type[BaseException] = RequestHungErro
     return bool(count == 1)
 
 
-def timeout_response(conn: ServerConnection, answer: bool) -> bytes:
-    """The 504 for an interrupted request, when wanted and still possible, else b""."""
-    if not answer or conn.response_started:
+def timeout_response(conn: ServerConnection, request_timeout: bool) -> bytes:
+    """The answer to an interrupted request while none was started, else b"": 504 for
+    ``request_timeout`` (the limit the operator set for a request), 500 for ``timeout``
+    (as sync and fast answer a request the master aborts)."""
+    if conn.response_started:
         return b""
     try:
-        return error_response(conn, 504, "Gateway Timeout")
+        if request_timeout:
+            return error_response(conn, 504, "Gateway Timeout")
+        return error_response(conn, 500, "Internal Server Error")
     except Exception:  # the connection's state refuses a response: just close
         return b""
 
@@ -245,7 +251,8 @@ class RequestTimeoutEnforcer(Generic[H]):
     """Acts on the watchdog's verdicts for one worker (rule 5).
 
     ``stack_of(handle)`` returns the request's formatted stack; ``interrupt(entry)`` raises
-    ``RequestHungError`` in it. ``retire(reason)`` is the worker's.
+    ``RequestHungError`` in it. ``retire(reason)`` is the worker's. ``abandon(entry)``, if
+    given, answers and closes a stuck request's connection (while it is still running).
     """
 
     def __init__(
@@ -256,6 +263,7 @@ class RequestTimeoutEnforcer(Generic[H]):
         stack_of: Callable[[H], str],
         interrupt: Callable[[InFlight[H]], object],
         retire: Callable[[str], None],
+        abandon: Callable[[InFlight[H]], object] | None = None,
     ) -> None:
         self.watchdog = watchdog
         self.log = log
@@ -263,6 +271,7 @@ class RequestTimeoutEnforcer(Generic[H]):
         self.stack_of = stack_of
         self.interrupt = interrupt
         self.retire = retire
+        self.abandon = abandon
 
     def run_once(self, now: float) -> Verdict[H]:
         """Check every in-flight request once. Runs in: the worker's main loop."""
@@ -291,5 +300,10 @@ class RequestTimeoutEnforcer(Generic[H]):
                 line,
                 self.stack_of(entry.handle).rstrip("\n"),
             )
+            if self.abandon is not None:
+                try:
+                    self.watchdog.while_running(entry, self.abandon)
+                except Exception:
+                    self.log.exception("Could not answer the stuck request %s", line)
             self.retire("request timeout")
         return verdict
