@@ -102,7 +102,9 @@ def drive(pieces: list[bytes], **limits: int) -> None:
                 return
             if event is PAUSED:
                 assert request is not None
-                conn.send_response("200 OK", [("Content-Length", "0")])
+                # A 2xx to CONNECT would be a tunnel, which the writer refuses.
+                status = "405 Method Not Allowed" if request.method == b"CONNECT" else "200 OK"
+                conn.send_response(status, [("Content-Length", "0")])
                 conn.send_end()
                 if not conn.keep_alive:
                     return

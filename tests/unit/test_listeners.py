@@ -148,6 +148,19 @@ def test_unix_socket_in_use_is_a_bind_error(tmp_path: Path) -> None:
         first.close(unlink=True)
 
 
+def test_an_address_not_on_this_machine_names_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel's answer for an address no interface holds, without binding one (tests
+    # stay on loopback).
+    import forkhorn.arbiter.listeners as listeners
+
+    def not_here(*args: object, **kwargs: object) -> socket.socket:
+        raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
+
+    monkeypatch.setattr(listeners, "_bind_tcp", not_here)
+    with pytest.raises(BindError, match=r"Invalid address: .*Cannot assign requested address"):
+        create_listeners(["127.0.0.1:0"], environ={})
+
+
 def test_unix_path_that_is_a_regular_file_is_never_removed(tmp_path: Path) -> None:
     path = tmp_path / "notasocket"
     path.write_text("keep me")

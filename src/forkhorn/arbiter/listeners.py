@@ -384,7 +384,11 @@ def bind_one(
                 sleep(retry_delay)
                 continue
             if exc.errno == errno.EADDRNOTAVAIL:
-                raise BindError(f"Invalid address: {_describe(addr)}") from None
+                # gunicorn's words, and the reason, which they leave the operator to guess.
+                raise BindError(
+                    f"Invalid address: {_describe(addr)} ({exc.strerror}: "
+                    "no interface of this machine has that address)"
+                ) from None
             if isinstance(exc, socket.gaierror):
                 raise BindError(f"Invalid address: {_describe(addr)} ({exc.strerror})") from None
             reason = exc.strerror or str(exc)

@@ -95,8 +95,9 @@ class _Session:
 
 
 class GreenletWorker(Worker):
-    watches_requests = True  # RequestWatchdog
     """A greenlet per connection; subclasses supply their library's primitives."""
+
+    watches_requests = True  # RequestWatchdog
 
     #: The library's name, for log lines.
     library = "greenlet"

@@ -107,8 +107,9 @@ def _waiting_for(client: _Client, deadline: float) -> bool:
 
 
 class ThreadWorker(Worker):
-    watches_requests = True  # RequestWatchdog
     """A thread pool for requests, a poller for everything that is only waiting."""
+
+    watches_requests = True  # RequestWatchdog
 
     # -- main thread -------------------------------------------------------------------
     def run(self) -> None:
