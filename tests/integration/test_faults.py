@@ -337,7 +337,9 @@ def test_bad_release_then_hup_then_crash(
         # The failed new workers may still be exiting; then exactly the old ones are left.
         assert server.wait_for_workers(2) == old, "the old workers must keep serving"
         # Both new workers failed the same way: the traceback is logged once, not per worker.
-        assert server.count_log(r"Traceback of the failed load", since=mark) == 1
+        tracebacks = server.count_log(r"\[ERROR\] Traceback of the failed load", since=mark)
+        assert tracebacks == 1, server.logs
+        assert server.count_log(r"Logging error", since=mark) == 0, server.logs
         for _ in range(5):
             resp = get(server.port)
             assert resp.body.startswith(b"v1 ") and pid_of(resp) in old

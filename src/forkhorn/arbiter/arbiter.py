@@ -25,6 +25,7 @@ Every method of ``Arbiter`` runs in: master, main loop only, unless it says othe
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import logging
 import os
@@ -187,10 +188,11 @@ class Arbiter:
         self.generation = 0
         self.backoff = Backoff()
         self.ever_ready = False
-        # One failed-load traceback per reload or respawn, not one per worker: the next
-        # worker forked may print it; cleared when one does, set again by a new
-        # generation or by a worker of this one that boots.
-        self._traceback_wanted = True
+        # One failed-load traceback per reload or respawn, not one per worker: a pipe
+        # holding one byte, which the first worker that fails to load takes (an atomic
+        # read) before it logs the traceback. Refilled by a new generation and by a worker
+        # that boots (_refill_traceback_token).
+        self._traceback_token: tuple[int, int] | None = None
         self.exit_code = 0
         self.halt_reason = ""
         self.stop_deadline: float | None = None
@@ -635,7 +637,7 @@ class Arbiter:
         self._pending_reload = old
         self.generation += 1
         self.backoff = Backoff()
-        self._traceback_wanted = True
+        self._refill_traceback_token()
         self.log.info(
             "Reloading: booting %d new workers; the current ones serve until they are ready",
             self.num_workers,
@@ -706,7 +708,8 @@ class Arbiter:
         self.generation = old.generation
         self.num_workers = old.num_workers
         self.backoff = Backoff()
-        self._traceback_wanted = True
+        # The token is not refilled here: the failed generation's slower workers are
+        # still failing, and one of them would log the same traceback again.
         now = time.monotonic()
         for rec in self.workers.values():
             if rec.generation == failed_generation and rec.retiring_since is None:
@@ -804,11 +807,9 @@ class Arbiter:
         )
         # At first start-up one clear line is enough; later (a reload, a respawn) the
         # operator needs the traceback, once, not on every backoff retry.
-        worker.log_boot_traceback = (
-            self.ever_ready and self.backoff.failures == 0 and self._traceback_wanted
-        )
-        if worker.log_boot_traceback:
-            self._traceback_wanted = False
+        worker.log_boot_traceback = self.ever_ready and self.backoff.failures == 0
+        if self._traceback_token is not None:
+            worker.traceback_token = self._traceback_token[0]
         self._call_hook("pre_fork", self, worker)
         # Everything alive in the master now (modules, settings, a preloaded app) goes to
         # the child frozen: the worker's collections then never write to those objects'
@@ -970,10 +971,24 @@ class Arbiter:
                     self.ever_ready = True
                     systemd.ready(environ=self._environ)
         if current_ready:
-            self._traceback_wanted = True
+            self._refill_traceback_token()
         if current_ready and self.backoff.failures:
             self.log.info("A worker booted; boot backoff reset")
             self.backoff = self.backoff.succeeded()
+
+    def _refill_traceback_token(self) -> None:
+        """Put the one byte back (see ``_traceback_token``), dropping any left over."""
+        if self._traceback_token is None:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._traceback_token = (r, w)
+        r, w = self._traceback_token
+        with contextlib.suppress(BlockingIOError):
+            while os.read(r, 64):
+                pass
+        with contextlib.suppress(OSError):
+            os.write(w, b"t")
 
     def _apply(self, decision: Decision, now: float) -> None:
         retired_for_reload = 0

@@ -107,6 +107,19 @@ def unselect(selector: selectors.BaseSelector, fileobj: Any) -> None:
         pass
 
 
+def _take_token(fd: int | None) -> bool:
+    """Take the byte from the master's traceback pipe: True for the one that gets it (or
+    when there is no pipe, or it cannot be read: better a traceback twice than never)."""
+    if fd is None:
+        return True
+    try:
+        return bool(os.read(fd, 1))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def listener_was_shut(exc: OSError) -> bool:
     """``accept()`` failed because another process shut the listening socket down: the
     master is stopping (``Listener.shut_if_refusing``) and this worker's TERM is on its
@@ -167,6 +180,9 @@ class Worker(abc.ABC):
         # When True (the server was up before this worker), a boot failure is logged with
         # its traceback; at first start-up one clear line is enough.
         self.log_boot_traceback = False
+        # The master's one-byte pipe: of the workers that fail to load together (a
+        # reload), the one that takes the byte logs the traceback; None: always log.
+        self.traceback_token: int | None = None
         self._started_at = 0.0
         self._lifetime_deadline: float | None = None
         self._next_memory_check = 0.0
@@ -208,11 +224,17 @@ class Worker(abc.ABC):
         except SystemExit:
             raise
         except AppImportError as exc:
+            # This worker is leaving anyway: a stop signal (the master abandoning a failed
+            # reload sends TERM) must not cut its last lines short. Its handler raised
+            # inside the logging call and left a "--- Logging error ---" dump instead.
+            signal.pthread_sigmask(
+                signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+            )
             if self.log_boot_traceback:
                 # The server was up (a reload or a respawn): the operator needs the whole
-                # story of the bad release, traceback included.
+                # story of the bad release, traceback included, once.
                 self.log.error("App failed to load: %s", exc)
-                if exc.__cause__ is not None:
+                if exc.__cause__ is not None and _take_token(self.traceback_token):
                     self.log.error("Traceback of the failed load:", exc_info=exc.__cause__)
             else:
                 # At start-up the master prints the one line that explains its exit (the
