@@ -131,9 +131,15 @@ def test_status_code_only() -> None:
 
 def test_missing_environ_values_are_dashes() -> None:
     environ = {"REQUEST_METHOD": "GET", "RAW_URI": "/", "SERVER_PROTOCOL": "HTTP/1.0"}
-    assert render(DEFAULT_ACCESS_LOG_FORMAT + " %(q)s", environ).endswith(
-        '"GET / HTTP/1.0" 200 13 "-" "-" -'
+    assert render(DEFAULT_ACCESS_LOG_FORMAT, environ).endswith(
+        '"GET / HTTP/1.0" 200 13 "-" "-"'
     )
+
+
+def test_empty_query_and_path_are_empty_as_in_gunicorn() -> None:
+    # gunicorn writes environ.get("QUERY_STRING") and environ.get("PATH_INFO") as they are.
+    environ = {"REQUEST_METHOD": "GET", "QUERY_STRING": "", "PATH_INFO": ""}
+    assert render("[%(q)s] [%(U)s]", environ) == "[] []"
 
 
 def test_request_line_without_raw_uri() -> None:

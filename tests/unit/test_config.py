@@ -351,6 +351,20 @@ def test_config_file_errors_are_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_a_gunicorn_tls_config_stops_the_start(tmp_path: Path) -> None:
+    """gunicorn serves HTTPS from certfile/keyfile; forkhorn has no TLS yet and must not
+    quietly serve plain HTTP instead."""
+    path = write_config(
+        tmp_path / "gunicorn.conf.py", 'certfile = "/etc/ssl/site.pem"\nkeyfile = "k.pem"\n'
+    )
+    with pytest.raises(ConfigError, match=r"^certfile \(from config file .*\): TLS is not") as info:
+        load_config(["-c", path], {})
+    assert "\n" not in str(info.value)
+    # Empty values (a template's placeholders) ask for nothing.
+    path = write_config(tmp_path / "plain.py", "certfile = None\nkeyfile = ''\n")
+    assert load_config(["-c", path], {}).workers >= 1
+
+
 @pytest.mark.parametrize(
     ("source", "ok"),
     [

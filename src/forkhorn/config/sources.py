@@ -48,6 +48,10 @@ DEFAULT_CONFIG_FILE = "./forkhorn.conf.py"
 #: Read when there is no ./forkhorn.conf.py, as gunicorn reads it by default.
 GUNICORN_CONFIG_FILE = "./gunicorn.conf.py"
 PYTHON_MODULE_PREFIX = "python:"
+#: gunicorn's TLS settings. forkhorn has no TLS yet: a config file that asks for it must
+#: stop the start, not serve plain HTTP where the operator expects HTTPS (gunicorn's own
+#: flags for them are refused on the command line already, as unknown).
+TLS_SETTINGS = ("certfile", "keyfile", "ca_certs", "ssl_context")
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -255,6 +259,12 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
             # The file cannot name another config file: it is already being read.
             if name in SETTINGS and name != "config":
                 layers.set(name, raw, label)
+            elif name in TLS_SETTINGS and raw:
+                raise ConfigError(
+                    f"{name} (from {label}): TLS is not implemented yet, and serving plain "
+                    "HTTP where HTTPS was asked for is refused; terminate TLS in a proxy "
+                    "(nginx, haproxy) in front of forkhorn"
+                )
 
     for parsed, source in ((env_args, args_env), (cli, COMMAND_LINE)):
         for name, raw in parsed.items():

@@ -11,7 +11,7 @@ Atoms (the same letters and meanings as gunicorn):
     t  time, [27/Nov/2026:02:00:00 +0000]                    r  request line (method target proto)
     m  method                    U  path (no query)          q  query string
     H  protocol                  s  status code              B  body bytes sent
-    b  body bytes, '-' when 0    f  Referer                  a  User-Agent
+    b  body bytes (0 too)        f  Referer                  a  User-Agent
     T  seconds (int)             M  milliseconds (int)       D  microseconds (int)
     L  seconds, decimal          p  <pid>
     {name}i  request header      {name}o  response header    {var}e  WSGI environ key
@@ -116,9 +116,9 @@ def _micros(request_time: float) -> int:
     return round(request_time * 1_000_000)
 
 
-def _environ_atom(key: str) -> Getter:
+def _environ_atom(key: str, empty: str = "-") -> Getter:
     def get(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> object:
-        return e.get(key) or "-"
+        return e.get(key) or empty
 
     return get
 
@@ -205,8 +205,9 @@ def _atoms() -> dict[str, Getter]:
         "u": user,
         "r": _request_line,
         "m": _environ_atom("REQUEST_METHOD"),
-        "U": _environ_atom("PATH_INFO"),
-        "q": _environ_atom("QUERY_STRING"),
+        # Empty, not "-", as gunicorn writes them (environ.get without a default).
+        "U": _environ_atom("PATH_INFO", ""),
+        "q": _environ_atom("QUERY_STRING", ""),
         "H": _environ_atom("SERVER_PROTOCOL"),
         "s": status,
         "B": body,
