@@ -131,9 +131,7 @@ def test_status_code_only() -> None:
 
 def test_missing_environ_values_are_dashes() -> None:
     environ = {"REQUEST_METHOD": "GET", "RAW_URI": "/", "SERVER_PROTOCOL": "HTTP/1.0"}
-    assert render(DEFAULT_ACCESS_LOG_FORMAT, environ).endswith(
-        '"GET / HTTP/1.0" 200 13 "-" "-"'
-    )
+    assert render(DEFAULT_ACCESS_LOG_FORMAT, environ).endswith('"GET / HTTP/1.0" 200 13 "-" "-"')
 
 
 def test_empty_query_and_path_are_empty_as_in_gunicorn() -> None:
