@@ -273,6 +273,36 @@ def test_hung_request_is_logged_with_its_stack_and_answered_504(
     assert srv.count_log(r"Booting worker with pid", since=mark) == 0  # not replaced
 
 
+@pytest.mark.timeout(90)
+def test_gthread_with_every_thread_busy_leaves_new_connections_to_others(
+    tmp_path: Path, server_factory: ServerFactory
+) -> None:
+    """A gthread worker whose threads all have a request stops accepting, so a new
+    connection goes to a worker with a free thread instead of waiting behind the slow
+    request (gunicorn's gthread takes it and makes it wait). Before, about every other
+    connection here landed on the busy worker and waited for /cstuck."""
+    (tmp_path / "rendezvous.py").write_text(RENDEZVOUS_APP)
+    srv = server_factory(
+        "rendezvous:app",
+        "-k",
+        "gthread",
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--graceful-timeout",
+        "2",
+        cwd=tmp_path,
+    )
+    workers = srv.wait_for_workers(2)
+    mark = srv.mark()
+    busy = InFlight(srv.port, "/cstuck", timeout=60)
+    srv.wait_for_log(r"stuck app: sleeping in C", since=mark)
+    served_by = {int(get(srv.port, "/", timeout=20).body) for _ in range(10)}
+    assert len(served_by) == 1 and served_by < set(workers), served_by
+    assert busy.response is None and busy.error is None  # still in its C call
+
+
 @pytest.mark.timeout(60)
 def test_gthread_thread_stuck_in_c_retires_its_worker(
     rendezvous: Callable[..., ServerProcess],

@@ -18,6 +18,10 @@ How it works:
   is closed quietly, a partial head is answered 408.
 - At most ``worker_connections`` connections are open at once; beyond that a new one gets
   503 and is closed, so an overloaded worker answers instead of queueing silently.
+- While every thread has a request (served or queued), the worker stops accepting: a new
+  connection waits in the kernel's queue for a worker with a free thread, instead of being
+  taken here and waiting behind a slow request while other workers idle (gunicorn's
+  gthread worker takes it). Accepting resumes as soon as a thread is free.
 - The main thread ticks (heartbeat, recycling) at least once a second and runs the
   request watchdog (``watchdog.py``) when a request is due, whatever the threads do: a
   request past ``timeout`` (or ``request_timeout``) is logged with its thread's stack and
@@ -122,6 +126,8 @@ class ThreadWorker(Worker):
         self._io_timeout = float(cfg.timeout) or None
         self._answer_504 = float(cfg.request_timeout or 0) > 0
         self._lock = threading.Lock()  # guards _busy and the request counter
+        self._nthreads = nthreads
+        self._accepting = True  # the listeners are in the selector (see _listen)
         self._busy: set[_Client] = set()
         self._held = 0  # connections held by the poller
         self._heap: list[tuple[float, int, _Client]] = []
@@ -195,7 +201,14 @@ class ThreadWorker(Worker):
             for key, _ in ready:
                 data = key.data
                 if data is _LISTENER:
-                    if self.alive:
+                    if self._stopped():
+                        continue
+                    if len(self._busy) >= self._nthreads:
+                        # Every thread has a request: leave the connection to a worker
+                        # with a free one (paused only when one arrives, so a keep-alive
+                        # load never pays for the listeners going in and out).
+                        self._listen(False)
+                    else:
                         self._accept(key.fileobj)  # type: ignore[arg-type]
                 elif data is _WAKE:
                     self._drain_pokes()
@@ -207,6 +220,22 @@ class ThreadWorker(Worker):
             self._adopt_drained()
             self._take_returned()
             self._expire(time.monotonic())
+            if not self._accepting and self.alive:
+                with self._lock:
+                    free = len(self._busy) < self._nthreads
+                if free:
+                    self._listen(True)
+
+    def _listen(self, on: bool) -> None:
+        """Put the listeners in the selector, or take them out (all threads busy). Runs
+        in: main."""
+        self._accepting = on
+        for listener in self.sockets:
+            if not on:
+                unselect(self.selector, listener.sock)
+            elif self.alive:  # a stop (unregister_listeners) took them out for good
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self.selector.register(listener.sock, selectors.EVENT_READ, _LISTENER)
 
     def _stopped(self) -> bool:
         # A method, not ``not self.alive`` inline: a signal handler flips it between two
@@ -427,6 +456,10 @@ class ThreadWorker(Worker):
         on every HUP). Runs in: main.
         """
         now = time.monotonic()
+        # Out of the selector whatever the loop last did with them (_listen): a listener
+        # left there would make every select below return at once.
+        for listener in self.sockets:
+            unselect(self.selector, listener.sock)
         self._drain_until = now + min(self._idle_timeout, DRAIN_IDLE)
         for _, _, client in list(self._heap):
             if client.registered and client.deadline > self._drain_until:
@@ -562,7 +595,8 @@ class ThreadWorker(Worker):
         with self._lock:
             self._busy.discard(client)
             self._abandoned.discard(client)
-        if keep or not self.alive:
+        if keep or not self.alive or not self._accepting:
+            # A free thread: the main thread takes the listeners back at once.
             self._poke()  # when stopping, the main thread may be waiting for the last one
 
 
