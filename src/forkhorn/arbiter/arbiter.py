@@ -29,6 +29,7 @@ import contextlib
 import gc
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -984,10 +985,12 @@ class Arbiter:
             os.set_blocking(w, False)
             self._traceback_token = (r, w)
         r, w = self._traceback_token
-        with contextlib.suppress(BlockingIOError):
-            while os.read(r, 64):
-                pass
+        # Read only what select says is there: under eventlet's monkey_patch (a config
+        # file or a preloaded app may patch the master) os.read on an empty pipe parks
+        # the caller instead of raising EAGAIN (as in SignalQueue._drain).
         with contextlib.suppress(OSError):
+            while select.select([r], [], [], 0)[0] and os.read(r, 64):
+                pass
             os.write(w, b"t")
 
     def _apply(self, decision: Decision, now: float) -> None:

@@ -50,6 +50,7 @@ import faulthandler
 import gc
 import os
 import random
+import select
 import selectors
 import signal
 import sys
@@ -113,7 +114,9 @@ def _take_token(fd: int | None) -> bool:
     if fd is None:
         return True
     try:
-        return bool(os.read(fd, 1))
+        # select first: a worker patched by eventlet would park in os.read on an empty
+        # pipe (see SignalQueue._drain).
+        return bool(select.select([fd], [], [], 0)[0] and os.read(fd, 1))
     except BlockingIOError:
         return False
     except OSError:
