@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
 import sys
-from types import FrameType
+
+import prefork  # bench/prefork.py, beside this script
 
 
 def serve(target: str, port: int) -> None:
@@ -31,35 +31,7 @@ def serve(target: str, port: int) -> None:
 def main() -> int:
     target, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     sys.path.insert(0, os.getcwd())
-    children = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            code = 0
-            try:
-                serve(target, port)
-            except BaseException as exc:  # report, and let the parent see a failure
-                print(f"worker {os.getpid()}: {exc!r}", file=sys.stderr)
-                code = 1
-            os._exit(code)
-        children.append(pid)
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        for child in children:
-            try:
-                os.kill(child, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for _ in children:
-        try:
-            os.wait()
-        except ChildProcessError:
-            break
-    return 0
+    return prefork.run(workers, lambda: serve(target, port))
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ import gc
 import importlib
 import io
 import os
-import signal
 import socket
 import sys
 from typing import Any
+
+import prefork  # bench/prefork.py, beside this script
 
 
 class MiniProtocol(asyncio.Protocol):
@@ -94,30 +95,7 @@ def main() -> int:
     sock.bind(("127.0.0.1", port))
     sock.listen(2048)
     sock.setblocking(False)
-    children = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            serve(target, sock)
-            os._exit(0)
-        children.append(pid)
-
-    def stop(signum: int, frame: Any) -> None:
-        for child in children:
-            try:
-                os.kill(child, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for _ in children:
-        try:
-            os.wait()
-        except ChildProcessError:
-            break
-    return 0
+    return prefork.run(workers, lambda: serve(target, sock))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""The pre-fork launcher of the bench's stand-in servers (``lazy_bjoern.py``,
+``mini_uvloop.py``): fork the children, forward TERM and INT to them, wait for them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+
+
+def run(workers: int, serve: Callable[[], None]) -> int:
+    """Run ``serve()`` in ``workers`` children; a child that fails says why and exits 1."""
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            code = 0
+            try:
+                serve()
+            except BaseException as exc:  # report, and let the parent see a failure
+                print(f"worker {os.getpid()}: {exc!r}", file=sys.stderr)
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in children:
+        try:
+            os.wait()
+        except ChildProcessError:
+            break
+    return 0
