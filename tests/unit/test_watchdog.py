@@ -159,21 +159,20 @@ def test_interrupt_thread_raises_in_a_thread_running_python() -> None:
     assert outcome == ["interrupted"]
 
 
-def test_timeout_response_only_before_the_head() -> None:
+@pytest.mark.parametrize(
+    ("request_timeout", "status_line"),
+    # Past ``timeout`` (no request_timeout) the client gets what sync and fast give it.
+    [
+        (True, b"HTTP/1.1 504 Gateway Timeout\r\n"),
+        (False, b"HTTP/1.1 500 Internal Server Error\r\n"),
+    ],
+)
+def test_timeout_response_only_before_the_head(request_timeout: bool, status_line: bytes) -> None:
     conn = ServerConnection()
     conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     conn.next_event()
-    response = timeout_response(conn, request_timeout=True)
-    assert response.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    response = timeout_response(conn, request_timeout=request_timeout)
+    assert response.startswith(status_line)
     assert b"Connection: close" in response
-    assert timeout_response(conn, request_timeout=True) == b""  # a head was sent now
-    assert timeout_response(conn, request_timeout=False) == b""
-
-
-def test_timeout_response_at_timeout_is_a_500() -> None:
-    """Past ``timeout`` (no request_timeout) the client gets what sync and fast give it."""
-    conn = ServerConnection()
-    conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    conn.next_event()
-    response = timeout_response(conn, request_timeout=False)
-    assert response.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    for either in (True, False):  # a head was sent now: nothing more, whatever the limit
+        assert timeout_response(conn, request_timeout=either) == b""

@@ -937,12 +937,7 @@ class FastWorker(Worker):
                 self._trim_heap()
             # A wait that _wake() can end: a stop or a retirement is acted on at once,
             # not at the next sweep (the replacement of a retiring worker waits for it).
-            nap: asyncio.Future[None] = loop.create_future()
-            self.nap = nap
-            timer = loop.call_later(self.sweep_every, _settle, nap)
-            await nap
-            timer.cancel()
-        self.nap = None
+            await self._pause(self.sweep_every, wakeable=True)
         await self._drain()
 
     def _sweep(self, now: float) -> None:
@@ -1097,15 +1092,20 @@ class FastWorker(Worker):
         sendfile tasks (each belongs to a connection) and a scheduled _close_servers."""
         return bool(self.connections or self.adopting or self.tasks or self.closing_servers)
 
-    async def _pause(self, delay: float) -> None:
+    async def _pause(self, delay: float, wakeable: bool = False) -> None:
         """``asyncio.sleep(delay)``, which asks for the running loop (cleared, see _serve);
-        ``asyncio.sleep(0)`` does not (it only yields), and stays."""
+        ``asyncio.sleep(0)`` does not (it only yields), and stays. ``wakeable``: _wake()
+        may end the wait early (the sweep's wait, ``self.nap``)."""
         nap: asyncio.Future[None] = self.loop.create_future()
         timer = self.loop.call_later(delay, _settle, nap)
+        if wakeable:
+            self.nap = nap
         try:
             await nap
         finally:
             timer.cancel()
+            if wakeable:
+                self.nap = None
 
     async def _drain(self) -> None:
         """Graceful stop: no new connections; busy ones finish; the others are closed.
