@@ -569,8 +569,11 @@ def test_refused_requests_are_logged(server_factory: ServerFactory, worker_class
         "--header-timeout",
         "1",
     )
-    # A head the parser refuses: no request line to log, so the error log only.
-    assert raw_request(server.port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    # A head the parser refuses: no request line to log, so the error log only. The
+    # answer names the server like every other answer.
+    refused = raw_request(server.port, b"GARBAGE\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 400 ")
+    assert b"\r\nServer: forkhorn\r\n" in refused.partition(b"\r\n\r\n")[0]
     server.wait_for_log(r"\[WARNING\] Invalid request from ip=127\.0\.0\.1: .+ \(400\)")
     # Both framings at once, the classic smuggling probe.
     probe = (

@@ -144,6 +144,7 @@ def test_connections_beyond_the_cap_get_503(
             refused = extra.read_response()
             assert refused.status == 503
             assert refused.closes
+            assert refused.header("Server") == "forkhorn"
     finally:
         for conn in held:
             conn.close()

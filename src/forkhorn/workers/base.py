@@ -195,6 +195,7 @@ class Worker(abc.ABC):
         # Set by workers.session.prepare_http() at the start of run(): what every request
         # of this worker shares (the core's limits, the constant environ keys).
         self.http_limits: tuple[int, int, int, int, bytes] = (4094, 100, 8190, 0, b"forkhorn")
+        self.server_line = b"Server: forkhorn\r\n"  # for answers made without a connection
         # Set by prepare_http: whether the request path logs and runs the request hooks.
         self.access_enabled = False
         self.hook_pre_request = False

@@ -173,7 +173,8 @@ class HttpProtocol(asyncio.Protocol):
         worker = self.worker
         if len(worker.connections) >= worker.max_connections:
             # Refused politely: a status the client can read, then close.
-            transport.write(raw_error_response(503, "Service Unavailable"))  # type: ignore[attr-defined]
+            answer = raw_error_response(503, "Service Unavailable", worker.server_line)
+            transport.write(answer)  # type: ignore[attr-defined]
             transport.close()
             worker.refused_overloaded()
             return

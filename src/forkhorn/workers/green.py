@@ -357,7 +357,7 @@ class GreenletWorker(Worker):
                     return False
                 raise
             if self.pool_full():
-                _refuse(fd)
+                _refuse(fd, self.server_line)
                 self.refused_overloaded()
                 continue
             self.spawn_in_pool(self._serve_connection, self.wrap_accepted(fd, listener), addr)
@@ -425,14 +425,14 @@ class _StopAccepting(BaseException):
     """Ends an acceptor greenlet at shutdown (BaseException: nothing may swallow it)."""
 
 
-def _refuse(fd: int) -> None:
+def _refuse(fd: int, server_line: bytes) -> None:
     """Too many connections: a status the client can read, then close. Runs in: acceptor.
 
     A raw descriptor write: the response is small and the socket buffer of a new
     connection is empty, so it cannot block.
     """
     try:
-        os.write(fd, raw_error_response(503, "Service Unavailable"))
+        os.write(fd, raw_error_response(503, "Service Unavailable", server_line))
     except OSError:
         pass
     finally:

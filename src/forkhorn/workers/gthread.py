@@ -300,7 +300,7 @@ class ThreadWorker(Worker):
     def _adopt(self, sock: socket.socket, addr: Any, deadline: float) -> None:
         """Hold a new connection in the poller until its head is complete."""
         if self._open_connections() >= self.cfg.worker_connections:
-            _refuse(sock)
+            _refuse(sock, self.server_line)
             self.refused_overloaded()
             return
         sock.setblocking(False)
@@ -600,11 +600,11 @@ class ThreadWorker(Worker):
             self._poke()  # when stopping, the main thread may be waiting for the last one
 
 
-def _refuse(sock: socket.socket) -> None:
+def _refuse(sock: socket.socket, server_line: bytes) -> None:
     """Too many connections: a status the client can read, then close."""
     try:
         sock.setblocking(False)
-        sock.send(raw_error_response(503, "Service Unavailable"))
+        sock.send(raw_error_response(503, "Service Unavailable", server_line))
     except OSError:
         pass
     _close(sock)

@@ -386,6 +386,8 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
         cfg.limit_request_body,
         cfg.server_header.encode("latin-1"),
     )
+    server = worker.http_limits[4]
+    worker.server_line = b"Server: " + server + b"\r\n" if server else b""
     worker.header_map = cfg.header_map
     # The body's minimum-rate deadline starts with header_timeout of allowance (the
     # setting's documented rule); see wsgi/input.py.

@@ -145,7 +145,7 @@ class SyncWorker(Worker):
             # Refuse politely: a status the client can read, then close.
             try:
                 sock.setblocking(False)
-                sock.send(raw_error_response(503, "Service Unavailable"))
+                sock.send(raw_error_response(503, "Service Unavailable", self.server_line))
             except OSError:
                 pass
             sock.close()

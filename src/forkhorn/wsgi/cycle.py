@@ -291,15 +291,19 @@ def protocol_error_answer(conn: ServerConnection, exc: ProtocolError) -> bytes:
             return error_response(conn, exc.status, exc.reason)
     except ProtocolError:
         pass
-    return raw_error_response(exc.status, exc.reason)
+    return raw_error_response(exc.status, exc.reason, conn.server_line)
 
 
-def raw_error_response(status: int, reason: str) -> bytes:
-    """An error response for input the core refused before there was a request to frame."""
+def raw_error_response(status: int, reason: str, server_line: bytes = b"") -> bytes:
+    """An error response for input the core refused before there was a request to frame.
+
+    ``server_line`` is the connection's ``Server:`` field line (``b""`` when the
+    ``server_header`` setting is empty), so these answers carry it like every other."""
     body = error_body(status, reason)
     return (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n".encode("latin-1")
+        + server_line
         + b"Date: "
         + http_date()
         + b"\r\n\r\n"
