@@ -46,6 +46,30 @@ def test_term_is_graceful(server_factory: ServerFactory) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "fast"])
+def test_a_request_cut_at_graceful_timeout_is_named(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """The SIGKILL that ends a stop's grace names the request it cut, so an operator can
+    find which one outlived graceful_timeout."""
+    server = server_factory(
+        "slow:app", "-k", worker_class, "--workers", "1", "--graceful-timeout", "1"
+    )
+    mark = server.mark()
+    request = InFlight(server.port, "/sleep?s=30")
+    server.wait_for_log(r"slow app: sleeping 30s", since=mark)
+    server.signal(signal.SIGTERM)
+    server.wait_for_log(
+        r"\[WARNING\] Worker \(pid:\d+\) was killed \(SIGKILL\) by the master while serving "
+        r"'GET /sleep\?s=30 HTTP/1\.1' for \d+\.\ds",
+        since=mark,
+    )
+    assert server.wait_exit() == 0
+    with pytest.raises(OSError):
+        request.result()
+
+
+@pytest.mark.timeout(60)
 def test_term_refuses_new_connections(server_factory: ServerFactory) -> None:
     """After TERM a new connection is refused, or served in full; never accepted and reset."""
     server = server_factory("slow:app", "--workers", "1", "--graceful-timeout", "20")

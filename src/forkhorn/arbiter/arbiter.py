@@ -911,6 +911,15 @@ class Arbiter:
             sig = -code
             if sig == signal.SIGKILL and not rec.killed:
                 self.log.error("Worker (pid:%s) was sent SIGKILL! Perhaps out of memory?", rec.pid)
+            elif sig == signal.SIGKILL and snap.request_start > 0.0:
+                # Cut mid-request (graceful_timeout ran out, or an abort did not end it):
+                # name the request, as the timeout's own lines do, so it can be found.
+                self.log.warning(
+                    "Worker (pid:%s) was killed (SIGKILL) by the master while serving %r for %.1fs",
+                    rec.pid,
+                    snap.request_line.decode("latin-1"),
+                    max(0.0, time.monotonic() - snap.request_start),
+                )
             elif sig == signal.SIGKILL:
                 self.log.warning("Worker (pid:%s) was killed (SIGKILL) by the master", rec.pid)
             elif (rec.retiring_since is None or rec.retired_itself) and rec.aborted_at is None:
