@@ -1,4 +1,5 @@
-"""Start-up errors: what can stop forkhorn before it serves, and the exit code of each.
+"""Start-up errors: what can stop forkhorn before it serves, and the exit code of each;
+and the two exceptions a worker raises through an app's request on its own account.
 
 Rules kept here:
 - Every error is one line when printed (``str(exc)``); a multi-line message is folded so
@@ -7,6 +8,11 @@ Rules kept here:
   operators and supervisors can tell a bad flag from an app that does not import.
 - The underlying exception (with its traceback) stays on ``__cause__``; the CLI prints it
   only at debug level.
+
+``WorkerExit`` and ``RequestHungError`` are the worker's: raised inside whatever runs when
+a stop signal or the request watchdog strikes, often the app. The request cycle lets them
+through (``forkhorn.wsgi.cycle.is_app_error``) where it answers anything else the app
+raises, ``sys.exit()`` and ``KeyboardInterrupt`` included, with a 500.
 
 This module imports nothing from forkhorn: every package may raise these errors.
 """
@@ -55,3 +61,20 @@ class BindError(ForkhornError):
     """A listener could not be created (address in use, permission, bad fd)."""
 
     exit_code: ClassVar[int] = BIND_ERROR
+
+
+class WorkerExit(SystemExit):
+    """The worker ends now: raised by its QUIT/INT and ABRT signal handlers.
+
+    A ``SystemExit``, so everything that lets a process exit lets it through; a class of
+    its own, so that a ``sys.exit()`` in app code is told apart (the app's error, a 500).
+    """
+
+
+class RequestHungError(BaseException):
+    """Raised inside a request that ran past its limit (``forkhorn.workers.watchdog``).
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that an app's ``except Exception``
+    (Flask's and Django's error handlers among them) lets it through instead of turning it
+    into a 500 and carrying on.
+    """

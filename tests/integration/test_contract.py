@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -419,6 +420,45 @@ def test_connect_answered_2xx_is_refused(server: ServerProcess, worker_class: st
     server.wait_for_log(r"CONNECT would open a tunnel", since=mark)
 
 
+@pytest.mark.timeout(60)
+def test_base_exceptions_from_the_app_are_its_errors(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """``sys.exit()``, ``KeyboardInterrupt`` or ``GeneratorExit`` out of a view, and a view
+    that returns None, are the app's errors: a 500 and the traceback, and the worker
+    (one, with one thread) serves on. They used to kill a gthread pool thread for good
+    (the worker then answered nothing, its heartbeat intact), end sync, gevent and
+    eventlet workers (cutting other clients' responses), and get no answer at all."""
+    server = server_factory("routes:app", *worker_args(worker_class), "--threads", "1")
+    (pid,) = server.wait_for_workers(1)
+    for path in ("/exit", "/interrupt", "/generator-exit", "/none"):
+        for query in ("", "?stream"):
+            mark = server.mark()
+            data = raw_request(
+                server.port, f"GET /raise{path}{query} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+            )
+            (resp,) = parse_responses(data)
+            assert resp.status == 500, (path, query)
+            server.wait_for_log(rf"Error handling request GET /raise{path}", since=mark)
+            word = f"boom{path.replace('/', '-')}"
+            if path == "/none":
+                word = "(app returned None|'NoneType' object is not iterable)"
+            server.wait_for_log(rf"^\w+: .*{word}", since=mark)
+    assert get(server.port, "/").status == 200
+    assert server.worker_pids() == [pid]
+
+
+@pytest.mark.timeout(30)
+def test_an_empty_input_keeps_nothing_between_requests(
+    server: ServerProcess, worker_class: str
+) -> None:
+    """What one request does to its bodiless ``wsgi.input`` (write, seek, close) reaches
+    no other: the fast worker shared one BytesIO between them."""
+    for _ in range(3):
+        resp = get(server.port, "/raise/input")
+        assert (resp.status, resp.body) == (200, b"read b''")
+
+
 @pytest.mark.timeout(30)
 def test_app_exception_mid_stream_closes(server: ServerProcess, worker_class: str) -> None:
     data = raw_request(server.port, b"GET /raise/mid-chunked HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -633,6 +673,33 @@ def test_a_client_that_leaves_mid_stream_is_still_logged(
     # The request ended when the client left; it is in the access log all the same.
     server.wait_for_log(r'"GET /left\?chunks=2000&size=65536 HTTP/1\.1" 200', stream="stdout")
     assert get(server.port, "/?chunks=2&size=3").status == 200  # and the worker serves on
+
+
+@pytest.mark.timeout(90)
+def test_an_endless_stream_stops_when_its_client_resets(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A client that resets mid-stream ends the stream: the iterable is closed and the
+    worker (one) serves the next client. The fast worker kept pulling an endless
+    iterable into a transport that dropped every write (no buffer filled, so no
+    backpressure) and answered nobody until the master killed it."""
+    server = server_factory(
+        "stream:app", *worker_args(worker_class), "--access-logfile", "-", "--workers", "1"
+    )
+    endless = b"GET /gone?chunks=1000000000&size=65536 HTTP/1.1\r\nHost: t\r\n\r\n"
+    for _ in range(4):
+        mark = len(server.stdout.splitlines())
+        with connect(server.port) as sock:
+            sock.sendall(endless)
+            received = 0
+            while received < 1 << 20:
+                chunk = sock.recv(65536)
+                assert chunk, "the stream ended early"
+                received += len(chunk)
+            # An RST, not a FIN: the server's next send fails at once.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert get(server.port, "/?chunks=2&size=3").status == 200
+        server.wait_for_log(r'"GET /gone\?chunks=1000000000', stream="stdout", since=mark)
 
 
 @pytest.mark.timeout(60)

@@ -60,7 +60,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from forkhorn.arbiter.scoreboard import ScoreboardSlot, WorkerState
-from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, AppImportError
+from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, AppImportError, WorkerExit
 
 if TYPE_CHECKING:
     from forkhorn.arbiter.listeners import Listener
@@ -401,7 +401,7 @@ class Worker(abc.ABC):
         try:
             self.cfg.worker_int(self)
         finally:
-            sys.exit(0)
+            raise WorkerExit(0)
 
     def handle_usr1(self, signum: int, frame: FrameType | None) -> None:
         self._reopen_requested = True
@@ -421,7 +421,7 @@ class Worker(abc.ABC):
         try:
             self.cfg.worker_abort(self)
         finally:
-            sys.exit(1)
+            raise WorkerExit(1)
 
     # -- accepting ---------------------------------------------------------------------
     def unregister_listeners(self) -> None:

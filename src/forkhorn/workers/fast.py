@@ -78,11 +78,13 @@ from forkhorn.wsgi.cycle import (
     close_result,
     dates,
     error_response,
+    is_app_error,
     protocol_error_answer,
     raw_error_response,
     single_body,
 )
 from forkhorn.wsgi.environ import build_environ
+from forkhorn.wsgi.input import EmptyInput
 
 from .base import DRAIN_IDLE, Worker
 from .session import bytes_waiting, finish_request, log_refused, prepare_http
@@ -401,7 +403,9 @@ class HttpProtocol(asyncio.Protocol):
             result = worker.wsgi(environ, exchange.start_response)  # type: ignore[misc]
         except ProtocolError:
             raise
-        except Exception:
+        except BaseException as exc:
+            if not is_app_error(exc):
+                raise
             ok = app_failed(exchange, environ, worker.log, sys.exc_info())
             self._finish(exchange, environ, ok)
             return
@@ -448,8 +452,18 @@ class HttpProtocol(asyncio.Protocol):
                 # Content-Length. When that chunk completes the response and nothing
                 # follows, finish here rather than through _stream and _end_streaming.
                 exchange.write(first)
-                if self.transport is None:  # gone while writing: nothing more to send
+                transport = self.transport
+                if transport is None:  # gone while writing: nothing more to send
                     close_result(result, worker.log)
+                    return
+                if transport.is_closing():
+                    # The send failed: connection_lost, on its way, ends the request as
+                    # a stream cut short (failed, logged, the iterable closed).
+                    self.result = result
+                    self.exchange = exchange
+                    self.environ = environ
+                    self.busy = True
+                    self.iterator = iterator
                     return
                 if conn.response_complete:
                     # One more step, as _stream would take: a chunk past the
@@ -472,7 +486,9 @@ class HttpProtocol(asyncio.Protocol):
             self._stream()
         except ProtocolError:
             raise
-        except Exception:
+        except BaseException as exc:
+            if not is_app_error(exc):
+                raise
             ok = app_failed(exchange, environ, worker.log, sys.exc_info())
             self.result = None
             self.busy = False
@@ -493,14 +509,22 @@ class HttpProtocol(asyncio.Protocol):
                 if data.__class__ is not bytes and not isinstance(data, bytes):
                     raise TypeError(f"app yielded {type(data).__name__}, not bytes")
                 write(data)
-                if self.transport is None:
+                transport = self.transport
+                if transport is None or transport.is_closing():
+                    # The client is gone (a failed send closes the transport at once;
+                    # connection_lost, which closes the iterable, comes at the loop's
+                    # next turn): pull no more. Writes to a closing transport are
+                    # dropped without filling its buffer, so backpressure would never
+                    # stop an endless stream here.
                     return
             else:
                 self._pause_reading()
                 return  # resume_writing() calls us again
             exchange.finish()
             ok = True
-        except Exception:
+        except BaseException as exc:
+            if not is_app_error(exc):
+                raise
             ok = app_failed(exchange, self.environ or {}, self.worker.log, sys.exc_info())
         self._end_streaming(ok)
 
@@ -750,7 +774,7 @@ class HttpProtocol(asyncio.Protocol):
         return sock is not None and bytes_waiting(sock.fileno())
 
 
-_EMPTY_INPUT = io.BytesIO(b"")
+_EMPTY_INPUT = EmptyInput()
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:

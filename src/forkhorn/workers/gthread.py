@@ -516,7 +516,10 @@ class ThreadWorker(Worker):
                 # Delivered after its request ended (a race with the watchdog, rule 4 of
                 # watchdog.py narrows but cannot close it): drop the connection.
                 keep = False
-            except Exception:
+            except BaseException:
+                # Anything else, BaseException too: a pool thread must outlive whatever
+                # one connection raised (the app's own are answered before this), or
+                # the worker would lose a thread for good while its heartbeat goes on.
                 self.log.exception("Error serving a connection")
                 keep = False
             self._release(client, keep)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Generic, TypeVar
 
+from forkhorn.errors import RequestHungError
 from forkhorn.http import ServerConnection
 from forkhorn.wsgi.cycle import error_response
 
@@ -68,15 +69,6 @@ H = TypeVar("H")
 # when that is shorter, but never under 1 s.
 MAX_GRACE = 5.0
 MIN_GRACE = 1.0
-
-
-class RequestHungError(BaseException):
-    """Raised inside a request that ran past its limit.
-
-    A ``BaseException``, like ``KeyboardInterrupt``, so that an app's ``except Exception``
-    (Flask's and Django's error handlers among them) lets it through instead of turning it
-    into a 500 and carrying on.
-    """
 
 
 def request_limit(cfg: Any) -> float:

@@ -32,6 +32,7 @@ from email.utils import formatdate
 from types import TracebackType
 from typing import Any
 
+from forkhorn.errors import RequestHungError, WorkerExit
 from forkhorn.http import InvalidResponseError, ProtocolError, ServerConnection
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -311,15 +312,41 @@ def raw_error_response(status: int, reason: str, server_line: bytes = b"") -> by
     )
 
 
+def is_app_error(exc: BaseException) -> bool:
+    """Is this exception, raised out of the app, the app's failure (answered 500, logged)?
+
+    Every ``Exception`` is, and so are the other ``BaseException`` kinds app code may
+    raise itself: ``sys.exit()`` or ``KeyboardInterrupt`` in a view, an escaped
+    ``gevent.Timeout``. Letting those through would end the thread or the process that
+    serves other clients too (a gthread pool thread died quietly, a gevent worker cut
+    every response in flight). Not the worker's own: ``WorkerExit`` (its stop and abort
+    signal handlers), ``RequestHungError`` (the watchdog) and greenlet's ``GreenletExit``
+    (a greenlet being killed), which must unwind the request.
+    """
+    if isinstance(exc, Exception):
+        return True
+    if isinstance(exc, (WorkerExit, RequestHungError)):
+        return False
+    greenlet = sys.modules.get("greenlet")  # only if a green worker imported it
+    return greenlet is None or not isinstance(exc, greenlet.GreenletExit)
+
+
 def call_app(
     app: WSGIApp, environ: dict[str, Any], exchange: Exchange, log: Any
 ) -> Iterable[bytes] | None:
     """Call the app. None means it failed and the error response was already sent."""
     try:
-        return app(environ, exchange.start_response)
+        result = app(environ, exchange.start_response)
+        if result is None:
+            # A view that forgot its return: PEP 3333 wants an iterable. Said here, as the
+            # app's error, rather than taken for "failed and answered" below.
+            raise TypeError("the app returned None instead of an iterable of bytes")
+        return result
     except ProtocolError:
         raise
-    except Exception as exc:
+    except BaseException as exc:
+        if not is_app_error(exc):
+            raise
         # StopIteration before any output: the app took the connection over (module
         # docstring). After output through write(), it is an error like any other.
         if isinstance(exc, StopIteration) and not exchange.head_sent:
@@ -351,7 +378,9 @@ def close_result(result: Iterable[bytes], log: Any) -> None:
     if close is not None:
         try:
             close()
-        except Exception:
+        except BaseException as exc:
+            if not is_app_error(exc):
+                raise
             log.exception("Error closing the response iterable")
 
 
@@ -390,7 +419,9 @@ def run_app(
         raise
     except OSError:
         raise  # the client went away: the worker closes quietly
-    except Exception:
+    except BaseException as exc:
+        if not is_app_error(exc):
+            raise
         return app_failed(exchange, environ, log, sys.exc_info())
     finally:
         close_result(result, log)

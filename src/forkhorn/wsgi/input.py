@@ -182,3 +182,26 @@ class InputStream:
             if seen > limit:
                 return False
         return True
+
+
+class EmptyInput:
+    """``wsgi.input`` of a request without a body: reads nothing, holds nothing.
+
+    Stateless, so one instance serves every such request of a worker (the fast worker's
+    hot path) without one request seeing anything of another: it cannot be written,
+    closed, repositioned or given attributes.
+    """
+
+    __slots__ = ()
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())

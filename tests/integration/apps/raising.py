@@ -9,6 +9,13 @@
                   (``?stream``: a generator): X is ``header`` (CRLF in a value),
                   ``status`` (``2000 OK``) or ``interim`` (a 1xx)
 ``/hop``          200 with every hop-by-hop field an app might set
+``/exit``, ``/interrupt``, ``/generator-exit``
+                  raise SystemExit, KeyboardInterrupt or GeneratorExit from the app call
+                  (``?stream``: from the iterable, before its first chunk)
+``/none``         calls start_response and returns None
+``/input``        pokes at an empty ``wsgi.input`` (write, seek, close, a new attribute)
+                  and returns what its read() gave: b"" for every request, whatever the
+                  one before did
 Each message names the point, so the test finds its traceback in the log.
 """
 
@@ -31,8 +38,39 @@ HOP_BY_HOP = [
 ]
 
 
+BASE_EXCEPTIONS = {
+    "/exit": lambda: SystemExit("boom-exit"),
+    "/interrupt": lambda: KeyboardInterrupt("boom-interrupt"),
+    "/generator-exit": lambda: GeneratorExit("boom-generator-exit"),
+}
+
+
 def app(environ, start_response):
     path = environ["PATH_INFO"]
+    if path in BASE_EXCEPTIONS:
+        exc = BASE_EXCEPTIONS[path]()
+        if environ["QUERY_STRING"] == "stream":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return _raise_first(exc)
+        raise exc
+    if path == "/none":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return None
+    if path == "/input":
+        stream = environ["wsgi.input"]
+        for poke in (
+            lambda: stream.write(b"left by an earlier request"),
+            lambda: stream.seek(0),
+            lambda: setattr(stream, "left", 1),
+            lambda: stream.close(),
+        ):
+            try:
+                poke()
+            except Exception:
+                pass
+        body = stream.read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"read " + repr(body).encode()]
     if path in REFUSED:
         status, headers = REFUSED[path]
         start_response(status, headers)
@@ -60,3 +98,8 @@ def app(environ, start_response):
 def _fail_midway(path):
     yield PARTIAL
     raise RuntimeError(f"boom-mid-stream {path}")
+
+
+def _raise_first(exc):
+    raise exc
+    yield b"never"
