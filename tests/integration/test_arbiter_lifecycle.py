@@ -330,3 +330,47 @@ def test_a_hup_during_a_reload_is_queued_not_dropped(
         assert time.monotonic() < deadline, server.logs
         time.sleep(0.05)  # poll interval
     server.wait_for_workers(1)
+
+
+SLOW_BOOT = """
+import os, sys, time
+
+sys.stderr.write(f"slow boot: importing in {os.getpid()}\\n")
+sys.stderr.flush()
+time.sleep(2)
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent", "eventlet", "fast"])
+def test_term_to_a_worker_still_importing_the_app_is_a_clean_exit(
+    server_factory: ServerFactory, tmp_path: Path, worker_class: str
+) -> None:
+    """docs/lifecycle.md: a worker told to stop while it boots leaves cleanly and is
+    replaced. The fast worker's TERM handler read an attribute set only once its loop ran:
+    the AttributeError surfaced in the app's import, as "App failed to load", and halted
+    the master."""
+    _release(tmp_path, SLOW_BOOT)
+    server = server_factory(
+        "release:app", "-k", worker_class, "--workers", "1", cwd=tmp_path, wait_ready=False
+    )
+    pid = int(server.wait_for_log(r"slow boot: importing in (\d+)").group(1))
+    mark = server.mark()
+    os.kill(pid, signal.SIGTERM)
+    server.wait_for_log(rf"Worker exiting \(pid: {pid}\)", since=mark)
+    server.wait_for_log(rf"slow boot: importing in (?!{pid}\b)\d+", since=mark)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if get(server.port, timeout=5).status == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, server.logs
+        time.sleep(0.2)
+    assert "App failed to load" not in server.logs

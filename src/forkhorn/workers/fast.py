@@ -807,6 +807,9 @@ class FastWorker(Worker):
     """The event-loop worker: a protocol per connection, the app called inline."""
 
     one_cpu_each = True
+    # The sweep's wait, once the loop runs (_serve). A class default: TERM can reach a
+    # worker still importing the app, and its handler asks for it (_wake).
+    nap: asyncio.Future[None] | None = None
 
     def run(self) -> None:
         self.prepare()
@@ -831,7 +834,6 @@ class FastWorker(Worker):
         self.closing_servers = False  # _close_servers is scheduled, not yet run
         self.released_body_bytes = 0  # large bodies released since the last _trim_heap
         self.malloc_trim = _find_malloc_trim()
-        self.nap: asyncio.Future[None] | None = None  # the sweep's wait (_serve)
         # How long a response may wait for its client to read (0: no limit).
         self.send_timeout = float(cfg.timeout or 0) or float("inf")
         # The sweep is also the heartbeat of a loop with nothing else to do (a response
