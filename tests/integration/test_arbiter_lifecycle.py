@@ -8,6 +8,7 @@ as its working directory), so a test can put a bad release on disk and send HUP.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
@@ -117,6 +118,22 @@ def test_an_app_that_cannot_load_stops_the_master_with_code_4(tmp_path: Path) ->
     assert "App failed to load:" in result.stderr
     assert "Reason: App failed to load." in result.stderr
     assert result.stderr.count("Booting worker with pid") <= 3  # never a fork loop
+
+
+@pytest.mark.timeout(60)
+def test_workers_that_die_booting_without_a_word_stop_the_master(tmp_path: Path) -> None:
+    """No worker ever boots (the import ends the process: a crash in a C extension looks
+    the same): the master gives up with exit 3 and says why, instead of retrying for ever
+    while clients wait in the backlog."""
+    _release(tmp_path, "import os\nos._exit(1)\n")
+    result = run_cli(["--bind", "127.0.0.1:0", "--workers", "2", "release:app"], cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert "no worker has booted yet" in result.stderr
+    assert re.search(
+        r"Worker failed to boot\. \d+ workers died while booting, the last with exit code 1",
+        result.stderr,
+    ), result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_hup_switches_only_to_a_release_that_boots(

@@ -153,6 +153,11 @@ def test_print_config(tmp_path: Path) -> None:
             {"FORKHORN_CMD_ARGS": "--workers abc"},
             'Error: workers = "abc" (from FORKHORN_CMD_ARGS): expected a positive integer',
         ),
+        (
+            ["app:x"],
+            {"GUNICORN_CMD_ARGS": "--access-logformat 'x"},
+            "Error: GUNICORN_CMD_ARGS: No closing quotation",
+        ),
         (["-b", "host:port", "app:x"], {}, 'Error: bind = "host:port" (from command line)'),
         (["-c", "missing.py", "app:x"], {}, "Error: config file missing.py not found"),
     ],

@@ -214,7 +214,27 @@ def test_address_in_use_is_one_line_after_retries() -> None:
     assert str(info.value) == f"Connection in use: ('127.0.0.1', {port})"
     assert info.value.exit_code == 1
     assert sleeps == [0.25, 0.25]
-    assert warnings.count(f"Connection in use: ('127.0.0.1', {port})") == 2
+    assert warnings == [f"('127.0.0.1', {port}) is taken; trying again for up to 0.5 s"]
+
+
+def test_an_address_freed_while_retrying_is_bound() -> None:
+    """A restart that overlaps the old process's exit (gunicorn retries for 5 s too)."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    sleeps: list[float] = []
+
+    def sleep(delay: float) -> None:
+        sleeps.append(delay)
+        holder.close()  # the old process lets go while we wait
+
+    listener = bind_one(parse_address(f"127.0.0.1:{port}"), sleep=sleep)
+    try:
+        assert listener.sock.getsockname()[1] == port
+        assert sleeps == [1.0]
+    finally:
+        listener.close()
 
 
 def test_inherited_fds_from_a_reexec_and_from_systemd() -> None:

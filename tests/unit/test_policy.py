@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from forkhorn.arbiter.policy import (
+    START_FAILURE_LIMIT,
     Abort,
     Backoff,
     Kill,
@@ -249,3 +250,24 @@ def test_ordinary_and_expected_deaths_are_replaced() -> None:
     assert _judge(exit_code=None, reached_serving=True) is Verdict.REPLACE
     assert _judge(exit_code=0, expected=True, ever_ready=False) is Verdict.REPLACE
     assert _judge(generation=1, current_generation=0) is Verdict.REPLACE
+
+
+def test_deaths_that_say_nothing_halt_at_start_up_after_a_few() -> None:
+    """A worker that dies booting without a boot error's exit code (a crash in a C
+    extension, ``os._exit`` in an import) is retried, but not for ever while nobody
+    serves: the fifth such death before any worker served halts (exit 3)."""
+    for failures in range(START_FAILURE_LIMIT - 1):
+        assert _judge(exit_code=1, ever_ready=False, boot_failures=failures) is Verdict.BACKOFF
+    verdict = judge_exit(
+        exit_code=None,
+        reached_serving=False,
+        expected=False,
+        generation=0,
+        current_generation=0,
+        ever_ready=False,
+        older_generation_serving=False,
+        boot_failures=START_FAILURE_LIMIT - 1,
+    )
+    assert (verdict.verdict, verdict.exit_code) == (Verdict.HALT, WORKER_BOOT_ERROR)
+    # Once the server has served, the healthy workers carry on and the backoff retries.
+    assert _judge(exit_code=1, boot_failures=50) is Verdict.BACKOFF

@@ -391,7 +391,8 @@ class Arbiter:
             reuse_port=bool(getattr(self.cfg, "reuse_port", False)),
             umask=getattr(self.cfg, "umask", None),
             environ=self._environ,
-            warn=self.log.debug,  # one line at the end (BindError), retries at debug
+            # The wait is said once; a failure is the BindError's one line at the end.
+            warn=self.log.info,
         )
         if inherited:
             self._inherited_sockets = True
@@ -941,12 +942,20 @@ class Arbiter:
             current_generation=self.generation,
             ever_ready=self.ever_ready,
             older_generation_serving=self._pending_reload is not None,
+            boot_failures=self.backoff.failures,
         )
         if verdict.verdict is Verdict.HALT:
             if verdict.exit_code == APP_LOAD_ERROR:
                 self.log.error("App failed to load: %s", reason or "see the errors above")
                 self._halt(APP_LOAD_ERROR, "App failed to load.")
             else:
+                if not reason and code != WORKER_BOOT_ERROR:
+                    # It died without saying why, again and again, before any worker served.
+                    reason = (
+                        f"{self.backoff.failures + 1} workers died while booting, the last "
+                        + (f"with exit code {code}" if code >= 0 else f"of {_signal_name(-code)}")
+                        + ", and none has booted"
+                    )
                 self.log.error("Worker failed to boot.%s", f" {reason}" if reason else "")
                 self._halt(WORKER_BOOT_ERROR, "Worker failed to boot.")
         elif verdict.verdict is Verdict.ABANDON_RELOAD:
@@ -954,12 +963,12 @@ class Arbiter:
         elif verdict.verdict is Verdict.BACKOFF:
             self.backoff = self.backoff.failed(time.monotonic())
             self.log.error(
-                "Worker (pid:%s) failed to boot (%s); retrying in %.1fs (failure %d); "
-                "the other workers keep serving",
+                "Worker (pid:%s) failed to boot (%s); retrying in %.1fs (failure %d); %s",
                 rec.pid,
-                reason or (f"exit code {code}" if code >= 0 else "killed by a signal"),
+                reason or (f"exit code {code}" if code >= 0 else _signal_name(-code)),
                 self.backoff.delay_after(self.backoff.failures),
                 self.backoff.failures,
+                "the other workers keep serving" if self.ever_ready else "no worker has booted yet",
             )
 
     def _observe(self) -> None:
@@ -1072,3 +1081,10 @@ class Arbiter:
             hook(*args)
         except Exception:
             self.log.exception("Exception in %s hook", name)
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"

@@ -17,9 +17,10 @@ make them from ``cfg.bind`` entries:
 Rules it keeps: every socket is non-blocking (workers multiplex or time out; a blocking
 accept would hold a worker in the kernel past TERM) and inheritable across ``fork``; only
 ``export_fds`` makes them inheritable across ``exec`` (USR2).  An address in use is
-retried a few times, then is a ``BindError`` whose text is one line:
-``Connection in use: ('127.0.0.1', 8000)``.  Port 0 works: ``str(listener)`` carries the
-port the kernel picked.
+retried for a few seconds, as gunicorn does (a restart may overlap the old process's
+exit), then is a ``BindError`` whose text is one line: ``Connection in use:
+('127.0.0.1', 8000)``.  Port 0 works: ``str(listener)`` carries the port the kernel
+picked.
 
 Runs in: master (creation, closing), workers (using ``.sock``).
 """
@@ -356,12 +357,13 @@ def bind_one(
     backlog: int = 2048,
     reuse_port: bool = False,
     umask: int | None = None,
-    attempts: int = 3,
-    retry_delay: float = 0.5,
+    attempts: int = 5,
+    retry_delay: float = 1.0,
     warn: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Listener:
-    """Create one listener, retrying an address in use ``attempts`` times in all.
+    """Create one listener, retrying an address in use ``attempts`` times in all; ``warn``
+    hears once that it waits (the failure itself is the ``BindError``'s one line).
 
     Runs in: master, before any worker is forked (the retry sleeps block, which is fine
     then and only then).
@@ -378,9 +380,9 @@ def bind_one(
             if exc.errno == errno.EADDRINUSE:
                 if attempt >= attempts:
                     raise BindError(f"Connection in use: {_describe(addr)}") from None
-                if warn is not None:
-                    warn(f"Connection in use: {_describe(addr)}")
-                    warn(f"Retrying in {retry_delay:g} second(s).")
+                if warn is not None and attempt == 1:
+                    wait = retry_delay * (attempts - 1)
+                    warn(f"{_describe(addr)} is taken; trying again for up to {wait:g} s")
                 sleep(retry_delay)
                 continue
             if exc.errno == errno.EADDRNOTAVAIL:
@@ -428,8 +430,8 @@ def create_listeners(
     reuse_port: bool = False,
     umask: int | None = None,
     environ: Mapping[str, str] | None = None,
-    attempts: int = 3,
-    retry_delay: float = 0.5,
+    attempts: int = 5,
+    retry_delay: float = 1.0,
     warn: Callable[[str], None] | None = None,
 ) -> list[Listener]:
     """Make every listener: inherited ones when the environment hands some over, else one

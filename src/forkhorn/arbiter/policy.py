@@ -286,6 +286,14 @@ class ExitVerdict:
     exit_code: int = 0
 
 
+#: Workers that may die while booting, one after the other, before any worker of this
+#: master has served, until the master gives up (exit 3). A worker that exits with a boot
+#: error (3, 4) halts at once; this bounds the deaths that say nothing (a crash in a C
+#: extension, ``os._exit`` in an import), which would otherwise be retried for ever with
+#: nobody serving.
+START_FAILURE_LIMIT = 5
+
+
 def judge_exit(
     *,
     exit_code: int | None,
@@ -295,12 +303,14 @@ def judge_exit(
     current_generation: int,
     ever_ready: bool,
     older_generation_serving: bool,
+    boot_failures: int = 0,
 ) -> ExitVerdict:
     """Classify a reaped worker.  Pure.
 
     ``exit_code`` is None when the worker died of a signal.  ``reached_serving``: its slot
     ever said READY/BUSY/IDLE.  ``expected``: the master told it to stop or killed it.
-    ``ever_ready``: some worker has served since the master started.
+    ``ever_ready``: some worker has served since the master started.  ``boot_failures``:
+    workers that died booting since the last one booted, not counting this one.
     """
     if expected or reached_serving:
         return ExitVerdict(Verdict.REPLACE)
@@ -309,6 +319,8 @@ def judge_exit(
         # At start-up a worker that cannot load the app means none can: stop with the
         # worker's code instead of fork-looping (gunicorn halts here too).
         return ExitVerdict(Verdict.HALT, exit_code)
+    if not ever_ready and boot_failures + 1 >= START_FAILURE_LIMIT:
+        return ExitVerdict(Verdict.HALT, WORKER_BOOT_ERROR)
     if generation == current_generation and older_generation_serving:
         return ExitVerdict(Verdict.ABANDON_RELOAD, exit_code or 0)
     if generation != current_generation:

@@ -232,7 +232,11 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
     args_env = CMD_ARGS_ENV
     if not environ.get(CMD_ARGS_ENV, "").strip() and environ.get(GUNICORN_CMD_ARGS_ENV, ""):
         args_env = GUNICORN_CMD_ARGS_ENV
-    env_args = _parse(shlex.split(environ.get(args_env, "")), args_env)
+    try:
+        words = shlex.split(environ.get(args_env, ""))
+    except ValueError as exc:  # an unbalanced quote
+        raise ConfigError(f"{args_env}: {exc}") from None
+    env_args = _parse(words, args_env)
 
     layers = _Layers()
     for name, setting in SETTINGS.items():
