@@ -204,7 +204,8 @@ def test_usr2_then_term_old_master_under_load(
     start: StartServer, worker_class: str, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "forkhorn.pid"
-    server = start("--pid", str(pidfile))
+    unix = tmp_path / "u.sock"
+    server = start("--pid", str(pidfile), "--bind", f"unix:{unix}")
     old_workers = server.wait_for_workers(2)
     new_master = 0
     new_identity: int | None = None
@@ -238,6 +239,11 @@ def test_usr2_then_term_old_master_under_load(
         assert not Path(f"{pidfile}.2").exists()
         assert not any(is_alive(pid) for pid in old_workers)
         report("usr2", worker_class, failed=len(load.failures), total=load.total)
+        # The promoted master owns the sockets now: its stop removes the unix socket's
+        # file, as the old master's would have.
+        assert unix.exists()
+        _stop_foreign_master(new_master, new_identity)
+        assert not unix.exists()
     finally:
         _stop_foreign_master(new_master, new_identity)
 

@@ -10,7 +10,11 @@ import http.client
 import json
 import os
 import re
+import shutil
+import signal
 import socket
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -552,3 +556,70 @@ def test_client_that_sends_nothing_does_not_block_the_worker(
         assert get(server.port, "/").status == 200
         idle.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         assert read_until_close(idle).startswith(b"HTTP/1.1 200 OK")
+
+
+def _unprivileged() -> tuple[int, int] | None:
+    """nobody's uid and nogroup's (or nobody's) gid, when running as root; else None."""
+    if os.geteuid() != 0:
+        return None
+    import grp
+    import pwd
+
+    try:
+        uid = pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        return None
+    for name in ("nogroup", "nobody"):
+        try:
+            return uid, grp.getgrnam(name).gr_gid
+        except KeyError:
+            continue
+    return None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(_unprivileged() is None, reason="needs root and a nobody user")
+def test_user_and_group_own_the_unix_socket_and_the_log_files(
+    server_factory: ServerFactory,
+) -> None:
+    """With --user/--group, the unix socket and the log files belong to them (as under
+    gunicorn): a proxy in the group can connect with --umask 007, and after a rotation
+    (mv, then USR1) the workers write into the new access log, not the rotated one."""
+    owner = _unprivileged()
+    assert owner is not None
+    uid, gid = owner
+    # Not under pytest's tmp_path: its parent is root's alone, and the workers, as
+    # nobody, reopen the access log by its path.
+    work = Path(tempfile.mkdtemp(prefix="forkhorn-user-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        sock_path, log = work / "s.sock", work / "access.log"
+        server = server_factory(
+            "hello:app",
+            "--bind",
+            f"unix:{sock_path}",
+            "--user",
+            str(uid),
+            "--group",
+            str(gid),
+            "--umask",
+            "007",
+            "--access-logfile",
+            str(log),
+        )
+        assert (sock_path.stat().st_uid, sock_path.stat().st_gid) == (uid, gid)
+        assert (log.stat().st_uid, log.stat().st_gid) == (uid, gid)
+        assert get(server.port, "/before").status == 200
+        log.rename(work / "access.log.1")
+        mark = server.mark()
+        os.kill(server.pid, signal.SIGUSR1)
+        server.wait_for_log(r"Handling signal: usr1", since=mark)
+        deadline = time.monotonic() + 10
+        while "/after" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, server.logs
+            get(server.port, "/after")
+            time.sleep(0.1)
+        assert log.stat().st_uid == uid
+        assert "Cannot reopen" not in server.logs
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

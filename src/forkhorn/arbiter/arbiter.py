@@ -390,6 +390,7 @@ class Arbiter:
             backlog=int(getattr(self.cfg, "backlog", 2048)),
             reuse_port=bool(getattr(self.cfg, "reuse_port", False)),
             umask=getattr(self.cfg, "umask", None),
+            owner=(getattr(self.cfg, "user", None), getattr(self.cfg, "group", None)),
             environ=self._environ,
             # The wait is said once; a failure is the BindError's one line at the end.
             warn=self.log.info,
@@ -548,8 +549,14 @@ class Arbiter:
 
     def _may_unlink(self) -> bool:
         # Never while another master uses the same socket files (USR2), nor files that
-        # systemd or a supervisor made.
-        return self.reexec_pid == 0 and self.master_pid == 0 and not self._inherited_sockets
+        # systemd or a supervisor (fd://) made. A master promoted by a USR2 upgrade
+        # inherited its sockets from the old one and owns them now, files included.
+        return (
+            self.reexec_pid == 0
+            and self.master_pid == 0
+            and not self._systemd_sockets
+            and not any(str(bind).startswith("fd://") for bind in self.cfg.bind)
+        )
 
     def _close_listeners(self) -> None:
         unlink = self._may_unlink()
@@ -664,6 +671,7 @@ class Arbiter:
                 backlog=int(getattr(new_cfg, "backlog", 2048)),
                 reuse_port=bool(getattr(new_cfg, "reuse_port", False)),
                 umask=getattr(new_cfg, "umask", None),
+                owner=(getattr(new_cfg, "user", None), getattr(new_cfg, "group", None)),
                 environ={},
                 attempts=1,
             )

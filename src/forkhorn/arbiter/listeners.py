@@ -320,7 +320,9 @@ def _unix_path_in_use(path: str) -> bool:
         probe.close()
 
 
-def _bind_unix(addr: Address, backlog: int, umask: int | None) -> socket.socket:
+def _bind_unix(
+    addr: Address, backlog: int, umask: int | None, owner: tuple[int | None, int | None]
+) -> socket.socket:
     path = addr.path
     try:
         st = os.lstat(path)
@@ -337,6 +339,11 @@ def _bind_unix(addr: Address, backlog: int, umask: int | None) -> socket.socket:
     try:
         sock.bind(path)
         sock.listen(backlog)
+        uid, gid = owner
+        if uid is not None or gid is not None:
+            # The workers' user and group own it, as under gunicorn: with --umask 007 and
+            # --group www-data, a proxy in that group can connect, root-owned it cannot.
+            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
     except BaseException:
         sock.close()
         raise
@@ -357,6 +364,7 @@ def bind_one(
     backlog: int = 2048,
     reuse_port: bool = False,
     umask: int | None = None,
+    owner: tuple[int | None, int | None] = (None, None),
     attempts: int = 5,
     retry_delay: float = 1.0,
     warn: Callable[[str], None] | None = None,
@@ -374,7 +382,7 @@ def bind_one(
     for attempt in range(1, max(1, attempts) + 1):
         try:
             if addr.kind == "unix":
-                return Listener(_bind_unix(addr, backlog, umask), addr)
+                return Listener(_bind_unix(addr, backlog, umask, owner), addr)
             return Listener(_bind_tcp(addr, backlog, reuse_port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
@@ -429,6 +437,7 @@ def create_listeners(
     backlog: int = 2048,
     reuse_port: bool = False,
     umask: int | None = None,
+    owner: tuple[int | None, int | None] = (None, None),
     environ: Mapping[str, str] | None = None,
     attempts: int = 5,
     retry_delay: float = 1.0,
@@ -451,6 +460,7 @@ def create_listeners(
                     backlog=backlog,
                     reuse_port=reuse_port,
                     umask=umask,
+                    owner=owner,
                     attempts=attempts,
                     retry_delay=retry_delay,
                     warn=warn,

@@ -311,6 +311,7 @@ class Logger:
             handler = _OwnStreamHandler(sys.stderr)
         else:
             handler = _open_file_handler(errorlog, "error log")
+            self._hand_to_workers(errorlog)
         handler.setFormatter(_error_formatter())
         return handler
 
@@ -322,6 +323,7 @@ class Logger:
             handler = _OwnStreamHandler(sys.stdout)
         else:
             handler = _open_file_handler(accesslog, "access log")
+            self._hand_to_workers(accesslog)
         handler.setFormatter(logging.Formatter(ACCESS_LOG_LINE_FORMAT))
         return handler
 
@@ -394,12 +396,28 @@ class Logger:
             capture = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - kept open
         except OSError as exc:
             raise ConfigError(f"cannot open error log {path!r}: {exc.strerror or exc}") from None
+        self._hand_to_workers(path)
         os.dup2(capture.fileno(), 1)
         os.dup2(capture.fileno(), 2)
         if self._capture_file is not None:
             self._capture_file.close()
         self._capture_file = capture
         self._capture_path = path
+
+    def _hand_to_workers(self, path: str) -> None:
+        """Give a log file to the ``user``/``group`` the workers switch to, as gunicorn
+        does. The master, as root, opens it first, at start and again on USR1 after a
+        rotation (before it signals the workers); left to root, the workers could not
+        reopen it and would go on writing into the rotated file. Nothing to do, or
+        allowed, once not root (the workers themselves)."""
+        uid = getattr(self.cfg, "user", None)
+        gid = getattr(self.cfg, "group", None)
+        if (uid is None and gid is None) or os.geteuid() != 0:
+            return
+        try:
+            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+        except OSError as exc:
+            self.error_log.warning("Cannot give %s to the workers' user: %s", path, exc)
 
     def _close_own_handlers(self) -> None:
         for _, theirs in self._gunicorn_pairs():
@@ -440,6 +458,7 @@ class Logger:
             # Keep writing to the old file rather than losing lines.
             self.error_log.error("Cannot reopen %s: %s", handler.baseFilename, exc)
             return
+        self._hand_to_workers(handler.baseFilename)
         old = handler.setStream(stream)
         if old is not None:
             old.close()
