@@ -94,11 +94,14 @@ def _require_app(cfg: Config) -> str:
 
 
 def _check_config(cfg: Config) -> int:
-    """--check-config: the config already loaded; now the app must load too."""
+    """--check-config: the config already loaded; now the worker class and the app must
+    load too (a misspelt ``-k`` would otherwise pass the check and fail the start)."""
+    from forkhorn.workers import effective_worker_class, load_worker_class
     from forkhorn.wsgi.loader import load_app
 
     try:
         uri = _require_app(cfg)
+        load_worker_class(effective_worker_class(str(cfg.worker_class), int(cfg.threads or 1)))
         prepare_app_environment(cfg)
         load_app(uri)
     except ForkhornError as exc:

@@ -402,6 +402,17 @@ def test_check_config(app: str, code: int) -> None:
         assert len(error_lines(result.stderr)) == 1, result.stderr
 
 
+@pytest.mark.timeout(60)
+def test_check_config_loads_the_worker_class() -> None:
+    """A misspelt -k fails the check, not only the start that follows it."""
+    result = run_cli(["--check-config", "-k", "gthraed", "hello:app"])
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert error_lines(result.stderr) == [
+        "Error: worker_class 'gthraed': expected one of sync, gthread, gevent, eventlet, "
+        "fast or a dotted path such as 'pkg.mod:MyWorker'"
+    ]
+
+
 # -- configuration ---------------------------------------------------------------------------------
 
 

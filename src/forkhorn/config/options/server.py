@@ -163,7 +163,7 @@ class ServerOptions:
         convert=boolean,
         flags=("--check-config",),
         action="flag",
-        doc="Load the configuration and the app, then exit 0 if both are fine, 1 if not.",
+        doc="Load the configuration, the worker class and the app; exit 0 if all load, 1 if not.",
     )
     print_config = Setting(
         default=False,
