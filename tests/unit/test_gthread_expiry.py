@@ -21,7 +21,7 @@ from forkhorn.arbiter.scoreboard import Scoreboard
 from forkhorn.config import load_config
 from forkhorn.http import ServerConnection
 from forkhorn.logs import Logger
-from forkhorn.workers.gthread import ThreadWorker, _Client
+from forkhorn.workers.gthread import STALE_SLACK, ThreadWorker, _Client
 
 
 def _poller(listeners: list[Listener] | None = None) -> ThreadWorker:
@@ -128,3 +128,27 @@ def test_stale_deadline_entries_do_not_pin_closed_connections() -> None:
     worker._drop(live)
     theirs.close()
     worker.selector.close()
+
+
+def test_the_stale_entry_sweep_keeps_the_deadline_it_was_given() -> None:
+    """A connection watched when the heap is full of stale entries (the sweep runs in that
+    very call) keeps its own deadline: swept away with them, it was held for ever."""
+    worker = _poller()
+    stale = []
+    # Dispatched connections leave their entries behind: enough that the next watch,
+    # holding one connection, finds more than 2 * 1 + STALE_SLACK entries.
+    for _ in range(STALE_SLACK + 2):
+        client, theirs = _idle_client(worker)
+        worker._unwatch(client)
+        worker._held -= 1
+        stale.append((client, theirs))
+    client, theirs = _idle_client(worker)  # this call sweeps
+    try:
+        assert [entry[2] for entry in worker._heap] == [client]
+        with theirs:
+            worker._expire(time.monotonic())
+            assert client.sock.fileno() == -1  # its deadline passed: closed
+    finally:
+        for old, peer in stale:
+            old.sock.close()
+            peer.close()

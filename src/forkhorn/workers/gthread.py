@@ -318,6 +318,13 @@ class ThreadWorker(Worker):
         self._seq += 1
         heap = self._heap
         heapq.heappush(heap, (deadline, self._seq, client))
+        # Registered before the sweep below, which keeps only registered clients' entries:
+        # after it, this client's own deadline would be swept away with the stale, and
+        # the connection held with none (an idle keep-alive, or a client that never
+        # sends its head, kept for ever).
+        if not client.registered:
+            self.selector.register(client.sock, selectors.EVENT_READ, client)
+            client.registered = True
         # Entries go stale (dispatched, re-watched or closed connections) and would sit
         # until their deadline (header_timeout, 30 s), each pinning its connection, its
         # buffers and any exception with the app's frames: hundreds of MB under
@@ -325,9 +332,6 @@ class ThreadWorker(Worker):
         if len(heap) > 2 * self._held + STALE_SLACK:
             heap[:] = [entry for entry in heap if _waiting_for(entry[2], entry[0])]
             heapq.heapify(heap)
-        if not client.registered:
-            self.selector.register(client.sock, selectors.EVENT_READ, client)
-            client.registered = True
 
     def _unwatch(self, client: _Client) -> None:
         if client.registered:
