@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from forkhorn.http import Request, ServerConnection
+from forkhorn.http import ProtocolError, Request, ServerConnection
 from forkhorn.workers.session import bytes_waiting, read_request
 
 
@@ -55,3 +55,28 @@ def test_bytes_waiting() -> None:
         ours.recv(1)
         assert not bytes_waiting(ours.fileno())
     assert not bytes_waiting(ours.fileno())  # closed: -1, no error
+
+
+def test_a_kept_protocol_error_holds_no_frames() -> None:
+    """The error a connection keeps (``conn.error``, and what later calls raise) carries no
+    traceback: the one raised gathers the worker's frames, which hold the worker's objects
+    for the connection, which hold the connection: a cycle that kept the fast worker's
+    dead protocols and their buffers until a full collection."""
+    conn = ServerConnection()
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n")
+    raised = []
+    for _ in range(2):
+        try:
+            conn.next_event()
+        except ProtocolError as exc:
+            assert exc.__traceback__ is not None
+            raised.append(exc)
+    assert len(raised) == 2 and raised[0] is not raised[1]
+    kept = conn.error
+    assert kept is not None and kept.__traceback__ is None
+    assert conn._error is not None and conn._error.__traceback__ is None
+    assert (type(kept), kept.status, kept.detail) == (
+        type(raised[0]),
+        raised[0].status,
+        raised[0].detail,
+    )

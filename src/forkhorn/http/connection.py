@@ -170,10 +170,14 @@ class ServerConnection:
                 return PAUSED
         except ProtocolError as exc:
             self._their_state = _ERROR
-            self._error = exc
+            # Kept as a copy without the traceback the raised one gathers: its frames hold
+            # the worker's objects for this connection (the fast worker's protocol, its
+            # buffers, an upload), which hold this connection; a cycle that pinned them
+            # until a rare full collection. Every later raise gets a fresh copy too.
+            self._error = exc.detached()
             raise
         assert self._error is not None
-        raise self._error
+        raise self._error.detached()
 
     def _next_head(self) -> Request | Sentinel:
         buf = self._buf
@@ -241,8 +245,10 @@ class ServerConnection:
     @property
     def error(self) -> ProtocolError | None:
         """The protocol error that ended the request side, if any (the worker answers it
-        even when the app caught the exception raised from ``wsgi.input``)."""
-        return self._error
+        even when the app caught the exception raised from ``wsgi.input``). A fresh copy
+        each time, so that raising it ties no traceback to this connection."""
+        error = self._error
+        return None if error is None else error.detached()
 
     @property
     def body_complete(self) -> bool:

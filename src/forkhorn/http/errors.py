@@ -24,6 +24,13 @@ class ProtocolError(Exception):
         super().__init__(detail or self.reason)
         self.detail = detail or self.reason
 
+    def detached(self) -> ProtocolError:
+        """The same error without a traceback (and with none of the frames it holds), for
+        keeping: see ``ServerConnection.error``."""
+        twin = self.__class__.__new__(self.__class__, *self.args)
+        twin.__dict__.update(self.__dict__)
+        return twin
+
 
 class BadRequestError(ProtocolError):
     status = 400
