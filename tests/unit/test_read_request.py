@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from forkhorn.http import ProtocolError, Request, ServerConnection
+from forkhorn.http import NEED_DATA, ProtocolError, Request, ServerConnection
 from forkhorn.workers.session import bytes_waiting, read_request
 
 
@@ -80,3 +80,21 @@ def test_a_kept_protocol_error_holds_no_frames() -> None:
         raised[0].status,
         raised[0].detail,
     )
+
+
+def test_a_head_that_cannot_start_with_a_method_is_refused_before_it_ends() -> None:
+    """A TLS ClientHello (or another protocol) on the plain port: refused at its first
+    bytes, not held until header_timeout waiting for a CRLF that may never come."""
+    hello = bytes.fromhex("160301020001000200fc0303") + bytes(range(0x20, 0x40))
+    conn = ServerConnection()
+    conn.receive_data(hello)
+    try:
+        conn.next_event()
+    except ProtocolError as exc:
+        assert exc.status == 400 and "method" in exc.detail
+    else:
+        raise AssertionError("a ClientHello was not refused")
+    for partial in (b"GE", b"GET", b"GET /a", b"M-SEARCH * HT"):
+        conn = ServerConnection()
+        conn.receive_data(partial)
+        assert conn.next_event() is NEED_DATA, partial

@@ -16,6 +16,8 @@ import re
 TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 TOKEN = rb"[" + TCHAR + rb"]+"
 TOKEN_RE = re.compile(TOKEN)
+# The token characters at the start of a head still arriving: its method, so far.
+TOKEN_PREFIX_RE = re.compile(rb"[" + TCHAR + rb"]*")
 
 # RFC 9110 §5.5: field-vchar = VCHAR / obs-text; field-value may hold SP/HTAB between
 # visible characters, never at its ends (those are OWS and are trimmed, §5.6.3).

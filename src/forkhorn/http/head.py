@@ -43,6 +43,7 @@ from .grammar import (
     HEAD_RE,
     HOST_RE,
     REQUEST_LINE_RE,
+    TOKEN_PREFIX_RE,
     TOKEN_RE,
 )
 
@@ -66,9 +67,17 @@ def check_partial_head(
     Called when ``buf[start:]`` holds no head terminator yet; bytes before ``new`` were
     checked by an earlier call (so a trickling client costs linear time, not quadratic).
     Raises for an over-long request line (414) or field line (431), a head over
-    ``max_head_size`` (431), and bare CR/LF (400), so that a peer cannot make us buffer
-    without bound.
+    ``max_head_size`` (431), bare CR/LF (400), so that a peer cannot make us buffer
+    without bound, and a first byte past the method that is not the space after it
+    (400): a TLS handshake or another protocol sent to this port is answered at once
+    instead of holding the connection until ``header_timeout``.
     """
+    method_end = TOKEN_PREFIX_RE.match(buf, start).end()  # type: ignore[union-attr]
+    if method_end < len(buf) and buf[method_end] != 0x20:
+        raise BadRequestError(
+            "the request does not start with a method (TLS or another protocol sent to "
+            "this plain HTTP port?)"
+        )
     size = len(buf) - start
     first_eol = buf.find(b"\r\n", start)
     if first_eol < 0:
