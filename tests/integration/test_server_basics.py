@@ -496,13 +496,22 @@ def test_unknown_flag_is_one_line() -> None:
 def test_unimplemented_gunicorn_settings_are_named_at_start_up(
     server_factory: ServerFactory,
 ) -> None:
-    """Accepted so a gunicorn configuration keeps loading, never ignored silently."""
+    """Accepted so a gunicorn configuration keeps loading, never ignored silently; set to
+    its default (``spew = False`` in many templates), it asks for nothing missing."""
     server = server_factory(
-        "hello:app", "--statsd-host", "127.0.0.1:9125", "--forwarded-allow-ips", "*"
+        "hello:app",
+        "--statsd-host",
+        "127.0.0.1:9125",
+        "--forwarded-allow-ips",
+        "*",
+        "--forwarded-allow-ips",
+        "127.0.0.1,::1",  # the default again: the last one counts
+        "--statsd-host",
+        "127.0.0.1:9125",
     )
-    for name in ("statsd_host", "forwarded_allow_ips"):
-        server.wait_for_log(rf"\[WARNING\] {name} is accepted for gunicorn compatibility")
+    server.wait_for_log(r"\[WARNING\] statsd_host is accepted for gunicorn compatibility")
     assert "proxy_protocol" not in server.logs  # only what was set is named
+    assert "forwarded_allow_ips" not in server.logs  # set, but to its default
     assert get(server.port).status == 200
 
 
@@ -634,3 +643,40 @@ def test_user_and_group_own_the_unix_socket_and_the_log_files(
         assert "Cannot reopen" not in server.logs
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+GUNICORN_HOOKS = """
+import sys
+
+
+def on_starting(server):
+    sys.stderr.write(f"hook on_starting workers={server.app.cfg.workers}\\n")
+
+
+def when_ready(server):
+    sys.stderr.write(f"hook when_ready forked={len(server.WORKERS)}\\n")
+
+
+def post_worker_init(worker):
+    same = worker.app.wsgi() is worker.wsgi is worker.app.callable
+    sys.stderr.write(f"hook post_worker_init same={same} workers={worker.app.cfg.workers}\\n")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_gunicorn_hooks_see_the_app_object_and_when_ready_comes_first(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """Real gunicorn configs reach ``server.app.cfg`` and ``worker.app.wsgi()`` (its
+    application object), and expect ``when_ready`` before the first worker is forked;
+    ``server.app`` was missing, which stopped such a config's start."""
+    config = tmp_path / "hooks.conf.py"
+    config.write_text(GUNICORN_HOOKS)
+    server = server_factory("hello:app", "-c", str(config), "--workers", "2")
+    server.wait_for_workers(2)
+    server.wait_for_log(r"hook post_worker_init same=True workers=2")
+    logs = server.logs
+    assert "hook on_starting workers=2" in logs
+    assert "hook when_ready forked=0" in logs
+    assert logs.index("hook when_ready") < logs.index("Booting worker")
+    assert "Exception in" not in logs

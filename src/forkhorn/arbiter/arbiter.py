@@ -57,6 +57,7 @@ from forkhorn.arbiter.policy import (
 )
 from forkhorn.arbiter.scoreboard import Scoreboard, ScoreboardSlot, WorkerState
 from forkhorn.arbiter.signals import SignalQueue, blocked_across_fork, signal_name
+from forkhorn.config import SETTINGS
 from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, ForkhornError
 from forkhorn.workers import effective_worker_class, load_worker_class
 from forkhorn.workers.base import Worker
@@ -169,7 +170,8 @@ class Arbiter:
     """The master process.  ``Arbiter(cfg).run()`` serves until stopped; returns the exit code.
 
     Attributes hooks may use (gunicorn's names): ``cfg``, ``log``, ``pid``, ``num_workers``,
-    ``WORKERS`` (pid -> worker), ``LISTENERS``, ``proc_name``.
+    ``WORKERS`` (pid -> worker), ``LISTENERS``, ``proc_name``, ``app`` (``cfg``,
+    ``callable``, ``wsgi()``).
     """
 
     def __init__(
@@ -240,6 +242,12 @@ class Arbiter:
     @property
     def LISTENERS(self) -> list[Listener]:
         return self.listeners
+
+    @property
+    def app(self) -> Any:
+        from forkhorn.wsgi.loader import AppHandle
+
+        return AppHandle(self)
 
     @property
     def proc_name(self) -> str:
@@ -324,7 +332,9 @@ class Arbiter:
 
     def _warn_unimplemented(self) -> None:
         """gunicorn settings that are accepted (so a config file keeps loading) but do
-        nothing yet: say so once at start-up when one is set, never ignore it silently."""
+        nothing yet: say so once at start-up when one is set, never ignore it silently.
+        Set to its default (``spew = False`` in many a template), it asks for nothing
+        that is missing: no warning."""
         source = getattr(self.cfg, "source", None)
         if source is None:
             return
@@ -333,7 +343,7 @@ class Arbiter:
                 given = source(name) != "default"
             except KeyError:
                 continue
-            if given:
+            if given and getattr(self.cfg, name, None) != SETTINGS[name].default:
                 self.log.warning(
                     "%s is accepted for gunicorn compatibility but not implemented yet: "
                     "it has no effect",
@@ -423,6 +433,11 @@ class Arbiter:
             self._handle_signals()
             self._reap()
             self._observe()
+            if not self._when_ready_called and self.stop_deadline is None:
+                # Before the first workers are forked, as gunicorn calls it: what the hook
+                # sets up in the master (a metrics server, shared state) is theirs too.
+                self._when_ready_called = True
+                self._call_hook("when_ready", self)
             now = time.monotonic()
             decision = decide(
                 [rec.view() for rec in self.workers.values()],
@@ -436,9 +451,6 @@ class Arbiter:
             self._apply(decision, now)
             if self.stop_deadline is not None and not self.workers:
                 return
-            if not self._when_ready_called and self.stop_deadline is None:
-                self._when_ready_called = True
-                self._call_hook("when_ready", self)
             self._maybe_promote()
             self._maybe_watchdog(now)
             timeout = LOOP_INTERVAL

@@ -380,6 +380,13 @@ class Worker(abc.ABC):
         except (OSError, ValueError, AttributeError, RuntimeError):
             pass  # stderr without a file descriptor (tests): no dump, still a clean abort
 
+    @property
+    def app(self) -> Any:
+        """gunicorn's ``worker.app`` for hooks: ``cfg``, ``callable``, ``wsgi()``."""
+        from forkhorn.wsgi.loader import AppHandle
+
+        return AppHandle(self)
+
     def load_wsgi(self) -> None:
         """Load the app into ``self.wsgi`` unless the master preloaded it."""
         if self.wsgi is not None:

@@ -18,7 +18,12 @@ Rules kept here:
 - The expression after ``:`` is parsed with ``ast`` and never evaluated as code: only
   names, attribute access and one call with literal arguments.
 
-Runs in: the worker after fork (or the master with ``--preload`` / ``--check-config``).
+``AppHandle`` is what hooks written for gunicorn reach as ``server.app`` and
+``worker.app`` (gunicorn's application object): the config and the app, loaded on first
+use.
+
+Runs in: the worker after fork (or the master with ``--preload`` / ``--check-config``, or
+when a master hook asks ``server.app.wsgi()``).
 """
 
 from __future__ import annotations
@@ -60,6 +65,35 @@ def load_app(uri: str) -> Callable[..., Any]:
         )
     app: Callable[..., Any] = obj
     return app
+
+
+class AppHandle:
+    """``server.app`` / ``worker.app`` for hooks written for gunicorn: its application
+    object's ``cfg``, ``callable`` (the app, None until loaded) and ``wsgi()`` (the app,
+    loaded on first use). Loaded in the master by a hook, the app is then the workers'
+    too, as in gunicorn (``server.app.wsgi()`` in ``on_starting`` preloads it)."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: Any) -> None:
+        self._owner = owner  # the Arbiter or a Worker: has cfg and wsgi
+
+    @property
+    def cfg(self) -> Any:
+        return self._owner.cfg
+
+    @property
+    def callable(self) -> Callable[..., Any] | None:
+        app: Callable[..., Any] | None = self._owner.wsgi
+        return app
+
+    def wsgi(self) -> Callable[..., Any]:
+        app: Callable[..., Any] | None = self._owner.wsgi
+        if app is None:
+            owner = self._owner
+            app = load_app(getattr(owner, "app_uri", None) or owner.cfg.wsgi_app)
+            owner.wsgi = app
+        return app
 
 
 def _split(uri: str) -> tuple[str, str]:

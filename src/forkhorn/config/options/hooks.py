@@ -35,7 +35,9 @@ class HookOptions:
     on_starting = _hook(1, "on_starting(server)", "Called in the master before it binds.")
     on_reload = _hook(1, "on_reload(server)", "Called in the master on a reload (HUP).")
     when_ready = _hook(
-        1, "when_ready(server)", "Called in the master once it listens and has started workers."
+        1,
+        "when_ready(server)",
+        "Called in the master once it listens, before it forks the first workers.",
     )
     pre_fork = _hook(2, "pre_fork(server, worker)", "Called in the master just before a fork.")
     post_fork = _hook(2, "post_fork(server, worker)", "Called in a new worker just after the fork.")
