@@ -960,6 +960,56 @@ def read_slowly_then_fully(port: int, requests: bytes) -> bytes:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("limit", ["--timeout", "--request-timeout"])
+def test_a_stream_its_client_keeps_reading_outlives_the_request_limit(
+    server_factory: ServerFactory, worker_class: str, limit: str
+) -> None:
+    """gthread, gevent and eventlet bound a request's time without progress, not its
+    length: a stream (SSE, a download) that its client keeps taking goes on past the
+    limit, as under gunicorn, instead of being cut at ``timeout`` (30 s by default)."""
+    if worker_class in ("sync", "fast"):
+        pytest.skip("the app's sleeps between chunks block sync's and fast's only thread")
+    server = server_factory(
+        "routes:app", *worker_args(worker_class), "--workers", "1", limit, "2",
+        *(["--timeout", "40"] if limit == "--request-timeout" else []),
+    )  # fmt: skip
+    mark = server.mark()
+    chunks, size = 10, 100
+    data = raw_request(
+        server.port,
+        f"GET /stream?chunks={chunks}&size={size}&sleep=0.5 HTTP/1.1\r\nHost: t\r\n"
+        "Connection: close\r\n\r\n".encode(),
+        timeout=30,
+    )
+    (resp,) = parse_responses(data)
+    assert (resp.status, resp.complete) == (200, True)
+    assert resp.body == stream_body(chunks, size)  # 4.5 s: past the 2 s limit
+    assert server.count_log(r"Request timeout", since=mark) == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_websocket_cut_at_a_retirements_deadline_gets_no_500(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A worker that retires (max_requests) ends an open WebSocket at graceful_timeout;
+    nothing of the server's may land in it: the green workers wrote a 500 response into
+    the WebSocket's stream, the app having answered the handshake itself."""
+    if worker_class in ("sync", "fast"):
+        pytest.skip("sync bounds the handshake by timeout; fast has no takeover")
+    server = server_factory(
+        "takeover:app", *worker_args(worker_class), "--workers", "1",
+        "--max-requests", "2", "--graceful-timeout", "2",
+    )  # fmt: skip
+    with connect(server.port, timeout=30) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\r\n")
+        for _ in range(2):  # the worker's last requests: it retires
+            assert get(server.port, timeout=10).status == 200
+        received = read_until_close(sock, 30)
+    assert received.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"HTTP/1.1 5" not in received, received
+
+
+@pytest.mark.timeout(60)
 def test_fast_request_timeout_spares_a_stream_to_a_slow_reader(
     server_factory: ServerFactory,
 ) -> None:

@@ -462,7 +462,10 @@ def test_request_timeout(start: StartServer, worker_class: str) -> None:
     ``request_timeout`` (stack dump) and replaces it, and the client sees its connection
     closed. ``timeout`` is far off: each class must keep to ``request_timeout`` (the master
     applied only ``timeout`` to sync and fast before)."""
-    server = start("--request-timeout", "1", "--timeout", "40", "--graceful-timeout", "3")
+    server = start(
+        "--request-timeout", "1", "--timeout", "40", "--graceful-timeout", "3",
+        "--access-logfile", "-",
+    )  # fmt: skip
     workers = server.wait_for_workers(2)
     mark = server.mark()
     hung = InFlight(server.port, "/hang", timeout=30)
@@ -474,6 +477,9 @@ def test_request_timeout(start: StartServer, worker_class: str) -> None:
         assert status == 504, outcome
         server.wait_for_log(r"Request timeout \(pid:\d+\): GET /hang", since=mark)
         assert server.count_log(r"Booting worker with pid", since=mark) == 0
+        # The access log has what the client got (it said 000 0 before).
+        assert isinstance(outcome, Response)
+        server.wait_for_log(rf'"GET /hang HTTP/1.1" 504 {len(outcome.body)} ', stream="stdout")
     else:
         assert status != 200, outcome
         server.wait_for_log(r"WORKER TIMEOUT \(pid:\d+\)", since=mark, timeout=20)

@@ -68,6 +68,19 @@ def test_overdue_once_then_stuck_once_after_grace() -> None:
     assert wd.next_check() is None
 
 
+def test_progress_moves_the_deadline() -> None:
+    """The limit bounds the time without progress (rule 2): a response its client keeps
+    taking is never overdue; one that stalls is, a limit after its last progress."""
+    wd: RequestWatchdog[str] = RequestWatchdog(limit=10.0, grace=2.0)
+    entry = wd.started("t1", b"GET /stream HTTP/1.1", now=100.0)
+    for now in (108.0, 116.0, 124.0):
+        entry.progress_at = now  # what each completed send records
+        assert not wd.check(now + 9.0).overdue
+    assert wd.next_check() == 134.0
+    assert wd.check(134.0).overdue == [entry]
+    assert entry.elapsed(134.0) == 34.0  # the log still says how long it ran
+
+
 def test_a_finished_request_is_forgotten() -> None:
     wd: RequestWatchdog[str] = RequestWatchdog(limit=10.0, grace=2.0)
     fast = wd.started("t1", b"GET /fast HTTP/1.1", now=100.0)

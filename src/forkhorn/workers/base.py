@@ -196,6 +196,9 @@ class Worker(abc.ABC):
         # of this worker shares (the core's limits, the constant environ keys).
         self.http_limits: tuple[int, int, int, int, bytes] = (4094, 100, 8190, 0, b"forkhorn")
         self.server_line = b"Server: forkhorn\r\n"  # for answers made without a connection
+        # A request cut by the worker's watchdog gets 504 when request_timeout is set (the
+        # limit the operator gave requests), else 500 (gthread, gevent, eventlet).
+        self.answer_504 = float(getattr(cfg, "request_timeout", 0) or 0) > 0
         # Set by prepare_http: whether the request path logs and runs the request hooks.
         self.access_enabled = False
         self.hook_pre_request = False

@@ -69,7 +69,6 @@ from .watchdog import (
     format_frame,
     grace_period,
     request_limit,
-    timeout_response,
 )
 
 __all__ = ["GreenletWorker"]
@@ -190,7 +189,6 @@ class GreenletWorker(Worker):
         self._head_timeout = float(cfg.header_timeout) or NO_HEAD_DEADLINE
         self._idle_timeout = float(cfg.keepalive)
         self._io_timeout = float(cfg.timeout) or None
-        self._answer_504 = float(cfg.request_timeout or 0) > 0
         self._sessions: dict[Any, _Session] = {}
         self._busy = 0
         # Set when the wind-down begins (see DRAIN_IDLE); connections use it from then on.
@@ -375,10 +373,7 @@ class GreenletWorker(Worker):
         except ProtocolError as exc:
             send_protocol_error(self, sock, conn, exc, peer)
         except RequestHungError:
-            try:
-                sock.sendall(timeout_response(conn, self._answer_504))
-            except OSError:
-                pass
+            pass  # a request cut is answered in serve_request; an idle connection closes
         except OSError:
             pass  # the client went away
         finally:
@@ -406,7 +401,7 @@ class GreenletWorker(Worker):
                 conn.close_after_response = True
             entry = self._watchdog.started(me, request.request_line, time.monotonic(), session)
             try:
-                keep = serve_request(self, sock, conn, request, peer, self._io_timeout)
+                keep = serve_request(self, sock, conn, request, peer, self._io_timeout, entry)
             finally:
                 self._watchdog.finished(entry)
                 self._busy -= 1

@@ -124,7 +124,6 @@ class ThreadWorker(Worker):
         self._head_timeout = float(cfg.header_timeout) or NO_HEAD_DEADLINE
         self._idle_timeout = float(cfg.keepalive)
         self._io_timeout = float(cfg.timeout) or None
-        self._answer_504 = float(cfg.request_timeout or 0) > 0
         self._lock = threading.Lock()  # guards _busy and the request counter
         self._nthreads = nthreads
         self._accepting = True  # the listeners are in the selector (see _listen)
@@ -540,9 +539,11 @@ class ThreadWorker(Worker):
         with self._lock:
             self._abandoned.add(client)
         sock = client.sock
+        answer = timeout_response(client.conn, self.answer_504)
         try:
             sock.settimeout(1.0)  # a small answer; a client that does not read loses it
-            sock.sendall(timeout_response(client.conn, self._answer_504))
+            if answer:  # (sendall of nothing still waits for a full buffer to drain)
+                sock.sendall(answer)
         except OSError:
             pass
         with contextlib.suppress(OSError):
@@ -559,13 +560,11 @@ class ThreadWorker(Worker):
                 ident, request.request_line, time.monotonic(), context=client
             )
             try:
-                keep = serve_request(self, sock, conn, request, client.peer, self._io_timeout)
+                keep = serve_request(
+                    self, sock, conn, request, client.peer, self._io_timeout, entry
+                )
             except RequestHungError:
-                try:
-                    sock.sendall(timeout_response(conn, self._answer_504))
-                except OSError:
-                    pass
-                return False
+                return False  # answered in serve_request, if it could be
             finally:
                 self._watchdog.finished(entry)
             if not keep:

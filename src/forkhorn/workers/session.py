@@ -27,6 +27,7 @@ import termios
 import time
 from typing import TYPE_CHECKING, Any
 
+from forkhorn.errors import RequestHungError
 from forkhorn.http import (
     CLOSED,
     NEED_DATA,
@@ -52,6 +53,7 @@ from forkhorn.wsgi.input import RECV_SIZE, InputStream
 
 if TYPE_CHECKING:
     from .base import Worker
+    from .watchdog import InFlight
 
 
 def bytes_waiting(fd: int) -> bool:
@@ -186,9 +188,15 @@ def serve_request(
     request: Request,
     peer: tuple[str, str],
     io_timeout: float | None,
+    watch: InFlight[Any] | None = None,
 ) -> bool:
     """Run the app for ``request`` and send the response. True: the connection may be
-    reused (``conn`` is ready for the next request)."""
+    reused (``conn`` is ready for the next request).
+
+    ``watch``: the request's watchdog entry (gthread, gevent, eventlet), whose progress
+    each completed send records; a ``RequestHungError`` (the watchdog, or a stop's
+    deadline) is answered here, 504 or 500 if nothing was sent yet, so that the access
+    log has the status, and then re-raised for the caller to close the connection."""
     sock.settimeout(io_timeout)
     send = sock.sendall
     # With header_timeout off, the body's allowance is the plain I/O timeout; with neither,
@@ -227,6 +235,8 @@ def serve_request(
         # exchange: with the timeout back, so that adding "Upgrade: websocket" to a request
         # and then not reading the response cannot hold this thread forever.
         send = _bounded_send(sock, io_timeout)
+    elif watch is not None:
+        send = _progressing(send, watch)
     if not worker.alive:
         conn.close_after_response = True
     exchange = Exchange(conn, send, worker.request_started(request.request_line))
@@ -244,7 +254,7 @@ def serve_request(
                 worker.wsgi,  # type: ignore[arg-type]
                 environ,
                 exchange,
-                _sendfile_for(sock) if worker.use_sendfile else _copy_for(sock),
+                _sendfile_for(sock, watch) if worker.use_sendfile else _copy_for(sock, watch),
                 worker.log,
             )
     except ProtocolError as exc:
@@ -256,18 +266,20 @@ def serve_request(
         worker.log.debug("Closing connection: the app took it over (%s)", peer[0])
     except OSError:
         pass  # the client went away
+    except RequestHungError:
+        # Past its limit (or the stop's deadline): answered if nothing went out yet. Not
+        # on a WebSocket handshake: the app may have answered 101 on the socket itself,
+        # and a 500 would land inside the WebSocket's frames.
+        if not exchange.head_sent and not websocket:
+            _answer_timeout(exchange, sock, 504 if worker.answer_504 else 500)
+        raise
     except SystemExit:
         # The master aborted this worker for a hang (SIGABRT, raised here on the sync
         # worker's only thread): as gunicorn's sync worker, tell the client with a 500
         # rather than drop it (a proxy would report 502) when no head went out yet.
         # Not on a WebSocket handshake: the app may have answered 101 on the socket itself.
         if worker.aborted and not exchange.head_sent and not websocket:
-            exchange.status = "500 Internal Server Error"
-            try:
-                sock.settimeout(1.0)  # the process is going: never wait on this client
-                send(error_response(conn, 500, "Internal Server Error"))
-            except (OSError, RuntimeError):
-                pass
+            _answer_timeout(exchange, sock, 500)
         raise
     finally:
         # A taken-over connection has no response of the server's to log (gunicorn
@@ -288,6 +300,38 @@ def serve_request(
     return True
 
 
+_TIMEOUT_REASONS = {500: "Internal Server Error", 504: "Gateway Timeout"}
+
+
+def _answer_timeout(exchange: Exchange, sock: socket.socket, status: int) -> None:
+    """Answer a request cut for taking too long, when nothing of its response went out,
+    and record the answer for the access log (its status and body bytes)."""
+    reason = _TIMEOUT_REASONS[status]
+    try:
+        answer = error_response(exchange.conn, status, reason)
+    except Exception:  # the connection's state refuses a response: just close
+        return
+    exchange.status = f"{status} {reason}"
+    exchange.headers = []
+    try:
+        sock.settimeout(1.0)  # a small answer; never wait long on this client
+        sock.sendall(answer)
+        exchange.sent = len(error_body(status, reason))
+    except OSError:
+        pass
+
+
+def _progressing(send: Any, watch: InFlight[Any]) -> Any:
+    """``send``, recording each completed send as the request's progress (watchdog rule
+    2): a response its client keeps taking is not cut at the limit."""
+
+    def send_and_record(data: bytes) -> None:
+        send(data)
+        watch.progress_at = time.monotonic()
+
+    return send_and_record
+
+
 def _bounded_send(sock: socket.socket, timeout: float | None) -> Any:
     def send(data: bytes) -> None:
         sock.settimeout(timeout)
@@ -296,10 +340,23 @@ def _bounded_send(sock: socket.socket, timeout: float | None) -> Any:
     return send
 
 
-def _sendfile_for(sock: socket.socket) -> Any:
+#: Bytes handed to sendfile at a time when a watchdog follows the request's progress.
+SENDFILE_BLOCK = 8 * 1024 * 1024
+
+
+def _sendfile_for(sock: socket.socket, watch: InFlight[Any] | None = None) -> Any:
     def sendfile(fd: int, offset: int, count: int) -> int:
         with os.fdopen(os.dup(fd), "rb") as file:
-            return sock.sendfile(file, offset, count)
+            if watch is None:
+                return sock.sendfile(file, offset, count)
+            sent = 0
+            while sent < count:
+                done = sock.sendfile(file, offset + sent, min(SENDFILE_BLOCK, count - sent))
+                if not done:
+                    break  # the file is shorter than it was: the caller closes
+                sent += done
+                watch.progress_at = time.monotonic()
+            return sent
 
     return sendfile
 
@@ -308,7 +365,7 @@ def _sendfile_for(sock: socket.socket) -> Any:
 COPY_BLOCK = 256 * 1024
 
 
-def _copy_for(sock: socket.socket) -> Any:
+def _copy_for(sock: socket.socket, watch: InFlight[Any] | None = None) -> Any:
     """``--no-sendfile``: the file's bytes are read here and sent like any body (for file
     systems whose sendfile is broken), still framed by the file's size."""
 
@@ -320,6 +377,8 @@ def _copy_for(sock: socket.socket) -> Any:
                 break  # the file is shorter than it was: the caller closes the connection
             sock.sendall(block)
             sent += len(block)
+            if watch is not None:
+                watch.progress_at = time.monotonic()
         return sent
 
     return copy

@@ -10,7 +10,11 @@ Rules kept:
 1. ``RequestWatchdog`` is pure bookkeeping: time comes in as an argument, and it neither
    logs, nor signals, nor touches threads. It is unit-tested with a fake clock.
 2. The limit is ``timeout``, or ``request_timeout`` when that is set and smaller; both 0
-   turns the watchdog off.
+   turns the watchdog off. It bounds the time a request goes without progress: from its
+   start, and from each part of its response its client took (the worker sets
+   ``progress_at``). A long-poll, an app that hangs, or a client that stops reading hits
+   it; a stream or a download that its client keeps reading does not (gunicorn bounds
+   neither on its threaded and green workers; forkhorn's fast worker does the same).
 3. A request past its limit is reported and interrupted **once**. If it is still running
    ``grace`` seconds after that (a thread stuck in C code, an app that swallows the
    interruption), it is reported as stuck **once** and the worker is retired: it stops
@@ -95,6 +99,13 @@ class InFlight(Generic[H]):
     interrupted_at: float = 0.0  # 0.0: not interrupted yet
     reported_stuck: bool = False
     done: bool = False
+    # The last time the request made progress (rule 2): its start, then each send of its
+    # response that completed. Written by the request's own thread without the lock (one
+    # float store); the check reads a value at most one send old.
+    progress_at: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        self.progress_at = self.started
 
     def elapsed(self, now: float) -> float:
         return max(0.0, now - self.started)
@@ -161,7 +172,7 @@ class RequestWatchdog(Generic[H]):
         with self._lock:
             for entry in self._entries.values():
                 if not entry.interrupted_at:
-                    if now - entry.started >= self.limit:
+                    if now - entry.progress_at >= self.limit:
                         entry.interrupted_at = now
                         verdict.overdue.append(entry)
                 elif not entry.reported_stuck and now - entry.interrupted_at >= self.grace:
@@ -181,7 +192,7 @@ class RequestWatchdog(Generic[H]):
         with self._lock:
             for entry in self._entries.values():
                 if not entry.interrupted_at:
-                    at = entry.started + self.limit
+                    at = entry.progress_at + self.limit
                 elif not entry.reported_stuck:
                     at = entry.interrupted_at + self.grace
                 else:
@@ -273,10 +284,11 @@ class RequestTimeoutEnforcer(Generic[H]):
             # The stack is taken first: the interruption changes it.
             stack = self.stack_of(entry.handle)
             self.log.error(
-                "Request timeout (pid:%s): %s running %.1fs\n%s",
+                "Request timeout (pid:%s): %s running %.1fs, %.1fs without progress\n%s",
                 self.pid,
                 line,
                 entry.elapsed(now),
+                max(0.0, now - entry.progress_at),
                 stack.rstrip("\n"),
             )
             try:

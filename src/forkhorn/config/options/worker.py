@@ -82,8 +82,10 @@ class WorkerOptions:
         flags=("-t", "--timeout"),
         metavar="INT",
         doc="""
-        A worker silent for this many seconds, or a request running longer, is logged with
-        its stack and replaced. 0 turns it off.
+        A worker silent for this many seconds is logged with its stack and replaced. On
+        gthread, gevent and eventlet it also bounds a request that makes no progress this
+        long (no response sent yet, or none of it taken by the client): a stream or a
+        download its client keeps reading is not cut. 0 turns it off.
         """,
     )
     graceful_timeout = Setting(
@@ -136,11 +138,13 @@ class WorkerOptions:
         flags=("--request-timeout",),
         metavar="SECONDS",
         doc="""
-        Per-request limit (like uWSGI's harakiri): a request running longer is interrupted,
-        answered 504 when headers were not sent yet, and logged with its stack (gthread,
-        gevent, eventlet). sync and fast run the app on their only thread or loop: there
-        the master aborts (stack dump) and replaces a worker stuck in one request this
-        long, as it does at ``timeout``. 0 is off; ``timeout`` still bounds every worker.
+        Per-request limit (like uWSGI's harakiri): a request that makes no progress this
+        long (no response yet, or none of it taken by its client) is interrupted, answered
+        504 when headers were not sent yet, and logged with its stack (gthread, gevent,
+        eventlet); a response its client keeps reading goes on. sync and fast run the app
+        on their only thread or loop: there the master aborts (stack dump) and replaces a
+        worker stuck in one request this long, as it does at ``timeout``. 0 is off;
+        ``timeout`` still bounds every worker.
         """,
     )
     worker_tmp_dir = Setting(
