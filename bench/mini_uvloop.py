@@ -77,7 +77,8 @@ def serve(target: str, sock: socket.socket) -> None:
     import uvloop
 
     module, _, attr = target.partition(":")
-    MiniProtocol.app = getattr(importlib.import_module(module), attr or "app")
+    # staticmethod: a plain function app must not become a bound method of the protocol.
+    MiniProtocol.app = staticmethod(getattr(importlib.import_module(module), attr or "app"))
     MiniProtocol.port = sock.getsockname()[1]
     gc.collect()
     gc.freeze()
@@ -90,11 +91,7 @@ def serve(target: str, sock: socket.socket) -> None:
 def main() -> int:
     target, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     sys.path.insert(0, os.getcwd())
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(2048)
-    sock.setblocking(False)
+    sock = prefork.listener(port)
     return prefork.run(workers, lambda: serve(target, sock))
 
 

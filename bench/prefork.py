@@ -1,10 +1,12 @@
 """The pre-fork launcher of the bench's stand-in servers (``lazy_bjoern.py``,
-``mini_uvloop.py``): fork the children, forward TERM and INT to them, wait for them all."""
+``mini_uvloop.py``, ``mini_epoll.py``): fork the children, forward TERM and INT to them,
+wait for them all; and the listening socket they share."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -41,3 +43,13 @@ def run(workers: int, serve: Callable[[], None]) -> int:
         except ChildProcessError:
             break
     return 0
+
+
+def listener(port: int) -> socket.socket:
+    """A non-blocking listening socket on 127.0.0.1:``port``, shared by the children."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock

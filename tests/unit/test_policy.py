@@ -208,18 +208,24 @@ def test_backoff_doubles_to_a_ceiling_and_resets() -> None:
     assert backoff.succeeded().failures == 0
 
 
-@pytest.mark.parametrize("code", [APP_LOAD_ERROR, WORKER_BOOT_ERROR])
-def test_a_boot_error_before_anything_served_halts_with_that_code(code: int) -> None:
+def _exit_at_start_up(exit_code: int | None, boot_failures: int = 0) -> tuple[Verdict, int]:
+    """judge_exit's verdict and exit code for a booting worker's death before any served."""
     verdict = judge_exit(
-        exit_code=code,
+        exit_code=exit_code,
         reached_serving=False,
         expected=False,
         generation=0,
         current_generation=0,
         ever_ready=False,
         older_generation_serving=False,
+        boot_failures=boot_failures,
     )
-    assert (verdict.verdict, verdict.exit_code) == (Verdict.HALT, code)
+    return verdict.verdict, verdict.exit_code
+
+
+@pytest.mark.parametrize("code", [APP_LOAD_ERROR, WORKER_BOOT_ERROR])
+def test_a_boot_error_before_anything_served_halts_with_that_code(code: int) -> None:
+    assert _exit_at_start_up(code) == (Verdict.HALT, code)
 
 
 def _judge(**kw: object) -> Verdict:
@@ -258,16 +264,6 @@ def test_deaths_that_say_nothing_halt_at_start_up_after_a_few() -> None:
     serves: the fifth such death before any worker served halts (exit 3)."""
     for failures in range(START_FAILURE_LIMIT - 1):
         assert _judge(exit_code=1, ever_ready=False, boot_failures=failures) is Verdict.BACKOFF
-    verdict = judge_exit(
-        exit_code=None,
-        reached_serving=False,
-        expected=False,
-        generation=0,
-        current_generation=0,
-        ever_ready=False,
-        older_generation_serving=False,
-        boot_failures=START_FAILURE_LIMIT - 1,
-    )
-    assert (verdict.verdict, verdict.exit_code) == (Verdict.HALT, WORKER_BOOT_ERROR)
+    assert _exit_at_start_up(None, START_FAILURE_LIMIT - 1) == (Verdict.HALT, WORKER_BOOT_ERROR)
     # Once the server has served, the healthy workers carry on and the backoff retries.
     assert _judge(exit_code=1, boot_failures=50) is Verdict.BACKOFF
