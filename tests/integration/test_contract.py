@@ -988,6 +988,30 @@ def test_a_stream_its_client_keeps_reading_outlives_the_request_limit(
 
 
 @pytest.mark.timeout(60)
+def test_a_large_body_in_one_piece_read_steadily_outlives_the_limit(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A 32 MiB body given as one chunk, read at a few MB/s for longer than ``timeout``:
+    its progress is recorded piece by piece as it goes out, so it is not cut."""
+    if worker_class in ("sync", "fast"):
+        pytest.skip("sync bounds a request by timeout (gunicorn's); fast by its loop's beat")
+    server = server_factory(
+        "takeover:app", *worker_args(worker_class), "--workers", "1", "--timeout", "2"
+    )
+    mark = server.mark()
+    with connect(server.port, timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        received = []
+        while chunk := sock.recv(65536):
+            received.append(chunk)
+            time.sleep(0.006)  # about 4 s for the whole body: past the 2 s limit
+    (resp,) = parse_responses(b"".join(received))
+    assert (resp.status, resp.complete, len(resp.body)) == (200, True, 32 * 1024 * 1024)
+    assert server.count_log(r"Request timeout", since=mark) == 0
+
+
+@pytest.mark.timeout(60)
 def test_a_websocket_cut_at_a_retirements_deadline_gets_no_500(
     server_factory: ServerFactory, worker_class: str
 ) -> None:
