@@ -99,13 +99,10 @@ class InFlight(Generic[H]):
     interrupted_at: float = 0.0  # 0.0: not interrupted yet
     reported_stuck: bool = False
     done: bool = False
-    # The last time the request made progress (rule 2): its start, then each send of its
-    # response that completed. Written by the request's own thread without the lock (one
-    # float store); the check reads a value at most one send old.
-    progress_at: float = field(default=0.0)
-
-    def __post_init__(self) -> None:
-        self.progress_at = self.started
+    # The last time the request made progress (rule 2): its start (``started`` sets it),
+    # then each send of its response that completed. Written by the request's own thread
+    # without the lock (one float store); the check reads a value at most one send old.
+    progress_at: float = 0.0
 
     def elapsed(self, now: float) -> float:
         return max(0.0, now - self.started)
@@ -138,7 +135,7 @@ class RequestWatchdog(Generic[H]):
     def started(
         self, handle: H, request_line: bytes, now: float, context: Any = None
     ) -> InFlight[H]:
-        entry = InFlight(handle, request_line, now, context)
+        entry = InFlight(handle, request_line, now, context, progress_at=now)
         if self.limit > 0:
             with self._lock:
                 self._entries[id(entry)] = entry
