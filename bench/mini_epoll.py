@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import os
 import select
 import socket
 import sys
@@ -78,12 +77,5 @@ def serve(target: str, listener: socket.socket) -> None:
                     pass
 
 
-def main() -> int:
-    target, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    sys.path.insert(0, os.getcwd())
-    sock = prefork.listener(port)
-    return prefork.run(workers, lambda: serve(target, sock))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(prefork.main(serve))

@@ -18,7 +18,6 @@ import asyncio
 import gc
 import importlib
 import io
-import os
 import socket
 import sys
 from typing import Any
@@ -88,12 +87,5 @@ def serve(target: str, sock: socket.socket) -> None:
     loop.run_forever()
 
 
-def main() -> int:
-    target, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    sys.path.insert(0, os.getcwd())
-    sock = prefork.listener(port)
-    return prefork.run(workers, lambda: serve(target, sock))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(prefork.main(serve))

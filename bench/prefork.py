@@ -1,6 +1,7 @@
 """The pre-fork launcher of the bench's stand-in servers (``lazy_bjoern.py``,
 ``mini_uvloop.py``, ``mini_epoll.py``): fork the children, forward TERM and INT to them,
-wait for them all; and the listening socket they share."""
+wait for them all; the listening socket they share, and the command line of those that
+take one (``MODULE:ATTR PORT WORKERS``)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,12 @@ def listener(port: int) -> socket.socket:
     sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+def main(serve: Callable[[str, socket.socket], None]) -> int:
+    """``MODULE:ATTR PORT WORKERS`` from the command line: listen, then run ``serve(target,
+    sock)`` in each child, from the working directory's imports."""
+    target, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    sys.path.insert(0, os.getcwd())
+    sock = listener(port)
+    return run(workers, lambda: serve(target, sock))

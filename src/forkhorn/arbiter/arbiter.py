@@ -56,7 +56,12 @@ from forkhorn.arbiter.policy import (
     judge_exit,
 )
 from forkhorn.arbiter.scoreboard import Scoreboard, ScoreboardSlot, WorkerState
-from forkhorn.arbiter.signals import SignalQueue, blocked_across_fork, signal_name
+from forkhorn.arbiter.signals import (
+    SignalQueue,
+    blocked_across_fork,
+    signal_full_name,
+    signal_name,
+)
 from forkhorn.config import SETTINGS
 from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, ForkhornError
 from forkhorn.workers import effective_worker_class, load_worker_class
@@ -945,7 +950,7 @@ class Arbiter:
                 self.log.warning("Worker (pid:%s) was killed (SIGKILL) by the master", rec.pid)
             elif (rec.retiring_since is None or rec.retired_itself) and rec.aborted_at is None:
                 # (Not told to stop by the master: a signal from elsewhere, or a crash.)
-                self.log.error("Worker (pid:%s) was sent %s!", rec.pid, signal.Signals(sig).name)
+                self.log.error("Worker (pid:%s) was sent %s!", rec.pid, signal_full_name(sig))
         elif code != 0 and snap.state is not WorkerState.BOOT_FAILED:
             # (A boot failure gets its own line below, with the reason.)
             self.log.error("Worker (pid:%s) exited with code %s.", rec.pid, code)
@@ -971,10 +976,10 @@ class Arbiter:
             else:
                 if not reason and code != WORKER_BOOT_ERROR:
                     # It died without saying why, again and again, before any worker served.
+                    how = f"with exit code {code}" if code >= 0 else f"of {signal_full_name(-code)}"
                     reason = (
                         f"{self.backoff.failures + 1} workers died while booting, the last "
-                        + (f"with exit code {code}" if code >= 0 else f"of {_signal_name(-code)}")
-                        + ", and none has booted"
+                        f"{how}, and none has booted"
                     )
                 self.log.error("Worker failed to boot.%s", f" {reason}" if reason else "")
                 self._halt(WORKER_BOOT_ERROR, "Worker failed to boot.")
@@ -985,7 +990,7 @@ class Arbiter:
             self.log.error(
                 "Worker (pid:%s) failed to boot (%s); retrying in %.1fs (failure %d); %s",
                 rec.pid,
-                reason or (f"exit code {code}" if code >= 0 else _signal_name(-code)),
+                reason or (f"exit code {code}" if code >= 0 else signal_full_name(-code)),
                 self.backoff.delay_after(self.backoff.failures),
                 self.backoff.failures,
                 "the other workers keep serving" if self.ever_ready else "no worker has booted yet",
@@ -1101,10 +1106,3 @@ class Arbiter:
             hook(*args)
         except Exception:
             self.log.exception("Exception in %s hook", name)
-
-
-def _signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"

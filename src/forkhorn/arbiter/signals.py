@@ -80,6 +80,14 @@ def signal_name(signum: int) -> str:
         return str(signum)
 
 
+def signal_full_name(signum: int) -> str:
+    """``signal.SIGSEGV`` -> ``"SIGSEGV"``: how a worker's death by a signal is named."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 class SignalQueue:
     """Bounded queue of received signals plus the wake-up pipe.
 

@@ -92,7 +92,7 @@ class ServerConnection:
         # The largest head the limits above allow: one request line and max_fields lines.
         self.max_head_size = max_line_size + 2 + max_fields * (max_field_size + 2) + 2
         self.max_drain_size = max_drain_size
-        self.server_line = b"Server: " + server_header + b"\r\n" if server_header else b""
+        self.server_line = writer.server_line(server_header)
         #: Set by the worker (shutdown, max_requests) to announce Connection: close.
         self.close_after_response = False
         self._buf: bytes | bytearray = b""

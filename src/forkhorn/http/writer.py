@@ -167,6 +167,11 @@ def encode_head(status: str, headers: list[tuple[str, str]]) -> HeadEntry:
     return entry
 
 
+def server_line(value: bytes) -> bytes:
+    """The ``Server`` field line for the ``server_header`` setting (``b""``: none)."""
+    return b"Server: " + value + b"\r\n" if value else b""
+
+
 def without_content_length(fields: bytes) -> bytes:
     """The encoded field lines minus Content-Length (for a 204)."""
     return b"".join(

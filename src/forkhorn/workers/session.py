@@ -38,18 +38,20 @@ from forkhorn.http import (
     RequestTimeoutError,
     ServerConnection,
 )
+from forkhorn.http.writer import server_line
 from forkhorn.wsgi.cycle import (
     ConnectionTakenOver,
     Exchange,
     HookRequest,
     app_failed,
     error_body,
-    error_response,
     protocol_error_answer,
     run_app,
 )
 from forkhorn.wsgi.environ import build_environ, refused_environ
 from forkhorn.wsgi.input import RECV_SIZE, InputStream
+
+from .watchdog import timeout_response, timeout_status
 
 if TYPE_CHECKING:
     from .base import Worker
@@ -271,7 +273,7 @@ def serve_request(
         # on a WebSocket handshake: the app may have answered 101 on the socket itself,
         # and a 500 would land inside the WebSocket's frames.
         if not exchange.head_sent and not websocket:
-            _answer_timeout(exchange, sock, 504 if worker.answer_504 else 500)
+            _answer_timeout(exchange, sock, worker.answer_504)
         raise
     except SystemExit:
         # The master aborted this worker for a hang (SIGABRT, raised here on the sync
@@ -279,7 +281,7 @@ def serve_request(
         # rather than drop it (a proxy would report 502) when no head went out yet.
         # Not on a WebSocket handshake: the app may have answered 101 on the socket itself.
         if worker.aborted and not exchange.head_sent and not websocket:
-            _answer_timeout(exchange, sock, 500)
+            _answer_timeout(exchange, sock, request_timeout=False)
         raise
     finally:
         # A taken-over connection has no response of the server's to log (gunicorn
@@ -300,17 +302,13 @@ def serve_request(
     return True
 
 
-_TIMEOUT_REASONS = {500: "Internal Server Error", 504: "Gateway Timeout"}
-
-
-def _answer_timeout(exchange: Exchange, sock: socket.socket, status: int) -> None:
+def _answer_timeout(exchange: Exchange, sock: socket.socket, request_timeout: bool) -> None:
     """Answer a request cut for taking too long, when nothing of its response went out,
     and record the answer for the access log (its status and body bytes)."""
-    reason = _TIMEOUT_REASONS[status]
-    try:
-        answer = error_response(exchange.conn, status, reason)
-    except Exception:  # the connection's state refuses a response: just close
+    answer = timeout_response(exchange.conn, request_timeout)
+    if not answer:
         return
+    status, reason = timeout_status(request_timeout)
     exchange.status = f"{status} {reason}"
     exchange.headers = []
     try:
@@ -456,8 +454,7 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
         cfg.limit_request_body,
         cfg.server_header.encode("latin-1"),
     )
-    server = worker.http_limits[4]
-    worker.server_line = b"Server: " + server + b"\r\n" if server else b""
+    worker.server_line = server_line(worker.http_limits[4])
     worker.header_map = cfg.header_map
     # The body's minimum-rate deadline starts with header_timeout of allowance (the
     # setting's documented rule); see wsgi/input.py.

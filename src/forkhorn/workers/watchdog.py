@@ -233,16 +233,18 @@ def interrupt_thread(ident: int, exc_type: type[BaseException] = RequestHungErro
     return bool(count == 1)
 
 
+def timeout_status(request_timeout: bool) -> tuple[int, str]:
+    """504 for ``request_timeout`` (the limit the operator set for a request), 500 for
+    ``timeout`` (as sync and fast answer a request the master aborts)."""
+    return (504, "Gateway Timeout") if request_timeout else (500, "Internal Server Error")
+
+
 def timeout_response(conn: ServerConnection, request_timeout: bool) -> bytes:
-    """The answer to an interrupted request while none was started, else b"": 504 for
-    ``request_timeout`` (the limit the operator set for a request), 500 for ``timeout``
-    (as sync and fast answer a request the master aborts)."""
+    """The answer to an interrupted request while none was started, else b""."""
     if conn.response_started:
         return b""
     try:
-        if request_timeout:
-            return error_response(conn, 504, "Gateway Timeout")
-        return error_response(conn, 500, "Internal Server Error")
+        return error_response(conn, *timeout_status(request_timeout))
     except Exception:  # the connection's state refuses a response: just close
         return b""
 
