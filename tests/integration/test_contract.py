@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -623,6 +624,8 @@ def test_refused_requests_are_logged(server_factory: ServerFactory, worker_class
     mark = server.mark()
     assert raw_request(server.port, probe).startswith(b"HTTP/1.1 400 ")
     server.wait_for_log(r"\[WARNING\] Invalid request from ip=127\.0\.0\.1: .+ \(400\)", since=mark)
+    # Its head was read whole, so it has its access-log line, as in gunicorn.
+    server.wait_for_log(r'"POST /smuggle HTTP/1\.1" 400 ', stream="stdout")
     # A body over the limit, found while reading it (chunked: no length up front).
     chunk = b"c8\r\n" + b"x" * 200 + b"\r\n0\r\n\r\n"
     big = b"POST /big?read=all HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -653,6 +656,34 @@ def test_refused_requests_are_logged(server_factory: ServerFactory, worker_class
     )
     assert server.count_log(r"\[WARNING\]", since=mark) == 0
     assert get(server.port, "/?read=none").status == 200  # and it serves on
+
+
+@pytest.mark.timeout(60)
+def test_access_log_counts_only_the_body_bytes_sent(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """``%(b)s`` is what went on the wire as body, as gunicorn counts it: nothing for HEAD,
+    204 and 304 whatever the app returned, and no more than the app's Content-Length."""
+    server = server_factory("stream:app", *worker_args(worker_class), "--access-logfile", "-")
+    cases = [
+        ("HEAD", "/head?chunks=2&size=5", 200, 0),
+        ("HEAD", "/headwhole?chunks=2&size=5&whole=1", 200, 0),
+        ("GET", "/nc?chunks=1&size=5&status=204+No+Content", 204, 0),
+        ("GET", "/nm?chunks=1&size=5&status=304+Not+Modified&whole=1", 304, 0),
+        ("GET", "/cut?chunks=2&size=10&length=5", 200, 5),
+        ("GET", "/cutwhole?chunks=2&size=10&length=5&whole=1", 200, 5),
+        ("GET", "/all?chunks=2&size=10", 200, 20),
+    ]
+    for method, target, status, size in cases:
+        client = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            client.request(method, target)
+            resp = client.getresponse()
+            assert (resp.status, len(resp.read())) == (status, size)
+        finally:
+            client.close()
+        line = server.wait_for_log(rf'"{method} {re.escape(target)} HTTP/1\.1" ', stream="stdout")
+        assert f'HTTP/1.1" {status} {size} ' in line.string, line.string
 
 
 # -- clients that leave or stop reading ------------------------------------------------------------

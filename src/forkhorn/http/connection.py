@@ -29,7 +29,7 @@ from . import writer
 from .body import ChunkedReader, ContentLengthReader
 from .errors import BadRequestError, IncompleteHeadError, InvalidResponseError, ProtocolError
 from .events import CLOSED, NEED_DATA, PAUSED, Data, EndOfMessage, Request, Sentinel
-from .head import check_partial_head, parse_head
+from .head import check_partial_head, parse_head, refused_head
 
 # Their side (the request) and our side (the response).
 _IDLE, _BODY, _DONE, _ERROR = range(4)
@@ -65,6 +65,7 @@ class ServerConnection:
         "_skipped_crlf",
         "_status_code",
         "_their_state",
+        "body_bytes",
         "close_after_response",
         "max_body_size",
         "max_drain_size",
@@ -110,6 +111,9 @@ class ServerConnection:
         self._keep = False
         self._continue_sent = False
         self._status_code = 0
+        #: Body bytes of the current response the framing let through (the access log's
+        #: ``%(b)s``): none for HEAD, 204 and 304, and not more than a Content-Length.
+        self.body_bytes = 0
 
     # ------------------------------------------------------------------ receiving
     def receive_data(self, data: bytes) -> None:
@@ -218,14 +222,19 @@ class ServerConnection:
                 raise IncompleteHeadError("connection closed before the request head was complete")
             self._scan = max(pos, len(buf) - 3)
             return NEED_DATA
-        head = buf[pos : end + 2]
-        request = parse_head(
-            head if head.__class__ is bytes else bytes(head),
-            self.max_line_size,
-            self.max_fields,
-            self.max_field_size,
-            self.max_body_size,
-        )
+        part = buf[pos : end + 2]
+        head = part if part.__class__ is bytes else bytes(part)
+        try:
+            request = parse_head(
+                head,
+                self.max_line_size,
+                self.max_fields,
+                self.max_field_size,
+                self.max_body_size,
+            )
+        except ProtocolError as exc:
+            exc.request = refused_head(head, self.max_line_size)
+            raise
         if buf.__class__ is bytes:
             self._pos = end + 4
         else:  # back to an immutable buffer: readers hand out slices of it as Data
@@ -358,6 +367,7 @@ class ServerConnection:
         self._out_remaining = length
         self._keep = keep
         self._status_code = code
+        self.body_bytes = 0
         # One formatting operation instead of a list and a join: every response's path.
         if date and not has_date:
             return b"%s%s%sDate: %s\r\n%s\r\n" % (
@@ -387,6 +397,7 @@ class ServerConnection:
                 self._keep = False  # the app's Content-Length promised more
             self._out_remaining = 0
             self._our_state = _DONE
+            self.body_bytes = len(body)
             return head + body
         out = head + self.send_data(body)
         return out + self.send_end()
@@ -402,10 +413,13 @@ class ServerConnection:
                 data = data[:remaining]
                 self._keep = False
             self._out_remaining = remaining - len(data)
+            self.body_bytes += len(data)
             return data
         if framing == _CHUNKED:
+            self.body_bytes += len(data)
             return writer.chunk(data) if data else b""
         if framing == _UNTIL_CLOSE:
+            self.body_bytes += len(data)
             return data
         return b""
 

@@ -13,12 +13,20 @@ Rules:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .events import Request
+
 
 class ProtocolError(Exception):
     """The peer sent something we refuse. ``status`` is the answer to give it."""
 
     status = 400
     reason = "Bad Request"
+    #: A head that was read whole and then refused (conflicting framing, a bad Host...):
+    #: its request line and fields as far as they parse, for the access log's line.
+    request: Request | None = None
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.reason)

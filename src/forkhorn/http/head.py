@@ -185,6 +185,25 @@ def parse_head(
     return _frame(method, target, http11, headers, framing, max_body_size, head[:eol])
 
 
+def refused_head(head: bytes, max_line_size: int) -> Request | None:
+    """What the access log can say of a complete head that ``parse_head`` refused: its
+    request line (None when that is what is wrong) and the well-formed field lines."""
+    eol = head.find(b"\r\n")
+    line_end = len(head) if eol < 0 else eol
+    if line_end > max_line_size:
+        return None
+    m = REQUEST_LINE_RE.fullmatch(head, 0, line_end)
+    if m is None:
+        return None
+    method, target, major, minor = m.groups()
+    if major != b"1" or (minor != b"1" and minor != b"0"):
+        return None
+    fields = FIELD_LINE_RE.findall(head[line_end + 2 :]) if eol >= 0 else []
+    headers = [(name.lower(), value.rstrip(b" \t")) for name, value in fields]
+    version = b"1.1" if minor == b"1" else b"1.0"
+    return Request(method, target, version, headers, 0, False, False, False, head[:line_end])
+
+
 # Field blocks longer than this are split in one pass (see parse_head).
 _LONG_BLOCK = 256
 

@@ -425,7 +425,7 @@ class HttpProtocol(asyncio.Protocol):
                 # still answered with a 500 (app_failed).
                 data = conn.send_whole(exchange.status, exchange.headers, date, body)
                 exchange.head_sent = True
-                exchange.sent = len(body)
+                exchange.sent = conn.body_bytes
                 self._defer(data)
                 self._finish(exchange, environ, True, done)
                 return

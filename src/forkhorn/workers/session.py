@@ -135,7 +135,7 @@ def log_refused(
     else:
         log.warning("Invalid request from ip=%s: %s (%d)", ip, exc.detail, exc.status)
     sent = len(error_body(exc.status, exc.reason)) if answered else 0
-    request = conn.request
+    request = conn.request or exc.request
     if access and request is not None and worker.access_enabled:
         environ = refused_environ(worker.base_environ, request, peer[0], peer[1], worker.header_map)
         log.access(environ, f"{exc.status} {exc.reason}", [], sent, 0.0)

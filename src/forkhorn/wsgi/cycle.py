@@ -145,7 +145,7 @@ class Exchange:
         self.headers: list[tuple[str, str]] = []
         self.head_sent = False
         self.broken = False  # the response cannot be completed: close the connection
-        self.sent = 0  # body bytes handed to the framing (for the access log)
+        self.sent = 0  # body bytes the framing let through (for the access log)
         #: time.monotonic() when the request started (the access log's duration); the
         #: caller passes the clock reading it already made for the scoreboard.
         self.started = started or time.monotonic()
@@ -213,12 +213,13 @@ class Exchange:
                 raise self.conn.error
             head = self.conn.send_response(self.status, self.headers, http_date())
             self.head_sent = True
-            self.sent += len(data)
-            self.send(head + self.conn.send_data(data))
+            body = self.conn.send_data(data)
+            self.sent = self.conn.body_bytes
+            self.send(head + body)
             return
         if data:
-            self.sent += len(data)
             out = self.conn.send_data(data)
+            self.sent = self.conn.body_bytes
             if out:
                 self.send(out)
 
@@ -232,7 +233,7 @@ class Exchange:
         # sent yet, so app_failed can still answer 500 instead of closing silently.
         data = self.conn.send_whole(self.status, self.headers, http_date(), body)
         self.head_sent = True
-        self.sent += len(body)
+        self.sent = self.conn.body_bytes
         self.send(data)
 
     def file_head(self, size: int) -> tuple[bytes, int]:

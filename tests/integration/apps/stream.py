@@ -2,7 +2,9 @@
 
 ``/?chunks=N&size=M&sleep=S`` yields N pieces of M bytes (piece i is the digit i % 10),
 sleeping S seconds between them. The expected body is ``expected_body(N, M)``.
-``&length=L`` declares ``Content-Length: L`` (which the pieces may not match).
+``&length=L`` declares ``Content-Length: L`` (which the pieces may not match),
+``&status=S`` answers S instead of ``200 OK``, ``&whole=1`` returns the pieces joined in a
+one-item list instead of a generator.
 """
 
 import time
@@ -21,7 +23,9 @@ def app(environ, start_response):
     headers = [("Content-Type", "application/octet-stream")]
     if "length" in query:
         headers.append(("Content-Length", query["length"][0]))
-    start_response("200 OK", headers)
+    start_response(query.get("status", ["200 OK"])[0], headers)
+    if "whole" in query:
+        return [expected_body(chunks, size)]
 
     def generate():
         for i in range(chunks):
