@@ -306,10 +306,27 @@ def test_gthread_with_every_thread_busy_leaves_new_connections_to_others(
 
 @pytest.mark.timeout(60)
 def test_gthread_thread_stuck_in_c_retires_its_worker(
-    rendezvous: Callable[..., ServerProcess],
+    rendezvous: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
+    hooks = tmp_path / "hooks.py"
+    hooks.write_text(
+        "import sys\n"
+        "def post_request(worker, req, environ, resp):\n"
+        "    sys.stderr.write(f'post_request {req.path} {resp.status}\\n')\n"
+    )
     srv = rendezvous(
-        "-k", "gthread", "--threads", "2", "--request-timeout", "1", "--graceful-timeout", "2"
+        "-k",
+        "gthread",
+        "--threads",
+        "2",
+        "--request-timeout",
+        "1",
+        "--graceful-timeout",
+        "2",
+        "--access-logfile",
+        "-",
+        "-c",
+        str(hooks),
     )
     (first,) = srv.wait_for_workers(1)
     mark = srv.mark()
@@ -324,5 +341,8 @@ def test_gthread_thread_stuck_in_c_retires_its_worker(
     # The watchdog answers the stuck request itself and shuts its connection: the client
     # is not left waiting (with nothing) until the retired worker exits.
     assert stuck.result(timeout=30).status == 504
+    # ...and logs it (its thread may never come back to): access line and post_request.
+    srv.wait_for_log(r'"GET /cstuck HTTP/1\.1" 504 ', stream="stdout")
+    srv.wait_for_log(r"post_request /cstuck 504 Gateway Timeout", since=mark)
     srv.wait_for_log(rf"Worker exiting \(pid: {first}\)", since=mark, timeout=30)
     assert srv.count_log(r"Graceful timeout with \d+ request\(s\) in flight", since=mark) == 0

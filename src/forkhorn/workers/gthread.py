@@ -60,7 +60,15 @@ from forkhorn.wsgi.cycle import raw_error_response
 from forkhorn.wsgi.input import RECV_SIZE
 
 from .base import DRAIN_IDLE, Worker, listener_was_shut, unselect
-from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
+from .session import (
+    answer_timeout,
+    finish_request,
+    new_connection,
+    peer_of,
+    prepare_http,
+    send_protocol_error,
+    serve_request,
+)
 from .watchdog import (
     InFlight,
     RequestHungError,
@@ -539,13 +547,22 @@ class ThreadWorker(Worker):
         with self._lock:
             self._abandoned.add(client)
         sock = client.sock
-        answer = timeout_response(client.conn, self.answer_504)
-        try:
-            sock.settimeout(1.0)  # a small answer; a client that does not read loses it
-            if answer:  # (sendall of nothing still waits for a full buffer to drain)
-                sock.sendall(answer)
-        except OSError:
-            pass
+        if entry.cycle is None:  # stuck before its cycle began (reading the head)
+            answer = timeout_response(client.conn, self.answer_504)
+            try:
+                sock.settimeout(1.0)  # a small answer; a client that does not read loses it
+                if answer:  # (sendall of nothing still waits for a full buffer to drain)
+                    sock.sendall(answer)
+            except OSError:
+                pass
+        else:
+            # Answered, counted and logged (access line, post_request) here: its thread
+            # may never return before the worker exits.
+            request, environ, exchange = entry.cycle
+            entry.abandoned = True
+            if not exchange.head_sent:
+                answer_timeout(exchange, sock, self.answer_504)
+            finish_request(self, request, environ, exchange)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
 

@@ -242,6 +242,8 @@ def serve_request(
     if not worker.alive:
         conn.close_after_response = True
     exchange = Exchange(conn, send, worker.request_started(request.request_line))
+    if watch is not None:
+        watch.cycle = (request, environ, exchange)
     ok = False
     taken = False
     try:
@@ -273,7 +275,7 @@ def serve_request(
         # on a WebSocket handshake: the app may have answered 101 on the socket itself,
         # and a 500 would land inside the WebSocket's frames.
         if not exchange.head_sent and not websocket:
-            _answer_timeout(exchange, sock, worker.answer_504)
+            answer_timeout(exchange, sock, worker.answer_504)
         raise
     except SystemExit:
         # The master aborted this worker for a hang (SIGABRT, raised here on the sync
@@ -281,12 +283,14 @@ def serve_request(
         # rather than drop it (a proxy would report 502) when no head went out yet.
         # Not on a WebSocket handshake: the app may have answered 101 on the socket itself.
         if worker.aborted and not exchange.head_sent and not websocket:
-            _answer_timeout(exchange, sock, request_timeout=False)
+            answer_timeout(exchange, sock, request_timeout=False)
         raise
     finally:
         # A taken-over connection has no response of the server's to log (gunicorn
-        # writes no access line either); it still counts, and post_request runs.
-        finish_request(worker, request, environ, exchange, access=not taken)
+        # writes no access line either); it still counts, and post_request runs. A
+        # request the worker gave up on while it was stuck in C was logged then.
+        if watch is None or not watch.abandoned:
+            finish_request(worker, request, environ, exchange, access=not taken)
     if not ok or not conn.keep_alive:
         return False
     if conn.must_drain:
@@ -302,7 +306,7 @@ def serve_request(
     return True
 
 
-def _answer_timeout(exchange: Exchange, sock: socket.socket, request_timeout: bool) -> None:
+def answer_timeout(exchange: Exchange, sock: socket.socket, request_timeout: bool) -> None:
     """Answer a request cut for taking too long, when nothing of its response went out,
     and record the answer for the access log (its status and body bytes)."""
     answer = timeout_response(exchange.conn, request_timeout)

@@ -103,6 +103,10 @@ class InFlight(Generic[H]):
     # then each send of its response that completed. Written by the request's own thread
     # without the lock (one float store); the check reads a value at most one send old.
     progress_at: float = 0.0
+    # What the request cycle is (request, environ, exchange), for a worker that answers
+    # and logs a request stuck in C on its behalf (gthread's abandon); and whether it did.
+    cycle: Any = None
+    abandoned: bool = False
 
     def elapsed(self, now: float) -> float:
         return max(0.0, now - self.started)
