@@ -107,6 +107,8 @@ def _check_config(cfg: Config) -> int:
     except ForkhornError as exc:
         _report(exc, cfg.loglevel == "debug")
         return EXIT_CHECK_FAILED
+    for line in cfg.no_effect():
+        print(f"Warning: {line}", file=sys.stderr)
     print(f"Config OK: app {uri!r} loads")
     return EXIT_OK
 

@@ -76,6 +76,14 @@ def test_ttin_and_ttou(server_factory: ServerFactory, tmp_path: Path) -> None:
     server.signal(signal.SIGTTIN)
     server.wait_for_workers(3)
     server.wait_for_log(r"nworkers_changed 3 2")
+    mark = server.mark()
+    server.signal(signal.SIGHUP)  # the config's count again (2): called all the same
+    server.wait_for_log(r"nworkers_changed 2 3", since=mark)
+    server.wait_for_workers(2)
+    mark = server.mark()
+    server.signal(signal.SIGHUP)  # no change: gunicorn calls it anyway
+    server.wait_for_log(r"nworkers_changed 2 2", since=mark)
+    server.wait_for_log(r"Reload complete", since=mark)
     # One at a time: POSIX merges a signal sent again before the first was delivered.
     server.signal(signal.SIGTTOU)
     server.wait_for_workers(2)
@@ -116,7 +124,10 @@ def test_an_app_that_cannot_load_stops_the_master_with_code_4(tmp_path: Path) ->
     result = run_cli(["--bind", "127.0.0.1:0", "--workers", "3", "release:app"], cwd=tmp_path)
     assert result.returncode == 4, result.stderr
     assert "App failed to load:" in result.stderr
-    assert "Reason: App failed to load." in result.stderr
+    # At ERROR, as gunicorn logs a failing halt: alerts on ERROR lines see it.
+    assert re.search(
+        r"\[ERROR\] Shutting down: Master\n.*\[ERROR\] Reason: App failed to load\.", result.stderr
+    )
     assert result.stderr.count("Booting worker with pid") <= 3  # never a fork loop
 
 

@@ -73,6 +73,19 @@ def test_check_config_ok(tmp_path: Path) -> None:
     assert result.stderr == ""
 
 
+def test_check_config_names_what_has_no_effect(tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text(APP)
+    (tmp_path / "gunicorn.conf.py").write_text("strip_header_spaces = True\nspew = False\n")
+    result = run(["--check-config", "--statsd-host", "localhost:8125", "hello:app"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "Warning: statsd_host is accepted for gunicorn compatibility but not implemented "
+        "yet: it has no effect",
+        "Warning: strip_header_spaces (from config file ./gunicorn.conf.py) is a gunicorn "
+        "setting forkhorn does not have: forkhorn's parser stays strict",
+    ]
+
+
 def test_check_config_uses_chdir_and_pythonpath(tmp_path: Path) -> None:
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "hello_in_site.py").write_text(APP)

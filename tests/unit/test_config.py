@@ -52,6 +52,11 @@ def test_every_setting_is_a_config_attribute_with_doc() -> None:
     cfg = load_config([], {})
     for name, setting in SETTINGS.items():
         attribute = "reload_enabled" if name == "reload" else name
+        if name == "proc_name":  # as gunicorn's: the setting, else default_proc_name
+            assert cfg.proc_name == cfg.default_proc_name == "forkhorn"
+            assert load_config(["app:wsgi"], {}).proc_name == "app:wsgi"
+            assert load_config(["-n", "web", "app:wsgi"], {}).proc_name == "web"
+            continue
         assert getattr(cfg, attribute) == setting.default or setting.arity is not None
         assert setting.doc.strip(), name
         assert setting.section, name
@@ -101,6 +106,34 @@ def test_gunicorn_conf_py_is_read_when_there_is_no_forkhorn_conf_py(tmp_path: Pa
     assert (cfg.workers, cfg.source("workers")) == (5, "config file ./gunicorn.conf.py")
     (tmp_path / "forkhorn.conf.py").write_text("workers = 6\n")
     assert load_config([], {}).workers == 6
+
+
+def test_gunicorn_settings_forkhorn_lacks_are_named_not_dropped(tmp_path: Path) -> None:
+    """A gunicorn config file may set what forkhorn does not have: it still loads, and
+    each such setting given a value of its own is named (the start-up warns)."""
+    path = write_config(
+        tmp_path / "conf.py",
+        "permit_obsolete_folding = True\n"
+        "root_path = '/api'\n"
+        "forwarder_headers = 'SCRIPT_NAME,PATH_INFO'\n"  # gunicorn's default: asks nothing
+        "dirty_workers = '0'\n"  # its default, written as a string
+        "def on_dirty_starting(arbiter):\n    pass\n"
+        "statsd_host = 'localhost:8125'\n"
+        "spew = False\n"  # accepted, at its default
+        "my_own_variable = 3\n",  # not a setting of either server
+    )
+    notes = load_config(["-c", path], {}).no_effect()
+    assert notes == [
+        "statsd_host is accepted for gunicorn compatibility but not implemented yet: "
+        "it has no effect",
+        f"permit_obsolete_folding (from config file {path}) is a gunicorn setting forkhorn "
+        "does not have: forkhorn's parser stays strict",
+        f"root_path (from config file {path}) is a gunicorn setting forkhorn does not have: "
+        "it has no effect",
+        f"on_dirty_starting (from config file {path}) is a gunicorn setting forkhorn does "
+        "not have: it has no effect",
+    ]
+    assert load_config([], {}).no_effect() == []
 
 
 def test_precedence_file_env_cli(tmp_path: Path) -> None:

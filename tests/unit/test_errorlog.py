@@ -428,3 +428,32 @@ def test_logconfig_dict_for_gunicorns_logger_configures_ours(
     assert lines(custom) == ["G DEBUG debug, enabled by the dict"]
     assert capsys.readouterr().err == ""  # not also on stderr
     assert logging.getLogger("gunicorn.error").level == logging.WARNING
+
+
+@pytest.mark.parametrize(
+    ("prefix", "tag"),
+    [(None, "forkhorn.app.wsgi.error"), ("web", "forkhorn.web.error")],
+)
+def test_syslog_lines_are_gunicorns_with_our_name(
+    tmp_path: Path, make_logger: Callable[..., Logger], prefix: str | None, tag: str
+) -> None:
+    """gunicorn writes ``gunicorn.<prefix>.error: [pid] message`` (the prefix being
+    ``syslog_prefix`` or the process name, ``:`` made ``.``), with the level in the
+    priority only; rsyslog filters key on that tag."""
+    import socket
+
+    path = tmp_path / "log.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        server.settimeout(10)
+        log = make_logger(
+            syslog=True,
+            syslog_addr=f"unix://{path}",
+            syslog_prefix=prefix,
+            syslog_facility="local0",
+            default_proc_name="app:wsgi",
+        )
+        log.warning("Listening at: %s", "x")
+        line = server.recv(4096).decode()
+    # local0 (16) * 8 + warning (4) = 132
+    assert line.rstrip("\x00\n") == f"<132>{tag}: [{os.getpid()}] Listening at: x"

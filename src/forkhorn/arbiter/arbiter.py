@@ -62,7 +62,6 @@ from forkhorn.arbiter.signals import (
     signal_full_name,
     signal_name,
 )
-from forkhorn.config import SETTINGS
 from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, ForkhornError
 from forkhorn.workers import effective_worker_class, load_worker_class
 from forkhorn.workers.base import Worker
@@ -70,19 +69,6 @@ from forkhorn.workers.base import Worker
 __all__ = ["Arbiter"]
 
 PID_ENV = "FORKHORN_PID"  # set for a re-executed master: the old master's pid (USR2)
-#: Settings accepted from gunicorn configurations that have no effect yet (see
-#: _warn_unimplemented): forwarded headers, PROXY protocol and statsd are planned.
-UNIMPLEMENTED_SETTINGS = (
-    "forwarded_allow_ips",
-    "secure_scheme_headers",
-    "proxy_protocol",
-    "proxy_allow_ips",
-    "statsd_host",
-    "statsd_prefix",
-    "logger_class",
-    "spew",
-)  # Not worker_tmp_dir: it is moot here (the heartbeat is in shared memory, not a file),
-# and Docker guides set it to /dev/shm everywhere, so a warning would only be noise.
 LOOP_INTERVAL = 1.0  # the longest the loop sleeps: heartbeats are checked at this rate
 # INT/QUIT: workers exit from their handler at once; a worker that does not within this
 # is stuck (in C) and is killed.
@@ -288,9 +274,12 @@ class Arbiter:
             self._cleanup()
             raise
         self._cleanup()
-        self.log.info("Shutting down: %s", self.master_name)
+        # At ERROR when the exit is a failure, as gunicorn does: alerts on ERROR lines
+        # must see a master that halted.
+        say = self.log.info if self.exit_code == 0 else self.log.error
+        say("Shutting down: %s", self.master_name)
         if self.halt_reason:
-            self.log.info("Reason: %s", self.halt_reason)
+            say("Reason: %s", self.halt_reason)
         self._call_hook("on_exit", self)
         return self.exit_code
 
@@ -336,24 +325,11 @@ class Arbiter:
         self._watchdog_interval = systemd.watchdog_interval(self._environ)
 
     def _warn_unimplemented(self) -> None:
-        """gunicorn settings that are accepted (so a config file keeps loading) but do
-        nothing yet: say so once at start-up when one is set, never ignore it silently.
-        Set to its default (``spew = False`` in many a template), it asks for nothing
-        that is missing: no warning."""
-        source = getattr(self.cfg, "source", None)
-        if source is None:
-            return
-        for name in UNIMPLEMENTED_SETTINGS:
-            try:
-                given = source(name) != "default"
-            except KeyError:
-                continue
-            if given and getattr(self.cfg, name, None) != SETTINGS[name].default:
-                self.log.warning(
-                    "%s is accepted for gunicorn compatibility but not implemented yet: "
-                    "it has no effect",
-                    name,
-                )
+        """Say once at start-up what the config asks for that forkhorn does not do
+        (``Config.no_effect``): never ignore it silently."""
+        no_effect = getattr(self.cfg, "no_effect", None)
+        for line in no_effect() if no_effect is not None else ():
+            self.log.warning("%s", line)
 
     def _advise_on_cpus(self) -> None:
         """gunicorn's 2 x CPUs + 1 is for workers that wait on I/O; an event-loop worker
@@ -516,7 +492,7 @@ class Arbiter:
     def _set_num_workers(self, new: int, notify: bool = True) -> None:
         old = self.num_workers
         self.num_workers = new
-        if notify and new != old:
+        if notify:  # on every reload too, count changed or not, as gunicorn calls it
             self._call_hook("nworkers_changed", self, new, old)
 
     # -- stopping ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ What it holds:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from forkhorn.config.converters import parse_bind
@@ -52,6 +52,32 @@ SETTINGS: Mapping[str, Setting[Any]] = _collect()
 DEFAULT_SOURCE = "default"
 
 
+#: Settings accepted from gunicorn configurations that have no effect yet
+#: (``Config.no_effect``): forwarded headers, PROXY protocol and statsd are planned. Not
+#: worker_tmp_dir: it is moot here (the heartbeat is in shared memory, not a file), and
+#: Docker guides set it to /dev/shm everywhere, so a warning would only be noise.
+UNIMPLEMENTED_SETTINGS = (
+    "forwarded_allow_ips",
+    "secure_scheme_headers",
+    "proxy_protocol",
+    "proxy_allow_ips",
+    "statsd_host",
+    "statsd_prefix",
+    "logger_class",
+    "spew",
+)
+#: gunicorn's switches that loosen its parser; forkhorn has none.
+LENIENT_PARSER = frozenset(
+    (
+        "permit_obsolete_folding",
+        "permit_unconventional_http_method",
+        "permit_unconventional_http_version",
+        "casefold_http_method",
+        "strip_header_spaces",
+    )
+)
+
+
 class Config(
     ServerOptions,
     WorkerOptions,
@@ -66,7 +92,7 @@ class Config(
     argv and environment (re-reading the config file), for HUP.
     """
 
-    __slots__ = ("_argv", "_environ", "_sources", "_values")
+    __slots__ = ("_argv", "_environ", "_ignored", "_sources", "_values")
 
     def __init__(
         self,
@@ -74,6 +100,7 @@ class Config(
         sources: Mapping[str, str],
         argv: list[str],
         environ: Mapping[str, str],
+        ignored: Sequence[tuple[str, str]] = (),
     ) -> None:
         missing = set(SETTINGS) - set(values)
         if missing:
@@ -82,6 +109,9 @@ class Config(
         self._sources: dict[str, str] = {name: sources.get(name, DEFAULT_SOURCE) for name in values}
         self._argv = list(argv)
         self._environ = dict(environ)
+        #: (name, source) of the gunicorn settings forkhorn does not have that a config
+        #: file set (``sources.GUNICORN_ONLY``).
+        self._ignored = list(ignored)
 
     def source(self, name: str) -> str:
         """Where ``name``'s value came from: ``default``, ``config file <path>``,
@@ -94,6 +124,25 @@ class Config(
     def as_dict(self) -> dict[str, Any]:
         """Every setting's value, by name (a shallow copy)."""
         return dict(self._values)
+
+    def no_effect(self) -> list[str]:
+        """One line for each thing this config asks for that forkhorn does not do (yet):
+        a setting accepted but not implemented, set to other than its default, and a
+        gunicorn setting forkhorn does not have, set in the config file. The master
+        warns each at start-up and ``--check-config`` prints them."""
+        lines = [
+            f"{name} is accepted for gunicorn compatibility but not implemented yet: "
+            "it has no effect"
+            for name in UNIMPLEMENTED_SETTINGS
+            if self._sources[name] != DEFAULT_SOURCE
+            and self._values[name] != SETTINGS[name].default
+        ]
+        for name, source in self._ignored:
+            why = "forkhorn's parser stays strict" if name in LENIENT_PARSER else "it has no effect"
+            lines.append(
+                f"{name} (from {source}) is a gunicorn setting forkhorn does not have: {why}"
+            )
+        return lines
 
     @property
     def argv(self) -> list[str]:
@@ -127,6 +176,12 @@ class Config(
         in ``os.environ``. The converter has checked every item is ``KEY=VALUE``."""
         pairs = (item.partition("=") for item in self._values["raw_env"] or ())
         return {key.strip(): value for key, _, value in pairs}
+
+    @property
+    def proc_name(self) -> str:  # type: ignore[override]
+        """The process name: the ``proc_name`` setting, else ``default_proc_name`` (the APP
+        argument), as gunicorn's ``cfg.proc_name`` gives it."""
+        return str(self._values["proc_name"] or self._values["default_proc_name"])
 
     @property
     def worker_class_str(self) -> str:

@@ -52,6 +52,77 @@ PYTHON_MODULE_PREFIX = "python:"
 #: stop the start, not serve plain HTTP where the operator expects HTTPS (gunicorn's own
 #: flags for them are refused on the command line already, as unknown).
 TLS_SETTINGS = ("certfile", "keyfile", "ca_certs", "ssl_context")
+#: Any value given for a hook setting counts as set.
+_HOOK = object()
+#: gunicorn settings forkhorn does not have, with gunicorn's defaults. A config file that
+#: sets one to something else still loads (it was written for gunicorn), and the start-up
+#: warns that it has no effect: nothing a config asks for is dropped silently.
+GUNICORN_ONLY: dict[str, object] = {
+    # The lenient parser switches: forkhorn's parser stays strict.
+    "permit_obsolete_folding": False,
+    "permit_unconventional_http_method": False,
+    "permit_unconventional_http_version": False,
+    "casefold_http_method": False,
+    "strip_header_spaces": False,
+    "forwarder_headers": "SCRIPT_NAME,PATH_INFO",
+    "root_path": "",
+    "tmp_upload_dir": None,
+    "enable_stdio_inheritance": False,
+    "dogstatsd_tags": "",
+    "enable_backlog_metric": False,
+    "paste": None,
+    "raw_paste_global_conf": [],
+    "protocol": "http",
+    "uwsgi_allow_ips": "127.0.0.1,::1",
+    "ssl_version": 2,
+    "cert_reqs": 0,
+    "suppress_ragged_eofs": True,
+    "do_handshake_on_connect": False,
+    "ciphers": None,
+    "http_protocols": "h1",
+    "http2_cleartext": "off",
+    "http2_max_concurrent_streams": 100,
+    "http2_initial_window_size": 65535,
+    "http2_max_frame_size": 16384,
+    "http2_max_header_list_size": 65536,
+    "http_parser": "auto",
+    "asgi_loop": "auto",
+    "asgi_lifespan": "auto",
+    "asgi_disconnect_grace_period": 3,
+    "websocket_max_message_size": 16777216,
+    "control_socket": _HOOK,
+    "control_socket_mode": 0o600,
+    "control_socket_disable": False,
+    "dirty_apps": [],
+    "dirty_workers": 0,
+    "dirty_timeout": 300,
+    "dirty_threads": 1,
+    "dirty_graceful_timeout": 30,
+    "on_dirty_starting": _HOOK,
+    "dirty_post_fork": _HOOK,
+    "dirty_worker_init": _HOOK,
+    "dirty_worker_exit": _HOOK,
+}
+
+
+def _gunicorn_default(name: str, value: object) -> bool:
+    """Is ``value`` what gunicorn would use for ``name`` anyway (so it asks for nothing)?"""
+    default = GUNICORN_ONLY[name]
+    if default is _HOOK:
+        return False
+    if value == default:
+        return True
+    # Strings and numbers as a config file may write them ("False", "100", an enum).
+    return str(value).strip().lower() == str(default).lower() or (
+        isinstance(default, int) and not isinstance(default, bool) and _as_int(value) == default
+    )
+
+
+def _as_int(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError):
+        return None
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -256,6 +327,7 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
         config_spec, config_source = DEFAULT_CONFIG_FILE, DEFAULT_SOURCE
     elif Path(GUNICORN_CONFIG_FILE).is_file():
         config_spec, config_source = GUNICORN_CONFIG_FILE, DEFAULT_SOURCE
+    ignored: list[tuple[str, str]] = []
     if config_spec:
         layers.set("config", config_spec, config_source)
         namespace, label = _read_config_file(config_spec)
@@ -263,6 +335,8 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
             # The file cannot name another config file: it is already being read.
             if name in SETTINGS and name != "config":
                 layers.set(name, raw, label)
+            elif name in GUNICORN_ONLY and not _gunicorn_default(name, raw):
+                ignored.append((name, label))
             elif name in TLS_SETTINGS and raw:
                 raise ConfigError(
                     f"{name} (from {label}): TLS is not implemented yet, and serving plain "
@@ -280,4 +354,4 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
         layers.sources["default_proc_name"] = layers.sources["wsgi_app"]
 
     validate(layers.values, layers.sources)
-    return Config(layers.values, layers.sources, argv, environ)
+    return Config(layers.values, layers.sources, argv, environ, ignored)

@@ -338,10 +338,18 @@ class Logger:
             handler = _OwnSyslogHandler(address, facility, socktype)
         except OSError as exc:
             raise ConfigError(f"cannot open syslog {addr!r}: {exc.strerror or exc}") from None
-        prefix = getattr(self.cfg, "syslog_prefix", None) or self.cfg.proc_name or "forkhorn"
+        # gunicorn's tag and line, with our name: "forkhorn.<prefix>.error: [pid] message",
+        # the prefix being syslog_prefix or the process name (the APP argument by
+        # default). No level in the line: syslog's priority carries it.
+        prefix = (
+            getattr(self.cfg, "syslog_prefix", None)
+            or self.cfg.proc_name
+            or getattr(self.cfg, "default_proc_name", None)
+            or "forkhorn"
+        )
         prefix = prefix.replace(":", ".")
         handler.setFormatter(
-            logging.Formatter(f"{prefix}.{which}: [%(process)d] [%(levelname)s] %(message)s")
+            logging.Formatter(f"forkhorn.{prefix}.{which}: [%(process)d] %(message)s")
         )
         return handler
 
