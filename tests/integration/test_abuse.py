@@ -14,8 +14,11 @@ import fcntl
 import json
 import os
 import select
+import shutil
+import signal
 import socket
 import struct
+import subprocess
 import termios
 import threading
 import time
@@ -491,3 +494,116 @@ def test_fast_uploads_cut_short_give_their_memory_back(server_factory: ServerFac
         finally:
             for sock in uploads:
                 sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_fast_upload_in_tiny_chunks_stays_within_its_memory_bound(
+    server_factory: ServerFactory,
+) -> None:
+    """A chunked upload of a million one-byte chunks is 1 MB of body under the in-memory
+    bound (1 MiB): held as one object per chunk it took some 40 MB of the worker."""
+    srv = server_factory("echo:app", "-k", "fast", "--workers", "1")
+    (worker,) = srv.worker_pids()
+    assert get(srv.port, "/echo").status == 200
+    before = worker_rss(worker)
+    with connect(srv.port) as sock:
+        sock.sendall(
+            b"POST /echo?read=all HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        piece = b"1\r\nx\r\n" * 10_000
+        for _ in range(100):
+            sock.sendall(piece)
+        wait_until_read(srv.port, [sock])
+        grown = worker_rss(worker) - before
+        sock.sendall(b"0\r\n\r\n")
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+    assert grown < 12 * 1024 * 1024, f"the worker grew by {grown / 2**20:.0f} MiB"
+
+
+@pytest.mark.timeout(60)
+def test_fast_stream_to_a_fast_reader_leaves_the_loop_to_others(
+    server_factory: ServerFactory,
+) -> None:
+    """A stream of small pieces that its client takes as fast as they come never pauses
+    the transport: the worker went on pulling it and served nobody else, and its
+    heartbeat stopped, so the master killed it as hung (cutting the stream)."""
+    srv = server_factory("stream:app", "-k", "fast", "--workers", "1", "--timeout", "2")
+    received = [0]
+    ended: list[str] = []
+
+    def read_stream() -> None:
+        with connect(srv.port) as sock:
+            sock.sendall(b"GET /endless?chunks=1000000000&size=100 HTTP/1.1\r\nHost: t\r\n\r\n")
+            stop = time.monotonic() + 6
+            while time.monotonic() < stop:
+                data = sock.recv(1 << 20)
+                if not data:
+                    ended.append("the stream was cut")
+                    return
+                received[0] += len(data)
+
+    reader = threading.Thread(target=read_stream, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 20  # bounds a hang only
+    while received[0] < 1 << 20:
+        assert time.monotonic() < deadline and not ended, ended
+        time.sleep(0.05)  # poll interval
+    # Another client is answered while the stream goes on...
+    assert get(srv.port, "/?chunks=1&size=2", timeout=20).body == b"00"
+    reader.join(20)
+    # ...and the stream ran past the timeout without the worker being taken for hung.
+    assert not ended, ended
+    assert "WORKER TIMEOUT" not in srv.logs
+
+
+@pytest.mark.timeout(60)
+def test_fast_slow_but_steady_reader_is_not_dropped(server_factory: ServerFactory) -> None:
+    """The send timeout bounds a client that takes nothing; one that keeps taking a long
+    response, slowly, was dropped when the timeout ran out after its first pause."""
+    srv = server_factory("stream:app", "-k", "fast", "--workers", "1", "--timeout", "2")
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.sendall(b"GET /slow?chunks=2000&size=65536 HTTP/1.1\r\nHost: t\r\n\r\n")
+        stop = time.monotonic() + 6  # three timeouts
+        while time.monotonic() < stop:
+            data = sock.recv(4096)
+            assert data, f"dropped while reading\n{srv.logs}"
+            time.sleep(0.1)  # reads about 40 KB a second
+    assert "Dropped a client" not in srv.logs
+
+
+@pytest.mark.timeout(90)
+def test_fast_quit_under_load_runs_the_exit_path(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """QUIT raises the worker's exit from its signal handler, which under load runs
+    inside a connection's callback: uvloop reported it as a transport error and went on,
+    and the master killed the worker later, with no worker_exit and no "Worker exiting"."""
+    hooks = tmp_path / "hooks.py"
+    hooks.write_text(
+        "import sys\n"
+        "def worker_exit(server, worker):\n"
+        "    sys.stderr.write(f'hook worker_exit {worker.pid}\\n')\n"
+    )
+    wrk = shutil.which("wrk")
+    assert wrk, "wrk is not installed (.ci/run installs it)"
+    for _ in range(3):
+        srv = server_factory("hello:app", "-k", "fast", "--workers", "1", "-c", str(hooks))
+        (worker,) = srv.worker_pids()
+        load = subprocess.Popen(
+            [wrk, "-t2", "-c20", "-d10s", srv.url("/")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(1)  # under load
+            os.kill(worker, signal.SIGQUIT)
+            srv.wait_for_log(rf"Worker exiting \(pid: {worker}\)", timeout=20)
+            srv.wait_for_log(rf"hook worker_exit {worker}")
+        finally:
+            load.kill()
+            load.wait(10)
+        assert "WorkerExit" not in srv.logs  # no "Fatal error on transport"
+        assert "SIGKILL" not in srv.logs
+        srv.stop()

@@ -59,6 +59,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from forkhorn.errors import WorkerExit
 from forkhorn.http import (
     CLOSED,
     NEED_DATA,
@@ -87,7 +88,7 @@ from forkhorn.wsgi.environ import build_environ
 from forkhorn.wsgi.input import EmptyInput
 
 from .base import DRAIN_IDLE, Worker
-from .session import bytes_waiting, finish_request, log_refused, prepare_http
+from .session import bytes_unsent, bytes_waiting, finish_request, log_refused, prepare_http
 
 #: Bodies up to this size stay in memory; larger ones are spilled to a temporary file.
 MAX_MEMORY_BODY = 1024 * 1024
@@ -98,6 +99,14 @@ LARGE_BODY = 64 * 1024
 TRIM_AFTER = 16 * 1024 * 1024
 #: Output buffered per connection before we stop producing (asyncio's pause_writing).
 WRITE_HIGH_WATER = 256 * 1024
+#: A streamed response hands the loop back after this many bytes or pieces, even when its
+#: client takes everything at once (the transport never pauses then): the other
+#: connections, and the heartbeat, get their turn.
+STREAM_TURN_BYTES = WRITE_HIGH_WATER
+STREAM_TURN_PIECES = 256
+#: An upload arriving in more pieces than this (tiny chunks) is gathered into one buffer:
+#: an object per piece costs about forty times a one-byte chunk's payload.
+MAX_BODY_PIECES = 64
 #: Complete responses wait for the end of the loop's turn (HttpProtocol._defer), unless
 #: the turn has been making them for this long (seconds; 1 ms kept nearly all of the gain
 #: of an unbounded wait on todo, bench/HISTORY.md) or they hold this many bytes.
@@ -135,6 +144,7 @@ class HttpProtocol(asyncio.Protocol):
         "iterator",
         "paused_at",
         "paused_reading",
+        "paused_size",
         "peer_addr",
         "peer_port",
         "phase",
@@ -153,12 +163,15 @@ class HttpProtocol(asyncio.Protocol):
         self.peer_addr = ""  # REMOTE_ADDR and REMOTE_PORT
         self.peer_port = ""
         self.request: Request | None = None
-        self.body: Any = None  # list of pieces, or a temporary file past MAX_MEMORY_BODY
+        # A list of pieces, one bytearray past MAX_BODY_PIECES, or a temporary file past
+        # MAX_MEMORY_BODY.
+        self.body: Any = None
         self.body_size = 0
         self.deadline = 0.0
         self.phase = _HEAD
         self.write_paused = False
-        self.paused_at = 0.0  # when write_paused became True (the send timeout's start)
+        self.paused_at = 0.0  # when write_paused became True, or the client last took some
+        self.paused_size = 0  # the output buffered then (less later: the client took some)
         self.paused_reading = False
         self.busy = False  # a response is being produced (streaming or sendfile)
         self.dispatching = False  # inside _process() -> _respond()
@@ -212,7 +225,7 @@ class HttpProtocol(asyncio.Protocol):
                     IncompleteBodyError("connection lost before the request body was complete"),
                     (self.peer_addr, self.peer_port),
                 )
-            if body.__class__ is not list:
+            if body.__class__ is not list and body.__class__ is not bytearray:
                 body.close()
             elif self.body_size >= LARGE_BODY:
                 self.worker.released_body_bytes += self.body_size
@@ -223,8 +236,22 @@ class HttpProtocol(asyncio.Protocol):
         # to requests it pipelines). It must take some within the send timeout
         # (``timeout``, the other classes' socket timeout), or the sweep drops it, with a
         # log line: it must not hold the connection, its buffers and the app's iterable
-        # or file forever, and its pipelined requests are not dropped any sooner.
+        # or file forever, and its pipelined requests are not dropped any sooner. Taking
+        # some of it counts (``expire``): a slow reader of a long download is not cut.
         self.paused_at = _monotonic()
+        self.paused_size = self._pending_output()
+
+    def _pending_output(self) -> int:
+        """Bytes of output its client has yet to take: in the transport's buffer and in
+        the kernel's send queue. The transport's buffer alone moves only when the kernel
+        wakes us for room, after a third of its own buffer drained: a slow reader then
+        shows no progress for longer than the send timeout."""
+        transport = self.transport
+        if transport is None:
+            return 0
+        sock = transport.get_extra_info("socket")
+        unsent = bytes_unsent(sock.fileno()) if sock is not None else 0
+        return transport.get_write_buffer_size() + unsent
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -330,11 +357,17 @@ class HttpProtocol(asyncio.Protocol):
     def _add_body(self, data: bytes) -> None:
         self.body_size += len(data)
         body = self.body
-        if body.__class__ is list:
-            body.append(data)
+        cls = body.__class__
+        if cls is list or cls is bytearray:
+            if cls is list:
+                body.append(data)
+                if len(body) > MAX_BODY_PIECES:
+                    self.body = body = bytearray(b"".join(body))
+            else:
+                body += data
             if self.body_size > MAX_MEMORY_BODY:
                 spill = tempfile.TemporaryFile()  # noqa: SIM115 - closed with wsgi.input
-                spill.write(b"".join(body))
+                spill.write(body if body.__class__ is bytearray else b"".join(body))
                 self.body = spill
         else:
             body.write(data)
@@ -352,10 +385,11 @@ class HttpProtocol(asyncio.Protocol):
         self.body = None
         if body is None:
             return _EMPTY_INPUT
-        if body.__class__ is list:
+        cls = body.__class__
+        if cls is list or cls is bytearray:
             if self.body_size >= LARGE_BODY:
                 self.worker.released_body_bytes += self.body_size  # once the app is done
-            return io.BytesIO(b"".join(body))
+            return io.BytesIO(b"".join(body) if cls is list else body)
         body.seek(0)
         return body
 
@@ -495,12 +529,20 @@ class HttpProtocol(asyncio.Protocol):
             close_result(result, worker.log)
             self._finish(exchange, environ, ok)
 
+    def _stream_on(self) -> None:
+        """``_stream`` again, after it handed the loop back (unless the response ended,
+        the client left, or the transport paused: then resume_writing goes on)."""
+        if self.iterator is not None and self.transport is not None and not self.write_paused:
+            self._stream()
+
     def _stream(self) -> None:
         """Pull chunks while the transport accepts them (write backpressure)."""
         iterator = self.iterator
         exchange = self.exchange
         assert iterator is not None and exchange is not None
         write = exchange.write
+        budget = STREAM_TURN_BYTES
+        pieces = STREAM_TURN_PIECES
         try:
             while not self.write_paused:
                 data = next(iterator, None)
@@ -516,6 +558,13 @@ class HttpProtocol(asyncio.Protocol):
                     # next turn): pull no more. Writes to a closing transport are
                     # dropped without filling its buffer, so backpressure would never
                     # stop an endless stream here.
+                    return
+                budget -= len(data)
+                pieces -= 1
+                if budget <= 0 or pieces <= 0:
+                    # A client that takes everything at once never pauses the transport:
+                    # go on at the loop's next turn, after the others (and the heartbeat).
+                    self.worker.loop.call_soon(self._stream_on)
                     return
             else:
                 self._pause_reading()
@@ -735,7 +784,16 @@ class HttpProtocol(asyncio.Protocol):
         response the client stopped reading)."""
         if self.write_paused:
             transport = self.transport
-            if now >= self.paused_at + self.worker.send_timeout and transport is not None:
+            if transport is None:
+                return
+            size = self._pending_output()
+            if size < self.paused_size:
+                # The client took some since the last look: progress, as a completed send
+                # is on the other classes. The send timeout starts again from here.
+                self.paused_size = size
+                self.paused_at = now
+                return
+            if now >= self.paused_at + self.worker.send_timeout:
                 request = self.request
                 self.worker.log.info(
                     "Dropped a client that read nothing more of its response for %gs: %s",
@@ -788,6 +846,10 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     return trim
+
+
+def _quit_now() -> None:
+    raise WorkerExit(0)
 
 
 def _settle(future: asyncio.Future[None]) -> None:
@@ -1087,6 +1149,22 @@ class FastWorker(Worker):
         super().tune_gc()
         gc.set_threshold(10_000, 10, 10)
 
+    def handle_quit(self, signum: int, frame: Any) -> None:
+        # Raised here, the WorkerExit would land in whatever callback the loop is running
+        # (a connection's data_received, under load), which uvloop reports as a transport
+        # error and carries on: the worker would go on serving until the master's SIGKILL,
+        # with neither worker_exit nor "Worker exiting". Raised from a callback of the
+        # loop's own, it ends run_until_complete and the worker exits as on any class.
+        loop = getattr(self, "loop", None)
+        if loop is None or not loop.is_running():
+            super().handle_quit(signum, frame)
+            return
+        self.alive = False
+        try:
+            self.cfg.worker_int(self)
+        finally:
+            loop.call_soon(_quit_now)
+
     def handle_abort(self, signum: int, frame: Any) -> None:
         # uvloop reports a SystemExit raised inside a callback as a transport error and
         # carries on; an aborted worker must end here (after the worker_abort hook).
@@ -1154,10 +1232,17 @@ class FastWorker(Worker):
         idle_until = now + min(DRAIN_IDLE, self.keepalive) if self.keepalive > 0 else now
         for protocol in list(self.connections):
             protocol.conn.close_after_response = True
+        next_sweep = now + self.sweep_every
         while self._draining() and _monotonic() < deadline:
-            if _monotonic() >= idle_until:
+            now = _monotonic()
+            if now >= idle_until:
                 for protocol in list(self.connections):
                     protocol.close_idle()
+            if now >= next_sweep:
+                # The deadlines still hold: a client that takes none of its response (or
+                # sends none of its body) must not hold the stop to graceful_timeout.
+                next_sweep = now + self.sweep_every
+                self._sweep(now)
             if not self._draining():
                 break
             self.notify()

@@ -72,6 +72,16 @@ def bytes_waiting(fd: int) -> bool:
     return int.from_bytes(waiting, sys.byteorder) > 0
 
 
+def bytes_unsent(fd: int) -> int:
+    """Bytes in the socket's send queue that the peer has not acknowledged yet
+    (``TIOCOUTQ``; 0 where it cannot be asked): they go down as the client reads."""
+    try:
+        queued = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return int.from_bytes(queued, sys.byteorder)
+
+
 def new_connection(worker: Worker) -> ServerConnection:
     """A ServerConnection with the worker's limits."""
     return ServerConnection(*worker.http_limits)

@@ -55,8 +55,10 @@ class WorkerOptions:
         metavar="INT",
         doc="""
         The most connections one worker keeps open at once (``gthread``, ``gevent``,
-        ``eventlet``, ``fast``, and the sync worker's head-waiting pool). Beyond it a
-        worker stops accepting until one closes.
+        ``eventlet``, ``fast``, and the sync worker's head-waiting pool). A connection
+        beyond it is answered 503 and closed at once, rather than left waiting (the
+        worker that accepted it decides, even if another has room); the error log counts
+        the refusals.
         """,
     )
     max_requests = Setting(
