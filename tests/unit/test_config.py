@@ -169,6 +169,37 @@ def test_only_the_given_environ_is_read(monkeypatch: pytest.MonkeyPatch) -> None
     assert load_config([], {}).workers == 1
 
 
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        (
+            ["--certfile", "c.pem", "--keyfile", "k.pem", "app:app"],
+            {},
+            "--certfile: TLS is not implemented yet",
+        ),
+        (["--root-path=/api", "app:app"], {}, "--root-path: gunicorn's root_path setting, "),
+        (
+            ["--permit-obsolete-folding", "app:app"],
+            {},
+            "--permit-obsolete-folding: gunicorn's permit_obsolete_folding setting, which "
+            "forkhorn does not have (its parser is always strict)",
+        ),
+        (
+            ["app:app"],
+            {"GUNICORN_CMD_ARGS": "--http-protocols h2"},
+            "--http-protocols (in GUNICORN_CMD_ARGS): gunicorn's http_protocols setting",
+        ),
+    ],
+)
+def test_gunicorn_only_flags_are_refused_saying_why(
+    argv: list[str], environ: dict[str, str], message: str
+) -> None:
+    """argparse called them unknown and took the value after one for the APP."""
+    with pytest.raises(ConfigError) as info:
+        load_config(argv, environ)
+    assert str(info.value).startswith(message), str(info.value)
+
+
 def test_bad_value_error_names_value_and_source(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config([], {"FORKHORN_CMD_ARGS": "--workers abc"})

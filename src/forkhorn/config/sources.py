@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from forkhorn.config.converters import CONFIG_FILE_MODULE, BadItemError
-from forkhorn.config.registry import DEFAULT_SOURCE, SETTINGS, Config, validate
+from forkhorn.config.registry import DEFAULT_SOURCE, LENIENT_PARSER, SETTINGS, Config, validate
 from forkhorn.errors import ConfigError
 
 CMD_ARGS_ENV = "FORKHORN_CMD_ARGS"
@@ -103,6 +103,77 @@ GUNICORN_ONLY: dict[str, object] = {
     "dirty_worker_init": _HOOK,
     "dirty_worker_exit": _HOOK,
 }
+
+
+#: gunicorn's command-line flags for what forkhorn does not have. argparse would call them
+#: unknown and take the value after one for the APP ("unrecognized arguments: --certfile
+#: --keyfile k.pem app:app"); they are refused first, each with a line that says why.
+GUNICORN_ONLY_FLAGS = {
+    "-R": "enable_stdio_inheritance",
+    "--enable-stdio-inheritance": "enable_stdio_inheritance",
+    "--dogstatsd-tags": "dogstatsd_tags",
+    "--enable-backlog-metric": "enable_backlog_metric",
+    "--paste": "paste",
+    "--paster": "paste",
+    "--paste-global": "raw_paste_global_conf",
+    "--protocol": "protocol",
+    "--uwsgi-allow-from": "uwsgi_allow_ips",
+    "--keyfile": "keyfile",
+    "--certfile": "certfile",
+    "--ca-certs": "ca_certs",
+    "--ssl-version": "ssl_version",
+    "--cert-reqs": "cert_reqs",
+    "--suppress-ragged-eofs": "suppress_ragged_eofs",
+    "--do-handshake-on-connect": "do_handshake_on_connect",
+    "--ciphers": "ciphers",
+    "--http-protocols": "http_protocols",
+    "--http2-cleartext": "http2_cleartext",
+    "--http2-max-concurrent-streams": "http2_max_concurrent_streams",
+    "--http2-initial-window-size": "http2_initial_window_size",
+    "--http2-max-frame-size": "http2_max_frame_size",
+    "--http2-max-header-list-size": "http2_max_header_list_size",
+    "--permit-obsolete-folding": "permit_obsolete_folding",
+    "--strip-header-spaces": "strip_header_spaces",
+    "--permit-unconventional-http-method": "permit_unconventional_http_method",
+    "--permit-unconventional-http-version": "permit_unconventional_http_version",
+    "--casefold-http-method": "casefold_http_method",
+    "--forwarder-headers": "forwarder_headers",
+    "--asgi-loop": "asgi_loop",
+    "--asgi-lifespan": "asgi_lifespan",
+    "--asgi-disconnect-grace-period": "asgi_disconnect_grace_period",
+    "--websocket-max-message-size": "websocket_max_message_size",
+    "--http-parser": "http_parser",
+    "--root-path": "root_path",
+    "--dirty-app": "dirty_apps",
+    "--dirty-workers": "dirty_workers",
+    "--dirty-timeout": "dirty_timeout",
+    "--dirty-threads": "dirty_threads",
+    "--dirty-graceful-timeout": "dirty_graceful_timeout",
+    "--control-socket": "control_socket",
+    "--control-socket-mode": "control_socket_mode",
+    "--no-control-socket": "control_socket_disable",
+}
+_TLS_REFUSAL = (
+    "TLS is not implemented yet, and serving plain HTTP where HTTPS was asked for is "
+    "refused; terminate TLS in a proxy (nginx, haproxy) in front of forkhorn"
+)
+
+
+def _refuse_gunicorn_only_flags(argv: Sequence[str], where: str) -> None:
+    for arg in argv:
+        if arg == "--":
+            return
+        flag = arg.partition("=")[0]
+        name = GUNICORN_ONLY_FLAGS.get(flag)
+        if name is None:
+            continue
+        context = "" if where == COMMAND_LINE else f" (in {where})"
+        if name in TLS_SETTINGS or name in ("ssl_version", "cert_reqs", "ciphers"):
+            raise ConfigError(f"{flag}{context}: {_TLS_REFUSAL}")
+        strict = " (its parser is always strict)" if name in LENIENT_PARSER else ""
+        raise ConfigError(
+            f"{flag}{context}: gunicorn's {name} setting, which forkhorn does not have{strict}"
+        )
 
 
 def _gunicorn_default(name: str, value: object) -> bool:
@@ -215,6 +286,7 @@ def peek_command_line(argv: Sequence[str]) -> CommandLineRequest:
 
 def _parse(argv: Sequence[str], where: str) -> dict[str, Any]:
     """argv -> {setting name: raw value} for the flags actually given."""
+    _refuse_gunicorn_only_flags(argv, where)
     try:
         namespace = build_parser().parse_args(list(argv))
     except ConfigError as exc:
@@ -338,11 +410,7 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
             elif name in GUNICORN_ONLY and not _gunicorn_default(name, raw):
                 ignored.append((name, label))
             elif name in TLS_SETTINGS and raw:
-                raise ConfigError(
-                    f"{name} (from {label}): TLS is not implemented yet, and serving plain "
-                    "HTTP where HTTPS was asked for is refused; terminate TLS in a proxy "
-                    "(nginx, haproxy) in front of forkhorn"
-                )
+                raise ConfigError(f"{name} (from {label}): {_TLS_REFUSAL}")
 
     for parsed, source in ((env_args, args_env), (cli, COMMAND_LINE)):
         for name, raw in parsed.items():
