@@ -56,6 +56,9 @@ class Transport(asyncio.Transport):
     def is_closing(self) -> bool:
         return False
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # nothing is buffered here (the send timeout's progress check asks)
+
 
 class Loop:
     def __init__(self) -> None:

@@ -157,7 +157,11 @@ class ChunkedReader:
                 if end < 0:
                     if len(buf) - pos > self.max_fields * (self.max_field_size + 2) + 2:
                         raise HeaderFieldsTooLargeError("trailer section too large")
-                    if len(buf) - buf.rfind(b"\n", pos) - 1 > self.max_field_size + 1:
+                    # The line in progress starts after the last LF of the section, or
+                    # at the section's start (not at the buffer's: the chunks before
+                    # it may share the buffer).
+                    line_start = max(pos, buf.rfind(b"\n", pos) + 1)
+                    if len(buf) - line_start > self.max_field_size + 1:  # +1: its CR
                         raise HeaderFieldsTooLargeError("trailer field line too long")
                     _check_bare_lf(buf, max(pos, pos + self.scanned - 1))
                     self.scanned = max(0, len(buf) - pos - 3)
@@ -178,7 +182,7 @@ class ChunkedReader:
     @staticmethod
     def _check_partial_line(buf: bytes | bytearray, pos: int) -> None:
         _check_bare_lf(buf, pos)
-        if len(buf) - pos > MAX_CHUNK_LINE:
+        if len(buf) - pos > MAX_CHUNK_LINE + 1:  # +1: its CR may be here already
             raise BadRequestError("chunk size line too long")
 
 

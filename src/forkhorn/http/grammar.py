@@ -48,8 +48,12 @@ HEAD_RE = re.compile(REQUEST_LINE + rb"\r\n((?:" + FIELD_LINE + rb")*)")
 # RFC 9112 §3.2.2: the absolute-form is what proxies send, with an authority; an HTTP
 # server serves the http and https schemes only (RFC 9110 §4.2), any other is refused.
 # "host:port" without a scheme is authority-form and belongs to CONNECT alone.
-# RFC 9110 §4.2.1: an http(s) URI with an empty host is invalid and MUST be rejected.
-ABSOLUTE_FORM_RE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://[^/?#\x00-\x20\x7f-\xff]+[\x21-\x7e]*")
+# RFC 9110 §4.2.1: an http(s) URI with an empty host is invalid and MUST be rejected;
+# §4.2.4: a recipient SHOULD treat userinfo ("user:pass@host") as an error, and we do
+# (the authority may hold no "@"; the path and query after it may).
+ABSOLUTE_FORM_RE = re.compile(
+    rb"[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\x00-\x20\x7f-\xff]+(?:[/?][\x21-\x7e]*)?"
+)
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP literal
 # in brackets or a reg-name (unreserved, pct-encoded, sub-delims). Empty is allowed (§7.2).
 HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")

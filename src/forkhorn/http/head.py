@@ -72,12 +72,8 @@ def check_partial_head(
     (400): a TLS handshake or another protocol sent to this port is answered at once
     instead of holding the connection until ``header_timeout``.
     """
-    method_end = TOKEN_PREFIX_RE.match(buf, start).end()  # type: ignore[union-attr]
-    if method_end < len(buf) and buf[method_end] != 0x20:
-        raise BadRequestError(
-            "the request does not start with a method (TLS or another protocol sent to "
-            "this plain HTTP port?)"
-        )
+    if not _starts_with_method(buf, start):
+        raise BadRequestError(_NO_METHOD)
     size = len(buf) - start
     first_eol = buf.find(b"\r\n", start)
     if first_eol < 0:
@@ -98,6 +94,28 @@ def check_partial_head(
         raise BadRequestError("bare CR in request head")
 
 
+_NO_METHOD = (
+    "the request does not start with a method (TLS or another protocol sent to this plain "
+    "HTTP port?)"
+)
+
+
+def _starts_with_method(buf: bytes | bytearray, start: int = 0) -> bool:
+    """Can ``buf[start:]`` still be a request line: a token, then a space (or nothing
+    yet)?"""
+    method_end = TOKEN_PREFIX_RE.match(buf, start).end()  # type: ignore[union-attr]
+    return method_end >= len(buf) or buf[method_end] == 0x20
+
+
+def _overlong_line(head: bytes) -> BadRequestError | UriTooLongError:
+    """An over-long request line: 414, unless it does not even start with a method (the
+    400 that an incomplete head gets for that first, so the status does not depend on
+    how the head was split into reads)."""
+    if not _starts_with_method(head):
+        return BadRequestError(_NO_METHOD)
+    return UriTooLongError("request line too long")
+
+
 def parse_head(
     head: bytes, max_line_size: int, max_fields: int, max_field_size: int, max_body_size: int
 ) -> Request:
@@ -111,7 +129,7 @@ def parse_head(
         # empty) and extracts the pairs, instead of a fullmatch and a findall; for a short
         # block the two calls cost less than the split's bookkeeping (bench/README.md).
         if eol > max_line_size:
-            raise UriTooLongError("request line too long")
+            raise _overlong_line(head)
         m = REQUEST_LINE_RE.fullmatch(head, 0, eol)
         if m is None:
             raise _diagnose_request_line(head[:eol])
@@ -137,7 +155,7 @@ def parse_head(
             raise _diagnose_head(head, max_line_size, max_field_size)
         method, target, major, minor, block = m.groups()
         if m.end(4) > max_line_size:
-            raise UriTooLongError("request line too long")
+            raise _overlong_line(head)
         headers = _fields(block, max_fields, max_field_size) if block else []
     if major != b"1" or (minor != b"1" and minor != b"0"):
         raise UnsupportedVersionError(f"HTTP/{major.decode()}.{minor.decode()} is not supported")
@@ -422,7 +440,7 @@ def _diagnose_head(
     """Name what is wrong with a head that did not match (slow path)."""
     eol = head.find(b"\r\n")
     if eol > max_line_size:
-        return UriTooLongError("request line too long")
+        return _overlong_line(head)
     line = head[:eol]
     if REQUEST_LINE_RE.fullmatch(line) is None:
         return _diagnose_request_line(line)
