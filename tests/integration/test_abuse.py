@@ -223,6 +223,28 @@ def test_underscore_header_does_not_reach_environ(server: ServerProcess, worker_
 
 
 @pytest.mark.timeout(30)
+def test_a_refused_request_closes_cleanly_while_its_client_still_sends(
+    server: ServerProcess, worker_class: str
+) -> None:
+    """The answer, then a FIN (RFC 9112 §9.6): a close with the client's bytes unread
+    resets the connection, and a reset can destroy the answer before the client reads
+    it. sync and fast reset it; the others closed cleanly."""
+    with connect(server.port) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(b"GET / HTTP/1.1\r\n" + H + b"Bad Header: x\r\n\r\n" + b"x" * 1_000_000)
+        time.sleep(0.3)  # the answer and the rest of our bytes cross
+        sock.settimeout(10)
+        answer = b""
+        try:
+            while data := sock.recv(65536):  # until our FIN
+                answer += data
+        except ConnectionResetError:
+            pytest.fail(f"the connection was reset after {answer[:40]!r}")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert get(server.port, "/").status == 200
+
+
+@pytest.mark.timeout(30)
 def test_megabyte_without_crlf_is_refused(server: ServerProcess, worker_class: str) -> None:
     with connect(server.port) as sock:
         sent = 0

@@ -825,11 +825,11 @@ def test_header_timeout_of_zero_means_no_deadline(
 
 @pytest.mark.timeout(30)
 def test_absolute_form_target_overrides_host(server: ServerProcess, worker_class: str) -> None:
-    """RFC 9112 §3.2.2: the target's authority wins over Host (userinfo dropped); one that
-    is not a valid host is 400."""
+    """RFC 9112 §3.2.2: the target's authority wins over Host; one that is not a valid
+    host, or that carries userinfo (RFC 9110 §4.2.4), is 400."""
     data = raw_request(
         server.port,
-        b"GET http://user@target.example:8080/echo/abs?q=1 HTTP/1.1\r\n"
+        b"GET http://target.example:8080/echo/abs?q=1 HTTP/1.1\r\n"
         b"Host: other.example\r\nConnection: close\r\n\r\n",
     )
     (resp,) = parse_responses(data)
@@ -841,6 +841,8 @@ def test_absolute_form_target_overrides_host(server: ServerProcess, worker_class
     assert (echoed["path"], echoed["query"]) == ("/echo/abs", "q=1")
     bad = raw_request(server.port, b"GET http://a^b/echo HTTP/1.1\r\nHost: t\r\n\r\n")
     assert parse_responses(bad)[0].status == 400
+    phish = b"GET http://user@target.example/echo HTTP/1.1\r\nHost: t\r\n\r\n"
+    assert parse_responses(raw_request(server.port, phish))[0].status == 400
 
 
 # -- server hooks ----------------------------------------------------------------------------------

@@ -88,7 +88,14 @@ from forkhorn.wsgi.environ import build_environ
 from forkhorn.wsgi.input import EmptyInput
 
 from .base import DRAIN_IDLE, Worker
-from .session import bytes_unsent, bytes_waiting, finish_request, log_refused, prepare_http
+from .session import (
+    LINGER_TIME,
+    bytes_unsent,
+    bytes_waiting,
+    finish_request,
+    log_refused,
+    prepare_http,
+)
 
 #: Bodies up to this size stay in memory; larger ones are spilled to a temporary file.
 MAX_MEMORY_BODY = 1024 * 1024
@@ -758,7 +765,27 @@ class HttpProtocol(asyncio.Protocol):
             self._defer(answer)  # _close() flushes it
         log_refused(self.worker, self.conn, exc, (self.peer_addr, self.peer_port), bool(answer))
         self.phase = _CLOSING  # logged once: connection_lost must not take it for a cut upload
-        self._close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """After the answer to a refused request: our FIN goes out behind it, and what the
+        client still sends is read and dropped (``_Lingering``) until it closes, for
+        LINGER_TIME at most. Closed at once, a socket with unread bytes resets the
+        connection, and the reset can destroy the answer before the client reads it
+        (RFC 9112 §9.6)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.conn.peer_closed or not transport.can_write_eof():
+            self._close()
+            return
+        if self.worker.pending:
+            self.worker.flush()  # the answer, before our FIN
+        transport.write_eof()
+        transport.set_protocol(_Lingering(self.worker, transport))
+        if self.paused_reading:
+            transport.resume_reading()
+        self.connection_lost(None)  # this protocol's part ends here: its cleanup
 
     def _close(self) -> None:
         transport = self.transport
@@ -848,6 +875,32 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+class _Lingering(asyncio.Protocol):
+    """A refused connection's last moments (``HttpProtocol._linger``): its input is
+    dropped until the client closes or the sweep finds LINGER_TIME passed."""
+
+    __slots__ = ("deadline", "transport", "worker")
+
+    def __init__(self, worker: FastWorker, transport: asyncio.Transport) -> None:
+        self.worker = worker
+        self.transport = transport
+        self.deadline = _monotonic() + LINGER_TIME
+        worker.lingering.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the client closed too: the transport closes, cleanly
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.lingering.discard(self)
+
+    def expire(self, now: float) -> None:
+        if now >= self.deadline:
+            self.transport.abort()
+
+
 def _quit_now() -> None:
     raise WorkerExit(0)
 
@@ -891,6 +944,7 @@ class FastWorker(Worker):
         prepare_http(self, multithread=False)
         cfg = self.cfg
         self.connections: set[HttpProtocol] = set()
+        self.lingering: set[_Lingering] = set()  # refused connections closing (_linger)
         self.tasks: set[asyncio.Future[Any]] = set()  # keeps sendfile tasks referenced
         self.adopting = 0  # connections drained from the accept queue, not yet protocols
         self.closing_servers = False  # _close_servers is scheduled, not yet run
@@ -1034,6 +1088,8 @@ class FastWorker(Worker):
         # the next sweep.
         for protocol in list(self.connections):
             protocol.expire(now)
+        for lingering in list(self.lingering):
+            lingering.expire(now)
 
     def _trim_heap(self) -> None:
         """Give the heap's free memory back to the system after large bodies.
@@ -1249,3 +1305,5 @@ class FastWorker(Worker):
             await self._pause(0.05)
         for protocol in list(self.connections):
             protocol._close()
+        for lingering in list(self.lingering):
+            lingering.transport.abort()

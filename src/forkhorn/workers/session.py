@@ -72,6 +72,12 @@ def bytes_waiting(fd: int) -> bool:
     return int.from_bytes(waiting, sys.byteorder) > 0
 
 
+#: After the answer to a refused request, how long what the client still sends is read
+#: and dropped before the connection closes (a lingering close, RFC 9112 §9.6; Apache
+#: lingers up to 2 s too).
+LINGER_TIME = 2.0
+
+
 def bytes_unsent(fd: int) -> int:
     """Bytes in the socket's send queue that the peer has not acknowledged yet
     (``TIOCOUTQ``; 0 where it cannot be asked): they go down as the client reads."""

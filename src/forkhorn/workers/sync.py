@@ -26,21 +26,30 @@ from forkhorn.wsgi.cycle import raw_error_response
 from forkhorn.wsgi.input import RECV_SIZE
 
 from .base import DRAIN_IDLE, Worker, listener_was_shut, unselect
-from .session import new_connection, peer_of, prepare_http, send_protocol_error, serve_request
+from .session import (
+    LINGER_TIME,
+    new_connection,
+    peer_of,
+    prepare_http,
+    send_protocol_error,
+    serve_request,
+)
 
 _WAKE = object()  # selector key data of the worker's wake-up pipe
 
 
 class _Pending:
-    """An accepted connection whose request head has not fully arrived."""
+    """An accepted connection whose request head has not fully arrived, or, once it was
+    refused (``lingering``), whose client's last bytes are read and dropped."""
 
-    __slots__ = ("addr", "conn", "deadline", "sock")
+    __slots__ = ("addr", "conn", "deadline", "lingering", "sock")
 
     def __init__(self, sock: socket.socket, addr: Any, conn: ServerConnection, deadline: float):
         self.sock = sock
         self.addr = addr
         self.conn = conn
         self.deadline = deadline
+        self.lingering = False
 
 
 class SyncWorker(Worker):
@@ -79,7 +88,7 @@ class SyncWorker(Worker):
                     time.monotonic() + (head_timeout if stop_deadline is None else DRAIN_IDLE)
                 )
             if stop_deadline is not None and (
-                not self.pending or time.monotonic() >= stop_deadline
+                all(p.lingering for p in self.pending.values()) or time.monotonic() >= stop_deadline
             ):
                 break
             try:
@@ -164,14 +173,17 @@ class SyncWorker(Worker):
         except OSError:
             self._drop(pending)
             return
+        if pending.lingering:
+            if not data:
+                self._drop(pending)  # the client closed: a clean close now
+            return
         conn = pending.conn
         conn.receive_data(data)
         try:
             event = conn.next_event()
         except ProtocolError as exc:
-            self._unregister(pending)
             send_protocol_error(self, pending.sock, conn, exc, peer_of(pending.addr))
-            pending.sock.close()
+            self._linger(pending)
             return
         if event is NEED_DATA:
             return
@@ -195,14 +207,29 @@ class SyncWorker(Worker):
             except OSError:
                 pass
 
+    def _linger(self, pending: _Pending) -> None:
+        """After the answer to a refused request: our FIN goes out behind it, and what
+        the client still sends is read and dropped until it closes, for LINGER_TIME at
+        most. Closed at once, a socket with unread bytes resets the connection, and the
+        reset can destroy the answer before the client reads it (RFC 9112 §9.6)."""
+        try:
+            pending.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._drop(pending)
+            return
+        pending.lingering = True
+        pending.deadline = time.monotonic() + LINGER_TIME
+
     def _expire(self, now: float) -> None:
         for pending in [p for p in self.pending.values() if p.deadline <= now]:
+            if pending.lingering:
+                self._drop(pending)
+                continue
             # While this worker ran a request it could not read the other heads: what the
             # kernel already holds counts, so a head that did arrive is served, not 408'd.
             self._on_readable(pending)
-            if self.pending.get(pending.sock.fileno()) is not pending:
+            if self.pending.get(pending.sock.fileno()) is not pending or pending.lingering:
                 continue  # served, refused or closed by the read
-            self._unregister(pending)
             if pending.conn.has_buffered:
                 send_protocol_error(
                     self,
@@ -211,8 +238,9 @@ class SyncWorker(Worker):
                     RequestTimeoutError("request head not received in time"),
                     peer_of(pending.addr),
                 )
-            # else: the client never sent a byte; there is nothing to answer.
-            pending.sock.close()
+                self._linger(pending)
+            else:  # the client never sent a byte; there is nothing to answer
+                self._drop(pending)
 
     def _unregister(self, pending: _Pending) -> None:
         self.pending.pop(pending.sock.fileno(), None)

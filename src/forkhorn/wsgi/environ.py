@@ -243,7 +243,7 @@ def _split_host(host: str, scheme: str) -> tuple[str, str]:
 
 
 def _authority_of(target: bytes) -> str:
-    """The host and port of an absolute-form target (userinfo dropped). Raises
+    """The host and port of an absolute-form target (the parser refused userinfo). Raises
     BadRequestError when it is not a valid Host value."""
     rest = target[target.find(b"://") + 3 :]
     end = len(rest)
@@ -251,7 +251,7 @@ def _authority_of(target: bytes) -> str:
         at = rest.find(separator)
         if 0 <= at < end:
             end = at
-    authority = rest[:end].rpartition(b"@")[2]
+    authority = rest[:end]
     if not authority or HOST_RE.fullmatch(authority) is None:
         raise BadRequestError("invalid host in the request target")
     return authority.decode("latin-1")
