@@ -686,6 +686,44 @@ def test_access_log_counts_only_the_body_bytes_sent(
         assert f'HTTP/1.1" {status} {size} ' in line.string, line.string
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("what", ["one-piece", "file"])
+def test_a_slow_but_steady_reader_is_not_cut(
+    server_factory: ServerFactory, worker_class: str, tmp_path: Path, what: str
+) -> None:
+    """A client that keeps reading a large response, slowly (about 40 KB/s here), makes
+    progress: it must not be cut at ``timeout``. Progress was recorded per 1 MiB of a
+    one-piece body and per 8 MiB of a file (so such a client was cut on gthread, gevent and
+    eventlet), and on fast only when the transport's own buffer moved."""
+    if worker_class == "sync":
+        pytest.skip("sync bounds the whole request by timeout, as gunicorn's")
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(4_000_000))
+    if what == "file":
+        server = server_factory(
+            "files:app",
+            *worker_args(worker_class),
+            "--timeout",
+            "2",
+            env={"FORKHORN_TEST_FILE": str(payload)},
+        )
+        target = b"/"
+    else:
+        server = server_factory("bulk:app", *worker_args(worker_class), "--timeout", "2")
+        target = b"/?size=4000000"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        received = 0
+        stop = time.monotonic() + 6  # three timeouts
+        while time.monotonic() < stop:
+            data = sock.recv(4096)
+            assert data, f"cut after {received} bytes\n{server.logs}"
+            received += len(data)
+            time.sleep(0.1)  # reads about 40 KB a second
+    assert "without progress" not in server.logs and "Dropped a client" not in server.logs
+
+
 # -- clients that leave or stop reading ------------------------------------------------------------
 
 # 2000 pieces of 64 KiB: far more than loopback sockets buffer.

@@ -54,6 +54,31 @@ def test_nothing_is_due_before_the_limit() -> None:
     assert wd.next_check() == 110.0
 
 
+def test_a_client_taking_the_response_is_progress_even_without_a_completed_send() -> None:
+    """Rule 2 with a probe: at the limit, the count of bytes the client acknowledged is
+    read; the first reading buys one PROBE_WINDOW (1 s) to compare with, a change since
+    the last reading restarts the limit, no change is overdue."""
+    acked = {"sock": 1000}
+    wd: RequestWatchdog[str] = RequestWatchdog(
+        limit=10.0, grace=2.0, probe=lambda sock: acked[sock]
+    )
+    entry = wd.started("t1", b"GET /download HTTP/1.1", now=100.0)
+    entry.sock = "sock"
+    assert wd.check(110.0).overdue == []  # the first look
+    assert wd.next_check() == 111.0
+    acked["sock"] = 5000  # the client took some
+    assert wd.check(111.0).overdue == []
+    assert wd.next_check() == 121.0
+    assert wd.check(121.0).overdue == [entry]  # and then nothing more
+
+
+def test_no_probe_reading_means_no_progress() -> None:
+    wd: RequestWatchdog[str] = RequestWatchdog(limit=10.0, grace=2.0, probe=lambda sock: None)
+    entry = wd.started("t1", b"GET / HTTP/1.1", now=100.0)
+    entry.sock = object()  # a unix socket: no TCP counters
+    assert wd.check(110.0).overdue == [entry]
+
+
 def test_overdue_once_then_stuck_once_after_grace() -> None:
     wd: RequestWatchdog[str] = RequestWatchdog(limit=10.0, grace=2.0)
     entry = wd.started("t1", b"GET /slow HTTP/1.1", now=100.0)

@@ -54,6 +54,7 @@ from forkhorn.wsgi.cycle import raw_error_response
 
 from .base import DRAIN_IDLE, Worker, listener_was_shut
 from .session import (
+    bytes_acked,
     new_connection,
     peer_of,
     prepare_http,
@@ -196,7 +197,9 @@ class GreenletWorker(Worker):
         self._stop_event = self.new_event()
         self._accepting_stopped = self.new_event()
         limit = request_limit(cfg)
-        self._watchdog: RequestWatchdog[Any] = RequestWatchdog(limit, grace_period(limit))
+        self._watchdog: RequestWatchdog[Any] = RequestWatchdog(
+            limit, grace_period(limit), bytes_acked
+        )
         self._enforcer = RequestTimeoutEnforcer(
             self._watchdog,
             self.log,

@@ -62,6 +62,7 @@ from forkhorn.wsgi.input import RECV_SIZE
 from .base import DRAIN_IDLE, Worker, listener_was_shut, unselect
 from .session import (
     answer_timeout,
+    bytes_acked,
     finish_request,
     new_connection,
     peer_of,
@@ -149,7 +150,9 @@ class ThreadWorker(Worker):
         self._drained: list[tuple[socket.socket, Any]] = []
 
         limit = request_limit(cfg)
-        self._watchdog: RequestWatchdog[int] = RequestWatchdog(limit, grace_period(limit))
+        self._watchdog: RequestWatchdog[int] = RequestWatchdog(
+            limit, grace_period(limit), bytes_acked
+        )
         self._enforcer = RequestTimeoutEnforcer(
             self._watchdog,
             self.log,

@@ -73,6 +73,9 @@ H = TypeVar("H")
 # when that is shorter, but never under 1 s.
 MAX_GRACE = 5.0
 MIN_GRACE = 1.0
+# A request at its limit whose connection can be probed is looked at again after this
+# long, to see whether its client took some of the response meanwhile (rule 2).
+PROBE_WINDOW = 1.0
 
 
 def request_limit(cfg: Any) -> float:
@@ -107,6 +110,10 @@ class InFlight(Generic[H]):
     # and logs a request stuck in C on its behalf (gthread's abandon); and whether it did.
     cycle: Any = None
     abandoned: bool = False
+    # The connection the response goes to (the worker sets it), for the watchdog's probe
+    # (rule 2: progress a blocked send cannot record), and the probe's last reading.
+    sock: Any = None
+    probed: int = -1
 
     def elapsed(self, now: float) -> float:
         return max(0.0, now - self.started)
@@ -123,9 +130,17 @@ class Verdict(Generic[H]):
 class RequestWatchdog(Generic[H]):
     """The table of in-flight requests and the decisions on it (rules 1, 3 and 4)."""
 
-    def __init__(self, limit: float, grace: float) -> None:
+    def __init__(
+        self,
+        limit: float,
+        grace: float,
+        probe: Callable[[Any], int | None] | None = None,
+    ) -> None:
         self.limit = limit
         self.grace = grace
+        # probe(entry.sock): a count that grows while the client takes the response
+        # (the bytes it acknowledged), None where there is none.
+        self.probe = probe
         # A plain lock: requests start and finish in several threads. After gevent or
         # eventlet monkey-patching, ``threading.Lock`` is their cooperative lock (it is
         # looked up at call time for that reason).
@@ -173,13 +188,33 @@ class RequestWatchdog(Generic[H]):
         with self._lock:
             for entry in self._entries.values():
                 if not entry.interrupted_at:
-                    if now - entry.progress_at >= self.limit:
+                    if now - entry.progress_at >= self.limit and not self._took_some(entry, now):
                         entry.interrupted_at = now
                         verdict.overdue.append(entry)
                 elif not entry.reported_stuck and now - entry.interrupted_at >= self.grace:
                     entry.reported_stuck = True
                     verdict.stuck.append(entry)
         return verdict
+
+    def _took_some(self, entry: InFlight[H], now: float) -> bool:
+        """Has the client taken some of the response since the last look (rule 2)? A
+        send records progress only when it completes, and one blocked on a full socket
+        completes only when the kernel wakes it, after a third of its buffer drained: a
+        slow but steady reader can go longer than the limit without one. At the first
+        look there is nothing to compare with: look again in PROBE_WINDOW."""
+        if self.probe is None or entry.sock is None:
+            return False
+        count = self.probe(entry.sock)
+        if count is None:
+            return False
+        last, entry.probed = entry.probed, count
+        if last < 0:
+            entry.progress_at = now - self.limit + PROBE_WINDOW
+            return True
+        if count != last:
+            entry.progress_at = now
+            return True
+        return False
 
     def next_check(self) -> float | None:
         """When ``check`` will next find something, if nothing starts or ends meantime.
