@@ -12,7 +12,9 @@ Rules kept:
 2. The limit is ``timeout``, or ``request_timeout`` when that is set and smaller; both 0
    turns the watchdog off. It bounds the time a request goes without progress: from its
    start, and from each part of its response its client took (the worker sets
-   ``progress_at``). A long-poll, an app that hangs, or a client that stops reading hits
+   ``progress_at`` per completed send; at the limit the ``probe`` the worker gives, the
+   bytes its client acknowledged, tells of progress a blocked send cannot record). A
+   long-poll, an app that hangs, or a client that stops reading hits
    it; a stream or a download that its client keeps reading does not (gunicorn bounds
    neither on its threaded and green workers; forkhorn's fast worker does the same).
 3. A request past its limit is reported and interrupted **once**. If it is still running
