@@ -724,6 +724,51 @@ def test_a_slow_but_steady_reader_is_not_cut(
     assert "without progress" not in server.logs and "Dropped a client" not in server.logs
 
 
+@pytest.mark.timeout(60)
+def test_a_steady_upload_is_progress(server_factory: ServerFactory, worker_class: str) -> None:
+    """A client that keeps sending its body (here 100 KB at about 25 KB/s, twice the
+    timeout) is not cut: gthread, gevent and eventlet counted only sends as progress, so
+    any upload longer than ``timeout`` got a 500, where gunicorn's gthread completes it."""
+    if worker_class == "sync":
+        pytest.skip("sync bounds the whole request by timeout, as gunicorn's")
+    server = server_factory("echo:app", *worker_args(worker_class), "--timeout", "2")
+    with connect(server.port) as sock:
+        sock.sendall(
+            b"POST /up?read=all HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        for _ in range(40):
+            sock.sendall(b"u" * 2500)
+            time.sleep(0.1)
+        answer = read_until_close(sock, 20)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+@pytest.mark.timeout(60)
+def test_an_overloaded_worker_refuses_with_a_readable_503(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """Past ``worker_connections`` the answer is 503, then a clean close: sync and fast
+    closed with the request unread, and the reset destroyed the 503 (19 or 20 of 20)."""
+    server = server_factory(
+        "hello:app", *worker_args(worker_class)[:2], "--workers", "1", "--worker-connections", "1"
+    )
+    with connect(server.port) as held:
+        held.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")  # an unfinished head holds the slot
+        time.sleep(0.3)
+        for _ in range(10):
+            with connect(server.port) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                sock.settimeout(10)
+                answer = b""
+                try:
+                    while data := sock.recv(65536):
+                        answer += data
+                except ConnectionResetError:
+                    pytest.fail(f"reset after {answer[:40]!r}")
+            assert answer.startswith(b"HTTP/1.1 503 "), answer[:100]
+
+
 # -- clients that leave or stop reading ------------------------------------------------------------
 
 # 2000 pieces of 64 KiB: far more than loopback sockets buffer.

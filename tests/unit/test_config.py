@@ -117,6 +117,9 @@ def test_gunicorn_settings_forkhorn_lacks_are_named_not_dropped(tmp_path: Path) 
         "root_path = '/api'\n"
         "forwarder_headers = 'SCRIPT_NAME,PATH_INFO'\n"  # gunicorn's default: asks nothing
         "dirty_workers = '0'\n"  # its default, written as a string
+        "forwarder_headers = 'SCRIPT_NAME, PATH_INFO'\n"  # gunicorn reads it as its default
+        "dirty_apps = ()\n"
+        "http2_cleartext = False\n"
         "def on_dirty_starting(arbiter):\n    pass\n"
         "statsd_host = 'localhost:8125'\n"
         "spew = False\n"  # accepted, at its default

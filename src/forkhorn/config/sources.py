@@ -177,16 +177,25 @@ def _refuse_gunicorn_only_flags(argv: Sequence[str], where: str) -> None:
 
 
 def _gunicorn_default(name: str, value: object) -> bool:
-    """Is ``value`` what gunicorn would use for ``name`` anyway (so it asks for nothing)?"""
+    """Is ``value`` what gunicorn would use for ``name`` anyway (so it asks for nothing)?
+    Written as a config file may write it: ``"SCRIPT_NAME, PATH_INFO"``, ``()`` for
+    ``[]``, ``False`` for ``"off"``, ``"100"`` for ``100``, an enum for its number."""
     default = GUNICORN_ONLY[name]
     if default is _HOOK:
         return False
     if value == default:
         return True
-    # Strings and numbers as a config file may write them ("False", "100", an enum).
-    return str(value).strip().lower() == str(default).lower() or (
-        isinstance(default, int) and not isinstance(default, bool) and _as_int(value) == default
-    )
+    if isinstance(default, list) and isinstance(value, (list, tuple)):
+        return list(value) == default
+    if (default is False or default == "off") and value in (None, False, 0, "", "off"):
+        return True
+    if isinstance(default, int) and not isinstance(default, bool) and _as_int(value) == default:
+        return True
+    return _squeezed(value) == _squeezed(default)
+
+
+def _squeezed(value: object) -> str:
+    return "".join(str(value).split()).lower()
 
 
 def _as_int(value: object) -> int | None:

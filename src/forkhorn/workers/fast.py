@@ -194,10 +194,16 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         worker = self.worker
         if len(worker.connections) >= worker.max_connections:
-            # Refused politely: a status the client can read, then close.
+            # Refused politely: a status the client can read, our FIN, and its request
+            # read and dropped until it closes (a close with it unread would be a reset,
+            # which can destroy the answer). Closing ones do not count against the cap.
             answer = raw_error_response(503, "Service Unavailable", worker.server_line)
             transport.write(answer)  # type: ignore[attr-defined]
-            transport.close()
+            if transport.can_write_eof():  # type: ignore[attr-defined]
+                transport.write_eof()  # type: ignore[attr-defined]
+                transport.set_protocol(_Lingering(worker, transport))  # type: ignore[arg-type]
+            else:
+                transport.close()
             worker.refused_overloaded()
             return
         worker.connections.add(self)

@@ -39,6 +39,7 @@ method name the greenlet that runs it.
 
 from __future__ import annotations
 
+import _socket
 import abc
 import errno
 import os
@@ -54,8 +55,8 @@ from forkhorn.wsgi.cycle import raw_error_response
 
 from .base import DRAIN_IDLE, Worker, listener_was_shut
 from .session import (
-    bytes_acked,
     new_connection,
+    output_taken,
     peer_of,
     prepare_http,
     read_request,
@@ -198,7 +199,7 @@ class GreenletWorker(Worker):
         self._accepting_stopped = self.new_event()
         limit = request_limit(cfg)
         self._watchdog: RequestWatchdog[Any] = RequestWatchdog(
-            limit, grace_period(limit), bytes_acked
+            limit, grace_period(limit), output_taken
         )
         self._enforcer = RequestTimeoutEnforcer(
             self._watchdog,
@@ -427,14 +428,26 @@ def _refuse(fd: int, server_line: bytes) -> None:
     """Too many connections: a status the client can read, then close. Runs in: acceptor.
 
     A raw descriptor write: the response is small and the socket buffer of a new
-    connection is empty, so it cannot block.
+    connection is empty, so it cannot block. Then our FIN, and what the request had sent
+    by then read first: a close with it unread would be a reset, which can destroy the
+    answer. The C socket type, not the patched one: nothing here may switch greenlets.
     """
     try:
         os.write(fd, raw_error_response(503, "Service Unavailable", server_line))
+        raw = _socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return
+    try:
+        raw.setblocking(False)
+        raw.shutdown(socket.SHUT_WR)
+        for _ in range(16):
+            if not raw.recv(65536):
+                break
     except OSError:
         pass
     finally:
-        os.close(fd)
+        raw.close()
 
 
 def _close(sock: Any) -> None:

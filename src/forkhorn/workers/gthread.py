@@ -62,9 +62,9 @@ from forkhorn.wsgi.input import RECV_SIZE
 from .base import DRAIN_IDLE, Worker, listener_was_shut, unselect
 from .session import (
     answer_timeout,
-    bytes_acked,
     finish_request,
     new_connection,
+    output_taken,
     peer_of,
     prepare_http,
     send_protocol_error,
@@ -151,7 +151,7 @@ class ThreadWorker(Worker):
 
         limit = request_limit(cfg)
         self._watchdog: RequestWatchdog[int] = RequestWatchdog(
-            limit, grace_period(limit), bytes_acked
+            limit, grace_period(limit), output_taken
         )
         self._enforcer = RequestTimeoutEnforcer(
             self._watchdog,

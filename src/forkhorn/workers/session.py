@@ -72,11 +72,16 @@ def bytes_waiting(fd: int) -> bool:
     return int.from_bytes(waiting, sys.byteorder) > 0
 
 
-def bytes_acked(sock: Any) -> int | None:
-    """How many bytes the peer of a TCP socket has acknowledged (Linux's
-    ``tcpi_bytes_acked``, a count that only grows); None elsewhere (a unix socket, another
-    system). The request watchdog's probe of a response's progress."""
+def output_taken(sock: Any) -> int | None:
+    """A reading that changes while the peer takes what was sent: the request watchdog's
+    probe of a response's progress. For TCP, the bytes the peer acknowledged (Linux's
+    ``tcpi_bytes_acked``, a count that only grows); for a unix socket, the bytes still
+    queued (``TIOCOUTQ``: it falls as the peer reads, and rises only when a send it
+    unblocked refills it). None where neither can be read."""
     try:
+        if sock.family == socket.AF_UNIX:
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            return int.from_bytes(queued, sys.byteorder)
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
     except (OSError, AttributeError, ValueError):
         return None
@@ -241,7 +246,7 @@ def serve_request(
     allowance = worker.body_allowance or io_timeout or 0.0
     body = InputStream(
         conn,
-        sock.recv,
+        sock.recv if watch is None else _receiving(sock.recv, watch),
         send,
         sock.settimeout,
         io_timeout,
@@ -273,13 +278,12 @@ def serve_request(
         # and then not reading the response cannot hold this thread forever.
         send = _bounded_send(sock, io_timeout)
     elif watch is not None:
-        send = _progressing(send, watch)
+        send = _progressing(send, watch, sock)
     if not worker.alive:
         conn.close_after_response = True
     exchange = Exchange(conn, send, worker.request_started(request.request_line))
     if watch is not None:
         watch.cycle = (request, environ, exchange)
-        watch.sock = sock
     ok = False
     taken = False
     try:
@@ -367,11 +371,14 @@ def answer_timeout(exchange: Exchange, sock: socket.socket, request_timeout: boo
 PROGRESS_BLOCK = 64 * 1024
 
 
-def _progressing(send: Any, watch: InFlight[Any]) -> Any:
+def _progressing(send: Any, watch: InFlight[Any], sock: socket.socket) -> Any:
     """``send``, recording each completed send as the request's progress (watchdog rule
-    2): a response its client keeps taking is not cut at the limit."""
+    2): a response its client keeps taking is not cut at the limit. From the first send
+    on, the watchdog may also probe the socket (``watch.sock``): before it, what the
+    client takes is the previous response's tail, not progress of this one."""
 
     def send_and_record(data: bytes) -> None:
+        watch.sock = sock
         if len(data) <= PROGRESS_BLOCK:
             send(data)
         else:
@@ -382,6 +389,18 @@ def _progressing(send: Any, watch: InFlight[Any]) -> Any:
         watch.progress_at = time.monotonic()
 
     return send_and_record
+
+
+def _receiving(recv: Any, watch: InFlight[Any]) -> Any:
+    """``recv`` for the request body, recording each read as progress: a client that
+    keeps uploading is not cut at the limit (its pace is the body deadline's business)."""
+
+    def recv_and_record(size: int) -> bytes:
+        data: bytes = recv(size)
+        watch.progress_at = time.monotonic()
+        return data
+
+    return recv_and_record
 
 
 def _bounded_send(sock: socket.socket, timeout: float | None) -> Any:
@@ -403,6 +422,7 @@ def _sendfile_for(sock: socket.socket, watch: InFlight[Any] | None = None) -> An
         with os.fdopen(os.dup(fd), "rb") as file:
             if watch is None:
                 return sock.sendfile(file, offset, count)
+            watch.sock = sock  # the response has begun: the watchdog may probe it
             sent = 0
             while sent < count:
                 done = sock.sendfile(file, offset + sent, min(SENDFILE_BLOCK, count - sent))
@@ -424,6 +444,8 @@ def _copy_for(sock: socket.socket, watch: InFlight[Any] | None = None) -> Any:
     systems whose sendfile is broken), still framed by the file's size."""
 
     def copy(fd: int, offset: int, count: int) -> int:
+        if watch is not None:
+            watch.sock = sock  # the response has begun: the watchdog may probe it
         sent = 0
         while sent < count:
             block = os.pread(fd, min(COPY_BLOCK, count - sent), offset + sent)

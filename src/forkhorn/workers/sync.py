@@ -64,6 +64,7 @@ class SyncWorker(Worker):
         # TERM and retirement make this readable, so select() returns at once.
         self.selector.register(self.wakeup_fd, selectors.EVENT_READ, _WAKE)
         self.pending: dict[int, _Pending] = {}
+        self.lingering = 0  # of them, refused ones closing (_linger)
         self._drained: list[tuple[socket.socket, Any]] = []
         self._listening = True  # the listeners are non-blocking now: stop_accepting may drain
         head_timeout = float(self.cfg.header_timeout) or float("inf")  # 0: no deadline
@@ -150,11 +151,17 @@ class SyncWorker(Worker):
         self._adopt(sock, addr, deadline)
 
     def _adopt(self, sock: socket.socket, addr: Any, deadline: float) -> None:
-        if len(self.pending) >= self.cfg.worker_connections:
-            # Refuse politely: a status the client can read, then close.
+        if len(self.pending) - self.lingering >= self.cfg.worker_connections:
+            # Refuse politely: a status the client can read, our FIN, then close, with
+            # what its request had sent by then read first (unread bytes would make the
+            # close a reset, which can destroy the answer).
             try:
                 sock.setblocking(False)
                 sock.send(raw_error_response(503, "Service Unavailable", self.server_line))
+                sock.shutdown(socket.SHUT_WR)
+                for _ in range(16):
+                    if not sock.recv(RECV_SIZE):
+                        break
             except OSError:
                 pass
             sock.close()
@@ -219,6 +226,7 @@ class SyncWorker(Worker):
             return
         pending.lingering = True
         pending.deadline = time.monotonic() + LINGER_TIME
+        self.lingering += 1  # not counted against worker_connections
 
     def _expire(self, now: float) -> None:
         for pending in [p for p in self.pending.values() if p.deadline <= now]:
@@ -243,7 +251,8 @@ class SyncWorker(Worker):
                 self._drop(pending)
 
     def _unregister(self, pending: _Pending) -> None:
-        self.pending.pop(pending.sock.fileno(), None)
+        if self.pending.pop(pending.sock.fileno(), None) is not None and pending.lingering:
+            self.lingering -= 1
         unselect(self.selector, pending.sock)
 
     def _drop(self, pending: _Pending) -> None:
