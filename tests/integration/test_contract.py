@@ -21,6 +21,7 @@ import re
 import signal
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -722,6 +723,44 @@ def test_a_slow_but_steady_reader_is_not_cut(
             received += len(data)
             time.sleep(0.1)  # reads about 40 KB a second
     assert "without progress" not in server.logs and "Dropped a client" not in server.logs
+
+
+@pytest.mark.timeout(90)
+def test_the_previous_responses_tail_is_not_progress(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """On a keep-alive connection, the client still taking the previous response's tail
+    (buffered by the kernel) is not progress of the next request: a hung one is cut at its
+    limit. The watchdog's kernel probe first counted it, and the hung request ran on."""
+    if worker_class in ("sync", "fast"):
+        pytest.skip("no in-worker watchdog: the master's timeout bounds these")
+    server = server_factory("routes:app", *worker_args(worker_class), "--request-timeout", "2")
+    done = threading.Event()
+
+    def read_slowly(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while not done.is_set() and sock.recv(4096):
+                time.sleep(0.1)  # about 40 KB a second
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        mark = server.mark()
+        sock.sendall(
+            b"GET /bulk?size=1500000 HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /slow/hang HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        reader = threading.Thread(target=read_slowly, args=(sock,), daemon=True)
+        reader.start()
+        try:
+            # The first response is all in the kernel's buffers (the client takes it for
+            # half a minute more) when the second request starts, and hangs.
+            server.wait_for_log(r"slow app: hanging", since=mark, timeout=40)
+            server.wait_for_log(
+                r"Request timeout \(pid:\d+\): GET /slow/hang", since=mark, timeout=6
+            )
+        finally:
+            done.set()
+            reader.join(10)
 
 
 @pytest.mark.timeout(60)
