@@ -502,6 +502,19 @@ def read_until_close(sock: socket.socket, timeout: float = 10.0) -> bytes:
     return b"".join(chunks)
 
 
+def read_until_fin(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything until the peer's FIN; a reset fails the test (unlike
+    ``read_until_close``): a reset can destroy an answer before the client reads it."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pytest.fail(f"the connection was reset after {data[:60]!r}")
+    return data
+
+
 def raw_request(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     """Send ``data`` on a new connection and return every byte until the server closes."""
     with connect(port, timeout) as sock:

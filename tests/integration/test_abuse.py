@@ -36,6 +36,7 @@ from .server import (
     parse_responses,
     raw_request,
     read_until_close,
+    read_until_fin,
     server_pool,
 )
 from .test_contract import keeps_alive, worker_args
@@ -233,13 +234,7 @@ def test_a_refused_request_closes_cleanly_while_its_client_still_sends(
         with contextlib.suppress(OSError):
             sock.sendall(b"GET / HTTP/1.1\r\n" + H + b"Bad Header: x\r\n\r\n" + b"x" * 1_000_000)
         time.sleep(0.3)  # the answer and the rest of our bytes cross
-        sock.settimeout(10)
-        answer = b""
-        try:
-            while data := sock.recv(65536):  # until our FIN
-                answer += data
-        except ConnectionResetError:
-            pytest.fail(f"the connection was reset after {answer[:40]!r}")
+        answer = read_until_fin(sock)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert get(server.port, "/").status == 200
 

@@ -42,6 +42,7 @@ from .server import (
     parse_responses,
     raw_request,
     read_until_close,
+    read_until_fin,
     server_pool,
     stream_body,
 )
@@ -798,13 +799,7 @@ def test_an_overloaded_worker_refuses_with_a_readable_503(
         for _ in range(10):
             with connect(server.port) as sock:
                 sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-                sock.settimeout(10)
-                answer = b""
-                try:
-                    while data := sock.recv(65536):
-                        answer += data
-                except ConnectionResetError:
-                    pytest.fail(f"reset after {answer[:40]!r}")
+                answer = read_until_fin(sock)
             assert answer.startswith(b"HTTP/1.1 503 "), answer[:100]
 
 

@@ -51,7 +51,6 @@ from typing import Any
 
 from forkhorn.arbiter.scoreboard import WorkerState
 from forkhorn.http import ProtocolError, ServerConnection
-from forkhorn.wsgi.cycle import raw_error_response
 
 from .base import DRAIN_IDLE, Worker, listener_was_shut
 from .session import (
@@ -60,6 +59,7 @@ from .session import (
     peer_of,
     prepare_http,
     read_request,
+    refuse_overloaded,
     send_protocol_error,
     serve_request,
 )
@@ -425,29 +425,14 @@ class _StopAccepting(BaseException):
 
 
 def _refuse(fd: int, server_line: bytes) -> None:
-    """Too many connections: a status the client can read, then close. Runs in: acceptor.
-
-    A raw descriptor write: the response is small and the socket buffer of a new
-    connection is empty, so it cannot block. Then our FIN, and what the request had sent
-    by then read first: a close with it unread would be a reset, which can destroy the
-    answer. The C socket type, not the patched one: nothing here may switch greenlets.
-    """
+    """Too many connections (``refuse_overloaded``). Runs in: acceptor, on the C socket
+    type rather than the patched one: nothing here may switch greenlets."""
     try:
-        os.write(fd, raw_error_response(503, "Service Unavailable", server_line))
         raw = _socket.socket(fileno=fd)
     except OSError:
         os.close(fd)
         return
-    try:
-        raw.setblocking(False)
-        raw.shutdown(socket.SHUT_WR)
-        for _ in range(16):
-            if not raw.recv(65536):
-                break
-    except OSError:
-        pass
-    finally:
-        raw.close()
+    refuse_overloaded(raw, server_line)
 
 
 def _close(sock: Any) -> None:

@@ -56,7 +56,6 @@ from typing import Any
 
 from forkhorn.http import CLOSED, NEED_DATA, ProtocolError, Request, RequestTimeoutError
 from forkhorn.http.connection import ServerConnection
-from forkhorn.wsgi.cycle import raw_error_response
 from forkhorn.wsgi.input import RECV_SIZE
 
 from .base import DRAIN_IDLE, Worker, listener_was_shut, unselect
@@ -67,6 +66,7 @@ from .session import (
     output_taken,
     peer_of,
     prepare_http,
+    refuse_overloaded,
     send_protocol_error,
     serve_request,
 )
@@ -310,7 +310,7 @@ class ThreadWorker(Worker):
     def _adopt(self, sock: socket.socket, addr: Any, deadline: float) -> None:
         """Hold a new connection in the poller until its head is complete."""
         if self._open_connections() >= self.cfg.worker_connections:
-            _refuse(sock, self.server_line)
+            refuse_overloaded(sock, self.server_line)
             self.refused_overloaded()
             return
         sock.setblocking(False)
@@ -624,16 +624,6 @@ class ThreadWorker(Worker):
         if keep or not self.alive or not self._accepting:
             # A free thread: the main thread takes the listeners back at once.
             self._poke()  # when stopping, the main thread may be waiting for the last one
-
-
-def _refuse(sock: socket.socket, server_line: bytes) -> None:
-    """Too many connections: a status the client can read, then close."""
-    try:
-        sock.setblocking(False)
-        sock.send(raw_error_response(503, "Service Unavailable", server_line))
-    except OSError:
-        pass
-    _close(sock)
 
 
 def _close(sock: socket.socket) -> None:

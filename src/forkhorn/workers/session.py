@@ -46,6 +46,7 @@ from forkhorn.wsgi.cycle import (
     app_failed,
     error_body,
     protocol_error_answer,
+    raw_error_response,
     run_app,
 )
 from forkhorn.wsgi.environ import build_environ, refused_environ
@@ -80,8 +81,7 @@ def output_taken(sock: Any) -> int | None:
     unblocked refills it). None where neither can be read."""
     try:
         if sock.family == socket.AF_UNIX:
-            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-            return int.from_bytes(queued, sys.byteorder)
+            return bytes_unsent(sock.fileno())
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
     except (OSError, AttributeError, ValueError):
         return None
@@ -100,6 +100,25 @@ _TCP_INFO_SIZE = 232
 #: and dropped before the connection closes (a lingering close, RFC 9112 §9.6; Apache
 #: lingers up to 2 s too).
 LINGER_TIME = 2.0
+
+
+def refuse_overloaded(sock: Any, server_line: bytes) -> None:
+    """A connection past ``worker_connections``: a 503 the client can read, our FIN, and
+    what its request had sent by then read first (closed with it unread, the socket would
+    be reset, and the reset can destroy the answer), then close. Never waits on the
+    client. ``sock``: the standard library's socket or the C type (not a green one: the
+    green workers' acceptor may not switch here)."""
+    try:
+        sock.setblocking(False)
+        sock.send(raw_error_response(503, "Service Unavailable", server_line))
+        sock.shutdown(socket.SHUT_WR)
+        for _ in range(16):
+            if not sock.recv(RECV_SIZE):
+                break
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def bytes_unsent(fd: int) -> int:

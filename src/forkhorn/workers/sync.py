@@ -22,7 +22,6 @@ import time
 from typing import Any
 
 from forkhorn.http import NEED_DATA, ProtocolError, Request, RequestTimeoutError, ServerConnection
-from forkhorn.wsgi.cycle import raw_error_response
 from forkhorn.wsgi.input import RECV_SIZE
 
 from .base import DRAIN_IDLE, Worker, listener_was_shut, unselect
@@ -31,6 +30,7 @@ from .session import (
     new_connection,
     peer_of,
     prepare_http,
+    refuse_overloaded,
     send_protocol_error,
     serve_request,
 )
@@ -152,19 +152,7 @@ class SyncWorker(Worker):
 
     def _adopt(self, sock: socket.socket, addr: Any, deadline: float) -> None:
         if len(self.pending) - self.lingering >= self.cfg.worker_connections:
-            # Refuse politely: a status the client can read, our FIN, then close, with
-            # what its request had sent by then read first (unread bytes would make the
-            # close a reset, which can destroy the answer).
-            try:
-                sock.setblocking(False)
-                sock.send(raw_error_response(503, "Service Unavailable", self.server_line))
-                sock.shutdown(socket.SHUT_WR)
-                for _ in range(16):
-                    if not sock.recv(RECV_SIZE):
-                        break
-            except OSError:
-                pass
-            sock.close()
+            refuse_overloaded(sock, self.server_line)
             self.refused_overloaded()
             return
         sock.setblocking(False)
