@@ -358,6 +358,43 @@ def test_head(server: ServerProcess, worker_class: str, path: str) -> None:
         assert conn.read_until_close() == b""
 
 
+ENDLESS = "/stream?chunks=1000000000000&size=100"
+
+
+@pytest.mark.timeout(30)
+def test_head_to_an_endless_stream_stops_iterating(
+    server: ServerProcess, worker_class: str
+) -> None:
+    """PEP 3333: the server stops iterating once the response is complete. A HEAD has no
+    body to send, so an endless generator was iterated for ever, its pieces dropped: the
+    worker (fast's loop, sync's process, a thread or greenlet) served nothing else until
+    it was killed as hung, or never."""
+    with RawConnection(server.port) as conn:
+        conn.send(f"HEAD {ENDLESS} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        resp = conn.read_response("HEAD")
+        assert resp.status == 200 and resp.body == b""
+        if keeps_alive(worker_class):
+            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert conn.read_response().body == b"Hello, World!"
+    for _ in range(3):  # every worker (the fixture runs two) is free for the next client
+        assert get(server.port, "/").status == 200
+
+
+@pytest.mark.timeout(30)
+def test_an_endless_stream_stops_at_its_content_length(
+    server: ServerProcess, worker_class: str
+) -> None:
+    """Past the app's Content-Length nothing can be sent: one more piece is taken (it
+    marks the response as overlong, so the connection closes) and no more."""
+    with RawConnection(server.port) as conn:
+        conn.send(f"GET {ENDLESS}&length=250 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        resp = conn.read_response()
+        assert resp.status == 200 and resp.body == b"0" * 100 + b"1" * 100 + b"2" * 50
+        assert conn.read_until_close() == b""
+    for _ in range(3):
+        assert get(server.port, "/").status == 200
+
+
 @pytest.mark.timeout(30)
 def test_app_exception_gives_500(server: ServerProcess, worker_class: str) -> None:
     mark = server.mark()
@@ -412,15 +449,26 @@ def test_hop_by_hop_fields_from_the_app_are_dropped(
 @pytest.mark.timeout(30)
 def test_connect_answered_2xx_is_refused(server: ServerProcess, worker_class: str) -> None:
     """RFC 9110 §9.3.6: a 2xx to CONNECT opens a tunnel and carries no framing, which a
-    WSGI response cannot do; the app's 200 becomes a 500 (a 4xx goes out as written)."""
+    WSGI response cannot do. Any client can send CONNECT to an app that answers every
+    method alike, so the app's 200 becomes a 501 with one warning line, not an ERROR and
+    a traceback per request (a 4xx goes out as written)."""
     mark = server.mark()
-    data = raw_request(
-        server.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+    for _ in range(2):
+        data = raw_request(
+            server.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+        )
+        (resp,) = parse_responses(data)
+        assert resp.status == 501
+        assert resp.header("content-length") == str(len(resp.body))
+        assert resp.header("connection") == "close"
+    server.wait_for_log(
+        r"\[WARNING\] Refused request CONNECT example.com:443: a 2xx answer to CONNECT would "
+        r"open a tunnel; sent 501",
+        since=mark,
     )
-    (resp,) = parse_responses(data)
-    assert resp.status == 500
-    assert resp.header("content-length") == str(len(resp.body))
-    server.wait_for_log(r"CONNECT would open a tunnel", since=mark)
+    assert get(server.port, "/").status == 200
+    assert server.count_log(r"Refused request CONNECT", since=mark) == 2
+    assert server.count_log(r"Traceback|\[ERROR\]", since=mark) == 0, server.logs
 
 
 @pytest.mark.timeout(60)

@@ -27,7 +27,13 @@ from __future__ import annotations
 
 from . import writer
 from .body import ChunkedReader, ContentLengthReader
-from .errors import BadRequestError, IncompleteHeadError, InvalidResponseError, ProtocolError
+from .errors import (
+    BadRequestError,
+    IncompleteHeadError,
+    InvalidResponseError,
+    ProtocolError,
+    TunnelResponseError,
+)
 from .events import CLOSED, NEED_DATA, PAUSED, Data, EndOfMessage, Request, Sentinel
 from .head import check_partial_head, parse_head, refused_head
 
@@ -317,7 +323,7 @@ class ServerConnection:
             # RFC 9110 §9.3.6: a 2xx to CONNECT turns the connection into a tunnel and has
             # no framing; a WSGI response cannot be one (takeover, which can, never gets
             # here).
-            raise InvalidResponseError("a 2xx answer to CONNECT would open a tunnel")
+            raise TunnelResponseError("a 2xx answer to CONNECT would open a tunnel")
         if code == 204 or code == 304:
             framing = _NO_BODY
             if code == 204 and length >= 0:

@@ -101,3 +101,10 @@ class UnsupportedVersionError(ProtocolError):
 
 class InvalidResponseError(ValueError):
     """The application gave a status or header that cannot be sent safely."""
+
+
+class TunnelResponseError(InvalidResponseError):
+    """The app answered CONNECT with a 2xx, which would turn the connection into a tunnel
+    (RFC 9110 §9.3.6) that a WSGI response cannot be. Any client can send CONNECT, and an
+    app that ignores the method answers it like a GET, so this is the client's doing more
+    than the app's bug: the server says 501 and logs one line, not a traceback."""

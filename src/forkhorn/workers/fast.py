@@ -554,6 +554,7 @@ class HttpProtocol(asyncio.Protocol):
         exchange = self.exchange
         assert iterator is not None and exchange is not None
         write = exchange.write
+        conn = exchange.conn
         budget = STREAM_TURN_BYTES
         pieces = STREAM_TURN_PIECES
         try:
@@ -563,6 +564,9 @@ class HttpProtocol(asyncio.Protocol):
                     break
                 if data.__class__ is not bytes and not isinstance(data, bytes):
                     raise TypeError(f"app yielded {type(data).__name__}, not bytes")
+                if conn.response_complete:
+                    write(data)  # dropped, as in run_app (wsgi/cycle.py)
+                    break
                 write(data)
                 transport = self.transport
                 if transport is None or transport.is_closing():

@@ -33,7 +33,12 @@ from types import TracebackType
 from typing import Any
 
 from forkhorn.errors import RequestHungError, WorkerExit
-from forkhorn.http import InvalidResponseError, ProtocolError, ServerConnection
+from forkhorn.http import (
+    InvalidResponseError,
+    ProtocolError,
+    ServerConnection,
+    TunnelResponseError,
+)
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -385,6 +390,13 @@ def close_result(result: Iterable[bytes], log: Any) -> None:
             log.exception("Error closing the response iterable")
 
 
+# PEP 3333: once the response is complete (HEAD, 204 and 304 after the head; otherwise the
+# Content-Length reached), the server stops iterating. One more piece is still taken and
+# handed to the framing, which drops it and, past a Content-Length, closes the connection
+# after the response. Iterating on would drop everything for as long as the app yields:
+# for ever for a HEAD to an endless stream, taking the worker with it.
+
+
 def run_app(
     app: WSGIApp,
     environ: dict[str, Any],
@@ -409,9 +421,13 @@ def run_app(
             _send_file(exchange, result, sendfile)
         else:
             write = exchange.write
+            conn = exchange.conn
             for data in result:
                 if data.__class__ is not bytes and not isinstance(data, bytes):
                     raise InvalidResponseError(f"app yielded {type(data).__name__}, not bytes")
+                if conn.response_complete:
+                    write(data)  # dropped; past a Content-Length it also ends keep-alive
+                    break  # complete: stop iterating (the note above run_app)
                 write(data)
             exchange.finish()
     except ProtocolError:
@@ -453,15 +469,22 @@ def _send_file(
 
 def app_failed(exchange: Exchange, environ: dict[str, Any], log: Any, exc: Any) -> bool:
     request_line = f"{environ.get('REQUEST_METHOD')} {environ.get('RAW_URI')}"
-    log.error("Error handling request %s", request_line, exc_info=exc)
-    if exchange.head_sent:
-        exchange.broken = True
-        return False
+    if isinstance(exc[1], TunnelResponseError) and not exchange.head_sent:
+        # A scanner's CONNECT to an app that does not look at the method: one line, and
+        # the status for a method the server does not do (RFC 9110 §15.6.2).
+        log.warning("Refused request %s: %s; sent 501", request_line, exc[1])
+        code, reason = 501, "Not Implemented"
+    else:
+        log.error("Error handling request %s", request_line, exc_info=exc)
+        if exchange.head_sent:
+            exchange.broken = True
+            return False
+        code, reason = 500, "Internal Server Error"
     conn = exchange.conn
-    exchange.status = "500 Internal Server Error"
+    exchange.status = f"{code} {reason}"
     exchange.headers = []
     exchange.head_sent = True
-    exchange.send(error_response(conn, 500, "Internal Server Error"))
+    exchange.send(error_response(conn, code, reason))
     return True
 
 
