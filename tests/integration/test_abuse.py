@@ -539,13 +539,18 @@ def test_fast_upload_in_tiny_chunks_stays_within_its_memory_bound(
 
 
 @pytest.mark.timeout(60)
-def test_fast_stream_to_a_fast_reader_leaves_the_loop_to_others(
-    server_factory: ServerFactory,
+@pytest.mark.parametrize("worker_class", ["fast", "gthread", "gevent", "eventlet"])
+def test_a_stream_to_a_fast_reader_leaves_the_worker_to_others(
+    server_factory: ServerFactory, worker_class: str
 ) -> None:
     """A stream of small pieces that its client takes as fast as they come never pauses
-    the transport: the worker went on pulling it and served nobody else, and its
-    heartbeat stopped, so the master killed it as hung (cutting the stream)."""
-    srv = server_factory("stream:app", "-k", "fast", "--workers", "1", "--timeout", "2")
+    fast's transport, and never blocks a green worker's send (so never switches
+    greenlets): the worker went on pulling it and served nobody else, and its heartbeat
+    stopped, so the master killed it as hung (cutting the stream)."""
+    threads = ["--threads", "2"] if worker_class == "gthread" else []
+    srv = server_factory(
+        "stream:app", "-k", worker_class, *threads, "--workers", "1", "--timeout", "2"
+    )
     received = [0]
     ended: list[str] = []
 

@@ -141,6 +141,12 @@ class Worker(abc.ABC):
     #: worker's only thread or loop), the master applies ``request_timeout`` to a busy
     #: worker's heartbeat, as it applies ``timeout``.
     watches_requests: ClassVar[bool] = False
+    #: Connections share one thread cooperatively (greenlets): a response's sends call
+    #: ``cooperate()`` now and then, since a send that never blocks never switches.
+    cooperative: ClassVar[bool] = False
+
+    def cooperate(self) -> None:  # noqa: B027 (a hook: nothing to do but where overridden)
+        """Give the worker's other connections a turn (cooperative classes)."""
 
     @classmethod
     def preload_hazard(cls) -> str:

@@ -99,6 +99,10 @@ class GreenletWorker(Worker):
     """A greenlet per connection; subclasses supply their library's primitives."""
 
     watches_requests = True  # RequestWatchdog
+    cooperative = True
+
+    def cooperate(self) -> None:
+        self.sleep(0)
 
     #: The library's name, for log lines.
     library = "greenlet"

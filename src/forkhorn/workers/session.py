@@ -55,6 +55,8 @@ from forkhorn.wsgi.input import RECV_SIZE, InputStream
 from .watchdog import timeout_response, timeout_status
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .base import Worker
     from .watchdog import InFlight
 
@@ -298,6 +300,9 @@ def serve_request(
         send = _bounded_send(sock, io_timeout)
     elif watch is not None:
         send = _progressing(send, watch, sock)
+    cooperate = worker.cooperate if worker.cooperative else None
+    if cooperate is not None:
+        send = _cooperating(send, cooperate)
     if not worker.alive:
         conn.close_after_response = True
     exchange = Exchange(conn, send, worker.request_started(request.request_line))
@@ -317,7 +322,9 @@ def serve_request(
                 worker.wsgi,  # type: ignore[arg-type]
                 environ,
                 exchange,
-                _sendfile_for(sock, watch) if worker.use_sendfile else _copy_for(sock, watch),
+                _sendfile_for(sock, watch, cooperate)
+                if worker.use_sendfile
+                else _copy_for(sock, watch, cooperate),
                 worker.log,
             )
     except ProtocolError as exc:
@@ -410,6 +417,28 @@ def _progressing(send: Any, watch: InFlight[Any], sock: socket.socket) -> Any:
     return send_and_record
 
 
+#: A green worker's greenlet gives the others a turn after this much output, a piece
+#: counting at least ``TURN_PIECE`` bytes. A send that never blocks never switches
+#: greenlets: a stream its client took as fast as it came held the whole worker, and the
+#: worker's heartbeat with it, so the master killed it as hung and cut the stream.
+TURN_BYTES = 256 * 1024
+TURN_PIECE = 1024
+
+
+def _cooperating(send: Any, cooperate: Callable[[], None]) -> Any:
+    left = TURN_BYTES
+
+    def send_and_cooperate(data: bytes) -> None:
+        nonlocal left
+        send(data)
+        left -= len(data) + TURN_PIECE
+        if left <= 0:
+            left = TURN_BYTES
+            cooperate()
+
+    return send_and_cooperate
+
+
 def _receiving(recv: Any, watch: InFlight[Any]) -> Any:
     """``recv`` for the request body, recording each read as progress: a client that
     keeps uploading is not cut at the limit (its pace is the body deadline's business)."""
@@ -436,19 +465,27 @@ def _bounded_send(sock: socket.socket, timeout: float | None) -> Any:
 SENDFILE_BLOCK = 256 * 1024
 
 
-def _sendfile_for(sock: socket.socket, watch: InFlight[Any] | None = None) -> Any:
+def _sendfile_for(
+    sock: socket.socket,
+    watch: InFlight[Any] | None = None,
+    cooperate: Callable[[], None] | None = None,
+) -> Any:
     def sendfile(fd: int, offset: int, count: int) -> int:
         with os.fdopen(os.dup(fd), "rb") as file:
-            if watch is None:
+            if watch is None and cooperate is None:
                 return sock.sendfile(file, offset, count)
-            watch.sock = sock  # the response has begun: the watchdog may probe it
+            if watch is not None:
+                watch.sock = sock  # the response has begun: the watchdog may probe it
             sent = 0
             while sent < count:
                 done = sock.sendfile(file, offset + sent, min(SENDFILE_BLOCK, count - sent))
                 if not done:
                     break  # the file is shorter than it was: the caller closes
                 sent += done
-                watch.progress_at = time.monotonic()
+                if watch is not None:
+                    watch.progress_at = time.monotonic()
+                if cooperate is not None:
+                    cooperate()
             return sent
 
     return sendfile
@@ -458,7 +495,11 @@ def _sendfile_for(sock: socket.socket, watch: InFlight[Any] | None = None) -> An
 COPY_BLOCK = 256 * 1024
 
 
-def _copy_for(sock: socket.socket, watch: InFlight[Any] | None = None) -> Any:
+def _copy_for(
+    sock: socket.socket,
+    watch: InFlight[Any] | None = None,
+    cooperate: Callable[[], None] | None = None,
+) -> Any:
     """``--no-sendfile``: the file's bytes are read here and sent like any body (for file
     systems whose sendfile is broken), still framed by the file's size."""
 
@@ -474,6 +515,8 @@ def _copy_for(sock: socket.socket, watch: InFlight[Any] | None = None) -> Any:
             sent += len(block)
             if watch is not None:
                 watch.progress_at = time.monotonic()
+            if cooperate is not None:
+                cooperate()
         return sent
 
     return copy
