@@ -395,6 +395,26 @@ def test_an_endless_stream_stops_at_its_content_length(
         assert get(server.port, "/").status == 200
 
 
+@pytest.mark.timeout(60)
+def test_head_to_an_endless_file_wrapper_stops_reading(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """The same for ``wsgi.file_wrapper`` over a file that is not a regular one (no
+    sendfile: it is read and sent piece by piece), here /dev/zero: a HEAD, and a GET whose
+    Content-Length (0, the device's size) is reached at once, read no further."""
+    server = server_factory(
+        "files:app", *worker_args(worker_class), env={"FORKHORN_TEST_FILE": "/dev/zero"}
+    )
+    with RawConnection(server.port) as conn:
+        conn.send(b"HEAD /nolength HTTP/1.1\r\nHost: t\r\n\r\n")
+        resp = conn.read_response("HEAD")
+        assert resp.status == 200 and resp.body == b""
+    data = raw_request(server.port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    (resp,) = parse_responses(data)
+    assert (resp.status, resp.header("content-length"), resp.body) == (200, "0", b"")
+    assert "WORKER TIMEOUT" not in server.logs
+
+
 @pytest.mark.timeout(30)
 def test_app_exception_gives_500(server: ServerProcess, worker_class: str) -> None:
     mark = server.mark()

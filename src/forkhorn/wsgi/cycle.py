@@ -450,7 +450,11 @@ def _send_file(
 ) -> None:
     file = wrapper.regular_file()
     if file is None:
+        conn = exchange.conn
         for data in wrapper:
+            if conn.response_complete:
+                exchange.write(data)  # as in run_app: dropped, and no more read
+                break
             exchange.write(data)
         exchange.finish()
         return
