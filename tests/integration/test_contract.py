@@ -18,9 +18,11 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -413,6 +415,86 @@ def test_head_to_an_endless_file_wrapper_stops_reading(
     (resp,) = parse_responses(data)
     assert (resp.status, resp.header("content-length"), resp.body) == (200, "0", b"")
     assert "WORKER TIMEOUT" not in server.logs
+
+
+def _scheme(port: int, host: str = "t", **headers: str) -> tuple[int, str, str]:
+    """Status, wsgi.url_scheme and SERVER_PORT the app saw for a GET /echo."""
+    resp = get(port, "/echo", Host=host, **headers)
+    if resp.status != 200:
+        return resp.status, "", ""
+    environ = json.loads(resp.body)["environ"]
+    return resp.status, environ["wsgi.url_scheme"], environ["SERVER_PORT"]
+
+
+@pytest.mark.timeout(30)
+def test_a_trusted_front_end_sets_the_scheme(server: ServerProcess, worker_class: str) -> None:
+    """gunicorn's defaults: a peer in forwarded_allow_ips (127.0.0.1 by default) that sends
+    one of secure_scheme_headers sets wsgi.url_scheme, and with it the default port; two
+    such headers that disagree are a 400. An app behind a TLS-ending proxy on this host
+    saw http (Django's SECURE_SSL_REDIRECT then redirects for ever)."""
+    port = server.port
+    assert _scheme(port) == (200, "http", "80")
+    assert _scheme(port, **{"X-Forwarded-Proto": "https"}) == (200, "https", "443")
+    assert _scheme(port, **{"X-Forwarded-Proto": "http"}) == (200, "http", "80")
+    assert _scheme(port, **{"X-Forwarded-Ssl": "on"}) == (200, "https", "443")
+    assert _scheme(port, "t:8443", **{"X-Forwarded-Protocol": "ssl"}) == (200, "https", "8443")
+    both = {"X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "on"}
+    assert _scheme(port, **both) == (200, "https", "443")
+    contradictory = {"X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "off"}
+    assert _scheme(port, **contradictory) == (400, "", "")
+
+
+@pytest.mark.timeout(60)
+def test_an_untrusted_peer_cannot_set_the_scheme(
+    server_factory: ServerFactory, worker_class: str, tmp_path: Path
+) -> None:
+    """Only the listed front ends are believed; a config can name its own headers."""
+    server = server_factory(
+        "routes:app", *worker_args(worker_class), "--forwarded-allow-ips", "10.0.0.0/8"
+    )
+    assert _scheme(server.port, **{"X-Forwarded-Proto": "https"}) == (200, "http", "80")
+    conf = tmp_path / "proxy.conf.py"
+    conf.write_text(
+        "forwarded_allow_ips = '127.0.0.0/8'\nsecure_scheme_headers = {'X-Scheme': 'https'}\n"
+    )
+    server = server_factory("routes:app", *worker_args(worker_class), "-c", str(conf))
+    assert _scheme(server.port, **{"X-Scheme": "https"}) == (200, "https", "443")
+    assert _scheme(server.port, **{"X-Forwarded-Proto": "https"}) == (200, "http", "80")
+    assert "secure_scheme_headers" not in server.logs  # no "has no effect" warning now
+
+
+@pytest.mark.timeout(60)
+def test_a_unix_socket_peer_is_a_trusted_front_end(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A peer on a Unix socket is on this host (gunicorn trusts it too): its scheme
+    header counts, while the same request over TCP from an address not listed does not."""
+    work = Path(tempfile.mkdtemp(prefix="fh-", dir="/tmp"))
+    try:
+        path = work / "s.sock"
+        server = server_factory(
+            "routes:app",
+            *worker_args(worker_class),
+            "--bind",
+            f"unix:{path}",
+            "--forwarded-allow-ips",
+            "10.0.0.1",
+        )
+        assert _scheme(server.port, **{"X-Forwarded-Proto": "https"}) == (200, "http", "80")
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(
+                b"GET /echo HTTP/1.1\r\nHost: t\r\nX-Forwarded-Proto: https\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        (resp,) = parse_responses(data)
+        assert json.loads(resp.body)["environ"]["wsgi.url_scheme"] == "https"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.mark.timeout(30)

@@ -340,6 +340,23 @@ def test_forwarded_allow_ips(tmp_path: Path) -> None:
         load_config(["--forwarded-allow-ips", "not-an-ip"], {})
 
 
+def test_proxy_protocol_on_is_refused(tmp_path: Path) -> None:
+    """Not read yet: on, every request from a front end that sends it would be a 400."""
+    with pytest.raises(ConfigError, match=r"proxy_protocol \(from command line\): the PROXY"):
+        load_config(["--proxy-protocol"], {})
+    conf = tmp_path / "pp.conf.py"
+    for value in ("'v2'", "'auto'", "True"):
+        conf.write_text(f"proxy_protocol = {value}\n")
+        with pytest.raises(ConfigError, match=r"proxy_protocol \(from config file"):
+            load_config(["-c", str(conf)], {})
+    for value in ("'off'", "False"):
+        conf.write_text(f"proxy_protocol = {value}\n")
+        assert load_config(["-c", str(conf)], {}).proxy_protocol is False
+    conf.write_text("proxy_protocol = 'v3'\n")
+    with pytest.raises(ConfigError, match="expected off, v1, v2, auto"):
+        load_config(["-c", str(conf)], {})
+
+
 def test_chdir_is_checked_and_made_absolute(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     assert load_config(["--chdir", "sub"], {}).chdir == str((tmp_path / "sub").resolve())

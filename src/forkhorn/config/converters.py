@@ -111,6 +111,16 @@ def boolean(raw: object) -> bool:
     raise ValueError("expected true or false")
 
 
+def proxy_protocol(raw: object) -> bool:
+    """gunicorn's boolean, or gunicorn 27's ``off``, ``v1``, ``v2`` and ``auto``."""
+    if isinstance(raw, str) and raw.strip().lower() in ("v1", "v2", "auto"):
+        return True
+    try:
+        return boolean(raw)
+    except ValueError:
+        raise ValueError("expected off, v1, v2, auto, true or false") from None
+
+
 def optional_boolean(raw: object) -> bool | None:
     return None if raw is None else boolean(raw)
 

@@ -53,13 +53,11 @@ DEFAULT_SOURCE = "default"
 
 
 #: Settings accepted from gunicorn configurations that have no effect yet
-#: (``Config.no_effect``): forwarded headers, PROXY protocol and statsd are planned. Not
-#: worker_tmp_dir: it is moot here (the heartbeat is in shared memory, not a file), and
-#: Docker guides set it to /dev/shm everywhere, so a warning would only be noise.
+#: (``Config.no_effect``): the PROXY protocol (turning it on is refused, config/sources.py)
+#: and statsd are planned. Not worker_tmp_dir: it is moot here (the heartbeat is in shared
+#: memory, not a file), and Docker guides set it to /dev/shm everywhere, so a warning would
+#: only be noise.
 UNIMPLEMENTED_SETTINGS = (
-    "forwarded_allow_ips",
-    "secure_scheme_headers",
-    "proxy_protocol",
     "proxy_allow_ips",
     "statsd_host",
     "statsd_prefix",

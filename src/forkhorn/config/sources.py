@@ -158,6 +158,13 @@ _TLS_REFUSAL = (
     "refused; terminate TLS in a proxy (nginx, haproxy) in front of forkhorn"
 )
 
+#: The PROXY protocol is not read yet: with it on, every request from a load balancer that
+#: sends it would be a 400, so the setting is refused rather than warned.
+_PROXY_PROTOCOL_REFUSAL = (
+    "the PROXY protocol is not implemented yet, and a front end that sends it would get "
+    "400 for every request; turn send-proxy off in the load balancer, or leave this off"
+)
+
 
 def _refuse_gunicorn_only_flags(argv: Sequence[str], where: str) -> None:
     for arg in argv:
@@ -424,6 +431,10 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
     for parsed, source in ((env_args, args_env), (cli, COMMAND_LINE)):
         for name, raw in parsed.items():
             layers.set(name, raw, source)
+
+    if layers.values.get("proxy_protocol"):
+        source = layers.sources["proxy_protocol"]
+        raise ConfigError(f"proxy_protocol (from {source}): {_PROXY_PROTOCOL_REFUSAL}")
 
     # gunicorn names the processes after the app unless told otherwise.
     if layers.values["wsgi_app"] and layers.sources["default_proc_name"] == DEFAULT_SOURCE:

@@ -64,6 +64,7 @@ from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, AppImportError, W
 
 if TYPE_CHECKING:
     from forkhorn.arbiter.listeners import Listener
+    from forkhorn.wsgi.proxies import FrontEnds
 
 __all__ = ["DRAIN_IDLE", "Worker", "listener_was_shut", "unselect"]
 
@@ -211,6 +212,9 @@ class Worker(abc.ABC):
         self.hook_post_request = False
         self.base_environ: dict[str, Any] = {}
         self.header_map = "drop"
+        # Trusted front ends and their secure_scheme_headers (wsgi/proxies.py); None when
+        # no header is to be believed.
+        self.front_ends: FrontEnds | None = None
         self.body_min_rate = 0.0  # bytes/s; 0: no minimum (see wsgi/input.py)
         self.body_allowance = 0.0  # seconds a body read starts with
         self.use_sendfile = True  # False: --no-sendfile, file bodies are read and written

@@ -53,6 +53,7 @@ import itertools
 import operator
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -158,6 +159,7 @@ class HttpProtocol(asyncio.Protocol):
         "queued",
         "request",
         "result",
+        "scheme_headers",
         "transport",
         "worker",
         "write_paused",
@@ -169,6 +171,8 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer_addr = ""  # REMOTE_ADDR and REMOTE_PORT
         self.peer_port = ""
+        # secure_scheme_headers when the peer is a trusted front end (wsgi/proxies.py).
+        self.scheme_headers: dict[bytes, bytes] | None = None
         self.request: Request | None = None
         # A list of pieces, one bytearray past MAX_BODY_PIECES, or a temporary file past
         # MAX_MEMORY_BODY.
@@ -211,6 +215,13 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.peer_addr = str(peer[0])
             self.peer_port = str(peer[1])
+        front_ends = worker.front_ends
+        if front_ends is not None:
+            # Decided once per connection. A TCP client gone before this has no address
+            # and is not trusted; "" for a Unix socket peer is (wsgi/proxies.py).
+            sock = transport.get_extra_info("socket")
+            if isinstance(peer, tuple) or (sock is not None and sock.family == socket.AF_UNIX):
+                self.scheme_headers = front_ends.scheme_headers_for(self.peer_addr)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
         self.deadline = _monotonic() + worker.head_timeout
 
@@ -423,6 +434,7 @@ class HttpProtocol(asyncio.Protocol):
             self.peer_port,
             _EMPTY_INPUT if self.body is None else self._body_stream(),
             worker.header_map,
+            self.scheme_headers,
         )
         if request.chunked:
             # The whole body is here, so say its size, as waitress does: frameworks that

@@ -275,8 +275,15 @@ def serve_request(
         worker.body_min_rate if allowance else 0.0,
     )
     try:
+        front_ends = worker.front_ends
         environ = build_environ(
-            worker.base_environ, request, peer[0], peer[1], body, worker.header_map
+            worker.base_environ,
+            request,
+            peer[0],
+            peer[1],
+            body,
+            worker.header_map,
+            None if front_ends is None else front_ends.scheme_headers_for(peer[0]),
         )
     except ProtocolError as exc:
         send_protocol_error(worker, sock, conn, exc, peer)
@@ -568,6 +575,7 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
     from forkhorn.logs.logger import WSGIErrors
     from forkhorn.wsgi.cycle import FileWrapper
     from forkhorn.wsgi.environ import make_base_environ
+    from forkhorn.wsgi.proxies import FrontEnds
 
     cfg = worker.cfg
     # Read once: the request path tests these flags instead of calling a default no-op
@@ -585,6 +593,7 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
     )
     worker.server_line = server_line(worker.http_limits[4])
     worker.header_map = cfg.header_map
+    worker.front_ends = FrontEnds.from_config(cfg)
     # The body's minimum-rate deadline starts with header_timeout of allowance (the
     # setting's documented rule); see wsgi/input.py.
     worker.body_min_rate = float(cfg.body_min_rate or 0)

@@ -32,6 +32,8 @@ from urllib.parse import unquote_to_bytes
 from forkhorn.http import BadRequestError, ProtocolError, Request
 from forkhorn.http.grammar import HOST_RE
 
+from .proxies import forwarded_scheme
+
 _KEY_CACHE_LIMIT = 1024
 #: Marks a header name that the ``refuse`` policy answers with 400.
 _REFUSE = "\x00refuse"
@@ -112,8 +114,12 @@ def build_environ(
     remote_port: str,
     wsgi_input: Any,
     header_map: str = "drop",
+    scheme_headers: dict[bytes, bytes] | None = None,
 ) -> dict[str, Any]:
-    """The environ for one request. Raises BadRequestError for a refused header."""
+    """The environ for one request. Raises BadRequestError for a refused header.
+
+    ``scheme_headers``: the peer is a trusted front end, whose headers may set
+    ``wsgi.url_scheme`` (wsgi/proxies.py)."""
     environ = base.copy()
     target = request.target
     decoded = _targets.get(target)
@@ -157,6 +163,10 @@ def build_environ(
         # RFC 9112 §3.2.2: with an absolute-form target the server MUST ignore Host and
         # use the target's authority, so the app sees the URL the client asked for.
         environ["HTTP_HOST"] = _authority_of(target)
+    if scheme_headers is not None:
+        scheme = forwarded_scheme(request.headers, scheme_headers)
+        if scheme is not None:
+            environ["wsgi.url_scheme"] = scheme
     host = environ.get("HTTP_HOST")
     if host is not None:
         # SERVER_NAME/SERVER_PORT from Host (see the module docstring).

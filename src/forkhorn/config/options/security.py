@@ -16,12 +16,12 @@ from typing import ClassVar
 
 from forkhorn.config.converters import (
     address_list,
-    boolean,
     choice,
     header_mapping,
     header_value,
     integer,
     non_negative_int,
+    proxy_protocol,
     seconds,
 )
 from forkhorn.config.setting import Setting
@@ -126,9 +126,9 @@ class SecurityOptions:
         default_doc="'127.0.0.1,::1'",
         doc="""
         Front-end addresses (comma separated IPs or networks, or ``*``) trusted to set
-        ``secure_scheme_headers``. ``FORWARDED_ALLOW_IPS`` in the environment replaces the
-        default. Accepted, not yet used: ``wsgi.url_scheme`` is the connection's (a
-        start-up warning says so when this is set).
+        ``wsgi.url_scheme`` with ``secure_scheme_headers``, as in gunicorn; a peer on a
+        Unix socket is always trusted. ``FORWARDED_ALLOW_IPS`` in the environment replaces
+        the default. An empty value trusts no one.
         """,
     )
     secure_scheme_headers = Setting(
@@ -139,17 +139,22 @@ class SecurityOptions:
         },
         convert=header_mapping,
         doc="""
-        Headers and values that, from a trusted front end, mark the request as HTTPS
-        (``wsgi.url_scheme``). Config file only. Accepted, not yet used (a start-up warning
-        says so when this is set).
+        Headers and values that, from a trusted front end (``forwarded_allow_ips``), set
+        ``wsgi.url_scheme``: a header present with its value here means ``https``, with any
+        other value ``http``; two that disagree make the request a 400. Names are matched
+        case-insensitively, values exactly. Config file only; ``{}`` turns it off.
         """,
     )
     proxy_protocol = Setting(
         default=False,
-        convert=boolean,
+        convert=proxy_protocol,
         flags=("--proxy-protocol",),
         action="flag",
-        doc="Expect a PROXY protocol header (v1) from trusted peers. Accepted, not yet used.",
+        doc="""
+        Expect a PROXY protocol header from trusted peers. Not implemented yet, so turning
+        it on (``True``, or gunicorn 27's ``v1``, ``v2``, ``auto``) is refused at start-up:
+        every request from a front end that sends the header would get 400.
+        """,
     )
     proxy_allow_ips = Setting(
         default=["127.0.0.1", "::1"],
