@@ -497,6 +497,51 @@ def test_a_unix_socket_peer_is_a_trusted_front_end(
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.timeout(60)
+def test_a_context_variable_lives_through_the_whole_body(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A ContextVar the app call sets is seen by every piece of its body and reset by its
+    close() with the call's token (Flask's stream_with_context, OpenTelemetry). fast went
+    on with a long stream, or one its client read slowly, in later loop callbacks, each in
+    a context of its own: the reset raised, and the stream lost its last chunk."""
+    server = server_factory("ctxvars:app", *worker_args(worker_class))
+    for pieces, slow in ((3, False), (600, False), (2000, True)):
+        mark = server.mark()
+        target = f"/?pieces={pieces}&size=4096&id=req{pieces}{int(slow)}"
+        with RawConnection(server.port) as conn:
+            conn.send(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            if slow:  # 8 MB unread fill the socket: the body goes on from resume_writing
+                time.sleep(0.5)
+            resp = conn.read_response()
+        assert resp.status == 200 and resp.complete, (pieces, slow)
+        assert resp.body.count(b"WRONG") == 0, (pieces, slow)
+        assert len(resp.body) == pieces * 4096
+        # The reset happens after the response; a failure there is logged.
+        assert get(server.port, "/?pieces=1").status == 200
+        assert server.count_log(r"Traceback|different Context|\[ERROR\]", since=mark) == 0, (
+            server.logs
+        )
+
+
+@pytest.mark.timeout(30)
+def test_content_length_zero_reaches_the_environ(server: ServerProcess, worker_class: str) -> None:
+    """As gunicorn: a request that says ``Content-Length: 0`` has CONTENT_LENGTH "0"
+    (Werkzeug's and Falcon's content_length were None, which APIs answer with 411); one
+    without the header has none."""
+    cases = [
+        (b"POST /echo HTTP/1.1\r\nContent-Length: 0\r\n", "0"),
+        (b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\n", "3"),
+        (b"GET /echo HTTP/1.1\r\n", None),
+    ]
+    for head, expected in cases:
+        body = b"abc" if expected == "3" else b""
+        request = head + b"Host: t\r\nConnection: close\r\n\r\n" + body
+        (resp,) = parse_responses(raw_request(server.port, request))
+        assert resp.status == 200
+        assert json.loads(resp.body)["environ"].get("CONTENT_LENGTH") == expected, request
+
+
 @pytest.mark.timeout(30)
 def test_app_exception_gives_500(server: ServerProcess, worker_class: str) -> None:
     mark = server.mark()

@@ -390,6 +390,29 @@ def test_address_in_use_is_one_line() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_fatal_start_up_error_reaches_the_error_log_file(tmp_path: Path) -> None:
+    """stderr is not the only place an operator looks (and under --daemon it is
+    /dev/null): the master's fatal line goes to --error-logfile too, once on each."""
+    errors = tmp_path / "error.log"
+    result = run_cli(
+        [
+            "--bind",
+            "127.0.0.1:0",
+            "--pid",
+            str(tmp_path / "no" / "such" / "dir.pid"),
+            "--error-logfile",
+            str(errors),
+            "hello:app",
+        ]
+    )
+    assert result.returncode != 0
+    assert len(error_lines(result.stderr)) == 1, result.stderr
+    logged = [line for line in errors.read_text().splitlines() if "[ERROR]" in line]
+    assert len(logged) == 1 and "pid file" in logged[0], errors.read_text()
+    assert "Traceback" not in errors.read_text()
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("app", "code"),
     [("hello:app", 0), ("broken_import:app", 1), ("notcallable:app", 1), ("nosuch_xyz:app", 1)],
@@ -513,6 +536,21 @@ def test_unimplemented_gunicorn_settings_are_named_at_start_up(
     assert "proxy_protocol" not in server.logs  # only what was set is named
     assert "forwarded_allow_ips" not in server.logs  # set, but to its default
     assert get(server.port).status == 200
+
+
+@pytest.mark.timeout(30)
+def test_limits_above_their_maximum_are_capped_with_a_warning(
+    server_factory: ServerFactory,
+) -> None:
+    """A gunicorn config raising limit_request_line past 8190 (long query strings) starts,
+    as under gunicorn, which caps it silently; here the start-up says so."""
+    server = server_factory("hello:app", "--limit-request-line", "16384")
+    server.wait_for_log(r"\[WARNING\] limit_request_line = 16384 .* the maximum, 8190")
+    line = 8190 - len("GET  HTTP/1.1")
+    ok = raw_request(server.port, b"GET /" + b"a" * (line - 1) + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert parse_responses(ok)[0].status == 200
+    long = raw_request(server.port, b"GET /" + b"a" * line + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert parse_responses(long)[0].status == 414
 
 
 @pytest.mark.timeout(30)

@@ -159,7 +159,12 @@ def test_print_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
-        (["--bogus", "app:x"], {}, "Error: unrecognized arguments: --bogus"),
+        (["--bogus", "app:x"], {}, "Error: unknown option --bogus; see forkhorn --help"),
+        (
+            ["--wrokers", "3", "app:x"],
+            {},
+            "Error: unknown option --wrokers (did you mean --workers?); see forkhorn --help",
+        ),
         (["-w", "abc", "app:x"], {}, 'Error: workers = "abc" (from command line)'),
         (
             ["app:x"],

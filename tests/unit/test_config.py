@@ -164,6 +164,14 @@ def test_port_sets_the_default_bind_only_when_none_given(tmp_path: Path) -> None
     path = write_config(tmp_path / "conf.py", "bind = '127.0.0.1:7000'\n")
     assert load_config(["-c", path], {"PORT": "9001"}).bind == ["127.0.0.1:7000"]
     assert load_config(["-b", ":7001"], {"PORT": "9001"}).bind == [":7001"]
+    # A bad PORT (or WEB_CONCURRENCY) is an error only where its default is used.
+    assert load_config(["-b", ":7001"], {"PORT": "notaport"}).bind == [":7001"]
+    assert load_config(["-c", path], {"PORT": "x"}).bind == ["127.0.0.1:7000"]
+    assert load_config(["-w", "3"], {"WEB_CONCURRENCY": "many"}).workers == 3
+    with pytest.raises(ConfigError, match=r"bind = .* \(from PORT\)"):
+        load_config([], {"PORT": "notaport"})
+    with pytest.raises(ConfigError, match=r"\(from WEB_CONCURRENCY\)"):
+        load_config([], {"WEB_CONCURRENCY": "many"})
 
 
 def test_only_the_given_environ_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,7 +230,9 @@ def test_bad_value_error_names_value_and_source(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--bogus"], "unknown option --bogus"),
+        (["--timout", "3", "a:app"], "unknown option --timout (did you mean --timeout?)"),
+        (["--work", "3"], "ambiguous option: --work could match --workers"),
         (["--workers"], "expected one argument"),
         (["a:app", "b:app"], "unrecognized arguments: b:app"),
         (["--log-level", "loud"], "expected one of debug, info"),
@@ -308,10 +318,17 @@ def test_worker_class_refuses_garbage_and_sync_with_threads_is_gthread() -> None
 
 def test_limits_and_cross_field_rules(tmp_path: Path) -> None:
     assert load_config(["--limit-request-line", "8190"], {}).limit_request_line == 8190
+    assert load_config(["--limit-request-line", "8190"], {}).no_effect() == []
+    # Above the maximum: gunicorn caps it silently; forkhorn caps it and says so.
+    cfg = load_config(["--limit-request-line", "16384", "--limit-request-fields", "40000"], {})
+    assert cfg.no_effect() == [
+        "limit_request_line = 16384 (from command line) is above the maximum, 8190, which "
+        "is used instead (gunicorn caps it the same way)",
+        "limit_request_fields = 40000 (from command line) is above the maximum, 32768, which "
+        "is used instead (gunicorn caps it the same way)",
+    ]
     with pytest.raises(ConfigError, match="limit_request_line"):
-        load_config(["--limit-request-line", "8191"], {})
-    with pytest.raises(ConfigError, match="limit_request_fields"):
-        load_config(["--limit-request-fields", "40000"], {})
+        load_config(["--limit-request-line", "-1"], {})
     assert load_config(["--limit-request-field_size", "100"], {}).limit_request_field_size == 100
     with pytest.raises(ConfigError, match=r"request_timeout.*timeout"):
         load_config(["--request-timeout", "60", "--timeout", "30"], {})
@@ -338,6 +355,29 @@ def test_forwarded_allow_ips(tmp_path: Path) -> None:
     assert load_config([], {"FORWARDED_ALLOW_IPS": "*"}).forwarded_allow_ips == ["*"]
     with pytest.raises(ConfigError, match="forwarded_allow_ips"):
         load_config(["--forwarded-allow-ips", "not-an-ip"], {})
+
+
+def test_a_misspelt_setting_in_a_config_file_is_pointed_out(tmp_path: Path) -> None:
+    """gunicorn ignores ``wokers = 4`` silently; the config still loads here, with a line
+    naming the setting it probably meant. The file's own helpers are left alone."""
+    path = write_config(
+        tmp_path / "conf.py",
+        "import os\n"
+        "wokers = 4\n"
+        "timout = 3\n"
+        "bind_addr = '0.0.0.0'\n"
+        "port = 8000\n"
+        "MAX_WORKERS = 9\n"
+        "def post_forks(server, worker):\n    pass\n"
+        "def make_app():\n    pass\n",
+    )
+    cfg = load_config(["-c", path], {})
+    assert cfg.workers == 1
+    assert cfg.no_effect() == [
+        f"wokers (from config file {path}) is not a setting: did you mean workers?",
+        f"timout (from config file {path}) is not a setting: did you mean timeout?",
+        f"post_forks (from config file {path}) is not a setting: did you mean post_fork?",
+    ]
 
 
 def test_proxy_protocol_on_is_refused(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = SRC / "forkhorn"
 
 HTTP_STDLIB_ALLOWED = frozenset(
-    ("re", "dataclasses", "enum", "typing", "__future__", "collections.abc")
+    # http: the stdlib's HTTPStatus table (an enum), for reason phrases.
+    ("re", "dataclasses", "enum", "typing", "__future__", "collections.abc", "http")
 )
 HTTP_FORBIDDEN = frozenset(
     (

@@ -71,3 +71,25 @@ def test_threads_switch_sync_to_gthread() -> None:
     assert effective_worker_class("sync", 4) == "gthread"
     assert effective_worker_class("sync", 1) == "sync"
     assert effective_worker_class("gevent", 4) == "gevent"
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("uvicorn.workers.UvicornWorker", "uvicorn's worker for ASGI apps"),
+        ("uvicorn.workers.UvicornH11Worker", "uvicorn's worker for ASGI apps"),
+        ("uvicorn_worker.UvicornWorker", "uvicorn's worker for ASGI apps"),
+        ("meinheld.gmeinheld.MeinheldWorker", "-k fast replaces it"),
+        ("gunicorn.workers.gtornado.TornadoWorker", "gunicorn's classes that forkhorn"),
+    ],
+)
+def test_other_projects_worker_classes_get_advice(name: str, says: str) -> None:
+    """Named in many gunicorn configs: the answer says what to do, not that gunicorn (which
+    uvicorn's worker imports) is missing, whether or not those packages are installed."""
+    with pytest.raises(ConfigError, match=says) as caught:
+        load_worker_class(name)
+    assert "sync, gthread, gevent, eventlet, fast" in str(caught.value)
+
+
+def test_gunicorns_own_names_for_forkhorns_classes_still_work() -> None:
+    assert load_worker_class("gunicorn.workers.sync.SyncWorker").__name__ == "SyncWorker"

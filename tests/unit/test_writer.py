@@ -403,9 +403,24 @@ def test_conflicting_content_lengths_from_app_are_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    ("status", "line"),
+    [
+        ("200", b"HTTP/1.1 200 OK\r\n"),
+        ("404", b"HTTP/1.1 404 Not Found\r\n"),
+        ("299", b"HTTP/1.1 299 \r\n"),
+    ],
+)
+def test_a_status_without_its_reason_phrase_gets_the_usual_one(status: str, line: bytes) -> None:
+    """PEP 3333 wants a reason phrase; gunicorn sends "200" as it is (with no space, which
+    RFC 9112 requires). Sent with the usual phrase, or an empty one."""
+    conn = conn_for(GET11)
+    assert conn.send_response(status, [("Content-Length", "0")], b"x").startswith(line)
+
+
+@pytest.mark.parametrize(
     "status",
     [
-        "200",
+        "20",
         "20 OK",
         "2000 OK",
         "abc OK",

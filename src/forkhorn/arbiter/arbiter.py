@@ -269,7 +269,12 @@ class Arbiter:
         try:
             self.start()
             self._main_loop()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, ForkhornError) and self._error_log_elsewhere():
+                # cli.main prints it on stderr; an error log kept elsewhere (a file, syslog,
+                # the user's logging config) must say why the server is not running too,
+                # the more so under --daemon, whose stderr is /dev/null.
+                self.log.error("%s", exc)
             self._kill_all_now()
             self._cleanup()
             raise
@@ -282,6 +287,16 @@ class Arbiter:
             say("Reason: %s", self.halt_reason)
         self._call_hook("on_exit", self)
         return self.exit_code
+
+    def _error_log_elsewhere(self) -> bool:
+        cfg = self.cfg
+        return bool(
+            (getattr(cfg, "errorlog", None) or "-") != "-"
+            or getattr(cfg, "syslog", False)
+            or getattr(cfg, "logconfig", None)
+            or getattr(cfg, "logconfig_dict", None)
+            or getattr(cfg, "logconfig_json", None)
+        )
 
     def start(self) -> None:
         """Everything before the first fork."""

@@ -20,7 +20,7 @@ from forkhorn.config.converters import parse_bind
 from forkhorn.config.options.hooks import HookOptions
 from forkhorn.config.options.logging import LoggingOptions
 from forkhorn.config.options.process import ProcessOptions
-from forkhorn.config.options.security import SecurityOptions
+from forkhorn.config.options.security import MAX_HEADERS, MAX_REQUEST_LINE, SecurityOptions
 from forkhorn.config.options.server import ServerOptions
 from forkhorn.config.options.worker import WorkerOptions
 from forkhorn.config.setting import Setting
@@ -64,6 +64,11 @@ UNIMPLEMENTED_SETTINGS = (
     "logger_class",
     "spew",
 )
+#: Limits whose larger values mean their maximum, as in gunicorn (which caps them
+#: silently): the HTTP core reads no longer request line and no more fields. A config
+#: asking for more still loads, with a warning (``Config.no_effect``).
+CAPPED_LIMITS = {"limit_request_line": MAX_REQUEST_LINE, "limit_request_fields": MAX_HEADERS}
+
 #: gunicorn's switches that loosen its parser; forkhorn has none.
 LENIENT_PARSER = frozenset(
     (
@@ -90,7 +95,7 @@ class Config(
     argv and environment (re-reading the config file), for HUP.
     """
 
-    __slots__ = ("_argv", "_environ", "_ignored", "_sources", "_values")
+    __slots__ = ("_argv", "_environ", "_ignored", "_notes", "_sources", "_values")
 
     def __init__(
         self,
@@ -99,6 +104,7 @@ class Config(
         argv: list[str],
         environ: Mapping[str, str],
         ignored: Sequence[tuple[str, str]] = (),
+        notes: Sequence[str] = (),
     ) -> None:
         missing = set(SETTINGS) - set(values)
         if missing:
@@ -110,6 +116,9 @@ class Config(
         #: (name, source) of the gunicorn settings forkhorn does not have that a config
         #: file set (``sources.GUNICORN_ONLY``).
         self._ignored = list(ignored)
+        #: More lines for ``no_effect``: names in a config file that look like misspelt
+        #: settings.
+        self._notes = list(notes)
 
     def source(self, name: str) -> str:
         """Where ``name``'s value came from: ``default``, ``config file <path>``,
@@ -135,12 +144,19 @@ class Config(
             if self._sources[name] != DEFAULT_SOURCE
             and self._values[name] != SETTINGS[name].default
         ]
+        for name, maximum in CAPPED_LIMITS.items():
+            value = self._values[name]
+            if value > maximum:
+                lines.append(
+                    f"{name} = {value} (from {self._sources[name]}) is above the maximum, "
+                    f"{maximum}, which is used instead (gunicorn caps it the same way)"
+                )
         for name, source in self._ignored:
             why = "forkhorn's parser stays strict" if name in LENIENT_PARSER else "it has no effect"
             lines.append(
                 f"{name} (from {source}) is a gunicorn setting forkhorn does not have: {why}"
             )
-        return lines
+        return lines + self._notes
 
     @property
     def argv(self) -> list[str]:
@@ -259,11 +275,6 @@ def validate(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
     def where(name: str) -> str:
         return f"{name} = {values[name]!r} (from {sources.get(name, DEFAULT_SOURCE)})"
 
-    # The HTTP core cannot read a longer request line than 8190 bytes (gunicorn's limit).
-    if not 0 <= values["limit_request_line"] <= 8190:
-        raise ConfigError(f"{where('limit_request_line')}: expected 0 to 8190")
-    if not 0 <= values["limit_request_fields"] <= 32768:
-        raise ConfigError(f"{where('limit_request_fields')}: expected 0 to 32768")
     logging_configs = [
         name for name in ("logconfig", "logconfig_dict", "logconfig_json") if values[name]
     ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import builtins
 import copy
+import difflib
 import importlib
 import json
 import shlex
@@ -36,7 +37,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from forkhorn.config.converters import CONFIG_FILE_MODULE, BadItemError
-from forkhorn.config.registry import DEFAULT_SOURCE, LENIENT_PARSER, SETTINGS, Config, validate
+from forkhorn.config.registry import (
+    DEFAULT_SOURCE,
+    LENIENT_PARSER,
+    SETTINGS,
+    UNIMPLEMENTED_SETTINGS,
+    Config,
+    validate,
+)
 from forkhorn.errors import ConfigError
 
 CMD_ARGS_ENV = "FORKHORN_CMD_ARGS"
@@ -183,6 +191,24 @@ def _refuse_gunicorn_only_flags(argv: Sequence[str], where: str) -> None:
         )
 
 
+def _misspelt_setting(name: str, value: object) -> str:
+    """The setting a config file's other name probably meant (``wokers = 4``), or "".
+    A config file also holds its own helpers (imports, functions, ``import os``, constants
+    in capitals), so only a plain value under a lower-case name close to a setting's
+    counts; gunicorn ignores such a name silently."""
+    if name in SETTINGS or name in GUNICORN_ONLY or name in TLS_SETTINGS:
+        return ""  # known (a gunicorn one set to its default, say)
+    if name.startswith("_") or not name.islower() or isinstance(value, type(builtins)):
+        return ""
+    if callable(value):
+        # A function is a helper unless its name is close to a hook's (post_forks).
+        names = [key for key, setting in SETTINGS.items() if setting.section == "Server hooks"]
+    else:
+        names = [*SETTINGS, *GUNICORN_ONLY]
+    near = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+    return near[0] if near else ""
+
+
 def _gunicorn_default(name: str, value: object) -> bool:
     """Is ``value`` what gunicorn would use for ``name`` anyway (so it asks for nothing)?
     Written as a config file may write it: ``"SCRIPT_NAME, PATH_INFO"``, ``()`` for
@@ -229,12 +255,38 @@ def _summary(doc: str) -> str:
     return first.replace("%", "%%").replace("``", "")
 
 
+def _flag_help(name: str, setting: Any) -> str:
+    """A flag's line in --help: the doc's first sentence, the default as gunicorn shows it
+    (``[30]``), and whether the setting does anything yet."""
+    text = _summary(setting.doc)
+    if name in UNIMPLEMENTED_SETTINGS:
+        text += " (accepted for gunicorn configs; not implemented yet, warned)"
+    if setting.action in ("flag", "flag_false"):
+        return text
+    default = setting.default
+    if isinstance(setting.default_doc, str) and not setting.default_doc.startswith("["):
+        default = setting.default_doc.strip("'")
+    if default is None or default == "" or default == [] or default == {}:
+        return text
+    if isinstance(default, list):
+        default = ",".join(str(item) for item in default)
+    return f"{text} [{str(default).replace('%', '%%')}]"
+
+
+_HELP_EPILOG = """Every setting, the config-file-only ones too (hooks, secure_scheme_headers,
+logconfig_dict), with its environment variable and default: docs/settings.md.
+Start-up exit codes: 1 bind, 2 configuration, 3 worker boot, 4 app load.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser, generated from the registry."""
     parser = _ArgumentParser(
         prog="forkhorn",
         usage="forkhorn [OPTIONS] [APP]",
         description="A pre-fork HTTP/1.1 WSGI server with gunicorn's interface.",
+        epilog=_HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
         argument_default=argparse.SUPPRESS,
     )
@@ -243,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--version", action="store_true", dest="_version", help="show the version"
     )
     for name, setting in SETTINGS.items():
-        help_text = _summary(setting.doc)
+        help_text = _flag_help(name, setting)
         if name == "wsgi_app":
             parser.add_argument(name, nargs="?", metavar="APP", help=help_text)
             continue
@@ -300,11 +352,31 @@ def peek_command_line(argv: Sequence[str]) -> CommandLineRequest:
     )
 
 
+def _refuse_unknown_flags(parser: argparse.ArgumentParser, argv: Sequence[str], where: str) -> None:
+    """An unknown ``--flag`` named as such, with the nearest known one: argparse would take
+    the value after it for the APP and call both unrecognized (``--wrokers 3 app:app``)."""
+    known = list(parser._option_string_actions)
+    for arg in argv:
+        if arg == "--":
+            return
+        if not arg.startswith("--") or len(arg) < 3:
+            continue
+        flag = arg.partition("=")[0]
+        if any(option.startswith(flag) for option in known):
+            continue  # known, or an abbreviation argparse resolves (or calls ambiguous)
+        context = "" if where == COMMAND_LINE else f" (in {where})"
+        near = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ConfigError(f"unknown option {flag}{context}{hint}; see forkhorn --help")
+
+
 def _parse(argv: Sequence[str], where: str) -> dict[str, Any]:
     """argv -> {setting name: raw value} for the flags actually given."""
     _refuse_gunicorn_only_flags(argv, where)
+    parser = build_parser()
+    _refuse_unknown_flags(parser, argv, where)
     try:
-        namespace = build_parser().parse_args(list(argv))
+        namespace = parser.parse_args(list(argv))
     except ConfigError as exc:
         context = "" if where == COMMAND_LINE else f" (in {where})"
         raise ConfigError(f"{exc}{context}; see forkhorn --help") from None
@@ -398,13 +470,21 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
     env_args = _parse(words, args_env)
 
     layers = _Layers()
+    # A bad PORT or WEB_CONCURRENCY only matters if nothing later replaces the default it
+    # feeds: gunicorn ignores a stray PORT when -b is given.
+    env_errors: dict[str, ConfigError] = {}
     for name, setting in SETTINGS.items():
         layers.values[name] = copy.deepcopy(setting.default)
         layers.sources[name] = DEFAULT_SOURCE
         for env_name in setting.env:
             raw = environ.get(env_name, "")
             if raw.strip():
-                layers.set(name, setting.env_convert(raw) if setting.env_convert else raw, env_name)
+                try:
+                    layers.set(
+                        name, setting.env_convert(raw) if setting.env_convert else raw, env_name
+                    )
+                except ConfigError as exc:
+                    env_errors[name] = exc
 
     config_spec: str | None = None
     if "config" in cli:
@@ -416,6 +496,7 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
     elif Path(GUNICORN_CONFIG_FILE).is_file():
         config_spec, config_source = GUNICORN_CONFIG_FILE, DEFAULT_SOURCE
     ignored: list[tuple[str, str]] = []
+    notes: list[str] = []
     if config_spec:
         layers.set("config", config_spec, config_source)
         namespace, label = _read_config_file(config_spec)
@@ -427,10 +508,18 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
                 ignored.append((name, label))
             elif name in TLS_SETTINGS and raw:
                 raise ConfigError(f"{name} (from {label}): {_TLS_REFUSAL}")
+            else:
+                near = _misspelt_setting(name, raw)
+                if near:
+                    notes.append(f"{name} (from {label}) is not a setting: did you mean {near}?")
 
     for parsed, source in ((env_args, args_env), (cli, COMMAND_LINE)):
         for name, raw in parsed.items():
             layers.set(name, raw, source)
+
+    for name, error in env_errors.items():
+        if layers.sources[name] == DEFAULT_SOURCE:
+            raise error
 
     if layers.values.get("proxy_protocol"):
         source = layers.sources["proxy_protocol"]
@@ -442,4 +531,4 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
         layers.sources["default_proc_name"] = layers.sources["wsgi_app"]
 
     validate(layers.values, layers.sources)
-    return Config(layers.values, layers.sources, argv, environ, ignored)
+    return Config(layers.values, layers.sources, argv, environ, ignored, notes)

@@ -20,6 +20,9 @@ matches and encodes. The caches are bounded and simply cleared when full.
 
 from __future__ import annotations
 
+import http
+import re
+
 from .errors import InvalidResponseError
 from .grammar import FIELD_VALUE_STR_RE, STATUS_RE, TOKEN_STR_RE
 
@@ -52,13 +55,30 @@ status_cache: dict[str, tuple[int, bytes]] = {}
 field_cache: dict[tuple[str, str], tuple[bytes, int, int]] = {}
 
 
+_BARE_CODE_RE = re.compile(r"[1-9][0-9]{2}")
+
+
+def _reason(code: int) -> str:
+    try:
+        return http.HTTPStatus(code).phrase
+    except ValueError:
+        return ""
+
+
 def encode_status(status: str) -> tuple[int, bytes]:
     """``"200 OK"`` -> ``(200, b"HTTP/1.1 200 OK\\r\\n")``; raises InvalidResponseError."""
     cached = status_cache.get(status)
     if cached is not None:
         return cached
     if not isinstance(status, str) or STATUS_RE.fullmatch(status) is None:  # type: ignore[redundant-expr]
-        raise InvalidResponseError(f"invalid status {status!r}")
+        if not (isinstance(status, str) and _BARE_CODE_RE.fullmatch(status)):
+            raise InvalidResponseError(f"invalid status {status!r}")
+        # "200" without its reason phrase, which PEP 3333 asks for and gunicorn forgives:
+        # the status line still needs the space (RFC 9112 §4), and the usual phrase.
+        line = f"HTTP/1.1 {status} {_reason(int(status))}\r\n".encode("latin-1")
+        result = (int(status), line)
+        status_cache[status] = result
+        return result
     try:
         line = b"HTTP/1.1 " + status.encode("latin-1") + b"\r\n"
     except UnicodeEncodeError:

@@ -55,6 +55,21 @@ _GUNICORN_ALIASES: dict[str, str] = {
 }
 
 
+#: Worker classes of other projects that a gunicorn config names, by module prefix: each
+#: gets one line that says what to do instead, not an import error about gunicorn.
+_FOREIGN_WORKERS: dict[str, str] = {
+    "uvicorn": (
+        "is uvicorn's worker for ASGI apps, and forkhorn serves WSGI apps only (ASGI is "
+        "planned): run an ASGI app with uvicorn itself, or a WSGI app with -k fast"
+    ),
+    "meinheld": (
+        "is meinheld's worker; forkhorn's own -k fast replaces it (an event loop that "
+        "calls the app inline, as meinheld's does)"
+    ),
+    "gunicorn": "is one of gunicorn's classes that forkhorn does not have",
+}
+
+
 def effective_worker_class(name: str, threads: int) -> str:
     """The class name to use: ``sync`` with ``threads > 1`` becomes ``gthread`` (rule 4)."""
     if name == "sync" and threads > 1:
@@ -87,6 +102,13 @@ def load_worker_class(name: str) -> type[Worker]:
         key = key[len("egg:gunicorn#") :]
     key = _GUNICORN_ALIASES.get(key, key)
     builtin = key.lower() in BUILTIN_WORKERS
+    if not builtin:
+        project = key.partition(":")[0].split(".")[0]
+        advice = _FOREIGN_WORKERS.get("uvicorn" if project == "uvicorn_worker" else project)
+        if advice is not None:
+            raise ConfigError(
+                f"worker_class {name!r} {advice}; forkhorn's classes: {', '.join(BUILTIN_WORKERS)}"
+            )
     module_name, attr = BUILTIN_WORKERS[key.lower()] if builtin else _split(key)
     try:
         module = importlib.import_module(module_name)

@@ -46,6 +46,7 @@ Runs in: the worker process, main thread, inside the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import gc
 import io
@@ -144,6 +145,7 @@ class HttpProtocol(asyncio.Protocol):
         "body_size",
         "busy",
         "conn",
+        "context",
         "deadline",
         "dispatching",
         "drain_waiter",
@@ -171,6 +173,13 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer_addr = ""  # REMOTE_ADDR and REMOTE_PORT
         self.peer_port = ""
+        # The connection's own context: its requests' app calls, every step of their
+        # bodies and their close() run in it, entered from each loop callback that leads
+        # to app code (never from inside one another: a context cannot be entered twice).
+        # A response continued in a later callback would otherwise run in another context,
+        # and a ContextVar token the app made in the call could not be reset there (Flask's
+        # stream_with_context, OpenTelemetry's and structlog's context managers).
+        self.context = contextvars.copy_context()
         # secure_scheme_headers when the peer is a trusted front end (wsgi/proxies.py).
         self.scheme_headers: dict[bytes, bytes] | None = None
         self.request: Request | None = None
@@ -232,10 +241,10 @@ class HttpProtocol(asyncio.Protocol):
         if self.iterator is not None:
             # A stream cut short (the client left, or was dropped for not reading): the
             # request still ends, failed, in the access log, the hooks and the count.
-            self._end_streaming(False)
+            self.context.run(self._end_streaming, False)
             return
         if self.result is not None:
-            close_result(self.result, self.worker.log)
+            self.context.run(close_result, self.result, self.worker.log)
             self.result = None
         body = self.body  # an upload cut short: its memory, or its spill file, goes now
         self.body = None
@@ -282,13 +291,14 @@ class HttpProtocol(asyncio.Protocol):
         if self._end_drain_wait():  # a file body waited for the transport to drain
             return
         if self.iterator is not None:
-            self._stream()
+            self.context.run(self._stream)
         elif not self.busy:
             if self.phase == _IDLE:
                 self.deadline = _monotonic() + self.worker.keepalive  # back to idle time
             self._resume_reading()
             if self.conn.has_buffered and not self.dispatching:
-                self._process()  # what arrived while the client was not reading
+                # What arrived while the client was not reading.
+                self.context.run(self._process)
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -301,7 +311,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         worker = self.worker
         if not worker.long_turns:
-            self._process()  # short turns: served as read, the cheapest path
+            self.context.run(self._process)  # short turns: served as read, the cheapest
         elif not self.queued:
             # Long turns: served by FastWorker.serve_ready, once every connection with
             # data in this turn has been read, in the order their previous responses ended.
@@ -316,7 +326,7 @@ class HttpProtocol(asyncio.Protocol):
         self.conn.receive_data(b"")
         if self.busy:
             return True  # keep the transport for the response in progress; _finish closes
-        self._process()
+        self.context.run(self._process)
         return None
 
     # -- request processing --------------------------------------------------------------
@@ -558,7 +568,7 @@ class HttpProtocol(asyncio.Protocol):
         """``_stream`` again, after it handed the loop back (unless the response ended,
         the client left, or the transport paused: then resume_writing goes on)."""
         if self.iterator is not None and self.transport is not None and not self.write_paused:
-            self._stream()
+            self.context.run(self._stream)
 
     def _stream(self) -> None:
         """Pull chunks while the transport accepts them (write backpressure)."""
@@ -634,7 +644,8 @@ class HttpProtocol(asyncio.Protocol):
             task = asyncio.current_task(self.worker.loop)
             if task is not None:
                 self.worker.tasks.discard(task)
-        self._end_streaming(ok)  # the app's close(), and perhaps the next request
+        # The app's close(), and perhaps the next request.
+        self.context.run(self._end_streaming, ok)
 
     async def _send_file_body(
         self, transport: asyncio.Transport, fd: int, offset: int, count: int
@@ -1030,7 +1041,7 @@ class FastWorker(Worker):
                 if protocol.write_paused:
                     protocol._pause_reading()  # as data_received does (resume_writing serves it)
                     continue
-                protocol._process()
+                protocol.context.run(protocol._process)
         finally:
             self.serving = False
         # Before the loop polls again, as end_turn would: not one poll later.

@@ -585,8 +585,8 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
     worker.hook_post_request = cfg.post_request is not SETTINGS["post_request"].default
     # 0 means each limit's documented maximum or default, never "refuse everything".
     worker.http_limits = (
-        cfg.limit_request_line or MAX_REQUEST_LINE,
-        cfg.limit_request_fields or MAX_HEADERS,
+        min(cfg.limit_request_line or MAX_REQUEST_LINE, MAX_REQUEST_LINE),
+        min(cfg.limit_request_fields or MAX_HEADERS, MAX_HEADERS),
         cfg.limit_request_field_size or DEFAULT_MAX_FIELD_SIZE,
         cfg.limit_request_body,
         cfg.server_header.encode("latin-1"),

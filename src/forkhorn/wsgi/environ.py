@@ -6,8 +6,9 @@ Rules kept:
 - Header names containing ``_`` are dropped by default (``header_map = "drop"``), so that
   ``X_Auth: evil`` cannot pose as ``X-Auth`` once both become ``HTTP_X_AUTH``; ``refuse``
   answers 400 instead and ``dangerous`` passes them (gunicorn's setting and values).
-- ``CONTENT_LENGTH`` comes from the framing the parser decided, never from a header a
-  second time; ``CONTENT_TYPE`` is set once. Repeated headers are joined with ", "
+- ``CONTENT_LENGTH`` is the Content-Length the parser accepted (digits only, equal
+  duplicates once; ``0`` too, as gunicorn), absent without one; ``CONTENT_TYPE`` is set
+  once. Repeated headers are joined with ", "
   (``; `` for Cookie, RFC 6265 §5.4). Trailers never reach the environ.
 - ``SCRIPT_NAME`` is the worker's ``$SCRIPT_NAME`` (the environment or ``raw_env``), as in
   gunicorn: a request under it has it taken off the front of ``PATH_INFO``; a request
@@ -50,7 +51,11 @@ class _EnvironKeys(dict[bytes, "str | None"]):
         super().__init__()
         self.policy = policy
         self[b"content-type"] = "CONTENT_TYPE"
-        self[b"content-length"] = None  # from the framing, never from the header
+        # A length is set from the framing before the headers are read, so the header
+        # itself lands only when it says 0 (the parser let through digits, and equal
+        # duplicates): passed as gunicorn passes it, since Werkzeug's content_length is
+        # None without it, which some APIs answer with 411.
+        self[b"content-length"] = "CONTENT_LENGTH"
 
     def __missing__(self, name: bytes) -> str | None:
         key: str | None = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
@@ -152,6 +157,8 @@ def build_environ(
                 raise BadRequestError(f"header name with underscore: {name.decode()!r}")
             if key == "CONTENT_TYPE":
                 raise BadRequestError("duplicate Content-Type")
+            if key == "CONTENT_LENGTH":
+                continue  # set from the framing, or an equal duplicate
             sep = "; " if key == "HTTP_COOKIE" else ", "
             environ[key] = environ[key] + sep + value.decode("latin-1")
         elif key == _REFUSE:

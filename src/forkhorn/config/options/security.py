@@ -19,7 +19,6 @@ from forkhorn.config.converters import (
     choice,
     header_mapping,
     header_value,
-    integer,
     non_negative_int,
     proxy_protocol,
     seconds,
@@ -38,22 +37,23 @@ class SecurityOptions:
 
     limit_request_line = Setting(
         default=4094,
-        convert=integer(0, MAX_REQUEST_LINE),
+        convert=non_negative_int,
         flags=("--limit-request-line",),
         metavar="INT",
         doc=f"""
-        The longest request line (method, target and version) in bytes, 0 to
-        {MAX_REQUEST_LINE}; 0 means the maximum, {MAX_REQUEST_LINE}. Longer lines get 414.
+        The longest request line (method, target and version) in bytes, up to
+        {MAX_REQUEST_LINE}; 0 or more means the maximum, {MAX_REQUEST_LINE} (more is
+        warned at start-up). Longer lines get 414.
         """,
     )
     limit_request_fields = Setting(
         default=100,
-        convert=integer(0, MAX_HEADERS),
+        convert=non_negative_int,
         flags=("--limit-request-fields",),
         metavar="INT",
         doc=f"""
-        The most header fields in a request, up to {MAX_HEADERS}; 0 means {MAX_HEADERS}.
-        More get 431.
+        The most header fields in a request, up to {MAX_HEADERS}; 0 or more means
+        {MAX_HEADERS} (more is warned at start-up). More get 431.
         """,
     )
     limit_request_field_size = Setting(
@@ -151,9 +151,9 @@ class SecurityOptions:
         flags=("--proxy-protocol",),
         action="flag",
         doc="""
-        Expect a PROXY protocol header from trusted peers. Not implemented yet, so turning
-        it on (``True``, or gunicorn 27's ``v1``, ``v2``, ``auto``) is refused at start-up:
-        every request from a front end that sends the header would get 400.
+        Not implemented yet: turning it on is refused at start-up (gunicorn reads a PROXY
+        protocol header from trusted peers). On (``True``, or gunicorn 27's ``v1``, ``v2``,
+        ``auto``), every request from a front end that sends the header would get 400.
         """,
     )
     proxy_allow_ips = Setting(

@@ -154,8 +154,8 @@ class ServerOptions:
         action="flag_false",
         default_doc="None (use sendfile where the platform has it)",
         doc="""
-        ``--no-sendfile`` turns off ``os.sendfile`` for ``wsgi.file_wrapper`` responses
-        (some virtual file systems break it).
+        Use ``os.sendfile`` for ``wsgi.file_wrapper`` responses; ``--no-sendfile`` (or
+        ``sendfile = False``) turns it off, for virtual file systems that break it.
         """,
     )
     check_config = Setting(
