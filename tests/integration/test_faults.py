@@ -32,6 +32,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -966,3 +967,72 @@ def test_hup_under_wrk(start: StartServer, worker_class: str) -> None:
     since_hup = "\n".join(server.lines[mark:])
     assert run.failed == 0, f"{run.output}\nserver log since the HUP:\n{since_hup}"
     report("hup-wrk", worker_class, failed=run.failed, total=run.requests)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("cls", ["sync", "gthread", "gevent", "eventlet", "fast"])
+def test_out_of_file_descriptors_the_worker_pauses_accepting(
+    server_factory: ServerFactory, tmp_path: Path, cls: str
+) -> None:
+    """A worker with 64 descriptors and 150 clients: accept() fails with EMFILE while they
+    stay. gthread spun on the still-readable listener, a core at 100% and one log line
+    per turn (240,000 in 3 s); sync raised and died, resetting every connection it held.
+    Now each pauses accepting, logs once in a while, and serves again once they leave."""
+    require_worker_class(cls)
+    hooks = tmp_path / "nofile.conf.py"
+    hooks.write_text(
+        "import resource\n"
+        "def post_worker_init(worker):\n"
+        "    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+    )
+    server = server_factory(
+        "hello:app",
+        "-k",
+        cls,
+        *WORKER_ARGS[cls],
+        "--workers",
+        "1",
+        "--keep-alive",
+        "30",
+        "--worker-connections",
+        "1000",
+        "-c",
+        str(hooks),
+    )
+    (worker,) = server.wait_for_workers(1)
+    mark = server.mark()
+    socks = [connect(server.port) for _ in range(150)]
+    try:
+        if cls != "fast":  # uvloop pauses the server by itself, and says nothing
+            server.wait_for_log(r"accept\(\) failed 1 time\(s\), pausing", since=mark)
+        time.sleep(2)  # what a spinning worker would fill with lines (not a timing check)
+        assert server.count_log(r"accept\(\) failed", since=mark) <= 1, server.logs[-3000:]
+        assert server.worker_pids() == [worker]
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_until(lambda: get(server.port, timeout=5).status == 200, "it serves again")
+    assert server.worker_pids() == [worker]
+
+
+@pytest.mark.timeout(60)
+def test_the_master_survives_running_out_of_file_descriptors(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """The master opened a pipe when its first worker became ready; out of descriptors
+    then, the error ended the master and the whole server. Now it says so and serves."""
+    (tmp_path / "slowboot.py").write_text(
+        "import time\n"
+        "time.sleep(2)\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Length', '2')])\n"
+        "    return [b'ok']\n"
+    )
+    server = server_factory("slowboot:app", "--workers", "1", cwd=tmp_path, wait_ready=False)
+    server.wait_for_log(r"Booting worker")
+    held = len(os.listdir(f"/proc/{server.pid}/fd"))
+    hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)[1]
+    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (held, hard))
+    server.wait_for_log(r"Could not make the traceback token pipe", timeout=20)
+    assert get(server.port).status == 200
+    assert is_alive(server.pid)

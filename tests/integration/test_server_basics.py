@@ -554,6 +554,20 @@ def test_limits_above_their_maximum_are_capped_with_a_warning(
 
 
 @pytest.mark.timeout(30)
+def test_an_access_log_on_a_full_disk_is_said_once_not_per_request(
+    server_factory: ServerFactory,
+) -> None:
+    """/dev/full fails every write with ENOSPC: logging's own handler printed a 40-line
+    traceback on stderr for every request. Now one line says so (per worker, per minute)."""
+    server = server_factory("hello:app", "--workers", "1", "--access-logfile", "/dev/full")
+    for _ in range(20):
+        assert get(server.port).status == 200
+    server.wait_for_log(r"cannot write the log /dev/full: .*No space left on device")
+    assert server.count_log(r"cannot write the log") == 1, server.logs
+    assert "Traceback" not in server.logs
+
+
+@pytest.mark.timeout(30)
 def test_access_log_default_format(server_factory: ServerFactory) -> None:
     server = server_factory("hello:app", "--access-logfile", "-")
     resp = get(

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -320,3 +321,54 @@ def test_workers_leave_when_the_master_is_killed(
         )
     with pytest.raises(ConnectionRefusedError):
         connect(server.port, timeout=5)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync", "fast"])
+def test_a_worker_held_by_a_hung_request_leaves_when_the_master_is_killed(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """The parent check runs between requests, which a hung app never ends: the orphan
+    kept the listening socket for ever, and a new master could not bind it. The kernel
+    now tells the worker at once (PR_SET_PDEATHSIG), and with no master left to kill it
+    at graceful_timeout, it quits then by itself."""
+    server = server_factory(
+        "slow:app", "-k", worker_class, "--workers", "1", "--graceful-timeout", "2"
+    )
+    (worker,) = server.wait_for_workers(1)
+    identity = process_identity(worker)
+    mark = server.mark()
+    request = InFlight(server.port, "/hang")
+    server.wait_for_log(r"slow app: hanging", since=mark)
+    assert server.proc is not None
+    server.proc.kill()  # the master this test started
+    server.proc.wait(timeout=10)
+    poll_until(
+        lambda: not is_alive(worker, identity),
+        "the orphan held by the hung request exited",
+        timeout=20,  # bounds a hang only; graceful_timeout is 2 s
+    )
+    request.outcome()  # ended one way or another (a 500 or a cut), not left hanging
+    with socket.socket() as sock:  # the address is free for a new master
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", server.port))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGINT])
+def test_fast_quit_interrupts_a_request_the_app_holds(
+    server_factory: ServerFactory, sig: signal.Signals
+) -> None:
+    """QUIT and INT stop a worker at once, as on the other classes. fast scheduled its exit
+    on the loop, which the app held: a hung request kept the worker until the master's
+    timeout killed it, with no "Worker exiting"."""
+    server = server_factory("slow:app", "-k", "fast", "--workers", "1", "--timeout", "30")
+    (worker,) = server.wait_for_workers(1)
+    mark = server.mark()
+    request = InFlight(server.port, "/hang")
+    server.wait_for_log(r"slow app: hanging", since=mark)
+    os.kill(worker, sig)
+    server.wait_for_log(rf"Worker exiting \(pid: {worker}\)", since=mark, timeout=10)
+    request.outcome()  # cut, not left hanging
+    assert "WORKER TIMEOUT" not in server.logs
+    assert "Fatal error on transport" not in server.logs

@@ -1014,7 +1014,13 @@ class Arbiter:
     def _refill_traceback_token(self) -> None:
         """Put the one byte back (see ``_traceback_token``), dropping any left over."""
         if self._traceback_token is None:
-            r, w = os.pipe()
+            try:
+                r, w = os.pipe()
+            except OSError as exc:
+                # Out of file descriptors (EMFILE): the token is a nicety (one traceback
+                # of a bad release), not worth the master; the next ready worker retries.
+                self.log.warning("Could not make the traceback token pipe: %s", exc)
+                return
             os.set_blocking(r, False)
             os.set_blocking(w, False)
             self._traceback_token = (r, w)

@@ -71,7 +71,7 @@ def encode_status(status: str) -> tuple[int, bytes]:
     if cached is not None:
         return cached
     if not isinstance(status, str) or STATUS_RE.fullmatch(status) is None:  # type: ignore[redundant-expr]
-        if not (isinstance(status, str) and _BARE_CODE_RE.fullmatch(status)):
+        if not isinstance(status, str) or _BARE_CODE_RE.fullmatch(status) is None:  # type: ignore[redundant-expr]
             raise InvalidResponseError(f"invalid status {status!r}")
         # "200" without its reason phrase, which PEP 3333 asks for and gunicorn forgives:
         # the status line still needs the space (RFC 9112 §4), and the usual phrase.

@@ -86,15 +86,47 @@ class LogSettings(Protocol):
     def proc_name(self) -> str | None: ...
 
 
-class _OwnFileHandler(logging.FileHandler):
+#: A log that cannot be written (a full disk, a closed pipe) is said on stderr at most
+#: once per this many seconds, with the count of lines lost, instead of logging's own
+#: 40-line traceback for every line (every request, for the access log).
+WRITE_FAILURE_REPORT_EVERY = 60.0
+
+
+class _QuietFailures:
+    """``handleError`` for forkhorn's handlers: one line now and then, not a traceback per
+    record. The server goes on serving either way."""
+
+    _lost = 0
+    _reported_at = -WRITE_FAILURE_REPORT_EVERY
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self._lost += 1
+        now = time.monotonic()
+        if now - self._reported_at < WRITE_FAILURE_REPORT_EVERY:
+            return
+        error = sys.exc_info()[1]
+        where = getattr(self, "baseFilename", None) or type(self).__name__
+        try:
+            sys.stderr.write(
+                f"forkhorn [{os.getpid()}]: cannot write the log {where}: {error}; "
+                f"{self._lost} line(s) lost since the last report\n"
+            )
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        self._lost = 0
+        self._reported_at = now
+
+
+class _OwnFileHandler(_QuietFailures, logging.FileHandler):
     """A file handler made by ``Logger``, so a second set-up can close it."""
 
 
-class _OwnStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _OwnStreamHandler(_QuietFailures, logging.StreamHandler):  # type: ignore[type-arg]
     """A stderr/stdout handler made by ``Logger``."""
 
 
-class _OwnSyslogHandler(logging.handlers.SysLogHandler):
+class _OwnSyslogHandler(_QuietFailures, logging.handlers.SysLogHandler):
     """A syslog handler made by ``Logger``."""
 
 

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from forkhorn.arbiter.listeners import Listener
     from forkhorn.wsgi.proxies import FrontEnds
 
-__all__ = ["DRAIN_IDLE", "Worker", "listener_was_shut", "unselect"]
+__all__ = ["ACCEPT_BACKOFF", "DRAIN_IDLE", "Worker", "listener_was_shut", "unselect"]
 
 WSGIApp = Callable[..., Any]
 
@@ -82,6 +82,13 @@ MEMORY_CHECK_INTERVAL = 1.0
 #: Connections refused with 503 (worker_connections in use) are logged at most once per
 #: this many seconds, with their count: overload shows in the log without a line per client.
 OVERLOAD_LOG_EVERY = 10.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+#: accept() errors that mean "out of a resource for now" (file descriptors, buffers): the
+#: worker stops accepting for ACCEPT_BACKOFF seconds and tries again, rather than spin on
+#: a listener that stays readable, or die and reset every connection it holds.
+ACCEPT_TRANSIENT = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+ACCEPT_BACKOFF = 0.1
 
 
 def _page_size() -> int:
@@ -199,6 +206,12 @@ class Worker(abc.ABC):
         self._reopen_requested = False
         self.overload_refused = 0  # 503s not yet logged (refused_overloaded)
         self._overload_logged_at = -OVERLOAD_LOG_EVERY
+        # The master died (handle_term saw it): said once in the log, outside the handler.
+        self.orphaned = False
+        self._orphan_said = False
+        self.accept_failures = 0  # transient accept() errors not yet logged
+        self._accept_failure: OSError | None = None
+        self._accept_logged_at = -OVERLOAD_LOG_EVERY
         # Set by workers.session.prepare_http() at the start of run(): what every request
         # of this worker shares (the core's limits, the constant environ keys).
         self.http_limits: tuple[int, int, int, int, bytes] = (4094, 100, 8190, 0, b"forkhorn")
@@ -268,6 +281,7 @@ class Worker(abc.ABC):
         self.slot.heartbeat()
         if self.alive:  # TERM may have arrived while the app was loading
             self.run()
+        self._say_orphaned()
 
     def _boot(self) -> None:
         random.seed()  # the master's state was copied; two workers must not share it
@@ -276,6 +290,7 @@ class Worker(abc.ABC):
         self._apply_raw_env()
         self._drop_privileges()
         self.init_signals()
+        self._stop_with_master()
         self.load_wsgi()
         self.tune_gc()
         if getattr(self.cfg, "reload_enabled", False):
@@ -335,6 +350,27 @@ class Worker(abc.ABC):
 
                 os.initgroups(pwd.getpwuid(uid).pw_name, gid if gid is not None else os.getgid())
             os.setuid(uid)
+
+    def _say_orphaned(self) -> None:
+        if self.orphaned and not self._orphan_said:
+            self._orphan_said = True
+            self.log.info("Parent changed, shutting down: %s", self)
+
+    def _stop_with_master(self) -> None:
+        """Have the kernel send TERM the moment the master dies (Linux's
+        ``PR_SET_PDEATHSIG``). The parent check in ``tick()`` is not enough on its own: a
+        worker held by the app (sync, fast) never reaches it, and an orphan stuck in a
+        hung request kept the listening socket, so a new master could not bind."""
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+                return
+        except (OSError, AttributeError):
+            return  # not Linux: tick() still notices, between requests
+        if not self.is_parent_alive():  # it died before the call
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def init_signals(self) -> None:
         """Install the worker's handlers (see the module docstring).  Subclasses that need
@@ -415,6 +451,13 @@ class Worker(abc.ABC):
         self.slot.set_state(WorkerState.EXITING)
         self.stop_accepting()
         self._wake()
+        if not self.is_parent_alive():
+            self.orphaned = True  # said by tick() or at exit (not from a signal handler)
+        if self.orphaned and not self.watches_requests:
+            # The master is gone, and with it the SIGKILL at graceful_timeout: a request
+            # the app holds (sync, fast) gets that long, then the worker quits as on QUIT.
+            signal.signal(signal.SIGALRM, self.handle_quit)
+            signal.setitimer(signal.ITIMER_REAL, max(0.1, float(self.cfg.graceful_timeout)))
 
     def handle_quit(self, signum: int, frame: FrameType | None) -> None:
         self.alive = False
@@ -528,14 +571,18 @@ class Worker(abc.ABC):
         self.notify()
         if self.overload_refused:
             self._log_overload(time.monotonic() if now is None else now)
+        if self.accept_failures:
+            self._log_accept_failures(time.monotonic() if now is None else now)
+        self._say_orphaned()
         if not self.alive:
             return False
         if not self.is_parent_alive():
-            self.log.info("Parent changed, shutting down: %s", self)
             # As on TERM: stop taking connections and announce the close on keep-alive
             # ones. Merely leaving the run loop let a busy worker drain for as long as its
             # clients kept sending (an orphan served unsupervised while the load lasted).
+            # (The kernel's TERM, _stop_with_master, usually comes first.)
             self.handle_term(signal.SIGTERM, None)
+            self._say_orphaned()
             return False
         reason = self.should_retire(time.monotonic() if now is None else now)
         if reason:
@@ -548,6 +595,30 @@ class Worker(abc.ABC):
         seconds, with their count (``tick`` writes out what a burst left)."""
         self.overload_refused += 1
         self._log_overload(time.monotonic())
+
+    def accept_failed(self, exc: OSError) -> bool:
+        """accept() raised ``exc``. True when it is transient (``ACCEPT_TRANSIENT``): the
+        caller pauses accepting for ``ACCEPT_BACKOFF``. Logged like refusals, the first at
+        once and then one line per ``OVERLOAD_LOG_EVERY`` seconds with the count: out of
+        file descriptors, a worker would otherwise write one line per retry."""
+        if exc.errno not in ACCEPT_TRANSIENT:
+            return False
+        self.accept_failures += 1
+        self._accept_failure = exc
+        self._log_accept_failures(time.monotonic())
+        return True
+
+    def _log_accept_failures(self, now: float) -> None:
+        if now - self._accept_logged_at < OVERLOAD_LOG_EVERY:
+            return
+        self.log.warning(
+            "accept() failed %d time(s), pausing %.1f s each time: %s",
+            self.accept_failures,
+            ACCEPT_BACKOFF,
+            self._accept_failure,
+        )
+        self.accept_failures = 0
+        self._accept_logged_at = now
 
     def _log_overload(self, now: float) -> None:
         if now - self._overload_logged_at < OVERLOAD_LOG_EVERY:

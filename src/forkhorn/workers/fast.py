@@ -234,6 +234,17 @@ class HttpProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
         self.deadline = _monotonic() + worker.head_timeout
 
+    def _enter(self, method: Any, *args: Any) -> None:
+        """Run ``method`` in the connection's context (see ``__init__``): every loop
+        callback that leads to app code comes through here. A QUIT or INT that interrupted
+        the app (``FastWorker.handle_quit``) ends here, not in uvloop, which would report
+        it as a transport error: the loop's own callback, already scheduled, ends the
+        worker."""
+        try:
+            self.context.run(method, *args)
+        except WorkerExit:
+            pass
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.worker.connections.discard(self)
         self.transport = None
@@ -241,10 +252,10 @@ class HttpProtocol(asyncio.Protocol):
         if self.iterator is not None:
             # A stream cut short (the client left, or was dropped for not reading): the
             # request still ends, failed, in the access log, the hooks and the count.
-            self.context.run(self._end_streaming, False)
+            self._enter(self._end_streaming, False)
             return
         if self.result is not None:
-            self.context.run(close_result, self.result, self.worker.log)
+            self._enter(close_result, self.result, self.worker.log)
             self.result = None
         body = self.body  # an upload cut short: its memory, or its spill file, goes now
         self.body = None
@@ -291,14 +302,14 @@ class HttpProtocol(asyncio.Protocol):
         if self._end_drain_wait():  # a file body waited for the transport to drain
             return
         if self.iterator is not None:
-            self.context.run(self._stream)
+            self._enter(self._stream)
         elif not self.busy:
             if self.phase == _IDLE:
                 self.deadline = _monotonic() + self.worker.keepalive  # back to idle time
             self._resume_reading()
             if self.conn.has_buffered and not self.dispatching:
                 # What arrived while the client was not reading.
-                self.context.run(self._process)
+                self._enter(self._process)
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -311,7 +322,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         worker = self.worker
         if not worker.long_turns:
-            self.context.run(self._process)  # short turns: served as read, the cheapest
+            try:  # short turns: served as read, the cheapest path (_enter, inlined)
+                self.context.run(self._process)
+            except WorkerExit:
+                pass
         elif not self.queued:
             # Long turns: served by FastWorker.serve_ready, once every connection with
             # data in this turn has been read, in the order their previous responses ended.
@@ -326,7 +340,7 @@ class HttpProtocol(asyncio.Protocol):
         self.conn.receive_data(b"")
         if self.busy:
             return True  # keep the transport for the response in progress; _finish closes
-        self.context.run(self._process)
+        self._enter(self._process)
         return None
 
     # -- request processing --------------------------------------------------------------
@@ -568,7 +582,7 @@ class HttpProtocol(asyncio.Protocol):
         """``_stream`` again, after it handed the loop back (unless the response ended,
         the client left, or the transport paused: then resume_writing goes on)."""
         if self.iterator is not None and self.transport is not None and not self.write_paused:
-            self.context.run(self._stream)
+            self._enter(self._stream)
 
     def _stream(self) -> None:
         """Pull chunks while the transport accepts them (write backpressure)."""
@@ -645,7 +659,7 @@ class HttpProtocol(asyncio.Protocol):
             if task is not None:
                 self.worker.tasks.discard(task)
         # The app's close(), and perhaps the next request.
-        self.context.run(self._end_streaming, ok)
+        self._enter(self._end_streaming, ok)
 
     async def _send_file_body(
         self, transport: asyncio.Transport, fd: int, offset: int, count: int
@@ -1041,7 +1055,7 @@ class FastWorker(Worker):
                 if protocol.write_paused:
                     protocol._pause_reading()  # as data_received does (resume_writing serves it)
                     continue
-                protocol.context.run(protocol._process)
+                protocol._enter(protocol._process)
         finally:
             self.serving = False
         # Before the loop polls again, as end_turn would: not one poll later.
@@ -1253,6 +1267,11 @@ class FastWorker(Worker):
             self.cfg.worker_int(self)
         finally:
             loop.call_soon(_quit_now)
+        if any(p.dispatching or p.iterator is not None for p in self.connections):
+            # The app may hold the loop (a long or hung request, a stream): the scheduled
+            # exit would wait for it, where the other classes stop at once. Raised into
+            # it; the connection's _enter takes it, and the loop runs _quit_now.
+            raise WorkerExit(0)
 
     def handle_abort(self, signum: int, frame: Any) -> None:
         # uvloop reports a SystemExit raised inside a callback as a transport error and

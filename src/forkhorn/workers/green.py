@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import _socket
 import abc
-import errno
 import os
 import socket
 import time
@@ -52,7 +51,7 @@ from typing import Any
 from forkhorn.arbiter.scoreboard import WorkerState
 from forkhorn.http import ProtocolError, ServerConnection
 
-from .base import DRAIN_IDLE, Worker, listener_was_shut
+from .base import ACCEPT_BACKOFF, DRAIN_IDLE, Worker, listener_was_shut
 from .session import (
     new_connection,
     output_taken,
@@ -80,8 +79,6 @@ ACCEPT_BATCH = 64
 # A header_timeout of 0 turns the head deadline off; an hour stands in for "none".
 NO_HEAD_DEADLINE = 3600.0
 # accept() errors that mean "out of resources now": wait a little, do not crash.
-_ACCEPT_TRANSIENT = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-_ACCEPT_BACKOFF = 0.1
 
 
 class _Session:
@@ -223,6 +220,7 @@ class GreenletWorker(Worker):
             wake_at = min(now + tick_every, self._watchdog.next_check() or now + tick_every)
             self.wait_event(self._stop_event, max(0.0, wake_at - time.monotonic()))
         # Not in a ``finally``: on QUIT/INT (SystemExit) the process leaves at once.
+        self._say_orphaned()
         self._wind_down()
 
     def _wind_down(self) -> None:
@@ -274,6 +272,8 @@ class GreenletWorker(Worker):
         self.alive = False
         self.retire_reason = self.retire_reason or "stop"
         self.slot.set_state(WorkerState.EXITING)
+        if not self.is_parent_alive():
+            self.orphaned = True  # the master died (Worker._stop_with_master)
         self.spawn(self._stop_now)
 
     def handle_quit(self, signum: int, frame: FrameType | None) -> None:
@@ -357,9 +357,8 @@ class GreenletWorker(Worker):
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
-                if exc.errno in _ACCEPT_TRANSIENT and self.alive:
-                    self.log.warning("accept() failed, retrying: %s", exc)
-                    self.sleep(_ACCEPT_BACKOFF)
+                if self.alive and self.accept_failed(exc):
+                    self.sleep(ACCEPT_BACKOFF)
                     return False
                 raise
             if self.pool_full():

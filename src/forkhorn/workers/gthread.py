@@ -44,7 +44,6 @@ Runs in: the worker process; "main" and "pool" are marked on each method.
 from __future__ import annotations
 
 import contextlib
-import errno
 import heapq
 import queue
 import selectors
@@ -58,7 +57,7 @@ from forkhorn.http import CLOSED, NEED_DATA, ProtocolError, Request, RequestTime
 from forkhorn.http.connection import ServerConnection
 from forkhorn.wsgi.input import RECV_SIZE
 
-from .base import DRAIN_IDLE, Worker, listener_was_shut, unselect
+from .base import ACCEPT_BACKOFF, DRAIN_IDLE, Worker, listener_was_shut, unselect
 from .session import (
     answer_timeout,
     finish_request,
@@ -93,7 +92,6 @@ ACCEPT_BATCH = 64
 # A header_timeout of 0 turns the head deadline off; an hour stands in for "none".
 NO_HEAD_DEADLINE = 3600.0
 # Errors from accept() that mean "out of resources now", not a bug: back off one turn.
-_ACCEPT_TRANSIENT = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 # Stale deadline entries tolerated beyond twice the held connections before a sweep.
@@ -166,6 +164,7 @@ class ThreadWorker(Worker):
         # wait for their threads, which may never return.
         self._abandoned: set[_Client] = set()
 
+        self._accept_resume_at = 0.0  # after a transient accept() error (_accept)
         self.selector = selectors.DefaultSelector()
         self._poke_r, self._poke_w = socket.socketpair()
         self._poke_r.setblocking(False)
@@ -202,6 +201,8 @@ class ThreadWorker(Worker):
             wait = min(next_tick, next_watch) - now
             if self._heap:
                 wait = min(wait, self._heap[0][0] - now)
+            if not self._accepting:
+                wait = min(wait, self._accept_resume_at - now)
             try:
                 ready = self.selector.select(max(0.0, wait))
             except (OSError, ValueError):
@@ -230,7 +231,11 @@ class ThreadWorker(Worker):
             self._adopt_drained()
             self._take_returned()
             self._expire(time.monotonic())
-            if not self._accepting and self.alive:
+            if (
+                not self._accepting
+                and not self._stopped()
+                and time.monotonic() >= self._accept_resume_at
+            ):
                 with self._lock:
                     free = len(self._busy) < self._nthreads
                 if free:
@@ -301,8 +306,11 @@ class ThreadWorker(Worker):
                     return
                 if not self.alive:
                     return
-                if exc.errno in _ACCEPT_TRANSIENT:
-                    self.log.warning("accept() failed, retrying: %s", exc)
+                if self.accept_failed(exc):
+                    # The listener stays readable: out of the selector for a while, or
+                    # the loop would spin on it (one log line per turn, a core at 100%).
+                    self._listen(False)
+                    self._accept_resume_at = time.monotonic() + ACCEPT_BACKOFF
                     return
                 raise
             self._adopt(sock, addr, time.monotonic() + self._head_timeout)

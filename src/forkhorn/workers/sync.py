@@ -16,6 +16,7 @@ Runs in: the worker process, main thread.
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import time
@@ -24,7 +25,7 @@ from typing import Any
 from forkhorn.http import NEED_DATA, ProtocolError, Request, RequestTimeoutError, ServerConnection
 from forkhorn.wsgi.input import RECV_SIZE
 
-from .base import DRAIN_IDLE, Worker, listener_was_shut, unselect
+from .base import ACCEPT_BACKOFF, DRAIN_IDLE, Worker, listener_was_shut, unselect
 from .session import (
     LINGER_TIME,
     new_connection,
@@ -67,6 +68,7 @@ class SyncWorker(Worker):
         self.lingering = 0  # of them, refused ones closing (_linger)
         self._drained: list[tuple[socket.socket, Any]] = []
         self._listening = True  # the listeners are non-blocking now: stop_accepting may drain
+        self._accept_resume_at = 0.0  # listeners out of the selector until then (_accept)
         head_timeout = float(self.cfg.header_timeout) or float("inf")  # 0: no deadline
         tick_every = max(0.1, min(1.0, self.timeout / 2 if self.timeout else 1.0))
         stop_deadline: float | None = None
@@ -92,8 +94,18 @@ class SyncWorker(Worker):
                 all(p.lingering for p in self.pending.values()) or time.monotonic() >= stop_deadline
             ):
                 break
+            wait = tick_every
+            if self._accept_resume_at:
+                if time.monotonic() >= self._accept_resume_at:
+                    self._accept_resume_at = 0.0
+                    if self.alive:
+                        for listener in self.sockets:
+                            with contextlib.suppress(KeyError, ValueError, OSError):
+                                self.selector.register(listener.sock, selectors.EVENT_READ, None)
+                else:
+                    wait = min(wait, self._accept_resume_at - time.monotonic())
             try:
-                ready = self.selector.select(tick_every)
+                ready = self.selector.select(max(0.0, wait))
             except (OSError, ValueError):
                 if not self.alive:
                     break
@@ -146,6 +158,13 @@ class SyncWorker(Worker):
                 unselect(self.selector, listener)
                 return
             if not self.alive:
+                return
+            if self.accept_failed(exc):
+                # Out of file descriptors, say: stop accepting for a while (run() puts
+                # the listeners back); the connections held meanwhile are served.
+                for each in self.sockets:
+                    unselect(self.selector, each.sock)
+                self._accept_resume_at = time.monotonic() + ACCEPT_BACKOFF
                 return
             raise
         self._adopt(sock, addr, deadline)
