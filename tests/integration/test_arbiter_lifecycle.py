@@ -178,6 +178,26 @@ def test_hup_switches_only_to_a_release_that_boots(
     assert {_version(server) for _ in range(10)} == {b"v2"}
 
 
+@pytest.mark.timeout(60)
+def test_hup_to_a_release_that_hangs_at_import_is_abandoned_for_what_it_is(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A release whose import never ends: the new workers are killed at the timeout and
+    the old ones keep serving. The reason said "Failed to import ...: WorkerExit: 1", the
+    stack dump's own exit taken for the app's import error."""
+    _release(tmp_path, GOOD.format(version="v1"))
+    server = server_factory(
+        "release:app", "--workers", "1", "--timeout", "3", "--graceful-timeout", "2", cwd=tmp_path
+    )
+    _wait_all_serving(server, 1)
+    _release(tmp_path, "import time\nwhile True:\n    time.sleep(0.1)\n")
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reload abandoned", since=mark, timeout=30)
+    assert _version(server) == b"v1"
+    assert server.count_log(r"WorkerExit", since=mark) == 0, server.logs
+
+
 def test_hup_with_preload_says_the_code_is_not_reloaded(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:

@@ -35,7 +35,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from forkhorn.errors import AppImportError
+from forkhorn.errors import AppImportError, WorkerExit
 
 DEFAULT_ATTRIBUTE = "application"
 
@@ -123,6 +123,10 @@ def _import_module(module_name: str) -> Any:
         raise AppImportError(
             f"Failed to import {module_name!r}: {type(exc).__name__}: {exc}{_location(exc)}"
         ) from exc
+    except WorkerExit:
+        # The worker's own stop (QUIT, or the stack dump of an import that hung past the
+        # timeout) landed in the import: not the app's failure to load.
+        raise
     except (Exception, SystemExit) as exc:
         raise AppImportError(
             f"Failed to import {module_name!r}: {type(exc).__name__}: {exc}{_location(exc)}"
