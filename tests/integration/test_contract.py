@@ -398,6 +398,23 @@ def test_an_endless_stream_stops_at_its_content_length(
 
 
 @pytest.mark.timeout(60)
+def test_a_generator_that_ends_soon_after_its_response_runs_to_its_end(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """Stopping at once when the response is complete skipped the app's code after its
+    last yield (a commit, a log line), which gunicorn runs: a few more pieces are taken."""
+    server = server_factory("tail:app", *worker_args(worker_class))
+    for method in ("GET", "HEAD"):
+        mark = server.mark()
+        data = raw_request(
+            server.port, f"{method} / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+        )
+        (resp,) = parse_responses(data, [method])
+        assert resp.status == 200 and resp.body == (b"hello" if method == "GET" else b"")
+        server.wait_for_log(rf"tail ran for {method}", since=mark)
+
+
+@pytest.mark.timeout(60)
 def test_head_to_an_endless_file_wrapper_stops_reading(
     server_factory: ServerFactory, worker_class: str
 ) -> None:

@@ -1036,3 +1036,31 @@ def test_the_master_survives_running_out_of_file_descriptors(
     server.wait_for_log(r"Could not make the traceback token pipe", timeout=20)
     assert get(server.port).status == 200
     assert is_alive(server.pid)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.timeout(60)
+def test_gthread_with_every_thread_busy_does_not_spin(server_factory: ServerFactory) -> None:
+    """With every thread busy the listeners leave the poller, and a connection waits in the
+    queue. A wait computed from the EMFILE pause (unset, so in the past) made the main
+    loop poll with no timeout: a core at 100% (a spin, not a speed: the bound is loose)."""
+    server = server_factory("slow:app", "-k", "gthread", "--threads", "2", "--workers", "1")
+    (worker,) = server.wait_for_workers(1)
+    mark = server.mark()
+    requests = [InFlight(server.port, "/sleep?s=4") for _ in range(2)]
+    wait_until(
+        lambda: server.count_log(r"slow app: sleeping 4s", since=mark) == 2,
+        "both threads are in the app",
+    )
+    with connect(server.port) as waiting:
+        waiting.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        before = _cpu_seconds(worker)
+        time.sleep(2)
+        spent = _cpu_seconds(worker) - before
+    for request in requests:
+        assert request.result().status == 200
+    assert spent < 1.0, f"the worker used {spent:.2f} s of CPU in 2 s, all threads sleeping"

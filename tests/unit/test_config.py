@@ -233,6 +233,7 @@ def test_bad_value_error_names_value_and_source(tmp_path: Path) -> None:
         (["--bogus"], "unknown option --bogus"),
         (["--timout", "3", "a:app"], "unknown option --timout (did you mean --timeout?)"),
         (["--work", "3"], "ambiguous option: --work could match --workers"),
+        (["--access-logformat", "--> %(h)s", "--bogus"], "unknown option --bogus"),
         (["--workers"], "expected one argument"),
         (["a:app", "b:app"], "unrecognized arguments: b:app"),
         (["--log-level", "loud"], "expected one of debug, info"),
@@ -357,6 +358,12 @@ def test_forwarded_allow_ips(tmp_path: Path) -> None:
         load_config(["--forwarded-allow-ips", "not-an-ip"], {})
 
 
+def test_an_option_value_that_looks_like_an_option_is_a_value() -> None:
+    cfg = load_config(["--access-logformat", "--> %(h)s %(r)s", "a:app"], {})
+    assert cfg.access_log_format == "--> %(h)s %(r)s"
+    assert load_config(["--access-logformat=--x", "-w", "2"], {}).workers == 2
+
+
 def test_a_misspelt_setting_in_a_config_file_is_pointed_out(tmp_path: Path) -> None:
     """gunicorn ignores ``wokers = 4`` silently; the config still loads here, with a line
     naming the setting it probably meant. The file's own helpers are left alone."""
@@ -369,6 +376,7 @@ def test_a_misspelt_setting_in_a_config_file_is_pointed_out(tmp_path: Path) -> N
         "port = 8000\n"
         "MAX_WORKERS = 9\n"
         "def post_forks(server, worker):\n    pass\n"
+        "def worker_count():\n    return 4\n"
         "def make_app():\n    pass\n",
     )
     cfg = load_config(["-c", path], {})

@@ -45,7 +45,11 @@ def test_from_config_is_none_when_nothing_would_be_read() -> None:
     cfg.secure_scheme_headers = {"X-Scheme": "https"}
     front = FrontEnds.from_config(cfg)
     assert front is not None and front.scheme_headers == {b"x-scheme": b"https"}
+    # No address listed: a Unix socket peer still counts (gunicorn trusts it always).
     cfg.forwarded_allow_ips = []
+    front = FrontEnds.from_config(cfg)
+    assert front is not None and front.trusts("") and not front.trusts("127.0.0.1")
+    cfg.secure_scheme_headers = {}
     assert FrontEnds.from_config(cfg) is None
 
 

@@ -201,11 +201,14 @@ def _misspelt_setting(name: str, value: object) -> str:
     if name.startswith("_") or not name.islower() or isinstance(value, type(builtins)):
         return ""
     if callable(value):
-        # A function is a helper unless its name is close to a hook's (post_forks).
+        # A function is a helper unless its name is very close to a hook's (post_forks,
+        # not worker_count for worker_int).
         names = [key for key, setting in SETTINGS.items() if setting.section == "Server hooks"]
+        cutoff = 0.9
     else:
         names = [*SETTINGS, *GUNICORN_ONLY]
-    near = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+        cutoff = 0.8
+    near = difflib.get_close_matches(name, names, n=1, cutoff=cutoff)
     return near[0] if near else ""
 
 
@@ -355,17 +358,27 @@ def peek_command_line(argv: Sequence[str]) -> CommandLineRequest:
 def _refuse_unknown_flags(parser: argparse.ArgumentParser, argv: Sequence[str], where: str) -> None:
     """An unknown ``--flag`` named as such, with the nearest known one: argparse would take
     the value after it for the APP and call both unrecognized (``--wrokers 3 app:app``)."""
-    known = list(parser._option_string_actions)
+    actions = parser._option_string_actions
+    takes_value = False
     for arg in argv:
+        if takes_value:  # the previous option's value, whatever it looks like ("--> %(h)s")
+            takes_value = False
+            continue
         if arg == "--":
             return
-        if not arg.startswith("--") or len(arg) < 3:
+        if not arg.startswith("-") or arg == "-":
             continue
-        flag = arg.partition("=")[0]
-        if any(option.startswith(flag) for option in known):
-            continue  # known, or an abbreviation argparse resolves (or calls ambiguous)
+        flag, equals, _ = arg.partition("=")
+        matches = [option for option in actions if option.startswith(flag)]
+        if flag in actions or matches:
+            # Known, or an abbreviation argparse resolves (or calls ambiguous).
+            action = actions[flag] if flag in actions else actions[matches[0]]
+            takes_value = not equals and action.nargs != 0
+            continue
+        if not arg.startswith("--") or len(arg) < 3:
+            continue  # -w3 and friends: argparse's business
         context = "" if where == COMMAND_LINE else f" (in {where})"
-        near = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+        near = difflib.get_close_matches(flag, list(actions), n=1, cutoff=0.75)
         hint = f" (did you mean {near[0]}?)" if near else ""
         raise ConfigError(f"unknown option {flag}{context}{hint}; see forkhorn --help")
 

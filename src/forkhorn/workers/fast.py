@@ -74,6 +74,7 @@ from forkhorn.http import (
     ServerConnection,
 )
 from forkhorn.wsgi.cycle import (
+    PIECES_AFTER_COMPLETE,
     Exchange,
     FileWrapper,
     HookRequest,
@@ -593,6 +594,7 @@ class HttpProtocol(asyncio.Protocol):
         conn = exchange.conn
         budget = STREAM_TURN_BYTES
         pieces = STREAM_TURN_PIECES
+        after = PIECES_AFTER_COMPLETE
         try:
             while not self.write_paused:
                 data = next(iterator, None)
@@ -600,10 +602,12 @@ class HttpProtocol(asyncio.Protocol):
                     break
                 if data.__class__ is not bytes and not isinstance(data, bytes):
                     raise TypeError(f"app yielded {type(data).__name__}, not bytes")
-                if conn.response_complete:
-                    write(data)  # dropped, as in run_app (wsgi/cycle.py)
-                    break
                 write(data)
+                if conn.response_complete:
+                    after -= 1
+                    if after < 0:
+                        break  # see PIECES_AFTER_COMPLETE (wsgi/cycle.py)
+                    continue  # dropped: no output, so not counted against the turn
                 transport = self.transport
                 if transport is None or transport.is_closing():
                     # The client is gone (a failed send closes the transport at once;

@@ -201,7 +201,8 @@ class ThreadWorker(Worker):
             wait = min(next_tick, next_watch) - now
             if self._heap:
                 wait = min(wait, self._heap[0][0] - now)
-            if not self._accepting:
+            if not self._accepting and self._accept_resume_at > now:
+                # Paused after EMFILE (not merely all threads busy): back at resume time.
                 wait = min(wait, self._accept_resume_at - now)
             try:
                 ready = self.selector.select(max(0.0, wait))

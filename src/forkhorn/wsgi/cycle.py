@@ -390,11 +390,15 @@ def close_result(result: Iterable[bytes], log: Any) -> None:
             log.exception("Error closing the response iterable")
 
 
-# PEP 3333: once the response is complete (HEAD, 204 and 304 after the head; otherwise the
-# Content-Length reached), the server stops iterating. One more piece is still taken and
-# handed to the framing, which drops it and, past a Content-Length, closes the connection
-# after the response. Iterating on would drop everything for as long as the app yields:
-# for ever for a HEAD to an endless stream, taking the worker with it.
+#: Pieces still taken once a response is complete (HEAD, 204 and 304 after the head;
+#: otherwise the Content-Length reached). They are dropped by the framing, which, past a
+#: Content-Length, also closes the connection after the response. Then the server stops
+#: iterating, as PEP 3333 allows: iterating on would drop pieces for as long as the app
+#: yields, for ever for a HEAD to an endless stream, taking the worker with it. A few are
+#: taken rather than none, so that a generator that ends soon (a commit or a log line
+#: after its last yield, a HEAD to a short stream) still runs to its end, as it does under
+#: gunicorn.
+PIECES_AFTER_COMPLETE = 64
 
 
 def run_app(
@@ -422,13 +426,15 @@ def run_app(
         else:
             write = exchange.write
             conn = exchange.conn
+            after = PIECES_AFTER_COMPLETE
             for data in result:
                 if data.__class__ is not bytes and not isinstance(data, bytes):
                     raise InvalidResponseError(f"app yielded {type(data).__name__}, not bytes")
-                if conn.response_complete:
-                    write(data)  # dropped; past a Content-Length it also ends keep-alive
-                    break  # complete: stop iterating (the note above run_app)
                 write(data)
+                if conn.response_complete:
+                    after -= 1
+                    if after < 0:
+                        break  # see PIECES_AFTER_COMPLETE
             exchange.finish()
     except ProtocolError:
         if exchange.head_sent:
@@ -451,11 +457,13 @@ def _send_file(
     file = wrapper.regular_file()
     if file is None:
         conn = exchange.conn
+        after = PIECES_AFTER_COMPLETE
         for data in wrapper:
-            if conn.response_complete:
-                exchange.write(data)  # as in run_app: dropped, and no more read
-                break
             exchange.write(data)
+            if conn.response_complete:
+                after -= 1
+                if after < 0:
+                    break  # as in run_app
         exchange.finish()
         return
     fd, offset, size = file

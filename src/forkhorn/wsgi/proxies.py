@@ -47,13 +47,12 @@ class FrontEnds:
 
     @classmethod
     def from_config(cls, cfg: object) -> FrontEnds | None:
-        """None when nothing is trusted or nothing would be read (the request path then
-        skips the whole matter)."""
+        """None when no header would be read (the request path then skips the matter)."""
         allow = getattr(cfg, "forwarded_allow_ips", None) or []
         headers = getattr(cfg, "secure_scheme_headers", None) or {}
-        if not allow or not headers:
+        if not headers:
             return None
-        return cls(allow, headers)
+        return cls(allow, headers)  # no address listed: Unix socket peers still count
 
     def trusts(self, peer: str) -> bool:
         """Is ``peer`` (REMOTE_ADDR; "" for a Unix socket) a trusted front end?"""

@@ -128,7 +128,7 @@ class SecurityOptions:
         Front-end addresses (comma separated IPs or networks, or ``*``) trusted to set
         ``wsgi.url_scheme`` with ``secure_scheme_headers``, as in gunicorn; a peer on a
         Unix socket is always trusted. ``FORWARDED_ALLOW_IPS`` in the environment replaces
-        the default. An empty value trusts no one.
+        the default. An empty value trusts no TCP peer.
         """,
     )
     secure_scheme_headers = Setting(
