@@ -88,7 +88,15 @@ def test_a_booting_worker_gets_the_boot_timeout() -> None:
     limits = replace(LIMITS, boot_timeout=60.0)
     table = [worker(1, state=BOOTING, heartbeat=50.0), worker(2), worker(3)]
     assert run(table, limits=limits) == []
-    assert run(table, now=111.0, limits=limits) == [Abort(1, 61.0, True), Spawn(1)]
+    # No replacement yet: a boot that hung is judged when the worker is reaped (backoff,
+    # or abandoning a reload), not answered with another boot that would hang the same way.
+    assert run(table, now=111.0, limits=limits) == [Abort(1, 61.0, True)]
+    aborted = [replace(table[0], aborted_at=111.0), *table[1:]]
+    assert run(aborted, now=112.0, limits=limits) == []
+    assert run(aborted, now=113.5, limits=limits) == [Kill(1, KillReason.ABORT_GRACE)]
+    # A serving worker that hangs is replaced at once: capacity comes back.
+    hung = [worker(1, heartbeat=50.0), worker(2), worker(3)]
+    assert run(hung, now=111.0) == [Abort(1, 61.0, False), Spawn(1)]
 
 
 def test_timeout_zero_disables_the_heartbeat_check() -> None:

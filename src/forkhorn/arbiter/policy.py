@@ -17,7 +17,8 @@ Rules ``decide`` keeps, in the order it applies them:
    allowance instead while the worker is in a request, if smaller: for the classes that
    run the app on their only thread or loop, a silent busy worker is a request stuck.
 3. **Count.**  Workers of the current generation that are neither retiring nor aborted
-   are "active".  Fewer than ``desired``: spawn the difference, unless the boot backoff
+   are "active"; so is one aborted while still booting, until it is reaped (its boot
+   hung: ``judge_exit`` decides then, rather than a replacement that would hang too).  Fewer than ``desired``: spawn the difference, unless the boot backoff
    says wait; while the backoff holds failures, spawn one probe at a time and only when
    no other worker of this generation is booting.  More than ``desired``: retire the
    oldest first (gunicorn's TTOU order).
@@ -236,8 +237,17 @@ def decide(
                 wake_at = _earliest(wake_at, kill_at)
 
     # Rule 3: count.  Aborted and retiring workers are on their way out; their
-    # replacements start now, so capacity returns as soon as possible.
+    # replacements start now, so capacity returns as soon as possible. Except a worker
+    # aborted while still booting: its boot hung, and a replacement forked now would hang
+    # the same way (a bad release's extra workers, one more set per timeout). It counts
+    # until it is reaped, and judge_exit decides then (back off, or abandon a reload).
     def active(w: WorkerView) -> bool:
+        if (
+            w.state is WorkerState.BOOTING
+            and w.retiring_since is None
+            and (w.aborted_at is not None or w.pid in aborted_now)
+        ):
+            return True
         return not w.is_leaving and w.pid not in aborted_now
 
     current = sorted(
