@@ -18,10 +18,11 @@ Rules ``decide`` keeps, in the order it applies them:
    run the app on their only thread or loop, a silent busy worker is a request stuck.
 3. **Count.**  Workers of the current generation that are neither retiring nor aborted
    are "active"; so is one aborted while still booting, until it is reaped (its boot
-   hung: ``judge_exit`` decides then, rather than a replacement that would hang too).  Fewer than ``desired``: spawn the difference, unless the boot backoff
-   says wait; while the backoff holds failures, spawn one probe at a time and only when
-   no other worker of this generation is booting.  More than ``desired``: retire the
-   oldest first (gunicorn's TTOU order).
+   hung: ``judge_exit`` decides then, rather than a replacement that would hang too).
+   Fewer than ``desired``: spawn the difference, unless the boot backoff says wait;
+   while the backoff holds failures, spawn one probe at a time and only when no other
+   worker of this generation is booting.  More than ``desired``: retire the oldest first
+   (gunicorn's TTOU order).
 4. **Reload.**  Workers of an older generation (left by HUP) are not replaced when they
    die, and are retired all together only once ``desired`` workers of the current
    generation report that they serve.  Until then, they keep serving: a release that
