@@ -91,6 +91,26 @@ ACCEPT_TRANSIENT = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 ACCEPT_BACKOFF = 0.1
 
 
+class _Tally:
+    """Events logged at most once per ``OVERLOAD_LOG_EVERY`` seconds, with their count:
+    a flood shows in the log without a line per event."""
+
+    __slots__ = ("count", "logged_at")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.logged_at = -OVERLOAD_LOG_EVERY
+
+    def take(self, now: float) -> int:
+        """The count to log now (then 0 again), or 0 when the last line is too recent."""
+        count = self.count
+        if not count or now - self.logged_at < OVERLOAD_LOG_EVERY:
+            return 0
+        self.count = 0
+        self.logged_at = now
+        return count
+
+
 def _page_size() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE")
@@ -149,12 +169,10 @@ class Worker(abc.ABC):
     #: worker's only thread or loop), the master applies ``request_timeout`` to a busy
     #: worker's heartbeat, as it applies ``timeout``.
     watches_requests: ClassVar[bool] = False
-    #: Connections share one thread cooperatively (greenlets): a response's sends call
-    #: ``cooperate()`` now and then, since a send that never blocks never switches.
-    cooperative: ClassVar[bool] = False
-
-    def cooperate(self) -> None:  # noqa: B027 (a hook: nothing to do but where overridden)
-        """Give the worker's other connections a turn (cooperative classes)."""
+    #: Where connections share one thread cooperatively (greenlets): a method that gives
+    #: the others a turn, which a response's sends call now and then, since a send that
+    #: never blocks never switches. None elsewhere.
+    cooperate: Callable[[], None] | None = None
 
     @classmethod
     def preload_hazard(cls) -> str:
@@ -204,14 +222,12 @@ class Worker(abc.ABC):
         self._lifetime_deadline: float | None = None
         self._next_memory_check = 0.0
         self._reopen_requested = False
-        self.overload_refused = 0  # 503s not yet logged (refused_overloaded)
-        self._overload_logged_at = -OVERLOAD_LOG_EVERY
+        self._refused = _Tally()  # 503s not yet logged (refused_overloaded)
         # The master died (handle_term saw it): said once in the log, outside the handler.
         self.orphaned = False
         self._orphan_said = False
-        self.accept_failures = 0  # transient accept() errors not yet logged
+        self._accept_failures = _Tally()  # transient accept() errors not yet logged
         self._accept_failure: OSError | None = None
-        self._accept_logged_at = -OVERLOAD_LOG_EVERY
         # Set by workers.session.prepare_http() at the start of run(): what every request
         # of this worker shares (the core's limits, the constant environ keys).
         self.http_limits: tuple[int, int, int, int, bytes] = (4094, 100, 8190, 0, b"forkhorn")
@@ -351,6 +367,12 @@ class Worker(abc.ABC):
                 os.initgroups(pwd.getpwuid(uid).pw_name, gid if gid is not None else os.getgid())
             os.setuid(uid)
 
+    def _note_orphaned(self) -> None:
+        """On TERM: was it the kernel's, the master having died (``_stop_with_master``)?
+        Said by ``tick()`` or at exit, not from the signal handler."""
+        if not self.is_parent_alive():
+            self.orphaned = True
+
     def _say_orphaned(self) -> None:
         if self.orphaned and not self._orphan_said:
             self._orphan_said = True
@@ -451,8 +473,7 @@ class Worker(abc.ABC):
         self.slot.set_state(WorkerState.EXITING)
         self.stop_accepting()
         self._wake()
-        if not self.is_parent_alive():
-            self.orphaned = True  # said by tick() or at exit (not from a signal handler)
+        self._note_orphaned()
         if self.orphaned and not self.watches_requests:
             # The master is gone, and with it the SIGKILL at graceful_timeout: a request
             # the app holds (sync, fast) gets that long, then the worker quits as on QUIT.
@@ -569,10 +590,8 @@ class Worker(abc.ABC):
         """Everything an idle run loop owes per turn: heartbeat, parent check, USR1,
         lifetime and memory recycling.  Returns ``self.alive``."""
         self.notify()
-        if self.overload_refused:
-            self._log_overload(time.monotonic() if now is None else now)
-        if self.accept_failures:
-            self._log_accept_failures(time.monotonic() if now is None else now)
+        if self._refused.count or self._accept_failures.count:
+            self._log_tallies(time.monotonic() if now is None else now)
         self._say_orphaned()
         if not self.alive:
             return False
@@ -593,8 +612,8 @@ class Worker(abc.ABC):
         """Count a connection just refused with 503 because ``worker_connections`` are in
         use. The first is logged at once; the rest in one line per ``OVERLOAD_LOG_EVERY``
         seconds, with their count (``tick`` writes out what a burst left)."""
-        self.overload_refused += 1
-        self._log_overload(time.monotonic())
+        self._refused.count += 1
+        self._log_tallies(time.monotonic())
 
     def accept_failed(self, exc: OSError) -> bool:
         """accept() raised ``exc``. True when it is transient (``ACCEPT_TRANSIENT``): the
@@ -603,33 +622,27 @@ class Worker(abc.ABC):
         file descriptors, a worker would otherwise write one line per retry."""
         if exc.errno not in ACCEPT_TRANSIENT:
             return False
-        self.accept_failures += 1
+        self._accept_failures.count += 1
         self._accept_failure = exc
-        self._log_accept_failures(time.monotonic())
+        self._log_tallies(time.monotonic())
         return True
 
-    def _log_accept_failures(self, now: float) -> None:
-        if now - self._accept_logged_at < OVERLOAD_LOG_EVERY:
-            return
-        self.log.warning(
-            "accept() failed %d time(s), pausing %.1f s each time: %s",
-            self.accept_failures,
-            ACCEPT_BACKOFF,
-            self._accept_failure,
-        )
-        self.accept_failures = 0
-        self._accept_logged_at = now
-
-    def _log_overload(self, now: float) -> None:
-        if now - self._overload_logged_at < OVERLOAD_LOG_EVERY:
-            return
-        self.log.warning(
-            "Refused %d connection(s) with 503: all %d worker_connections in use",
-            self.overload_refused,
-            int(self.cfg.worker_connections),
-        )
-        self.overload_refused = 0
-        self._overload_logged_at = now
+    def _log_tallies(self, now: float) -> None:
+        refused = self._refused.take(now)
+        if refused:
+            self.log.warning(
+                "Refused %d connection(s) with 503: all %d worker_connections in use",
+                refused,
+                int(self.cfg.worker_connections),
+            )
+        failures = self._accept_failures.take(now)
+        if failures:
+            self.log.warning(
+                "accept() failed %d time(s), pausing %.1f s each time: %s",
+                failures,
+                ACCEPT_BACKOFF,
+                self._accept_failure,
+            )
 
     def should_retire(self, now: float) -> str:
         """Why this worker should be recycled now ("" for no reason): lifetime or memory."""

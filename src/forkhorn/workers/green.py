@@ -96,7 +96,6 @@ class GreenletWorker(Worker):
     """A greenlet per connection; subclasses supply their library's primitives."""
 
     watches_requests = True  # RequestWatchdog
-    cooperative = True
 
     def cooperate(self) -> None:
         self.sleep(0)
@@ -272,8 +271,7 @@ class GreenletWorker(Worker):
         self.alive = False
         self.retire_reason = self.retire_reason or "stop"
         self.slot.set_state(WorkerState.EXITING)
-        if not self.is_parent_alive():
-            self.orphaned = True  # the master died (Worker._stop_with_master)
+        self._note_orphaned()
         self.spawn(self._stop_now)
 
     def handle_quit(self, signum: int, frame: FrameType | None) -> None:

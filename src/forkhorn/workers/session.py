@@ -307,7 +307,7 @@ def serve_request(
         send = _bounded_send(sock, io_timeout)
     elif watch is not None:
         send = _progressing(send, watch, sock)
-    cooperate = worker.cooperate if worker.cooperative else None
+    cooperate = worker.cooperate
     if cooperate is not None:
         send = _cooperating(send, cooperate)
     if not worker.alive:
@@ -472,6 +472,14 @@ def _bounded_send(sock: socket.socket, timeout: float | None) -> Any:
 SENDFILE_BLOCK = 256 * 1024
 
 
+def _block_sent(watch: InFlight[Any] | None, cooperate: Callable[[], None] | None) -> None:
+    """After each block of a file: progress for the watchdog, a turn for the others."""
+    if watch is not None:
+        watch.progress_at = time.monotonic()
+    if cooperate is not None:
+        cooperate()
+
+
 def _sendfile_for(
     sock: socket.socket,
     watch: InFlight[Any] | None = None,
@@ -489,10 +497,7 @@ def _sendfile_for(
                 if not done:
                     break  # the file is shorter than it was: the caller closes
                 sent += done
-                if watch is not None:
-                    watch.progress_at = time.monotonic()
-                if cooperate is not None:
-                    cooperate()
+                _block_sent(watch, cooperate)
             return sent
 
     return sendfile
@@ -520,10 +525,7 @@ def _copy_for(
                 break  # the file is shorter than it was: the caller closes the connection
             sock.sendall(block)
             sent += len(block)
-            if watch is not None:
-                watch.progress_at = time.monotonic()
-            if cooperate is not None:
-                cooperate()
+            _block_sent(watch, cooperate)
         return sent
 
     return copy

@@ -424,18 +424,7 @@ def run_app(
         elif isinstance(result, FileWrapper) and sendfile is not None:
             _send_file(exchange, result, sendfile)
         else:
-            write = exchange.write
-            conn = exchange.conn
-            after = PIECES_AFTER_COMPLETE
-            for data in result:
-                if data.__class__ is not bytes and not isinstance(data, bytes):
-                    raise InvalidResponseError(f"app yielded {type(data).__name__}, not bytes")
-                write(data)
-                if conn.response_complete:
-                    after -= 1
-                    if after < 0:
-                        break  # see PIECES_AFTER_COMPLETE
-            exchange.finish()
+            _write_pieces(exchange, result)
     except ProtocolError:
         if exchange.head_sent:
             return False
@@ -451,20 +440,29 @@ def run_app(
     return True
 
 
+def _write_pieces(exchange: Exchange, pieces: Iterable[bytes]) -> None:
+    """Write a response body given piece by piece, then end it: up to
+    ``PIECES_AFTER_COMPLETE`` pieces past its completion, no more."""
+    write = exchange.write
+    conn = exchange.conn
+    after = PIECES_AFTER_COMPLETE
+    for data in pieces:
+        if data.__class__ is not bytes and not isinstance(data, bytes):
+            raise InvalidResponseError(f"app yielded {type(data).__name__}, not bytes")
+        write(data)
+        if conn.response_complete:
+            after -= 1
+            if after < 0:
+                break
+    exchange.finish()
+
+
 def _send_file(
     exchange: Exchange, wrapper: FileWrapper, sendfile: Callable[[int, int, int], int]
 ) -> None:
     file = wrapper.regular_file()
     if file is None:
-        conn = exchange.conn
-        after = PIECES_AFTER_COMPLETE
-        for data in wrapper:
-            exchange.write(data)
-            if conn.response_complete:
-                after -= 1
-                if after < 0:
-                    break  # as in run_app
-        exchange.finish()
+        _write_pieces(exchange, wrapper)
         return
     fd, offset, size = file
     head, count = exchange.file_head(size)
