@@ -402,6 +402,23 @@ class ServerProcess:
         with self._cond:
             return sum(1 for line in self.lines[since:] if regex.search(line))
 
+    def wait_for_count(
+        self, pattern: str, count: int, timeout: float = 10.0, since: int = 0
+    ) -> int:
+        """Wait until at least ``count`` lines from ``since`` match; how many match then.
+
+        A line a worker wrote before its response may still be in the pipe when the client
+        has the response: count only after waiting for it."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = sum(1 for line in self.lines[since:] if regex.search(line))
+                remaining = deadline - time.monotonic()
+                if found >= count or remaining <= 0:
+                    return found
+                self._cond.wait(min(remaining, 0.2))
+
     def signal(self, sig: int) -> None:
         self._check_running(f"before signal {sig}")
         os.kill(self.pid, sig)

@@ -631,7 +631,7 @@ def test_connect_answered_2xx_is_refused(server: ServerProcess, worker_class: st
         since=mark,
     )
     assert get(server.port, "/").status == 200
-    assert server.count_log(r"Refused request CONNECT", since=mark) == 2
+    assert server.wait_for_count(r"Refused request CONNECT", 2, since=mark) == 2
     assert server.count_log(r"Traceback|\[ERROR\]", since=mark) == 0, server.logs
 
 
