@@ -263,6 +263,49 @@ def test_preloaded_app_stays_shared_with_the_workers(
         )
 
 
+YOUNG_GARBAGE_HOOKS = """
+import gc
+import weakref
+
+
+class Cycle:
+    pass
+
+
+left = []
+
+
+def pre_fork(server, worker):
+    if left:
+        gc.collect(1)  # the young generations only: what the master's own GC does most
+        server.log.info("the last fork's garbage freed young: %s", left[-1]() is None)
+    cycle = Cycle()
+    cycle.me = cycle  # garbage only the cyclic collector frees
+    left.append(weakref.ref(cycle))
+"""
+
+
+def test_the_master_collects_its_garbage_across_forks(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """Garbage the master makes just before a fork (a reload's old settings) must stay
+    where its young collections free it. Freezing the heap in the master around each fork
+    put everything, garbage included, straight into the oldest generation, which the
+    master's few allocations almost never get collected: its memory grew by about 70 kB
+    with every HUP (17 MB over 250 reloads)."""
+    hooks = tmp_path / "hooks.conf.py"
+    hooks.write_text(YOUNG_GARBAGE_HOOKS)
+    server = server_factory("hello:app", "--workers", "2", "-c", str(hooks))
+    server.wait_for_workers(2)
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reload complete", since=mark)
+    verdicts = re.findall(r"the last fork's garbage freed young: (\w+)", server.logs)
+    # One verdict per fork after the first, at start-up and again after the reload (which
+    # runs the config file anew).
+    assert len(verdicts) == 2 and set(verdicts) == {"True"}, server.logs
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent", "eventlet", "fast"])
 def test_reload_restarts_the_worker_when_its_code_or_an_extra_file_changes(

@@ -91,8 +91,9 @@ class ServerOptions:
         action="flag",
         doc="""
         Load the app in the master before forking, so workers share its memory pages and
-        start faster. The master hands its objects to each worker frozen for the garbage
-        collector (``gc.freeze()``), so the workers' collections do not copy those pages.
+        start faster. Each worker freezes what it inherits from the master for the garbage
+        collector (``gc.freeze()``, first thing after the fork), so the workers'
+        collections do not copy those pages.
         The app is then not re-imported by a worker restart or a reload (HUP, which says
         so in the log), only by an upgrade (USR2), as with gunicorn.
         """,
