@@ -575,7 +575,7 @@ def test_a_stream_to_a_fast_reader_leaves_the_worker_to_others(
     assert get(srv.port, "/?chunks=1&size=2", timeout=20).body == b"00"
     reader.join(20)
     # ...and the stream ran past the timeout without the worker being taken for hung.
-    assert not ended, ended
+    assert not ended, (ended, srv.logs)
     assert "WORKER TIMEOUT" not in srv.logs
 
 
