@@ -107,6 +107,15 @@ def app(environ, start_response):
     elif path == "/alloc":
         HOARD.append(b"x" * (int(query["mb"][0]) * 1024 * 1024))  # resident: written
         body = b"hoarding %d" % pid
+    elif path == "/gate":
+        errors.write("fault app: at the gate\\n")
+        errors.flush()
+        deadline = time.monotonic() + 20
+        while not os.path.exists(query["file"][0]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        body = b"through %d" % pid
+    elif path == "/crash":
+        os._exit(1)  # the worker dies in the middle of a request
     elif path == "/read":
         body = b"read %d %d" % (len(environ["wsgi.input"].read()), pid)
     elif path == "/upload":
@@ -454,6 +463,44 @@ def test_request_hung_past_timeout_is_dumped_while_others_are_served(
         others_max_ms=round(max(latencies) * 1000, 1),
         replaced=server.count_log(r"Booting worker with pid", since=mark),
     )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync"])  # the others serve what they hold at once
+def test_a_crash_costs_only_its_own_request(
+    start: StartServer, worker_class: str, tmp_path: Path
+) -> None:
+    """A worker that dies in the middle of a request (os._exit, a segfault, the OOM
+    killer) may take the connections it holds, but not the ones the kernel still queues:
+    those go to the replacement. The sync worker used to accept the next connection while
+    it read the crashing request's head, so each crash cost about two requests where
+    gunicorn's cost one."""
+    server = start(workers=1)
+    mark = server.mark()
+    gate = tmp_path / "open"
+    with contextlib.ExitStack() as stack:
+
+        def send(target: bytes) -> RawConnection:
+            conn = stack.enter_context(RawConnection(server.port, timeout=30))
+            conn.send(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % target)
+            return conn
+
+        busy = send(b"/gate?file=%s" % str(gate).encode())
+        server.wait_for_log(r"fault app: at the gate", since=mark)
+        # Queued behind the busy worker, in this order: the crash, then innocent requests.
+        crash = send(b"/crash")
+        innocent = [send(b"/") for _ in range(4)]
+        gate.touch()
+        assert busy.read_response().status == 200
+        with pytest.raises(ConnectionError):
+            crash.read_response()
+        statuses: list[int | str] = []
+        for conn in innocent:
+            try:
+                statuses.append(conn.read_response().status)
+            except ConnectionError as exc:
+                statuses.append(str(exc))
+        assert statuses == [200] * 4, (statuses, server.logs)
 
 
 @pytest.mark.timeout(60)

@@ -9,7 +9,9 @@ complete (each with a ``header_timeout`` deadline for the whole head, answered 4
 it passes); only then does the worker run the app, blocking, for that one request. So a
 hundred slowloris clients cost a hundred file descriptors, not the worker. At most
 ``worker_connections`` heads wait at once; beyond that, new connections get 503 and are
-closed.
+closed. The worker takes a new connection only when it holds no complete request, and
+serves it at once when its head came with it: a connection left in the kernel's queue
+goes to the first free worker, and outlives this one if the app crashes it.
 
 Runs in: the worker process, main thread.
 """
@@ -110,14 +112,23 @@ class SyncWorker(Worker):
                 if not self.alive:
                     break
                 raise
-            now = time.monotonic()
+            # Heads already held come first, and a round that served a request accepts
+            # nothing: the select that follows says afresh what is ready. A connection
+            # this worker holds waits for its turn here, and dies with the worker if the
+            # app crashes it, where one left in the kernel's queue goes to the first free
+            # worker. So the worker takes a new connection only when it has no complete
+            # request to serve, one per round (_accept serves it at once if its head is
+            # already there); it holds more only while their heads are still arriving.
+            served = False
+            listeners: list[Any] = []
             for key, _ in ready:
                 data = key.data
                 if data is None:
-                    if self.alive:
-                        self._accept(key.fileobj, now + head_timeout)  # type: ignore[arg-type]
+                    listeners.append(key.fileobj)
                 elif data is not _WAKE:
-                    self._on_readable(data)
+                    served = self._on_readable(data) or served
+            if listeners and not served and self.alive:
+                self._accept(listeners[0], time.monotonic() + head_timeout)
             self._expire(time.monotonic())
         for pending in list(self.pending.values()):
             self._drop(pending)
@@ -167,30 +178,34 @@ class SyncWorker(Worker):
                 self._accept_resume_at = time.monotonic() + ACCEPT_BACKOFF
                 return
             raise
-        self._adopt(sock, addr, deadline)
+        pending = self._adopt(sock, addr, deadline)
+        if pending is not None:
+            self._on_readable(pending)  # most clients' heads arrive with the handshake
 
-    def _adopt(self, sock: socket.socket, addr: Any, deadline: float) -> None:
+    def _adopt(self, sock: socket.socket, addr: Any, deadline: float) -> _Pending | None:
         if len(self.pending) - self.lingering >= self.cfg.worker_connections:
             refuse_overloaded(sock, self.server_line)
             self.refused_overloaded()
-            return
+            return None
         sock.setblocking(False)
         pending = _Pending(sock, addr, new_connection(self), deadline)
         self.pending[sock.fileno()] = pending
         self.selector.register(sock, selectors.EVENT_READ, pending)
+        return pending
 
-    def _on_readable(self, pending: _Pending) -> None:
+    def _on_readable(self, pending: _Pending) -> bool:
+        """Read what arrived; serve the request if its head is complete (True then)."""
         try:
             data = pending.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             self._drop(pending)
-            return
+            return False
         if pending.lingering:
             if not data:
                 self._drop(pending)  # the client closed: a clean close now
-            return
+            return False
         conn = pending.conn
         conn.receive_data(data)
         try:
@@ -198,13 +213,16 @@ class SyncWorker(Worker):
         except ProtocolError as exc:
             send_protocol_error(self, pending.sock, conn, exc, peer_of(pending.addr))
             self._linger(pending)
-            return
+            return False
         if event is NEED_DATA:
-            return
+            return False
         self._unregister(pending)
         if isinstance(event, Request):
             self._serve(pending, event)
+            pending.sock.close()
+            return True
         pending.sock.close()
+        return False
 
     def _serve(self, pending: _Pending, request: Request) -> None:
         sock = pending.sock
