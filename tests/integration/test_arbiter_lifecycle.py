@@ -202,6 +202,29 @@ def test_hup_to_a_release_that_hangs_at_import_is_abandoned_for_what_it_is(
     assert server.count_log(r"Booting worker", since=mark) == 1, server.logs
 
 
+@pytest.mark.timeout(60)
+def test_ttin_during_an_abandoned_reload_is_kept(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """TTIN sent while a reload's workers boot: the log said "Handling signal: ttin" and a
+    worker was added, then the abandoned reload put back the count from before the HUP."""
+    _release(tmp_path, GOOD.format(version="v1"))
+    server = server_factory(
+        "release:app", "--workers", "2", "--timeout", "3", "--graceful-timeout", "2", cwd=tmp_path
+    )
+    _wait_all_serving(server, 2)
+    _release(tmp_path, "import time\nwhile True:\n    time.sleep(0.1)\n")
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reloading: booting 2 new workers", since=mark)
+    server.signal(signal.SIGTTIN)
+    server.wait_for_log(r"Handling signal: ttin", since=mark)
+    server.wait_for_log(r"Reload abandoned", since=mark, timeout=30)
+    server.wait_for_log(r"Keeping the \+1 workers of TTIN/TTOU .*: 3 workers", since=mark)
+    server.wait_for_workers(3)
+    assert _version(server) == b"v1"
+
+
 def test_hup_with_preload_says_the_code_is_not_reloaded(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:

@@ -204,6 +204,7 @@ class Arbiter:
         self._systemd_sockets = False
         self._age = 0
         self._pending_reload: _Release | None = None
+        self._reload_count = 0  # the worker count the pending reload asked for
         # A HUP that arrived while a reload was in flight: run one more reload when the
         # current one completes or is abandoned, so the last HUP's code and config win
         # (a deploy that HUPs after each step must not be left on a half-updated tree).
@@ -650,6 +651,7 @@ class Arbiter:
         self.cfg = new_cfg
         self.worker_class_name, self.worker_class, self.wsgi = name, worker_class, wsgi
         self._set_num_workers(int(new_cfg.workers))
+        self._reload_count = self.num_workers
         self._call_hook("on_reload", self)
         self._pending_reload = old
         self.generation += 1
@@ -724,7 +726,16 @@ class Arbiter:
         self.worker_class_name = old.worker_class_name
         self.wsgi = old.wsgi
         self.generation = old.generation
-        self.num_workers = old.num_workers
+        # TTIN and TTOU received during the reload still count: the operator asked for
+        # them after the HUP, and the log said so ("Handling signal: ttin").
+        resized = self.num_workers - self._reload_count
+        self.num_workers = max(1, old.num_workers + resized)
+        if resized:
+            self.log.info(
+                "Keeping the %+d workers of TTIN/TTOU received during the reload: %d workers",
+                resized,
+                self.num_workers,
+            )
         self.backoff = Backoff()
         # The token is not refilled here: the failed generation's slower workers are
         # still failing, and one of them would log the same traceback again.
