@@ -184,8 +184,9 @@ def test_hup_to_a_release_that_hangs_at_import_is_abandoned_for_what_it_is(
 ) -> None:
     """A release whose import never ends: the new workers are killed at the timeout and
     the old ones keep serving. The reason said "Failed to import ...: WorkerExit: 1", the
-    stack dump's own exit taken for the app's import error, and the aborted worker was
-    replaced at once by another of the release, which hung as well."""
+    stack dump's own exit taken for the app's import error, then only "exit code 1"; and
+    the aborted worker was replaced at once by another of the release, which hung as
+    well."""
     _release(tmp_path, GOOD.format(version="v1"))
     server = server_factory(
         "release:app", "--workers", "1", "--timeout", "3", "--graceful-timeout", "2", cwd=tmp_path
@@ -194,7 +195,12 @@ def test_hup_to_a_release_that_hangs_at_import_is_abandoned_for_what_it_is(
     _release(tmp_path, "import time\nwhile True:\n    time.sleep(0.1)\n")
     mark = server.mark()
     server.signal(signal.SIGHUP)
-    server.wait_for_log(r"Reload abandoned", since=mark, timeout=30)
+    server.wait_for_log(
+        r"Reload abandoned: the new workers failed to boot \(still booting after [\d.]+s, "
+        r"the timeout\)",
+        since=mark,
+        timeout=30,
+    )
     assert _version(server) == b"v1"
     assert server.count_log(r"WorkerExit", since=mark) == 0, server.logs
     # One worker of the release, not a second forked when the first was aborted (which

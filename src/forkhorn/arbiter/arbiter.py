@@ -98,6 +98,7 @@ class WorkerRecord:
     retiring_since: float | None = None
     retired_itself: bool = False  # retiring_since came from its slot, not our Retire
     aborted_at: float | None = None
+    abort_reason: str = ""  # why a booting worker was aborted, for its boot failure's line
     killed: bool = False
 
     def view(self) -> WorkerView:
@@ -934,7 +935,7 @@ class Arbiter:
     def _on_worker_exit(self, rec: WorkerRecord, code: int) -> None:
         snap = rec.slot.snapshot()
         reached = rec.reached_serving or snap.state.is_serving or snap.requests > 0
-        reason = snap.request_line.decode("utf-8", "replace")
+        reason = snap.request_line.decode("utf-8", "replace") or rec.abort_reason
         if code < 0:
             sig = -code
             if sig == signal.SIGKILL and not rec.killed:
@@ -1090,6 +1091,7 @@ class Arbiter:
                 rec.pid,
                 action.stalled_for,
             )
+            rec.abort_reason = f"still booting after {action.stalled_for:.1f}s, the timeout"
         elif age is not None:
             self.log.error(
                 "Worker (pid:%s) stuck on %r for %.1fs; dumping its stacks (SIGABRT)",
