@@ -120,6 +120,43 @@ def test_hung_request_dumps_its_stack_and_is_replaced(
     server.wait_for_workers(2)
 
 
+def test_two_workers_hung_at_once_have_their_stacks_logged_apart(
+    server_factory: ServerFactory,
+) -> None:
+    """faulthandler writes a dump from C in many small pieces: written straight into the
+    shared error log, two workers' dumps and the master's lines ran together on the same
+    lines. Each dump now goes to a file of the master's, which logs it in one record."""
+    server = server_factory("slow:app", "--workers", "2", "--timeout", "2")
+    server.wait_for_workers(2)
+    mark = server.mark()
+    hung = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(2)]
+    try:
+        for sock in hung:
+            sock.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert server.wait_for_count(r"slow app: hanging", 2, since=mark) == 2, server.logs
+        assert server.wait_for_count(r"Stacks of worker", 2, since=mark, timeout=20) == 2
+        # (A record's lines reach the harness one by one.)
+        assert server.wait_for_count(r"in hang_forever_in_app", 2, since=mark) == 2
+    finally:
+        for sock in hung:
+            sock.close()
+    lines = server.logs.splitlines()
+    stamp = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] \[")
+    records: list[list[str]] = []
+    for line in lines:
+        if stamp.match(line):
+            records.append([line])
+        elif records:
+            records[-1].append(line)
+        assert not stamp.search(line, 1), f"a log line inside another: {line!r}"
+    dumps = [r for r in records if "Stacks of worker" in r[0]]
+    assert len(dumps) == 2, server.logs
+    for record in dumps:
+        text = "\n".join(record)
+        assert "Fatal Python error: Aborted" in text, text
+        assert "in hang_forever_in_app" in text, text
+
+
 def test_an_app_that_cannot_load_stops_the_master_with_code_4(tmp_path: Path) -> None:
     _release(tmp_path, BAD)
     result = run_cli(["--bind", "127.0.0.1:0", "--workers", "3", "release:app"], cwd=tmp_path)

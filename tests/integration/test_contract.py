@@ -1090,7 +1090,8 @@ def open_deleted_files(pids: list[int]) -> list[str]:
         for fd in fd_dir.iterdir() if fd_dir.exists() else ():
             with contextlib.suppress(OSError):
                 target = os.readlink(fd)
-                if target.endswith("(deleted)"):
+                # (Not the stack dump file each worker holds for the master, in memory.)
+                if target.endswith("(deleted)") and "forkhorn-stacks" not in target:
                     held.append(target)
     return held
 

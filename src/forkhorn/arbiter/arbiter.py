@@ -32,6 +32,7 @@ import os
 import select
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
@@ -80,6 +81,9 @@ HALT_STOP_TIMEOUT = 5.0
 # client round trip (well under a millisecond on loopback, a few on a LAN; a client
 # farther away than this can still, rarely, see its handshake reset).
 HANDSHAKE_GRACE = 0.02
+# The most of a worker's stack dump that is logged: every thread of a gthread worker with
+# hundreds of threads, still one readable record.
+STACK_DUMP_LIMIT = 1 << 20
 
 
 @dataclass(slots=True)
@@ -125,6 +129,12 @@ class _Release:
     wsgi: Any
     generation: int
     num_workers: int
+
+
+def _close_quietly(file: Any) -> None:
+    if file is not None:
+        with contextlib.suppress(OSError):
+            file.close()
 
 
 def _hook(cfg: Any, name: str) -> Callable[..., Any] | None:
@@ -840,11 +850,16 @@ class Arbiter:
         worker.log_boot_traceback = self.ever_ready and self.backoff.failures == 0
         if self._traceback_token is not None:
             worker.traceback_token = self._traceback_token[0]
+        worker.stack_file = self._new_stack_file()
         self._call_hook("pre_fork", self, worker)
-        with blocked_across_fork() as mask:
-            pid = os.fork()
-            if not pid:
-                self._run_child(worker, mask)  # never returns
+        try:
+            with blocked_across_fork() as mask:
+                pid = os.fork()
+                if not pid:
+                    self._run_child(worker, mask)  # never returns
+        except BaseException:
+            _close_quietly(worker.stack_file)
+            raise
         worker.pid = pid
         self.workers[pid] = WorkerRecord(
             worker, pid, self._age, self.generation, slot, now, heartbeat=now
@@ -862,6 +877,8 @@ class Arbiter:
         # master's few allocations never set off: about 70 kB more per HUP, for ever.
         # (Freezing is a splice of the GC's lists, so it touches only a few objects.)
         gc.freeze()
+        for rec in self.workers.values():  # the other workers' dump files are not ours
+            _close_quietly(rec.worker.stack_file)
         code = 0
         try:
             self.signals.reset_in_child(mask)
@@ -957,6 +974,7 @@ class Arbiter:
         elif code != 0 and snap.state is not WorkerState.BOOT_FAILED:
             # (A boot failure gets its own line below, with the reason.)
             self.log.error("Worker (pid:%s) exited with code %s.", rec.pid, code)
+        self._log_stacks(rec)
         self._call_hook("child_exit", self, rec.worker)
         assert self.scoreboard is not None
         self.scoreboard.free(rec.slot)
@@ -1107,6 +1125,35 @@ class Arbiter:
             )
         self._send(rec.pid, signal.SIGABRT)
         rec.aborted_at = now
+
+    def _new_stack_file(self) -> Any:
+        """An anonymous file for a worker's stack dump (``Worker.stack_file``), in memory
+        where the system can (and named for what it holds in /proc/PID/fd); None if none
+        can be made (out of descriptors, say): the dump then goes to the error log."""
+        try:
+            if hasattr(os, "memfd_create"):
+                return os.fdopen(os.memfd_create("forkhorn-stacks"), "w+b")
+            return tempfile.TemporaryFile(
+                prefix="forkhorn-stacks-", dir=getattr(self.cfg, "worker_tmp_dir", None) or None
+            )
+        except OSError:
+            return None
+
+    def _log_stacks(self, rec: WorkerRecord) -> None:
+        """Log, in one record, what the exited worker's fatal-signal handler dumped."""
+        file = rec.worker.stack_file
+        if file is None:
+            return
+        rec.worker.stack_file = None
+        try:
+            file.seek(0)
+            dump = file.read(STACK_DUMP_LIMIT).decode("utf-8", "replace").rstrip()
+        except (OSError, ValueError):
+            dump = ""
+        finally:
+            _close_quietly(file)
+        if dump:
+            self.log.error("Stacks of worker (pid:%s), dumped as it died:\n%s", rec.pid, dump)
 
     def _call_hook(self, name: str, *args: Any) -> None:
         hook = _hook(self.cfg, name)

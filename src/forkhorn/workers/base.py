@@ -20,10 +20,11 @@ Signals in a worker (after ``init_process``):
   has done so, new connections are refused instead of queued and later reset.  The run
   loop finishes what it holds, then returns.
 - INT, QUIT: immediate exit (``worker_int`` hook first).
-- ABRT: the master's timeout.  ``faulthandler`` writes every thread's stack to the error
-  log from C (its output starts "Fatal Python error: Aborted"), which works even when the
-  worker is stuck inside C code; then, if Python code runs again, ``worker_abort`` is
-  called and the worker exits.  A worker stuck in C is SIGKILLed by the master.
+- ABRT: the master's timeout.  ``faulthandler`` writes every thread's stack from C (its
+  output starts "Fatal Python error: Aborted"), which works even when the worker is stuck
+  inside C code, into the master's ``stack_file``, which the master logs once the worker
+  is gone; then, if Python code runs again, ``worker_abort`` is called and the worker
+  exits.  A worker stuck in C is SIGKILLed by the master.
 - USR1: reopen log files, done at the next ``notify()`` (not in the handler: a logging
   lock may be held by the interrupted code).  WINCH, USR2: ignored.
 
@@ -218,6 +219,10 @@ class Worker(abc.ABC):
         # The master's one-byte pipe: of the workers that fail to load together (a
         # reload), the one that takes the byte logs the traceback; None: always log.
         self.traceback_token: int | None = None
+        # A file of the master's for this worker's stack dump on a fatal signal (the
+        # master's timeout, a segfault), which the master logs in one piece once the
+        # worker is gone; None: the dump goes straight to the error log.
+        self.stack_file: Any = None
         self._started_at = 0.0
         self._lifetime_deadline: float | None = None
         self._next_memory_check = 0.0
@@ -445,9 +450,12 @@ class Worker(abc.ABC):
         # faulthandler.enable covers SIGABRT (register() refuses it) and SIGSEGV/SIGBUS/
         # SIGFPE/SIGILL.  On SIGABRT its C handler writes every thread's stack, restores
         # the previous handler (handle_abort, installed above) and re-raises, so
-        # worker_abort still runs when Python code gets control again.
+        # worker_abort still runs when Python code gets control again.  It writes in many
+        # small pieces: into the shared error log, two workers' dumps and the master's
+        # lines ran together on the same lines, hence the master's file (stack_file).
+        target = self.stack_file if self.stack_file is not None else self._error_stream()
         try:
-            faulthandler.enable(file=self._error_stream(), all_threads=True)
+            faulthandler.enable(file=target, all_threads=True)
         except (OSError, ValueError, AttributeError, RuntimeError):
             pass  # stderr without a file descriptor (tests): no dump, still a clean abort
 
