@@ -1005,8 +1005,19 @@ class FastWorker(Worker):
         self.send_timeout = float(cfg.timeout or 0) or float("inf")
         # The sweep is also the heartbeat of a loop with nothing else to do (a response
         # streaming to a slow client): often enough that the master's timeout, or
-        # request_timeout, never mistakes it for a hung app.
-        limits = [t for t in (float(cfg.timeout or 0), float(cfg.request_timeout or 0)) if t > 0]
+        # request_timeout, never mistakes it for a hung app. And it enforces the header
+        # and keep-alive deadlines, each within half of itself (a 1 s header_timeout
+        # fired after up to 2 s with a sweep a second).
+        limits = [
+            t
+            for t in (
+                float(cfg.timeout or 0),
+                float(cfg.request_timeout or 0),
+                float(cfg.header_timeout or 0),
+                float(cfg.keepalive or 0),
+            )
+            if t > 0
+        ]
         self.sweep_every = max(0.1, min([SWEEP_INTERVAL, *(t / 2 for t in limits)]))
         self.max_connections = int(cfg.worker_connections)
         self.head_timeout = float(cfg.header_timeout) or float("inf")  # 0: no deadline
