@@ -30,6 +30,7 @@ def app(environ, start_response):
     return [body]
 """
 BAD = "raise RuntimeError('bad release on disk')\n"
+SYNTAX_ERROR = "def app(environ, start_response:\n    return []\n"
 
 
 def _release(directory: Path, text: str) -> None:
@@ -403,6 +404,31 @@ def test_reload_restarts_the_worker_when_its_code_or_an_extra_file_changes(
     changed(extra, "two")
     server.wait_for_log(r"Worker reloading: .*extra\.txt modified", since=mark)
     server.wait_for_log(rf"Worker exiting \(pid: {before}\)", since=mark)
+
+
+@pytest.mark.timeout(60)
+def test_reload_serves_the_fix_of_a_broken_edit_within_seconds(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """With --reload, an edit that does not import makes each new worker fail to boot; the
+    respawn backoff grew to 30 s, so the fix could take half a minute to show. With
+    --reload it stops at 2 s."""
+    _release(tmp_path, GOOD.format(version="v1"))
+    server = server_factory("release:app", "--reload", cwd=tmp_path)
+    assert _version(server) == b"v1"
+    mark = server.mark()
+    _release(tmp_path, SYNTAX_ERROR)
+    later = time.time() + 2  # a new mtime even on a file system with coarse times
+    os.utime(tmp_path / "release.py", (later, later))
+    line = server.wait_for_log(
+        r"failed to boot .*retrying in ([\d.]+)s \(failure 6\)", since=mark, timeout=30
+    )
+    assert float(line.group(1)) == 2.0, server.logs
+    # Its only worker is the one that fails: nobody serves meanwhile, and the line says so.
+    assert "(failure 6); no worker is serving meanwhile" in line.string, line.string
+    _release(tmp_path, GOOD.format(version="v2"))
+    server.wait_for_log(r"boot backoff reset", since=mark, timeout=20)
+    assert _version(server) == b"v2"
 
 
 # Registers an atexit handler at import (in each worker: no --preload) that leaves a file

@@ -81,6 +81,8 @@ HALT_STOP_TIMEOUT = 5.0
 # client round trip (well under a millisecond on loopback, a few on a LAN; a client
 # farther away than this can still, rarely, see its handshake reset).
 HANDSHAKE_GRACE = 0.02
+# With --reload (development), the longest wait between boots of a release that fails.
+RELOAD_MAX_BACKOFF = 2.0
 # The most of a worker's stack dump that is logged: every thread of a gthread worker with
 # hundreds of threads, still one readable record.
 STACK_DUMP_LIMIT = 1 << 20
@@ -191,7 +193,7 @@ class Arbiter:
         self.workers: dict[int, WorkerRecord] = {}
         self.num_workers = int(cfg.workers)
         self.generation = 0
-        self.backoff = Backoff()
+        self.backoff = self._new_backoff()
         self.ever_ready = False
         # One failed-load traceback per reload or respawn, not one per worker: a pipe
         # holding one byte, which the first worker that fails to load takes (an atomic
@@ -666,7 +668,7 @@ class Arbiter:
         self._call_hook("on_reload", self)
         self._pending_reload = old
         self.generation += 1
-        self.backoff = Backoff()
+        self.backoff = self._new_backoff()
         self._refill_traceback_token()
         self.log.info(
             "Reloading: booting %d new workers; the current ones serve until they are ready",
@@ -747,7 +749,7 @@ class Arbiter:
                 resized,
                 self.num_workers,
             )
-        self.backoff = Backoff()
+        self.backoff = self._new_backoff()
         # The token is not refilled here: the failed generation's slower workers are
         # still failing, and one of them would log the same traceback again.
         now = time.monotonic()
@@ -1008,13 +1010,23 @@ class Arbiter:
             self._abandon_reload(reason or f"exit code {code}")
         elif verdict.verdict is Verdict.BACKOFF:
             self.backoff = self.backoff.failed(time.monotonic())
+            serving = any(
+                r.reached_serving and r.retiring_since is None for r in self.workers.values()
+            )
+            if serving:
+                others = "the other workers keep serving"
+            elif self.ever_ready:
+                # (One worker restarted by --reload, say: connections wait in the queue.)
+                others = "no worker is serving meanwhile"
+            else:
+                others = "no worker has booted yet"
             self.log.error(
                 "Worker (pid:%s) failed to boot (%s); retrying in %.1fs (failure %d); %s",
                 rec.pid,
                 reason or (f"exit code {code}" if code >= 0 else signal_full_name(-code)),
                 self.backoff.delay_after(self.backoff.failures),
                 self.backoff.failures,
-                "the other workers keep serving" if self.ever_ready else "no worker has booted yet",
+                others,
             )
 
     def _observe(self) -> None:
@@ -1125,6 +1137,13 @@ class Arbiter:
             )
         self._send(rec.pid, signal.SIGABRT)
         rec.aborted_at = now
+
+    def _new_backoff(self) -> Backoff:
+        """The respawn backoff; with ``--reload`` it stops growing at RELOAD_MAX_BACKOFF,
+        so that a broken edit's fix is served within seconds, not after up to 30."""
+        if getattr(self.cfg, "reload_enabled", False) is True:  # (cfg.reload is a method)
+            return Backoff(max_delay=RELOAD_MAX_BACKOFF)
+        return Backoff()
 
     def _new_stack_file(self) -> Any:
         """An anonymous file for a worker's stack dump (``Worker.stack_file``), in memory
