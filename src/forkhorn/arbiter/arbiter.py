@@ -852,8 +852,8 @@ class Arbiter:
         worker.log_boot_traceback = self.ever_ready and self.backoff.failures == 0
         if self._traceback_token is not None:
             worker.traceback_token = self._traceback_token[0]
-        worker.stack_file = self._new_stack_file()
         self._call_hook("pre_fork", self, worker)
+        worker.stack_file = self._new_stack_file()
         try:
             with blocked_across_fork() as mask:
                 pid = os.fork()
