@@ -1150,6 +1150,44 @@ def test_header_timeout_of_zero_means_no_deadline(
     assert resp.status == 200
 
 
+@pytest.mark.timeout(30)
+def test_a_new_connections_head_is_due_header_timeout_after_it_opened(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """The head must arrive within header_timeout of the connection (docs/settings.md).
+    gthread, gevent and eventlet gave a new connection the whole timeout to send its first
+    byte and then the whole timeout again for the rest: a client silent for just under the
+    limit, then trickling, held its connection twice as long. Here the limit is 4 s, the
+    client is silent 3.5 s and then sends a byte every 0.25 s: cut at 4 s, it has sent two
+    bytes (fast, which sweeps once a second, up to six); cut at 7.5 s it would have sent
+    sixteen. (Wide margins: the bound is the server's own deadline, not this client's
+    clock.)"""
+    server = server_factory(
+        "hello:app", *worker_args(worker_class), "--header-timeout", "4", "--keep-alive", "10"
+    )
+    head = b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 100
+    with connect(server.port) as sock:
+        time.sleep(3.5)  # the client's silence (its behaviour, not a wait for the server)
+        sent = 0
+        answer = b""
+        sock.settimeout(0.25)
+        while sent < len(head):
+            try:
+                sock.sendall(head[sent : sent + 1])
+            except OSError:
+                break  # closed after the 408
+            sent += 1
+            try:
+                answer = sock.recv(65536)
+            except TimeoutError:
+                continue  # the client's pace: one byte per 0.25 s
+            except OSError:
+                break
+            break  # the server answered (or closed)
+    assert answer.startswith(b"HTTP/1.1 408 "), (answer, sent)
+    assert sent < 12, f"cut after {sent} bytes, about {3.5 + sent * 0.25:.2f}s after connect"
+
+
 # -- absolute-form targets -------------------------------------------------------------------------
 
 

@@ -388,6 +388,8 @@ class GreenletWorker(Worker):
     def _keep_serving(self, me: Any, session: _Session, peer: tuple[str, str]) -> None:
         sock, conn = session.sock, session.conn
         idle_timeout = self._head_timeout  # a new connection: its first head is due now
+        # ...and complete header_timeout after it was accepted (read_request).
+        head_due = time.monotonic() + self._head_timeout
         while True:
             if not self.alive and not conn.buffered:
                 # Stopping: a request may still be on its way (our last response went out
@@ -397,7 +399,8 @@ class GreenletWorker(Worker):
                 if remaining <= 0:
                     return
                 idle_timeout = min(idle_timeout, remaining)
-            request = read_request(sock, conn, idle_timeout, self._head_timeout)
+            request = read_request(sock, conn, idle_timeout, self._head_timeout, head_due)
+            head_due = 0.0  # later heads: header_timeout from their first byte
             if request is None:
                 return
             session.busy = True  # no switch since read_request returned: the sweep agrees

@@ -101,13 +101,14 @@ STALE_SLACK = 64
 class _Client:
     """One open connection, held by the poller or by one pool thread."""
 
-    __slots__ = ("conn", "deadline", "peer", "registered", "request", "sock")
+    __slots__ = ("conn", "deadline", "fresh", "peer", "registered", "request", "sock")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, str], conn: ServerConnection):
         self.sock = sock
         self.peer = peer
         self.conn = conn
         self.deadline = 0.0
+        self.fresh = True  # no request yet: its deadline is its first head's, from accept
         self.registered = False
         self.request: Request | None = None
 
@@ -368,9 +369,11 @@ class ThreadWorker(Worker):
         conn = client.conn
         idle = not conn.buffered
         conn.receive_data(data)
-        if idle and data:
-            # The first byte of a head: from now on the whole head has header_timeout,
-            # a deadline that later bytes do not push back.
+        if idle and data and not client.fresh:
+            # The first byte of a head after a response: from now on the whole head has
+            # header_timeout, a deadline that later bytes do not push back. (A new
+            # connection's first head keeps the deadline it got when it was accepted:
+            # silence before a trickle must not double its time.)
             self._watch(client, time.monotonic() + self._head_timeout)
         self._advance(client)
 
@@ -391,6 +394,7 @@ class ThreadWorker(Worker):
             self._drop(client)
 
     def _dispatch(self, client: _Client, request: Request) -> None:
+        client.fresh = False
         self._unwatch(client)
         self._held -= 1
         client.request = request

@@ -204,37 +204,52 @@ def log_refused(
 
 
 def read_request(
-    sock: socket.socket, conn: ServerConnection, idle_timeout: float, head_timeout: float
+    sock: socket.socket,
+    conn: ServerConnection,
+    idle_timeout: float,
+    head_timeout: float,
+    head_due: float = 0.0,
 ) -> Request | None:
     """Wait on a blocking socket for the next request head.
 
     ``idle_timeout`` bounds the wait for its first byte (keep-alive), ``head_timeout`` the
-    whole head once it started (never reset by a trickling client). Returns None when the
-    client closed or stayed idle; raises ProtocolError (408 for a late head).
+    whole head once it started (never reset by a trickling client). ``head_due``, when
+    given, is when the head must be complete however late its first byte comes: a new
+    connection's first head is due ``header_timeout`` after it was accepted, so silence
+    before a trickle does not double the time. Returns None when the client closed or
+    stayed idle (sent nothing); raises ProtocolError (408 for a late head).
     """
-    deadline = 0.0
+    deadline = head_due
+    started = False  # a byte of this head arrived (blank lines before it count too)
     while True:
         event = conn.next_event()
         if event is NEED_DATA:
-            if conn.buffered or deadline:
-                if not deadline:
-                    deadline = time.monotonic() + head_timeout
+            if (conn.buffered or started) and not deadline:
+                deadline = time.monotonic() + head_timeout
+            if deadline:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise RequestTimeoutError("request head not received in time")
+                    if conn.buffered or started:
+                        raise RequestTimeoutError("request head not received in time")
+                    if bytes_waiting(sock.fileno()):
+                        remaining = 0.001  # it arrived as the wait ended: read it
+                    else:
+                        return None  # nothing was sent: close quietly
+                if not (conn.buffered or started) and idle_timeout > 0:
+                    remaining = min(remaining, idle_timeout)
                 sock.settimeout(remaining)
             else:
                 sock.settimeout(idle_timeout if idle_timeout > 0 else None)
             try:
                 data = sock.recv(RECV_SIZE)
             except TimeoutError:
-                if conn.buffered or deadline:
+                if conn.buffered or started:
                     raise RequestTimeoutError("request head not received in time") from None
                 if bytes_waiting(sock.fileno()):
                     continue  # it arrived as the wait ended: read it, do not reset it
                 return None  # idle keep-alive connection: close quietly
-            if data and not deadline:
-                deadline = time.monotonic() + head_timeout
+            if data:
+                started = True
             conn.receive_data(data)
             continue
         if event is CLOSED:
