@@ -31,6 +31,7 @@ def app(environ, start_response):
 """
 BAD = "raise RuntimeError('bad release on disk')\n"
 SYNTAX_ERROR = "def app(environ, start_response:\n    return []\n"
+HANGS_AT_IMPORT = "import time\nwhile True:\n    time.sleep(0.1)\n"
 
 
 def _release(directory: Path, text: str) -> None:
@@ -230,7 +231,7 @@ def test_hup_to_a_release_that_hangs_at_import_is_abandoned_for_what_it_is(
         "release:app", "--workers", "1", "--timeout", "3", "--graceful-timeout", "2", cwd=tmp_path
     )
     _wait_all_serving(server, 1)
-    _release(tmp_path, "import time\nwhile True:\n    time.sleep(0.1)\n")
+    _release(tmp_path, HANGS_AT_IMPORT)
     mark = server.mark()
     server.signal(signal.SIGHUP)
     server.wait_for_log(
@@ -257,7 +258,7 @@ def test_ttin_during_an_abandoned_reload_is_kept(
         "release:app", "--workers", "2", "--timeout", "3", "--graceful-timeout", "2", cwd=tmp_path
     )
     _wait_all_serving(server, 2)
-    _release(tmp_path, "import time\nwhile True:\n    time.sleep(0.1)\n")
+    _release(tmp_path, HANGS_AT_IMPORT)
     mark = server.mark()
     server.signal(signal.SIGHUP)
     server.wait_for_log(r"Reloading: booting 2 new workers", since=mark)
