@@ -248,6 +248,33 @@ def test_hup_to_a_release_that_hangs_at_import_is_abandoned_for_what_it_is(
 
 
 @pytest.mark.timeout(60)
+def test_a_hup_while_no_worker_serves_completes(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """The release on disk broke and the only worker crash-loops; the fix is deployed and
+    HUP sent. The new worker serves, but with no previous worker to retire the reload never
+    completed: later HUPs were only queued, and the next boot failure of any worker
+    "abandoned" it, stopping the healthy workers and putting the old settings back."""
+    _release(tmp_path, GOOD.format(version="v1"))
+    server = server_factory("release:app", "--workers", "1", cwd=tmp_path)
+    (first,) = server.wait_for_workers(1)
+    _release(tmp_path, BAD)
+    mark = server.mark()
+    os.kill(first, signal.SIGKILL)
+    server.wait_for_log(r"failed to boot .*retrying in .*\(failure 2\)", since=mark, timeout=20)
+    _release(tmp_path, GOOD.format(version="v2"))
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reloading: booting 1 new workers; no worker is serving meanwhile")
+    server.wait_for_log(r"Reload complete: 1 new workers serving", since=mark, timeout=20)
+    assert _version(server) == b"v2"
+    mark = server.mark()
+    server.signal(signal.SIGHUP)  # the next deploy's HUP runs, not queued for ever
+    server.wait_for_log(r"Reload complete", since=mark, timeout=20)
+    assert server.count_log(r"Reload already in progress", since=mark) == 0, server.logs
+
+
+@pytest.mark.timeout(60)
 def test_ttin_during_an_abandoned_reload_is_kept(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:
@@ -265,7 +292,7 @@ def test_ttin_during_an_abandoned_reload_is_kept(
     server.signal(signal.SIGTTIN)
     server.wait_for_log(r"Handling signal: ttin", since=mark)
     server.wait_for_log(r"Reload abandoned", since=mark, timeout=30)
-    server.wait_for_log(r"Keeping the \+1 workers of TTIN/TTOU .*: 3 workers", since=mark)
+    server.wait_for_log(r"Keeping the TTIN/TTOU received during the reload: 3 workers, not 2")
     server.wait_for_workers(3)
     assert _version(server) == b"v1"
 

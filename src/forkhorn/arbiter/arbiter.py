@@ -671,8 +671,11 @@ class Arbiter:
         self.backoff = self._new_backoff()
         self._refill_traceback_token()
         self.log.info(
-            "Reloading: booting %d new workers; the current ones serve until they are ready",
+            "Reloading: booting %d new workers; %s",
             self.num_workers,
+            "the current ones serve until they are ready"
+            if self._any_serving()
+            else "no worker is serving meanwhile",
         )
 
     def _apply_logging(self, new_cfg: Any) -> None:
@@ -743,11 +746,11 @@ class Arbiter:
         # them after the HUP, and the log said so ("Handling signal: ttin").
         resized = self.num_workers - self._reload_count
         self.num_workers = max(1, old.num_workers + resized)
-        if resized:
+        if self.num_workers != old.num_workers:
             self.log.info(
-                "Keeping the %+d workers of TTIN/TTOU received during the reload: %d workers",
-                resized,
+                "Keeping the TTIN/TTOU received during the reload: %d workers, not %d",
                 self.num_workers,
+                old.num_workers,
             )
         self.backoff = self._new_backoff()
         # The token is not refilled here: the failed generation's slower workers are
@@ -1010,10 +1013,7 @@ class Arbiter:
             self._abandon_reload(reason or f"exit code {code}")
         elif verdict.verdict is Verdict.BACKOFF:
             self.backoff = self.backoff.failed(time.monotonic())
-            serving = any(
-                r.reached_serving and r.retiring_since is None for r in self.workers.values()
-            )
-            if serving:
+            if self._any_serving():
                 others = "the other workers keep serving"
             elif self.ever_ready:
                 # (One worker restarted by --reload, say: connections wait in the queue.)
@@ -1098,7 +1098,9 @@ class Arbiter:
                     continue
                 self._send(rec.pid, signal.SIGKILL)
                 rec.killed = True
-        if retired_for_reload and self._pending_reload is not None:
+        if self._pending_reload is not None and (
+            retired_for_reload or self._new_generation_alone_serves()
+        ):
             self._pending_reload = None
             self.log.info(
                 "Reload complete: %d new workers serving; retiring %d previous workers",
@@ -1107,6 +1109,24 @@ class Arbiter:
             )
             systemd.ready(environ=self._environ)
             self._run_queued_reload()
+
+    def _any_serving(self) -> bool:
+        return any(r.reached_serving and r.retiring_since is None for r in self.workers.values())
+
+    def _new_generation_alone_serves(self) -> bool:
+        """A reload with no previous worker left to retire (they had all crashed, say,
+        a crash-looping release being replaced) is complete once the new generation
+        serves in full. It used to stay pending for ever: later HUPs were only queued, and
+        the next boot failure of any worker "abandoned" it, stopping the healthy new
+        workers and putting back the broken release."""
+        serving = 0
+        for rec in self.workers.values():
+            if rec.retiring_since is not None:
+                continue
+            if rec.generation != self.generation:
+                return False  # the policy retires it once the new ones serve
+            serving += rec.reached_serving
+        return serving >= self.num_workers
 
     def _abort(self, action: Abort, now: float) -> None:
         rec = self.workers.get(action.pid)
