@@ -248,6 +248,26 @@ def test_hup_to_a_release_that_hangs_at_import_is_abandoned_for_what_it_is(
 
 
 @pytest.mark.timeout(60)
+def test_ttin_after_a_queued_hup_is_kept(server_factory: ServerFactory, tmp_path: Path) -> None:
+    """HUP, HUP again while the first reload runs (queued), then TTIN: the queued reload set
+    the configured count when it ran, undoing the TTIN sent after its HUP."""
+    _release(tmp_path, "import time\ntime.sleep(1)\n" + GOOD.format(version="v1"))
+    server = server_factory("release:app", "--workers", "2", cwd=tmp_path)
+    _wait_all_serving(server, 2)
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reloading: booting 2 new workers", since=mark)
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"HUP queued", since=mark)
+    server.signal(signal.SIGTTIN)
+    server.wait_for_log(r"Handling signal: ttin", since=mark)
+    server.wait_for_log(r"Keeping the TTIN/TTOU received after the queued HUP: 3 workers")
+    server.wait_for_log(r"Reloading: booting 3 new workers", since=mark, timeout=20)
+    assert server.wait_for_count(r"Reload complete", 2, since=mark, timeout=30) == 2
+    server.wait_for_workers(3)
+
+
+@pytest.mark.timeout(60)
 def test_a_hup_while_no_worker_serves_completes(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:

@@ -217,7 +217,12 @@ class Arbiter:
         self._systemd_sockets = False
         self._age = 0
         self._pending_reload: _Release | None = None
-        self._reload_count = 0  # the worker count the pending reload asked for
+        # TTIN/TTOU applied so far (+1/-1 each), and that count when the pending reload
+        # started and when a HUP was queued: the signals an operator sent after a HUP
+        # still count once that HUP's reload has set the configured number.
+        self._resizes = 0
+        self._resizes_at_reload = 0
+        self._resizes_at_queued_hup = 0
         # A HUP that arrived while a reload was in flight: run one more reload when the
         # current one completes or is abandoned, so the last HUP's code and config win
         # (a deploy that HUPs after each step must not be left on a half-updated tree).
@@ -495,11 +500,17 @@ class Arbiter:
 
     def handle_ttin(self) -> None:
         if self.stop_deadline is None:
+            self._resizes += 1
             self._set_num_workers(self.num_workers + 1)
 
     def handle_ttou(self) -> None:
-        if self.stop_deadline is None and self.num_workers > 1:
+        if self.stop_deadline is not None:
+            return
+        if self.num_workers > 1:
+            self._resizes -= 1
             self._set_num_workers(self.num_workers - 1)
+        else:
+            self.log.info("TTOU ignored: the number of workers is 1, the least")
 
     def handle_usr1(self) -> None:
         self.log.reopen_files()
@@ -612,11 +623,15 @@ class Arbiter:
             self.scoreboard.close()
 
     # -- reloading (HUP) ---------------------------------------------------------------
-    def reload(self) -> None:
+    def reload(self, resizes_since: int | None = None) -> None:
         """Re-read the config, start a full new generation of workers; the policy retires
-        the old one once the new one serves.  On any failure the old one keeps serving."""
+        the old one once the new one serves.  On any failure the old one keeps serving.
+
+        ``resizes_since``: for a queued HUP, the TTIN/TTOU count when it arrived; those
+        received after it are added to the configured number of workers."""
         if self._pending_reload is not None:
             self._reload_again = True
+            self._resizes_at_queued_hup = self._resizes
             self.log.warning(
                 "Reload already in progress; another reload will follow it (HUP queued)"
             )
@@ -663,8 +678,12 @@ class Arbiter:
         self._repidfile_if_changed(new_cfg)
         self.cfg = new_cfg
         self.worker_class_name, self.worker_class, self.wsgi = name, worker_class, wsgi
-        self._set_num_workers(int(new_cfg.workers))
-        self._reload_count = self.num_workers
+        count = int(new_cfg.workers)
+        if resizes_since is not None and self._resizes != resizes_since:
+            count = max(1, count + self._resizes - resizes_since)
+            self.log.info("Keeping the TTIN/TTOU received after the queued HUP: %d workers", count)
+        self._set_num_workers(count)
+        self._resizes_at_reload = self._resizes
         self._call_hook("on_reload", self)
         self._pending_reload = old
         self.generation += 1
@@ -744,7 +763,7 @@ class Arbiter:
         self.generation = old.generation
         # TTIN and TTOU received during the reload still count: the operator asked for
         # them after the HUP, and the log said so ("Handling signal: ttin").
-        resized = self.num_workers - self._reload_count
+        resized = self._resizes - self._resizes_at_reload
         self.num_workers = max(1, old.num_workers + resized)
         if self.num_workers != old.num_workers:
             self.log.info(
@@ -767,7 +786,7 @@ class Arbiter:
         if self._reload_again and self._pending_reload is None and self.stop_deadline is None:
             self._reload_again = False
             self.log.info("Running the reload queued by a HUP received during the last one")
-            self.reload()
+            self.reload(resizes_since=self._resizes_at_queued_hup)
 
     # -- re-exec (USR2) ----------------------------------------------------------------
     def reexec_argv(self) -> list[str]:
