@@ -355,6 +355,51 @@ def test_a_worker_held_by_a_hung_request_leaves_when_the_master_is_killed(
 
 
 @pytest.mark.timeout(60)
+def test_an_orphans_stack_dump_goes_to_the_error_log(server_factory: ServerFactory) -> None:
+    """A worker's fatal-signal dump goes to a file its master logs after reaping it; an
+    orphan has no master to read it, so it writes the dump to the error log instead."""
+    server = server_factory("slow:app", "--workers", "1", "--graceful-timeout", "20")
+    (worker,) = server.wait_for_workers(1)
+    identity = process_identity(worker)
+    mark = server.mark()
+    request = InFlight(server.port, "/hang")
+    server.wait_for_log(r"slow app: hanging", since=mark)
+    assert server.proc is not None
+    master = server.proc.pid
+    server.proc.kill()  # the master this test started
+    server.proc.wait(timeout=10)
+    poll_until(
+        lambda: _parent_of(worker) not in (master, None),
+        "the worker was re-parented",
+        timeout=20,
+    )
+    # The kernel's TERM (PR_SET_PDEATHSIG) made the orphan let go of the master's file.
+    poll_until(lambda: not _holds_stack_file(worker), "the orphan dropped its stack file")
+    os.kill(worker, signal.SIGABRT)  # as the master's timeout would
+    server.wait_for_log(r"in hang_forever_in_app", since=mark, timeout=20)
+    poll_until(lambda: not is_alive(worker, identity), "the orphan exited", timeout=20)
+    request.outcome()
+
+
+def _holds_stack_file(pid: int) -> bool:
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if "forkhorn-stacks" in os.readlink(fd):
+                return True
+        except OSError:
+            continue  # closed since the listing
+    return False
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGINT])
 def test_fast_quit_interrupts_a_request_the_app_holds(
     server_factory: ServerFactory, sig: signal.Signals

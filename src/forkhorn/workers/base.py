@@ -377,6 +377,10 @@ class Worker(abc.ABC):
         Said by ``tick()`` or at exit, not from the signal handler."""
         if not self.is_parent_alive():
             self.orphaned = True
+            if self.stack_file is not None:
+                # No master will read the stack file now: a dump goes to the error log.
+                self.stack_file = None
+                self._register_stack_dump()
 
     def _say_orphaned(self) -> None:
         if self.orphaned and not self._orphan_said:
