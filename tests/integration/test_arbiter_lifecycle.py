@@ -248,6 +248,31 @@ def test_hup_to_a_release_that_hangs_at_import_is_abandoned_for_what_it_is(
 
 
 @pytest.mark.timeout(60)
+def test_ttou_during_a_reload_to_one_worker_counts_if_it_is_abandoned(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """Three workers; HUP to a config of one, with a release that hangs at import; TTOU.
+    The reload's count could not go below one, so the TTOU was dropped, and the abandoned
+    reload put back three where the operator had asked for one fewer."""
+    _release(tmp_path, GOOD.format(version="v1"))
+    conf = tmp_path / "forkhorn.conf.py"
+    conf.write_text("workers = 3\ntimeout = 3\ngraceful_timeout = 2\n")
+    server = server_factory("release:app", "-c", str(conf), cwd=tmp_path)
+    _wait_all_serving(server, 3)
+    conf.write_text("workers = 1\ntimeout = 3\ngraceful_timeout = 2\n")
+    _release(tmp_path, HANGS_AT_IMPORT)
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reloading: booting 1 new workers", since=mark)
+    server.signal(signal.SIGTTOU)
+    server.wait_for_log(r"TTOU: the reload's workers are 1, the least; kept", since=mark)
+    server.wait_for_log(r"Reload abandoned", since=mark, timeout=30)
+    server.wait_for_log(r"Keeping the TTIN/TTOU received during the reload: 2 workers, not 3")
+    server.wait_for_workers(2)
+    assert _version(server) == b"v1"
+
+
+@pytest.mark.timeout(60)
 def test_ttin_after_a_queued_hup_is_kept(server_factory: ServerFactory, tmp_path: Path) -> None:
     """HUP, HUP again while the first reload runs (queued), then TTIN: the queued reload set
     the configured count when it ran, undoing the TTIN sent after its HUP."""

@@ -509,6 +509,11 @@ class Arbiter:
         if self.num_workers > 1:
             self._resizes -= 1
             self._set_num_workers(self.num_workers - 1)
+        elif self._pending_reload is not None:
+            # The reload asks for one worker already, but the previous settings, which
+            # come back if it is abandoned, may have more: the TTOU counts for those.
+            self._resizes -= 1
+            self.log.info("TTOU: the reload's workers are 1, the least; kept should it fail")
         else:
             self.log.info("TTOU ignored: the number of workers is 1, the least")
 
