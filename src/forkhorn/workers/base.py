@@ -102,10 +102,11 @@ class _Tally:
         self.count = 0
         self.logged_at = -OVERLOAD_LOG_EVERY
 
-    def take(self, now: float) -> int:
-        """The count to log now (then 0 again), or 0 when the last line is too recent."""
+    def take(self, now: float, final: bool = False) -> int:
+        """The count to log now (then 0 again), or 0 when the last line is too recent
+        (``final``: the worker is leaving, whatever is counted is logged)."""
         count = self.count
-        if not count or now - self.logged_at < OVERLOAD_LOG_EVERY:
+        if not count or (not final and now - self.logged_at < OVERLOAD_LOG_EVERY):
             return 0
         self.count = 0
         self.logged_at = now
@@ -302,6 +303,9 @@ class Worker(abc.ABC):
         self.slot.heartbeat()
         if self.alive:  # TERM may have arrived while the app was loading
             self.run()
+        # What the last seconds counted, before this worker is gone: a burst of 503s
+        # just before a stop or a recycle was logged as its first refusal alone.
+        self._log_tallies(time.monotonic(), final=True)
         self._say_orphaned()
 
     def _boot(self) -> None:
@@ -639,15 +643,15 @@ class Worker(abc.ABC):
         self._log_tallies(time.monotonic())
         return True
 
-    def _log_tallies(self, now: float) -> None:
-        refused = self._refused.take(now)
+    def _log_tallies(self, now: float, final: bool = False) -> None:
+        refused = self._refused.take(now, final)
         if refused:
             self.log.warning(
                 "Refused %d connection(s) with 503: all %d worker_connections in use",
                 refused,
                 int(self.cfg.worker_connections),
             )
-        failures = self._accept_failures.take(now)
+        failures = self._accept_failures.take(now, final)
         if failures:
             self.log.warning(
                 "accept() failed %d time(s), pausing %.1f s each time: %s",
