@@ -598,6 +598,34 @@ def test_access_log_custom_format(server_factory: ServerFactory) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("worker_class", ["sync", "fast"])
+def test_a_json_access_log_stays_json(server_factory: ServerFactory, worker_class: str) -> None:
+    """A JSON-shaped format is a common way to ship access logs. Apache's ``\\xhh`` for a
+    non-ASCII byte is not a JSON escape: a browser's UTF-8 user agent made the line
+    invalid. ``--access-log-escape json`` writes such bytes as the text they encode."""
+    fmt = '{"path": "%(U)s", "ua": "%(a)s", "x": "%({x-odd}i)s", "status": %(s)s}'
+    server = server_factory(
+        "hello:app", "-k", worker_class, "--access-logfile", "-",
+        "--access-logformat", fmt, "--access-log-escape", "json",
+    )  # fmt: skip
+    with connect(server.port) as sock:
+        sock.sendall(
+            b"GET /caf%C3%A9 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+            b'User-Agent: Mozilla/5.0 (caf\xc3\xa9) "quoted" back\\slash\r\n'
+            b"X-Odd: \xe9t\xe9\tend\r\n\r\n"  # latin-1, not UTF-8, and a tab
+        )
+        assert read_until_close(sock).startswith(b"HTTP/1.1 200 ")
+    line = server.wait_for_log(r'^\{"path": "/caf', stream="stdout").string
+    record = json.loads(line)
+    assert record == {
+        "path": "/café",
+        "ua": 'Mozilla/5.0 (café) "quoted" back\\slash',
+        "x": "\u00e9t\u00e9\tend",  # each byte as its code point
+        "status": 200,
+    }, line
+
+
+@pytest.mark.timeout(30)
 def test_requests_library_and_curl_agree(server_factory: ServerFactory) -> None:
     """Independent clients see the same response (curl is installed by CI)."""
     import shutil

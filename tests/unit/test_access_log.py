@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import json
 import os
 import time
 import types
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from forkhorn.config import load_config
 from forkhorn.errors import ConfigError
 from forkhorn.logs import DEFAULT_ACCESS_LOG_FORMAT, AccessFormat, Logger
 from forkhorn.logs import logger as logger_module
@@ -366,3 +368,28 @@ def test_access_log_reopens_after_rename(
     logger.access(make_environ(PATH_INFO="/three"), "200 OK", [], 0, 0.0)
     assert (tmp_path / "access.log.1").read_text() == "GET /one\nGET /two\n"
     assert path.read_text() == "GET /three\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("plain", "plain"),
+        ("caf\u00c3\u00a9", "café"),  # UTF-8 bytes, as PEP 3333 hands them over (latin-1)
+        ('a"b\\c', 'a\\"b\\\\c'),
+        ("x\ty\n\r", "x\\ty\\n\\r"),
+        ("\x1b[31m\x00\x7f", "\\u001b[31m\\u0000\\u007f"),
+        ("\u00c2\u0085", "\\u0085"),  # a C1 control, in UTF-8: escaped too
+        ("\xe9t\xe9", "\\u00e9t\\u00e9"),  # not UTF-8: each byte as its code point
+        ("snow\u2603", "snow\u2603"),  # text set by the app, not wire bytes
+    ],
+)
+def test_json_escaping_keeps_a_json_line_valid(value: str, expected: str) -> None:
+    out = AccessFormat('{"v": "%({x}e)s"}', "json").render({"x": value}, "200 OK", [], 0, 0.0, 0.0)
+    assert out == '{"v": "' + expected + '"}'
+    assert json.loads(out)["v"] == json.loads('"' + expected + '"')
+
+
+def test_the_escaping_setting_reaches_the_access_log() -> None:
+    with pytest.raises(ConfigError):
+        load_config(["--access-log-escape", "yaml", "x:app"], {})
+    assert load_config(["--access-log-escape", "json", "x:app"], {}).access_log_escape == "json"

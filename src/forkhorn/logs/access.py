@@ -77,6 +77,39 @@ def escape(value: str) -> str:
     return _UNSAFE_RE.sub(_escape_char, value)
 
 
+# JSON escaping (``access_log_escape = "json"``): what a JSON string may not hold raw, and
+# the C1 controls (U+0080-U+009F), which a terminal may act on.
+_JSON_UNSAFE_RE = re.compile(r'["\\\x00-\x1f\x7f-\x9f]')
+_JSON_NON_ASCII_RE = re.compile(r'["\\\x00-\x1f\x7f-\U0010ffff]')
+_JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _json_escape_char(match: re.Match[str]) -> str:
+    ch = match.group()
+    return _JSON_ESCAPES.get(ch) or f"\\u{ord(ch):04x}"
+
+
+def escape_json(value: str) -> str:
+    """Return ``value`` safe inside a JSON string on one log line. Environ strings are
+    latin-1 decodings of the wire bytes (PEP 3333): bytes that form UTF-8 are written as
+    the text they encode; others as ``\\u00hh``, the byte's own code."""
+    unsafe = _JSON_UNSAFE_RE
+    text = value
+    if not value.isascii():
+        try:
+            text = value.encode("latin-1").decode("utf-8")
+        except UnicodeEncodeError:
+            pass  # not wire bytes (set by the app): already text
+        except UnicodeDecodeError:
+            unsafe = _JSON_NON_ASCII_RE  # not UTF-8: every byte above ASCII as its code
+    if unsafe.search(text) is None:
+        return text
+    return unsafe.sub(_json_escape_char, text)
+
+
+ESCAPES = {"default": escape, "json": escape_json}
+
+
 def format_clf_time(now: float) -> str:
     """``now`` (seconds since the epoch) as local time in Common Log Format brackets."""
     tm = time.localtime(now)
@@ -232,10 +265,11 @@ class AccessFormat:
     Runs in: workers, once per response (``render``); construction anywhere.
     """
 
-    __slots__ = ("_fmt", "_getters", "_time_second", "_time_text")
+    __slots__ = ("_escape", "_fmt", "_getters", "_time_second", "_time_text")
 
-    def __init__(self, fmt: str = DEFAULT_ACCESS_LOG_FORMAT) -> None:
+    def __init__(self, fmt: str = DEFAULT_ACCESS_LOG_FORMAT, escaping: str = "default") -> None:
         self._fmt = fmt
+        self._escape = ESCAPES[escaping]
         fixed = _atoms()
         getters: list[tuple[str, Getter]] = []
         for key in dict.fromkeys(_ATOM_RE.findall(fmt)):  # unique, in order
@@ -305,7 +339,8 @@ class AccessFormat:
     ) -> str:
         """The access-log line for one response (without a newline)."""
         atoms: dict[str, object] = {}
+        escape_value = self._escape
         for key, get in self._getters:
             value = get(environ, status, response_headers, sent_bytes, request_time, now)
-            atoms[key] = escape(value) if type(value) is str else value
+            atoms[key] = escape_value(value) if type(value) is str else value
         return self._fmt % atoms

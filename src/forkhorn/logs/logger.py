@@ -65,7 +65,7 @@ class LogSettings(Protocol):
     """The settings ``Logger`` reads; the names are gunicorn's (``forkhorn.config.Config``).
 
     Optional, read with defaults when absent: ``syslog``, ``syslog_addr``,
-    ``syslog_prefix``, ``syslog_facility``.
+    ``syslog_prefix``, ``syslog_facility``, ``access_log_escape``.
     """
 
     @property
@@ -264,7 +264,7 @@ class Logger:
         self.cfg = cfg
         fmt = cfg.access_log_format or DEFAULT_ACCESS_LOG_FORMAT
         try:
-            access_format = AccessFormat(fmt)
+            access_format = AccessFormat(fmt, getattr(cfg, "access_log_escape", "default"))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         level = parse_level(cfg.loglevel or "info")

@@ -49,6 +49,21 @@ class LoggingOptions:
         ``{name}i`` request header, ``{name}o`` response header, ``{name}e`` environ.
         """,
     )
+    access_log_escape = Setting(
+        default="default",
+        convert=choice("default", "json"),
+        flags=("--access-log-escape",),
+        metavar="STRING",
+        doc="""
+        How values are escaped in access log lines (forkhorn's; nginx's ``escape=``).
+        ``default``: Apache's way, ``"`` and ``\\`` get a backslash, anything outside
+        printable ASCII is ``\\xhh``, so a line is plain ASCII. ``json``: for a format
+        that writes JSON (``{"ua": "%(a)s", ...}``), where ``\\xhh`` would make the line
+        invalid: ``"``, ``\\`` and control characters are escaped as JSON does
+        (``\\u00hh``), and bytes that form UTF-8 are written as the text they encode
+        (others as ``\\u00hh``).
+        """,
+    )
     errorlog = Setting(
         default="-",
         convert=string,
