@@ -45,6 +45,16 @@ def _version(server: ServerProcess) -> bytes:
     return get(server.port).body.split()[0]
 
 
+def _hup_to_a_release_that_hangs(server: ServerProcess, directory: Path, booting: int) -> int:
+    """Put a release that hangs at import on disk and HUP; returns the log mark, once the
+    master says it is booting ``booting`` new workers."""
+    _release(directory, HANGS_AT_IMPORT)
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(rf"Reloading: booting {booting} new workers", since=mark)
+    return mark
+
+
 def _wait_all_serving(server: ServerProcess, count: int, deadline_s: float = 20.0) -> None:
     """Until ``count`` distinct workers have answered: each has loaded the release (the
     kernel picks who accepts, so this polls; the deadline only bounds a hang)."""
@@ -260,10 +270,7 @@ def test_ttou_during_a_reload_to_one_worker_counts_if_it_is_abandoned(
     server = server_factory("release:app", "-c", str(conf), cwd=tmp_path)
     _wait_all_serving(server, 3)
     conf.write_text("workers = 1\ntimeout = 3\ngraceful_timeout = 2\n")
-    _release(tmp_path, HANGS_AT_IMPORT)
-    mark = server.mark()
-    server.signal(signal.SIGHUP)
-    server.wait_for_log(r"Reloading: booting 1 new workers", since=mark)
+    mark = _hup_to_a_release_that_hangs(server, tmp_path, booting=1)
     server.signal(signal.SIGTTOU)
     server.wait_for_log(r"TTOU: the reload's workers are 1, the least; kept", since=mark)
     server.wait_for_log(r"Reload abandoned", since=mark, timeout=30)
@@ -330,10 +337,7 @@ def test_ttin_during_an_abandoned_reload_is_kept(
         "release:app", "--workers", "2", "--timeout", "3", "--graceful-timeout", "2", cwd=tmp_path
     )
     _wait_all_serving(server, 2)
-    _release(tmp_path, HANGS_AT_IMPORT)
-    mark = server.mark()
-    server.signal(signal.SIGHUP)
-    server.wait_for_log(r"Reloading: booting 2 new workers", since=mark)
+    mark = _hup_to_a_release_that_hangs(server, tmp_path, booting=2)
     server.signal(signal.SIGTTIN)
     server.wait_for_log(r"Handling signal: ttin", since=mark)
     server.wait_for_log(r"Reload abandoned", since=mark, timeout=30)

@@ -24,6 +24,7 @@ from .server import (
     InFlight,
     Response,
     ServerError,
+    ServerProcess,
     connect,
     get,
     is_alive,
@@ -335,14 +336,7 @@ def test_a_worker_held_by_a_hung_request_leaves_when_the_master_is_killed(
     server = server_factory(
         "slow:app", "-k", worker_class, "--workers", "1", "--graceful-timeout", "2"
     )
-    (worker,) = server.wait_for_workers(1)
-    identity = process_identity(worker)
-    mark = server.mark()
-    request = InFlight(server.port, "/hang")
-    server.wait_for_log(r"slow app: hanging", since=mark)
-    assert server.proc is not None
-    server.proc.kill()  # the master this test started
-    server.proc.wait(timeout=10)
+    worker, identity, request, _ = _hang_then_kill_the_master(server)
     poll_until(
         lambda: not is_alive(worker, identity),
         "the orphan held by the hung request exited",
@@ -359,15 +353,8 @@ def test_an_orphans_stack_dump_goes_to_the_error_log(server_factory: ServerFacto
     """A worker's fatal-signal dump goes to a file its master logs after reaping it; an
     orphan has no master to read it, so it writes the dump to the error log instead."""
     server = server_factory("slow:app", "--workers", "1", "--graceful-timeout", "20")
-    (worker,) = server.wait_for_workers(1)
-    identity = process_identity(worker)
     mark = server.mark()
-    request = InFlight(server.port, "/hang")
-    server.wait_for_log(r"slow app: hanging", since=mark)
-    assert server.proc is not None
-    master = server.proc.pid
-    server.proc.kill()  # the master this test started
-    server.proc.wait(timeout=10)
+    worker, identity, request, master = _hang_then_kill_the_master(server)
     poll_until(
         lambda: _parent_of(worker) not in (master, None),
         "the worker was re-parented",
@@ -379,6 +366,21 @@ def test_an_orphans_stack_dump_goes_to_the_error_log(server_factory: ServerFacto
     server.wait_for_log(r"in hang_forever_in_app", since=mark, timeout=20)
     poll_until(lambda: not is_alive(worker, identity), "the orphan exited", timeout=20)
     request.outcome()
+
+
+def _hang_then_kill_the_master(server: ServerProcess) -> tuple[int, int | None, InFlight, int]:
+    """The one worker held by a hung request, then its master killed with SIGKILL: the
+    worker, its identity, the request and the dead master's pid."""
+    (worker,) = server.wait_for_workers(1)
+    identity = process_identity(worker)
+    mark = server.mark()
+    request = InFlight(server.port, "/hang")
+    server.wait_for_log(r"slow app: hanging", since=mark)
+    assert server.proc is not None
+    master = server.proc.pid
+    server.proc.kill()  # the master this test started
+    server.proc.wait(timeout=10)
+    return worker, identity, request, master
 
 
 def _holds_stack_file(pid: int) -> bool:

@@ -224,18 +224,18 @@ def read_request(
     while True:
         event = conn.next_event()
         if event is NEED_DATA:
-            if (conn.buffered or started) and not deadline:
+            begun = started or bool(conn.buffered)
+            if begun and not deadline:
                 deadline = time.monotonic() + head_timeout
             if deadline:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    if conn.buffered or started:
+                    if begun:
                         raise RequestTimeoutError("request head not received in time")
-                    if bytes_waiting(sock.fileno()):
-                        remaining = 0.001  # it arrived as the wait ended: read it
-                    else:
+                    if not bytes_waiting(sock.fileno()):
                         return None  # nothing was sent: close quietly
-                if not (conn.buffered or started) and idle_timeout > 0:
+                    remaining = 0.001  # it arrived as the wait ended: read it
+                if not begun and idle_timeout > 0:
                     remaining = min(remaining, idle_timeout)
                 sock.settimeout(remaining)
             else:
@@ -243,7 +243,7 @@ def read_request(
             try:
                 data = sock.recv(RECV_SIZE)
             except TimeoutError:
-                if conn.buffered or started:
+                if begun:
                     raise RequestTimeoutError("request head not received in time") from None
                 if bytes_waiting(sock.fileno()):
                     continue  # it arrived as the wait ended: read it, do not reset it

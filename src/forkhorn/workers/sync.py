@@ -118,12 +118,9 @@ class SyncWorker(Worker):
                     break
                 raise
             # Heads already held come first, and a round that served a request accepts
-            # nothing: the select that follows says afresh what is ready. A connection
-            # this worker holds waits for its turn here, and dies with the worker if the
-            # app crashes it, where one left in the kernel's queue goes to the first free
-            # worker. So the worker takes a new connection only when it has no complete
-            # request to serve, one per round (_accept serves it at once if its head is
-            # already there); it holds more only while their heads are still arriving.
+            # nothing (the select that follows says afresh what is ready); otherwise one
+            # new connection per round, served at once if its head came with it (the
+            # module docstring says why).
             served = False
             listeners: list[Any] = []
             for key, _ in ready:
@@ -222,12 +219,12 @@ class SyncWorker(Worker):
         if event is NEED_DATA:
             return False
         self._unregister(pending)
+        served = False
         if isinstance(event, Request):
             self._serve(pending, event)
-            pending.sock.close()
-            return True
+            served = True
         pending.sock.close()
-        return False
+        return served
 
     def _serve(self, pending: _Pending, request: Request) -> None:
         sock = pending.sock
