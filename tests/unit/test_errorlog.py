@@ -185,6 +185,24 @@ def test_stderr_when_dash(
     assert match is not None and match["message"] == "Booting worker with pid: 17"
 
 
+def test_a_log_that_cannot_be_written_tells_its_losses_when_replaced(
+    make_logger: Callable[..., Logger], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/dev/full fails every flush. The first failure is said at once, the next ones are
+    counted; a new set-up (HUP) tells the count as it closes the old handler, whose own
+    failing flush must not break the set-up."""
+    log = make_logger(errorlog="/dev/full")
+    for n in range(3):
+        log.error("line %d", n)
+    err = capsys.readouterr().err
+    assert "cannot write the log /dev/full: [Errno 28] No space left on device; 1 line(s)" in err
+    log.setup(settings(errorlog="-"))
+    err = capsys.readouterr().err
+    assert "cannot write the log /dev/full; 2 line(s) lost since the last report" in err
+    log.tell_lost_lines()  # nothing left to tell
+    assert "lost" not in capsys.readouterr().err
+
+
 def test_bad_loglevel_is_a_config_error(make_logger: Callable[..., Logger]) -> None:
     with pytest.raises(ConfigError, match=r"loglevel = 'loud': expected one of debug, info"):
         make_logger(loglevel="loud")

@@ -144,6 +144,14 @@ def _hook(cfg: Any, name: str) -> Callable[..., Any] | None:
     return fn if callable(fn) else None
 
 
+def _tell_lost_log_lines(log: Any) -> None:
+    # A log that cannot be written says so once a minute; what it lost since then is told
+    # as the process ends (a Logger stand-in of the tests may not have the method).
+    tell = getattr(log, "tell_lost_lines", None)
+    if callable(tell):
+        tell()
+
+
 def _exit_code_of(code: object) -> int:
     if code is None:
         return 0
@@ -305,6 +313,7 @@ class Arbiter:
         if self.halt_reason:
             say("Reason: %s", self.halt_reason)
         self._call_hook("on_exit", self)
+        _tell_lost_log_lines(self.log)
         return self.exit_code
 
     def _error_log_elsewhere(self) -> bool:
@@ -948,6 +957,7 @@ class Arbiter:
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
+                _tell_lost_log_lines(self.log)
                 logging.shutdown()
             finally:
                 os._exit(code)

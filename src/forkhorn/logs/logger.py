@@ -104,18 +104,34 @@ class _QuietFailures:
         now = time.monotonic()
         if now - self._reported_at < WRITE_FAILURE_REPORT_EVERY:
             return
-        error = sys.exc_info()[1]
+        self._report(f": {sys.exc_info()[1]}")
+        self._reported_at = now
+
+    def close(self) -> None:
+        # A new logging set-up (HUP) closes the old handlers: the lines they lost since
+        # the last report are told, and the failing flush of a close must not stop it.
+        self.tell_lost_lines()
+        try:
+            super().close()  # type: ignore[misc]
+        except (OSError, ValueError):
+            pass
+
+    def tell_lost_lines(self) -> None:
+        """Report the lines lost since the last report, if any (the process is ending)."""
+        if self._lost:
+            self._report("")
+
+    def _report(self, error: str) -> None:
         where = getattr(self, "baseFilename", None) or type(self).__name__
         try:
             sys.stderr.write(
-                f"forkhorn [{os.getpid()}]: cannot write the log {where}: {error}; "
+                f"forkhorn [{os.getpid()}]: cannot write the log {where}{error}; "
                 f"{self._lost} line(s) lost since the last report\n"
             )
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
         self._lost = 0
-        self._reported_at = now
 
 
 class _OwnFileHandler(_QuietFailures, logging.FileHandler):
@@ -475,6 +491,14 @@ class Logger:
         if self._capture_file is not None:
             self._capture_file.close()
             self._capture_file = None
+
+    def tell_lost_lines(self) -> None:
+        """Say what each handler lost since its last report: called as the process ends,
+        where ``logging.shutdown`` would skip a handler whose flush fails."""
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                if isinstance(handler, _QuietFailures):
+                    handler.tell_lost_lines()
 
     def reopen_files(self) -> None:
         """Reopen every log file on its path (SIGUSR1, after the files were rotated).
