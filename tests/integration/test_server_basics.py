@@ -765,3 +765,28 @@ def test_gunicorn_hooks_see_the_app_object_and_when_ready_comes_first(
     assert "hook when_ready forked=0" in logs
     assert logs.index("hook when_ready") < logs.index("Booting worker")
     assert "Exception in" not in logs
+
+
+@pytest.mark.timeout(30)
+def test_log_level_debug_shows_the_configuration_and_each_request(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """As gunicorn at debug: the master logs every setting at start-up (with where it came
+    from, --print-config's lines) and the default pre_request hook logs each request."""
+    server = server_factory(
+        "hello:app", "--workers", "1", "-k", worker_class, "--log-level", "debug"
+    )
+    assert get(server.port, "/a/b?x=1").status == 200
+    server.wait_for_log(r"\[DEBUG\] GET /a/b$")
+    assert "[DEBUG] Current configuration:\n  wsgi_app " in server.logs, server.logs
+    assert re.search(r"\n  loglevel +=  ?'debug'  # command line\n", server.logs), server.logs
+    assert "?x=1" not in server.logs  # the path, as gunicorn's req.path
+
+
+@pytest.mark.timeout(30)
+def test_log_level_info_shows_neither(server_factory: ServerFactory) -> None:
+    server = server_factory("hello:app", "--workers", "1", "-k", "fast")
+    assert get(server.port, "/a/b").status == 200
+    assert server.stop() == 0
+    assert "Current configuration" not in server.logs
+    assert "GET /a/b" not in server.logs

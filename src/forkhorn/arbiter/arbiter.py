@@ -33,6 +33,7 @@ import select
 import signal
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
@@ -338,6 +339,7 @@ class Arbiter:
                 self.master_pid = 0
             self.master_name = "Master.2"
         self.log.info("Starting forkhorn %s", __version__)
+        self._log_configuration()
         self._apply_paths()
         # As gunicorn does when its arbiter is made: the count goes from None to workers.
         self._call_hook("nworkers_changed", self, self.num_workers, None)
@@ -691,6 +693,7 @@ class Arbiter:
         self._rebind_if_changed(new_cfg)
         self._repidfile_if_changed(new_cfg)
         self.cfg = new_cfg
+        self._log_configuration()
         self.worker_class_name, self.worker_class, self.wsgi = name, worker_class, wsgi
         count = int(new_cfg.workers)
         if resizes_since is not None and self._resizes != resizes_since:
@@ -710,6 +713,15 @@ class Arbiter:
             if self._any_serving()
             else "no worker is serving meanwhile",
         )
+
+    def _log_configuration(self) -> None:
+        # gunicorn's debug start-up shows every setting; ours says where each came from
+        # (--print-config's lines). Built only when debug lines are shown.
+        error_log = getattr(self.log, "error_log", None)
+        text = getattr(self.cfg, "print_config_text", None)
+        if error_log is None or not error_log.isEnabledFor(logging.DEBUG) or text is None:
+            return
+        self.log.debug("Current configuration:\n%s", textwrap.indent(text().rstrip("\n"), "  "))
 
     def _apply_logging(self, new_cfg: Any) -> None:
         setup = getattr(self.log, "setup", None)

@@ -261,7 +261,8 @@ def _show(value: object, setting: Setting[Any]) -> str:
         module = getattr(value, "__module__", "?")
         qualname = getattr(value, "__qualname__", repr(value))
         if value is setting.default:
-            return "<no-op>"
+            # pre_request's default logs at the debug level; the others do nothing.
+            return "<no-op>" if (setting.default_doc or "").endswith(": pass") else "<default>"
         return f"<{module}.{qualname}>"
     return repr(value)
 

@@ -598,7 +598,11 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
     # Read once: the request path tests these flags instead of calling a default no-op
     # hook or asking the logger on every request.
     worker.access_enabled = bool(worker.log.access_enabled)
-    worker.hook_pre_request = cfg.pre_request is not SETTINGS["pre_request"].default
+    # The default pre_request logs each request at the debug level: called only then.
+    error_log = getattr(worker.log, "error_log", None)
+    worker.hook_pre_request = cfg.pre_request is not SETTINGS["pre_request"].default or (
+        error_log is not None and error_log.isEnabledFor(logging.DEBUG)
+    )
     worker.hook_post_request = cfg.post_request is not SETTINGS["post_request"].default
     # 0 means each limit's documented maximum or default, never "refuse everything".
     worker.http_limits = (

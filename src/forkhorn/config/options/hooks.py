@@ -18,12 +18,24 @@ def _ignore(*args: Any) -> None:
     """The default hook: do nothing."""
 
 
-def _hook(arity: int, signature: str, doc: str) -> Setting[Callable[..., Any]]:
+def log_request(worker: Any, req: Any) -> None:
+    """The default ``pre_request``, gunicorn's: the request's method and path at the debug
+    level. The workers call it only when the error log shows debug lines."""
+    worker.log.debug("%s %s", req.method, req.path)
+
+
+def _hook(
+    arity: int,
+    signature: str,
+    doc: str,
+    default: Callable[..., Any] = _ignore,
+    default_body: str = "pass",
+) -> Setting[Callable[..., Any]]:
     return Setting(
-        default=_ignore,
+        default=default,
         convert=hook(arity),
         arity=arity,
-        default_doc=f"def {signature}: pass",
+        default_doc=f"def {signature}: {default_body}",
         doc=doc,
     )
 
@@ -52,7 +64,12 @@ class HookOptions:
         1, "pre_exec(server)", "Called in the new master before it execs (USR2 upgrade)."
     )
     pre_request = _hook(
-        2, "pre_request(worker, req)", "Called in a worker before the app handles a request."
+        2,
+        "pre_request(worker, req)",
+        "Called in a worker before the app handles a request. The default logs the "
+        "method and path at the debug level (``--log-level debug``), as gunicorn's does.",
+        default=log_request,
+        default_body='worker.log.debug("%s %s", req.method, req.path)',
     )
     post_request = _hook(
         4,
