@@ -211,6 +211,49 @@ def test_gunicorn_only_flags_are_refused_saying_why(
     assert str(info.value).startswith(message), str(info.value)
 
 
+def test_gunicorn_flags_that_ask_for_nothing_harmful_are_warned() -> None:
+    """A Datadog command line (statsd and its tags), -R, and the method switches start,
+    each said to have no effect, as the same settings in a config file are; the value
+    after a flag that takes one is not taken for the APP."""
+    cfg = load_config(
+        [
+            "--statsd-host",
+            "localhost:8125",
+            "--dogstatsd-tags",
+            "env:prod",
+            "-R",
+            "--permit-unconventional-http-method",
+            "--casefold-http-method",
+            "app:app",
+        ],
+        {"GUNICORN_CMD_ARGS": "--dogstatsd-tags=team:web --enable-backlog-metric"},
+    )
+    assert cfg.wsgi_app == "app:app"
+    notes = cfg.no_effect()
+    for name, source in [
+        ("dogstatsd_tags", "command line"),
+        ("enable_stdio_inheritance", "command line"),
+        ("dogstatsd_tags", "GUNICORN_CMD_ARGS"),
+        ("enable_backlog_metric", "GUNICORN_CMD_ARGS"),
+    ]:
+        assert (
+            f"{name} (from {source}) is a gunicorn setting forkhorn does not have: it has"
+            " no effect" in notes
+        ), notes
+    [method] = [n for n in notes if n.startswith("permit_unconventional_http_method")]
+    assert "accepts every method token RFC 9110 allows" in method
+    assert "strict" not in method
+
+
+def test_proxy_protocol_takes_gunicorn_27s_modes_and_the_bare_flag() -> None:
+    for argv in (["--proxy-protocol", "off"], ["--proxy-protocol=off"], ["--proxy-protocol=OFF"]):
+        cfg = load_config([*argv, "app:app"], {})
+        assert (cfg.proxy_protocol, cfg.wsgi_app) == (False, "app:app")
+    for argv in (["--proxy-protocol", "v1"], ["--proxy-protocol=auto"], ["--proxy-protocol"]):
+        with pytest.raises(ConfigError, match=r"^proxy_protocol \(from command line\): the PROXY"):
+            load_config([*argv, "app:app"], {})
+
+
 def test_bad_value_error_names_value_and_source(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config([], {"FORKHORN_CMD_ARGS": "--workers abc"})
@@ -467,6 +510,25 @@ def test_python_module_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         load_config(["-c", "python:fh_no_such_conf"], {})
 
 
+def test_a_config_imports_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in gunicorn: ``-c python:module`` and a config file importing its project's
+    module find them in the working directory, which the console script does not put
+    on sys.path."""
+    (tmp_path / "fh_conf_cwd_b.py").write_text("workers = 7\n")
+    (tmp_path / "fh_conf_sibling_c.py").write_text("WORKERS = 3\n")
+    (tmp_path / "importing.conf.py").write_text(
+        "from fh_conf_sibling_c import WORKERS\nworkers = WORKERS\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    for name in ("fh_conf_cwd_b", "fh_conf_sibling_c"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert load_config(["-c", "python:fh_conf_cwd_b"], {}).workers == 7
+    assert load_config(["-c", "importing.conf.py"], {}).workers == 3
+
+
 def test_config_file_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^config file /nope\.py not found$"):
         load_config(["-c", "/nope.py"], {})
@@ -495,6 +557,20 @@ def test_a_gunicorn_tls_config_stops_the_start(tmp_path: Path) -> None:
     # Empty values (a template's placeholders) ask for nothing.
     path = write_config(tmp_path / "plain.py", "certfile = None\nkeyfile = ''\n")
     assert load_config(["-c", path], {}).workers >= 1
+
+
+def test_ssl_context_and_ca_certs_without_a_certificate_are_warned(tmp_path: Path) -> None:
+    """gunicorn uses them only with certfile and keyfile: a template that defines the hook
+    and no certificate serves plain HTTP there, so it starts here too, with a warning."""
+    hook = "def ssl_context(config, factory):\n    return factory()\n"
+    path = write_config(tmp_path / "template.py", hook + 'ca_certs = "/etc/ssl/ca.pem"\n')
+    notes = load_config(["-c", path], {}).no_effect()
+    assert [line.split(" (from")[0] for line in notes] == ["ssl_context", "ca_certs"], notes
+    assert all("has no effect: gunicorn uses it only with certfile" in n for n in notes)
+    # With a certificate, HTTPS is asked for: refused as before.
+    path = write_config(tmp_path / "tls.py", hook + 'certfile = "c.pem"\nkeyfile = "k.pem"\n')
+    with pytest.raises(ConfigError, match=r"^certfile \(from config file .*\): TLS is not"):
+        load_config(["-c", path], {})
 
 
 @pytest.mark.parametrize(

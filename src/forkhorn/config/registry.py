@@ -73,12 +73,19 @@ CAPPED_LIMITS = {"limit_request_line": MAX_REQUEST_LINE, "limit_request_fields":
 LENIENT_PARSER = frozenset(
     (
         "permit_obsolete_folding",
-        "permit_unconventional_http_method",
         "permit_unconventional_http_version",
-        "casefold_http_method",
         "strip_header_spaces",
     )
 )
+#: Why a gunicorn-only setting that is not a strictness switch has no effect here, where
+#: "it has no effect" alone would leave the reader guessing.
+IGNORED_BECAUSE = {
+    "permit_unconventional_http_method": (
+        "not needed, forkhorn accepts every method token RFC 9110 allows (get, Get, "
+        "M-SEARCH) already, where gunicorn's default answers 400"
+    ),
+    "casefold_http_method": "methods reach the app as the client sent them",
+}
 
 
 class Config(
@@ -152,7 +159,9 @@ class Config(
                     f"{maximum}, which is used instead (gunicorn caps it the same way)"
                 )
         for name, source in self._ignored:
-            why = "forkhorn's parser stays strict" if name in LENIENT_PARSER else "it has no effect"
+            why = IGNORED_BECAUSE.get(name) or (
+                "forkhorn's parser stays strict" if name in LENIENT_PARSER else "it has no effect"
+            )
             lines.append(
                 f"{name} (from {source}) is a gunicorn setting forkhorn does not have: {why}"
             )

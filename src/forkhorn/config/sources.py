@@ -28,7 +28,9 @@ import copy
 import difflib
 import importlib
 import json
+import os
 import shlex
+import sys
 import textwrap
 import traceback
 from collections.abc import Mapping, Sequence
@@ -60,6 +62,9 @@ PYTHON_MODULE_PREFIX = "python:"
 #: stop the start, not serve plain HTTP where the operator expects HTTPS (gunicorn's own
 #: flags for them are refused on the command line already, as unknown).
 TLS_SETTINGS = ("certfile", "keyfile", "ca_certs", "ssl_context")
+#: Of those, the ones gunicorn uses only with a certificate: a config template that sets
+#: them and no certfile serves plain HTTP on gunicorn, so it is warned, not refused.
+TLS_WITH_CERT_ONLY = ("ca_certs", "ssl_context")
 #: Any value given for a hook setting counts as set.
 _HOOK = object()
 #: gunicorn settings forkhorn does not have, with gunicorn's defaults. A config file that
@@ -174,13 +179,51 @@ _PROXY_PROTOCOL_REFUSAL = (
 )
 
 
-def _refuse_gunicorn_only_flags(argv: Sequence[str], where: str) -> None:
-    for arg in argv:
+#: gunicorn flags that ask for nothing forkhorn would refuse to do: taken off the command
+#: line (with their value, if they take one) and warned at start-up as having no effect, as
+#: the same settings in a config file are. The number is how many values each takes.
+GUNICORN_FLAGS_WARNED = {
+    "-R": 0,
+    "--enable-stdio-inheritance": 0,
+    "--dogstatsd-tags": 1,
+    "--enable-backlog-metric": 0,
+    "--permit-unconventional-http-method": 0,
+    "--casefold-http-method": 0,
+}
+#: gunicorn 27's values for --proxy-protocol, which earlier versions take as a bare flag.
+PROXY_PROTOCOL_MODES = ("off", "v1", "v2", "auto")
+
+
+def _take_gunicorn_only_flags(argv: Sequence[str], where: str) -> tuple[list[str], list[str]]:
+    """argv without the gunicorn-only flags that are only warned, and their names;
+    refuses the others, each with a line that says why. ``--proxy-protocol MODE`` becomes
+    ``--proxy-protocol=MODE`` and a bare ``--proxy-protocol`` ``--proxy-protocol=true``."""
+    kept: list[str] = []
+    warned: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
         if arg == "--":
-            return
-        flag = arg.partition("=")[0]
+            kept.extend(args[i - 1 :])
+            break
+        flag, eq, _ = arg.partition("=")
+        if arg == "--proxy-protocol":
+            mode = "true"
+            if i < len(args) and args[i].lower() in PROXY_PROTOCOL_MODES:
+                mode = args[i]
+                i += 1
+            kept.append(f"--proxy-protocol={mode}")
+            continue
         name = GUNICORN_ONLY_FLAGS.get(flag)
         if name is None:
+            kept.append(arg)
+            continue
+        if flag in GUNICORN_FLAGS_WARNED:
+            warned.append(name)
+            if GUNICORN_FLAGS_WARNED[flag] and not eq:
+                i += 1  # its value
             continue
         context = "" if where == COMMAND_LINE else f" (in {where})"
         if name in TLS_SETTINGS or name in ("ssl_version", "cert_reqs", "ciphers"):
@@ -189,6 +232,7 @@ def _refuse_gunicorn_only_flags(argv: Sequence[str], where: str) -> None:
         raise ConfigError(
             f"{flag}{context}: gunicorn's {name} setting, which forkhorn does not have{strict}"
         )
+    return kept, warned
 
 
 def _misspelt_setting(name: str, value: object) -> str:
@@ -383,9 +427,10 @@ def _refuse_unknown_flags(parser: argparse.ArgumentParser, argv: Sequence[str], 
         raise ConfigError(f"unknown option {flag}{context}{hint}; see forkhorn --help")
 
 
-def _parse(argv: Sequence[str], where: str) -> dict[str, Any]:
-    """argv -> {setting name: raw value} for the flags actually given."""
-    _refuse_gunicorn_only_flags(argv, where)
+def _parse(argv: Sequence[str], where: str) -> tuple[dict[str, Any], list[str]]:
+    """argv -> {setting name: raw value} for the flags actually given, and the names of
+    the gunicorn-only flags given that are warned, not refused."""
+    argv, warned = _take_gunicorn_only_flags(argv, where)
     parser = build_parser()
     _refuse_unknown_flags(parser, argv, where)
     try:
@@ -398,7 +443,7 @@ def _parse(argv: Sequence[str], where: str) -> dict[str, Any]:
     found.pop("_version", None)
     if found.get("wsgi_app") is None:
         found.pop("wsgi_app", None)
-    return found
+    return found, warned
 
 
 def _show_raw(value: object) -> str:
@@ -428,6 +473,12 @@ class _Layers:
 def _read_config_file(spec: str) -> tuple[dict[str, Any], str]:
     """Run a config file (or import ``python:module``); return its names and source label."""
     label = f"config file {spec}"
+    # As gunicorn: the working directory is importable while the config runs, so
+    # ``python:module`` and a config that imports its project's settings work. The
+    # console script does not have it on sys.path; the app's --chdir comes later.
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     if spec.startswith(PYTHON_MODULE_PREFIX):
         module_name = spec[len(PYTHON_MODULE_PREFIX) :]
         try:
@@ -472,7 +523,7 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
 
     ``argv`` excludes the program name. Raises ConfigError with one line on any bad input.
     """
-    cli = _parse(argv, COMMAND_LINE)
+    cli, cli_warned = _parse(argv, COMMAND_LINE)
     args_env = CMD_ARGS_ENV
     if not environ.get(CMD_ARGS_ENV, "").strip() and environ.get(GUNICORN_CMD_ARGS_ENV, ""):
         args_env = GUNICORN_CMD_ARGS_ENV
@@ -480,7 +531,7 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
         words = shlex.split(environ.get(args_env, ""))
     except ValueError as exc:  # an unbalanced quote
         raise ConfigError(f"{args_env}: {exc}") from None
-    env_args = _parse(words, args_env)
+    env_args, env_warned = _parse(words, args_env)
 
     layers = _Layers()
     # A bad PORT or WEB_CONCURRENCY only matters if nothing later replaces the default it
@@ -508,7 +559,8 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
         config_spec, config_source = DEFAULT_CONFIG_FILE, DEFAULT_SOURCE
     elif Path(GUNICORN_CONFIG_FILE).is_file():
         config_spec, config_source = GUNICORN_CONFIG_FILE, DEFAULT_SOURCE
-    ignored: list[tuple[str, str]] = []
+    ignored: list[tuple[str, str]] = [(name, COMMAND_LINE) for name in cli_warned]
+    ignored += [(name, args_env) for name in env_warned]
     notes: list[str] = []
     if config_spec:
         layers.set("config", config_spec, config_source)
@@ -519,6 +571,11 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
                 layers.set(name, raw, label)
             elif name in GUNICORN_ONLY and not _gunicorn_default(name, raw):
                 ignored.append((name, label))
+            elif name in TLS_WITH_CERT_ONLY and raw:
+                notes.append(
+                    f"{name} (from {label}) has no effect: gunicorn uses it only with "
+                    "certfile and keyfile, and forkhorn has no TLS yet"
+                )
             elif name in TLS_SETTINGS and raw:
                 raise ConfigError(f"{name} (from {label}): {_TLS_REFUSAL}")
             else:

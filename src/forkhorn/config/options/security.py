@@ -149,11 +149,13 @@ class SecurityOptions:
         default=False,
         convert=proxy_protocol,
         flags=("--proxy-protocol",),
-        action="flag",
+        metavar="MODE",
         doc="""
         Not implemented yet: turning it on is refused at start-up (gunicorn reads a PROXY
         protocol header from trusted peers). On (``True``, or gunicorn 27's ``v1``, ``v2``,
         ``auto``), every request from a front end that sends the header would get 400.
+        On the command line, gunicorn 27's ``--proxy-protocol off|v1|v2|auto`` and the
+        earlier bare ``--proxy-protocol`` (on) are both understood.
         """,
     )
     proxy_allow_ips = Setting(
