@@ -338,7 +338,9 @@ def test_app_that_fails_to_import_stops_the_master(workers: str) -> None:
     result = run_cli(["--bind", "127.0.0.1:0", "--workers", workers, "broken_import:app"])
     assert result.returncode == 4, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    assert "broken_import fails at import on purpose" in load_failure(result.stderr)
+    line = load_failure(result.stderr)
+    assert "broken_import fails at import on purpose" in line
+    assert line.endswith(" (--log-level debug shows its traceback)"), line
     # Issue 3: "one clear line (`App failed to load: ...`)", not one per process.
     failed = [line for line in result.stderr.splitlines() if "App failed to load:" in line]
     assert len(failed) == 1, result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -118,6 +119,24 @@ def test_exception_inside_the_app_import(make_module: Callable[[str], str]) -> N
     cause = info.value.__cause__
     assert isinstance(cause, NameError)
     assert cause.__traceback__ is not None
+
+
+def test_an_error_raised_in_the_standard_library_names_the_apps_line(
+    make_module: Callable[[str], str],
+) -> None:
+    """The line to fix is the app's, not ipaddress.py's: both are named, the library's
+    relative to its directory, and a long message is cut so that they fit the master's
+    one line (a worker's reason is at most 200 bytes)."""
+    name = make_module("import ipaddress\nIP = ipaddress.ip_address('x' * 300)\napp = None\n")
+    with pytest.raises(AppImportError) as info:
+        load_app(f"{name}:app")
+    message = str(info.value)
+    assert message.startswith(f"Failed to import '{name}': ValueError: 'xxx")
+    assert re.search(
+        rf"\.\.\. \((\S+/)?{name}\.py, line 2; raised in ipaddress\.py, line \d+\)$", message
+    ), message
+    # Cut at 100 characters: the exception's own words, before the location.
+    assert len(message.partition(": ")[2].partition("... (")[0]) == 97, message
 
 
 def test_missing_dependency_is_an_import_failure_not_a_missing_app(

@@ -714,12 +714,15 @@ class Arbiter:
             else "no worker is serving meanwhile",
         )
 
+    def _shows_debug(self) -> bool:
+        error_log = getattr(self.log, "error_log", None)
+        return error_log is not None and bool(error_log.isEnabledFor(logging.DEBUG))
+
     def _log_configuration(self) -> None:
         # gunicorn's debug start-up shows every setting; ours says where each came from
         # (--print-config's lines). Built only when debug lines are shown.
-        error_log = getattr(self.log, "error_log", None)
         text = getattr(self.cfg, "print_config_text", None)
-        if error_log is None or not error_log.isEnabledFor(logging.DEBUG) or text is None:
+        if text is None or not self._shows_debug():
             return
         self.log.debug("Current configuration:\n%s", textwrap.indent(text().rstrip("\n"), "  "))
 
@@ -1043,7 +1046,9 @@ class Arbiter:
         )
         if verdict.verdict is Verdict.HALT:
             if verdict.exit_code == APP_LOAD_ERROR:
-                self.log.error("App failed to load: %s", reason or "see the errors above")
+                # The worker logged the traceback at debug level; say where it is.
+                hint = "" if self._shows_debug() else " (--log-level debug shows its traceback)"
+                self.log.error("App failed to load: %s%s", reason or "see the errors above", hint)
                 self._halt(APP_LOAD_ERROR, "App failed to load.")
             else:
                 if not reason and code != WORKER_BOOT_ERROR:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ast
 import importlib
 import os
+import site
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -121,7 +122,7 @@ def _import_module(module_name: str) -> Any:
                 f"the Python path (working directory {os.getcwd()})"
             ) from exc
         raise AppImportError(
-            f"Failed to import {module_name!r}: {type(exc).__name__}: {exc}{_location(exc)}"
+            f"Failed to import {module_name!r}: {_brief(exc)}{_location(exc)}"
         ) from exc
     except WorkerExit:
         # The worker's own stop (QUIT, or the stack dump of an import that hung past the
@@ -129,12 +130,24 @@ def _import_module(module_name: str) -> Any:
         raise
     except (Exception, SystemExit) as exc:
         raise AppImportError(
-            f"Failed to import {module_name!r}: {type(exc).__name__}: {exc}{_location(exc)}"
+            f"Failed to import {module_name!r}: {_brief(exc)}{_location(exc)}"
         ) from exc
 
 
+#: The exception's own words are cut to this, so that the file and line after them stay
+#: in the master's one line (a worker passes it a reason of at most 200 bytes).
+_BRIEF_CHARS = 100
+
+
+def _brief(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _BRIEF_CHARS else text[: _BRIEF_CHARS - 3] + "..."
+
+
 def _location(exc: BaseException) -> str:
-    """`` (file.py, line N)`` of the innermost frame outside importlib, if any."""
+    """`` (file.py, line N)``: the innermost frame of the app's own code, the line to fix,
+    and where the error was raised when that is deeper, in the standard library or an
+    installed package (``json/decoder.py`` for a bad ``json.loads`` at import)."""
     if isinstance(exc, SyntaxError):
         return ""  # its message already names the file and line
     frames = [
@@ -144,15 +157,38 @@ def _location(exc: BaseException) -> str:
     ]
     if not frames:
         return ""
-    frame = frames[-1]
+    library = _library_dirs()
+    own = [frame for frame in frames if not frame.filename.startswith(library)]
+    innermost = frames[-1]
+    if not own or own[-1] is innermost:
+        return f" ({_shown(innermost, library)})"
+    return f" ({_shown(own[-1], library)}; raised in {_shown(innermost, library)})"
+
+
+def _library_dirs() -> tuple[str, ...]:
+    """The standard library's and the installed packages' directories."""
+    # Not sysconfig: a worker that dropped to --user may not be able to import anything
+    # new from the interpreter's directory, and site is imported at every start.
+    found = {os.path.join(os.path.dirname(os.__file__), "")}
+    found.update(os.path.join(path, "") for path in site.getsitepackages())
+    found.add(os.path.join(site.getusersitepackages(), ""))
+    return tuple(sorted(found, key=len, reverse=True))  # the longest match first
+
+
+def _shown(frame: traceback.FrameSummary, library: tuple[str, ...]) -> str:
+    """The frame's file as the reader knows it: relative to the working directory, or for
+    the standard library and packages, to their directory (``json/decoder.py``)."""
     filename = frame.filename
+    for directory in library:
+        if filename.startswith(directory):
+            return f"{filename[len(directory) :]}, line {frame.lineno}"
     try:
         relative = os.path.relpath(filename)
         if not relative.startswith(".."):
             filename = relative
     except ValueError:
         pass
-    return f" ({filename}, line {frame.lineno})"
+    return f"{filename}, line {frame.lineno}"
 
 
 Call = tuple[list[Any], dict[str, Any]]
