@@ -682,6 +682,48 @@ def test_app_exception_mid_stream_closes(server: ServerProcess, worker_class: st
     assert resp.body == b"x" * 1000
 
 
+@pytest.mark.timeout(30)
+def test_write_then_a_file_wrapper_sends_both(server: ServerProcess, worker_class: str) -> None:
+    """PEP 3333 lets an app write() and then return any iterable, a file_wrapper too: the
+    file follows the written prefix under the framing already sent. It used to start a
+    second head, fail, and cut the response after the prefix."""
+    data = raw_request(server.port, b"GET /raise/write-file HTTP/1.1\r\nHost: t\r\n\r\n")
+    (resp,) = parse_responses(data)
+    assert resp.status == 200 and resp.complete
+    assert resp.body == b"PREFIX\n" + (APPS / "raising.py").read_bytes()
+
+
+@pytest.mark.timeout(30)
+def test_a_str_written_before_the_head_is_a_500(server: ServerProcess, worker_class: str) -> None:
+    """The head was marked sent before the str failed to encode: the client got nothing at
+    all and the access log a 200. Now it is the app's error with nothing sent, a 500."""
+    mark = server.mark()
+    data = raw_request(server.port, b"GET /raise/write-str HTTP/1.1\r\nHost: t\r\n\r\n")
+    (resp,) = parse_responses(data)
+    assert resp.status == 500 and b"never sent" not in data
+    server.wait_for_log(r"InvalidResponseError: app wrote str, not bytes", since=mark)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("where", ["first", "midway"])
+def test_a_none_from_the_iterable_is_the_apps_error(
+    server: ServerProcess, worker_class: str, where: str
+) -> None:
+    """None is not bytes: a 500 when nothing was sent, else the response is cut (no last
+    chunk), and logged either way. fast took a None for the end of the body: a truncated
+    response that looked complete, and nothing logged."""
+    mark = server.mark()
+    target = b"/raise/first-none" if where == "first" else b"/raise/yield-none"
+    data = raw_request(server.port, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    (resp,) = parse_responses(data)
+    if where == "first":
+        assert resp.status == 500 and b"after" not in data
+    else:
+        assert resp.status == 200 and not resp.complete
+        assert resp.body == b"part1;"
+    server.wait_for_log(r"yielded NoneType, not bytes", since=mark)
+
+
 # -- Django --------------------------------------------------------------------------------------
 
 
@@ -898,6 +940,65 @@ def test_access_log_counts_only_the_body_bytes_sent(
             client.close()
         line = server.wait_for_log(rf'"{method} {re.escape(target)} HTTP/1\.1" ', stream="stdout")
         assert f'HTTP/1.1" {status} {size} ' in line.string, line.string
+
+
+@pytest.mark.timeout(30)
+def test_a_stop_iteration_on_a_plain_request_is_a_500(
+    server: ServerProcess, worker_class: str
+) -> None:
+    """gunicorn's takeover signal only where a takeover means something: on a plain
+    request a leaked StopIteration (next() on an exhausted iterator) was taken for one,
+    and the client got an empty reply with nothing logged."""
+    mark = server.mark()
+    data = raw_request(server.port, b"GET /raise/stop HTTP/1.1\r\nHost: t\r\n\r\n")
+    (resp,) = parse_responses(data)
+    assert resp.status == 500
+    server.wait_for_log(r"Error handling request GET /raise/stop$", since=mark)
+    server.wait_for_log(r"^StopIteration", since=mark)
+
+
+@pytest.mark.timeout(30)
+def test_access_log_counts_the_servers_own_500(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """The 500 body the server sends for a failed app is body bytes like any other (its
+    400s were counted; the 500 said 0)."""
+    server = server_factory("routes:app", *worker_args(worker_class), "--access-logfile", "-")
+    data = raw_request(server.port, b"GET /raise/before HTTP/1.1\r\nHost: t\r\n\r\n")
+    (resp,) = parse_responses(data)
+    assert resp.status == 500
+    line = server.wait_for_log(r'"GET /raise/before HTTP/1\.1" ', stream="stdout")
+    assert f'HTTP/1.1" 500 {len(resp.body)} ' in line.string, line.string
+
+
+@pytest.mark.timeout(30)
+def test_a_body_that_misses_its_content_length_is_logged(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """The framing already cut a long body and closed after a short one; now the operator
+    hears of it too, the usual cause of a client's "transfer closed with outstanding read
+    data remaining"."""
+    server = server_factory("stream:app", *worker_args(worker_class))
+    cases = {
+        "/short?chunks=1&size=5&length=10": "the app sent 5 of the 10 bytes its Content-Length"
+        " announced",
+        "/shortwhole?chunks=1&size=5&length=10&whole=1": "the app sent 5 of the 10 bytes",
+        "/long?chunks=2&size=10&length=15": "went past its Content-Length, 15, and was cut",
+        "/longwhole?chunks=2&size=10&length=15&whole=1": "body of 20 bytes was cut at its "
+        "Content-Length, 15",
+    }
+    for target, words in cases.items():
+        mark = server.mark()
+        raw_request(server.port, f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        line = server.wait_for_log(
+            rf"\[WARNING\] Response to GET {re.escape(target)}: ", since=mark
+        )
+        assert words in line.string and line.string.endswith("; the connection is closed")
+    # A body that matches says nothing.
+    mark = server.mark()
+    raw_request(server.port, b"GET /ok?chunks=2&size=5&length=10 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert get(server.port, "/").status == 200
+    assert server.count_log(r"Response to GET /ok", since=mark) == 0
 
 
 @pytest.mark.timeout(90)

@@ -251,6 +251,24 @@ def test_app_connection_keep_alive_is_dropped() -> None:
     assert head == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 
 
+def test_a_426_keeps_its_upgrade_with_the_upgrade_option() -> None:
+    """RFC 9110 §15.5.22: a 426 MUST send Upgrade, and §7.8 Upgrade comes with Connection:
+    upgrade. The server's own Connection line adds to it. Elsewhere Upgrade is dropped."""
+    headers = [("Upgrade", "TLS/1.3"), ("Connection", "Upgrade"), ("Content-Length", "0")]
+    conn = conn_for(GET11, server_header=b"")
+    head = conn.send_response("426 Upgrade Required", headers)
+    assert head == (
+        b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: TLS/1.3\r\nContent-Length: 0\r\n"
+        b"Connection: upgrade\r\n\r\n"
+    )
+    conn = conn_for(CLOSE11, server_header=b"")
+    head = conn.send_response("426 Upgrade Required", headers)
+    assert head.endswith(b"Connection: upgrade\r\nConnection: close\r\n\r\n")
+    conn = conn_for(GET11, server_header=b"")
+    head = conn.send_response("200 OK", headers)
+    assert head == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
 def test_short_body_closes_the_connection() -> None:
     conn = conn_for(GET11, server_header=b"")
     conn.send_response("200 OK", [("Content-Length", "10")])

@@ -72,6 +72,7 @@ class ServerConnection:
         "_status_code",
         "_their_state",
         "body_bytes",
+        "body_mismatch",
         "close_after_response",
         "max_body_size",
         "max_drain_size",
@@ -120,6 +121,9 @@ class ServerConnection:
         #: Body bytes of the current response the framing let through (the access log's
         #: ``%(b)s``): none for HEAD, 204 and 304, and not more than a Content-Length.
         self.body_bytes = 0
+        #: How the app's body missed its own Content-Length, for the worker to log; set
+        #: only then, and the connection then closes after the response.
+        self.body_mismatch = ""
 
     # ------------------------------------------------------------------ receiving
     def receive_data(self, data: bytes) -> None:
@@ -397,10 +401,18 @@ class ServerConnection:
         if self._framing == _LENGTH:
             remaining = self._out_remaining
             if len(body) > remaining:
+                self.body_mismatch = (
+                    f"the app's body of {len(body)} bytes was cut at its Content-Length, "
+                    f"{remaining}"
+                )
                 body = body[:remaining]
                 self._keep = False
             elif len(body) < remaining:
                 self._keep = False  # the app's Content-Length promised more
+                self.body_mismatch = (
+                    f"the app sent {len(body)} of the {remaining} bytes its Content-Length "
+                    "announced"
+                )
             self._out_remaining = 0
             self._our_state = _DONE
             self.body_bytes = len(body)
@@ -416,6 +428,10 @@ class ServerConnection:
             if len(data) > remaining:
                 # The app wrote more than its Content-Length: cut it, and do not trust this
                 # connection for another request.
+                self.body_mismatch = (
+                    "the app's body went past its Content-Length, "
+                    f"{self.body_bytes + remaining}, and was cut there"
+                )
                 data = data[:remaining]
                 self._keep = False
             self._out_remaining = remaining - len(data)
@@ -439,6 +455,7 @@ class ServerConnection:
         if framing == _LENGTH:
             count = min(count, self._out_remaining)
             self._out_remaining -= count
+            self.body_bytes += count
             return count
         if framing == _UNTIL_CLOSE:
             return count
@@ -454,6 +471,10 @@ class ServerConnection:
             # Fewer bytes than announced: the client will wait for the rest; only closing
             # the connection ends the response (RFC 9112 §8).
             self._keep = False
+            self.body_mismatch = (
+                f"the app sent {self.body_bytes} of the "
+                f"{self.body_bytes + self._out_remaining} bytes its Content-Length announced"
+            )
         return b""
 
     @property

@@ -40,8 +40,9 @@ _SPECIAL = {
     "keep-alive": DROP,
     "connection": DROP,
     # The other hop-by-hop fields (RFC 9110 §7.6.1, §7.8, §10.1.4, §6.6.2): the server
-    # sends no Upgrade (a WSGI response cannot switch protocols; a 1xx is refused) and no
-    # trailers, and would contradict its own Connection line by passing these on.
+    # sends no Upgrade (a WSGI response cannot switch protocols; a 1xx is refused; a 426
+    # is the exception, see encode_block) and no trailers, and would contradict its own
+    # Connection line by passing these on.
     "upgrade": DROP,
     "te": DROP,
     "trailer": DROP,
@@ -133,11 +134,16 @@ def encode_field(name: str, value: str) -> tuple[bytes, int, int]:
 HeaderBlock = tuple[bytes, int, bool, bool, bool]
 
 
-def encode_block(headers: list[tuple[str, str]]) -> HeaderBlock:
+#: The status whose Upgrade field the server passes on: RFC 9110 §15.5.22 says a 426 MUST
+#: name the protocols to upgrade to. No switch follows, so it is safe to pass.
+UPGRADE_REQUIRED = 426
+
+
+def encode_block(headers: list[tuple[str, str]], code: int = 0) -> HeaderBlock:
     """Validate and encode an app's whole header list (see ``HeaderBlock``)."""
     lines = []
     length = -1
-    app_close = has_date = has_server = False
+    app_close = has_date = has_server = upgrade = False
     for pair in headers:
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:  # type: ignore[redundant-expr]
             raise InvalidResponseError(f"header {pair!r} is not a (name, value) pair")
@@ -158,7 +164,14 @@ def encode_block(headers: list[tuple[str, str]]) -> HeaderBlock:
         elif kind == SERVER:
             has_server = True
             lines.append(line)
+        elif code == UPGRADE_REQUIRED and line[:8].lower() == b"upgrade:":
+            upgrade = True
+            lines.append(line)
         # DROP: hop-by-hop fields; the server writes its own.
+    if upgrade:
+        # RFC 9110 §7.8: Upgrade comes with the "upgrade" connection option. A second
+        # Connection line (the server's own, "close" or "keep-alive") adds to it (§5.3).
+        lines.append(b"Connection: upgrade\r\n")
     return (b"".join(lines), length, app_close, has_date, has_server)
 
 
@@ -174,7 +187,7 @@ def encode_head(status: str, headers: list[tuple[str, str]]) -> HeadEntry:
     answers with the same few status and header sets over and over, and one lookup per
     response is all the writer then costs."""
     code, status_line = encode_status(status)
-    fields, length, app_close, has_date, has_server = encode_block(headers)
+    fields, length, app_close, has_date, has_server = encode_block(headers, code)
     entry = (code, status_line + fields, length, app_close, has_date, has_server)
     try:
         key = (status, tuple(headers))

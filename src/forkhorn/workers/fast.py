@@ -96,6 +96,7 @@ from .session import (
     bytes_unsent,
     bytes_waiting,
     finish_request,
+    log_body_mismatch,
     log_refused,
     prepare_http,
 )
@@ -130,6 +131,8 @@ _NO_SENDFILE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EN
 SWEEP_INTERVAL = 1.0
 
 _monotonic = time.monotonic
+#: The end of a response iterable, for next(): an app may yield None (its error).
+_END = object()
 #: asyncio's running-loop slot for this thread: cleared once the worker serves (see the
 #: module docstring).
 _set_running_loop = asyncio.events._set_running_loop
@@ -519,7 +522,12 @@ class HttpProtocol(asyncio.Protocol):
                 close_result(result, worker.log)
                 self._finish(exchange, environ, True)
                 return
-            file = result.regular_file() if isinstance(result, FileWrapper) else None
+            # A file after write() goes piece by piece, under the framing already sent.
+            file = (
+                result.regular_file()
+                if isinstance(result, FileWrapper) and not exchange.head_sent
+                else None
+            )
             if file is not None:
                 self.result = result
                 self.exchange = exchange
@@ -530,7 +538,8 @@ class HttpProtocol(asyncio.Protocol):
                 worker.tasks.add(worker.loop.create_task(self._sendfile(file, exchange, environ)))
                 return
             iterator = iter(result)
-            first = next(iterator, None)
+            # _END, not None: a None the app yields is its error, not the end.
+            first = next(iterator, _END)
             if first.__class__ is bytes:
                 # Flask, Django and most frameworks return an iterable of one chunk with a
                 # Content-Length. When that chunk completes the response and nothing
@@ -552,14 +561,14 @@ class HttpProtocol(asyncio.Protocol):
                 if conn.response_complete:
                     # One more step, as _stream would take: a chunk past the
                     # Content-Length is the app's error and must be reported, not dropped.
-                    first = next(iterator, None)
-                    if first is None:
+                    first = next(iterator, _END)
+                    if first is _END:
                         exchange.finish()
                         close_result(result, worker.log)
                         self._finish(exchange, environ, True)
                         return
                     iterator = itertools.chain((first,), iterator)
-            elif first is not None:
+            elif first is not _END:
                 # Not bytes: _stream's check reports it as the app's error.
                 iterator = itertools.chain((first,), iterator)
             self.result = result
@@ -597,8 +606,8 @@ class HttpProtocol(asyncio.Protocol):
         after = PIECES_AFTER_COMPLETE
         try:
             while not self.write_paused:
-                data = next(iterator, None)
-                if data is None:
+                data = next(iterator, _END)
+                if data is _END:
                     break
                 if data.__class__ is not bytes and not isinstance(data, bytes):
                     raise TypeError(f"app yielded {type(data).__name__}, not bytes")
@@ -799,6 +808,8 @@ class HttpProtocol(asyncio.Protocol):
         conn = self.conn
         self.request = None
         if not ok or not conn.keep_alive:
+            if conn.body_mismatch:
+                log_body_mismatch(worker, environ, conn.body_mismatch)
             self.phase = _CLOSING
             self._close()
             return

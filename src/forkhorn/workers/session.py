@@ -380,6 +380,8 @@ def serve_request(
         if watch is None or not watch.abandoned:
             finish_request(worker, request, environ, exchange, access=not taken)
     if not ok or not conn.keep_alive:
+        if conn.body_mismatch:
+            log_body_mismatch(worker, environ, conn.body_mismatch)
         return False
     if conn.must_drain:
         try:
@@ -544,6 +546,17 @@ def _copy_for(
         return sent
 
     return copy
+
+
+def log_body_mismatch(worker: Worker, environ: dict[str, Any], mismatch: str) -> None:
+    """The app's body missed its own Content-Length: the framing cut it or the connection
+    closes to end it, and the operator hears why clients saw "transfer closed"."""
+    worker.log.warning(
+        "Response to %s %s: %s; the connection is closed",
+        environ.get("REQUEST_METHOD"),
+        environ.get("RAW_URI"),
+        mismatch,
+    )
 
 
 def finish_request(

@@ -18,7 +18,9 @@ Rules kept (PEP 3333):
 - An app that took the connection over through ``environ["gunicorn.socket"]`` (a
   WebSocket library such as simple-websocket, which Flask-Sock uses) says so by raising
   ``StopIteration`` from the app call, gunicorn's convention: ``call_app`` raises
-  ``ConnectionTakenOver`` and the worker writes nothing more and closes.
+  ``ConnectionTakenOver`` and the worker writes nothing more and closes. Only on a request
+  that asked for another protocol (``Upgrade``, or ``CONNECT``); elsewhere a
+  ``StopIteration`` is a bug in the app, answered 500 and logged.
 """
 
 from __future__ import annotations
@@ -212,6 +214,9 @@ class Exchange:
         if not self.head_sent:
             if self.status is None:
                 raise AssertionError("write() before start_response()")
+            if data.__class__ is not bytes and not isinstance(data, bytes):
+                # Before the head is encoded: the app's error is then still a 500.
+                raise InvalidResponseError(f"app wrote {type(data).__name__}, not bytes")
             if not data:
                 return
             if self.conn.error is not None:
@@ -353,9 +358,15 @@ def call_app(
     except BaseException as exc:
         if not is_app_error(exc):
             raise
-        # StopIteration before any output: the app took the connection over (module
-        # docstring). After output through write(), it is an error like any other.
-        if isinstance(exc, StopIteration) and not exchange.head_sent:
+        # StopIteration before any output, on a request that asked for another protocol:
+        # the app took the connection over (module docstring). On a plain request (a
+        # next() on an exhausted iterator in a view) or after output through write(), it
+        # is an error like any other: gunicorn's empty reply would leave no trace.
+        if (
+            isinstance(exc, StopIteration)
+            and not exchange.head_sent
+            and ("HTTP_UPGRADE" in environ or environ.get("REQUEST_METHOD") == "CONNECT")
+        ):
             raise ConnectionTakenOver from None
         app_failed(exchange, environ, log, sys.exc_info())
         return None
@@ -421,7 +432,8 @@ def run_app(
         body = single_body(result, exchange)
         if body is not None:
             exchange.write_whole(body)
-        elif isinstance(result, FileWrapper) and sendfile is not None:
+        elif isinstance(result, FileWrapper) and sendfile is not None and not exchange.head_sent:
+            # After write(), the head is out: the file goes piece by piece under it.
             _send_file(exchange, result, sendfile)
         else:
             _write_pieces(exchange, result)
@@ -495,6 +507,7 @@ def app_failed(exchange: Exchange, environ: dict[str, Any], log: Any, exc: Any) 
     exchange.headers = []
     exchange.head_sent = True
     exchange.send(error_response(conn, code, reason))
+    exchange.sent = conn.body_bytes  # the access log's %(b)s: our answer's body
     return True
 
 

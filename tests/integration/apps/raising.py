@@ -16,6 +16,12 @@
 ``/input``        pokes at an empty ``wsgi.input`` (write, seek, close, a new attribute)
                   and returns what its read() gave: b"" for every request, whatever the
                   one before did
+``/write-file``   write()s a prefix, then returns ``wsgi.file_wrapper`` of this file
+``/write-str``    write()s a str before anything was sent
+``/yield-none``   a generator that yields a chunk, None, then another chunk
+``/first-none``   returns ``[None, b"after"]``
+``/stop``         calls start_response, then raises StopIteration (next() on an exhausted
+                  iterator), which is a takeover only on a request that asked to upgrade
 Each message names the point, so the test finds its traceback in the log.
 """
 
@@ -77,6 +83,23 @@ def app(environ, start_response):
         if environ["QUERY_STRING"] == "stream":
             return iter([b"never sent"])
         return [b"never sent"]
+    if path == "/write-file":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"PREFIX\n")
+        return environ["wsgi.file_wrapper"](open(__file__, "rb"))
+    if path == "/write-str":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write("a str")
+        return [b"never sent"]
+    if path == "/yield-none":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _none_midway()
+    if path == "/first-none":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [None, b"after"]
+    if path == "/stop":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [next(iter([]))]
     if path == "/hop":
         start_response("200 OK", [("Content-Type", "text/plain"), *HOP_BY_HOP])
         return [b"hop"]
@@ -103,3 +126,9 @@ def _fail_midway(path):
 def _raise_first(exc):
     raise exc
     yield b"never"
+
+
+def _none_midway():
+    yield b"part1;"
+    yield None
+    yield b"part2;"
