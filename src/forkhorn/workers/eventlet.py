@@ -97,6 +97,12 @@ class EventletWorker(GreenletWorker):
         # meanwhile is delivered right after, and the worker leaves as it should).
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
+            # A master patched by the config file runs its own hub (its sleeps and
+            # selects are green), whose epoll descriptor and registrations the fork
+            # copied: on that shared epoll the master and this worker took each other's
+            # events, and after a HUP the new workers never saw a connection. This
+            # worker starts a hub of its own.
+            eventlet.hubs.use_hub()
             eventlet.monkey_patch()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
