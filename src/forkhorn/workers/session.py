@@ -315,7 +315,6 @@ def serve_request(
     )
     if websocket:
         sock.settimeout(None)
-        worker.unbound_request()
         # An app that answers it as a plain request (no takeover) writes through the
         # exchange: with the timeout back, so that adding "Upgrade: websocket" to a request
         # and then not reading the response cannot hold this thread forever.
@@ -328,6 +327,8 @@ def serve_request(
     if not worker.alive:
         conn.close_after_response = True
     exchange = Exchange(conn, send, worker.request_started(request.request_line))
+    if websocket:
+        worker.unbound_request()  # after request_started, which marks the worker busy
     if watch is not None:
         watch.cycle = (request, environ, exchange)
     ok = False

@@ -29,6 +29,7 @@ import socket
 import time
 from typing import Any
 
+from forkhorn.arbiter.scoreboard import WorkerState
 from forkhorn.http import NEED_DATA, ProtocolError, Request, RequestTimeoutError, ServerConnection
 from forkhorn.wsgi.input import RECV_SIZE
 
@@ -62,6 +63,12 @@ class _Pending:
 
 class SyncWorker(Worker):
     """One request at a time; heads are gathered without blocking on any one client."""
+
+    def unbound_request(self) -> None:
+        # The master bounds a BUSY worker by --request-timeout. A WebSocket handshake may
+        # become a connection the app keeps for as long as its client stays: shown as
+        # IDLE, it is bounded by the heartbeat alone (--timeout), as under gunicorn.
+        self.slot.set_state(WorkerState.IDLE)
 
     def run(self) -> None:
         prepare_http(self, multithread=False)
