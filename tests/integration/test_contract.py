@@ -958,6 +958,26 @@ def test_a_stop_iteration_on_a_plain_request_is_a_500(
 
 
 @pytest.mark.timeout(30)
+def test_the_response_that_reaches_max_requests_says_close(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """The last response before a worker retires announces Connection: close, on one
+    keep-alive connection too. fast announced it one response late and served
+    max_requests + 1."""
+    if worker_class == "sync":
+        pytest.skip("sync closes every connection after its response")
+    # Four requests: the start-up handshake's, then three on one connection.
+    server = server_factory("hello:app", *worker_args(worker_class), "--max-requests", "4")
+    with RawConnection(server.port) as conn:
+        for n in (2, 3, 4):
+            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            resp = conn.read_response()
+            assert resp.status == 200
+            assert (resp.header("Connection") == "close") == (n == 4), (n, resp.headers)
+        assert conn.read_until_close(timeout=10) == b""
+
+
+@pytest.mark.timeout(30)
 def test_access_log_counts_the_servers_own_500(
     server_factory: ServerFactory, worker_class: str
 ) -> None:

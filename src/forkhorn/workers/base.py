@@ -719,5 +719,14 @@ class Worker(abc.ABC):
         self.slot.request_finished(now)
         if not self.alive:
             self.slot.set_state(WorkerState.EXITING)
-        elif self.max_requests and self.nr >= self.max_requests:
-            self.retire("max_requests")
+        elif self.max_requests:
+            if self.nr >= self.max_requests:
+                self.retire("max_requests")
+            elif self.nr == self.max_requests - 1:
+                self.last_request_next()
+
+    def last_request_next(self) -> None:
+        """The next request to finish reaches ``max_requests``: a class that cannot tell
+        which request that is when it starts one (fast: any connection's) announces
+        Connection: close on every response from now on. The others decide per request."""
+        return None

@@ -1188,6 +1188,11 @@ class FastWorker(Worker):
         if nap is not None:
             self.loop.call_soon_threadsafe(_settle, nap)
 
+    def last_request_next(self) -> None:
+        # The response that reaches max_requests says Connection: close, as on the other
+        # classes; without this it went out kept alive and one more request was served.
+        self.close_connections = True
+
     def unregister_listeners(self) -> None:
         # Runs in a signal handler (TERM) or on retirement: every response composed from
         # now on announces Connection: close.
