@@ -380,6 +380,8 @@ def test_access_log_reopens_after_rename(
         ("\x1b[31m\x00\x7f", "\\u001b[31m\\u0000\\u007f"),
         ("\u00c2\u0085", "\\u0085"),  # a C1 control, in UTF-8: escaped too
         ("\xe9t\xe9", "\\u00e9t\\u00e9"),  # not UTF-8: each byte as its code point
+        # One stray byte leaves the UTF-8 around it as text (it made every byte an escape).
+        ("c\u00c3\u00a9d\xff", "c\u00e9d\\u00ff"),
         ("snow\u2603", "snow\u2603"),  # text set by the app, not wire bytes
     ],
 )

@@ -79,14 +79,17 @@ def escape(value: str) -> str:
 
 # JSON escaping (``access_log_escape = "json"``): what a JSON string may not hold raw, and
 # the C1 controls (U+0080-U+009F), which a terminal may act on.
-_JSON_UNSAFE_RE = re.compile(r'["\\\x00-\x1f\x7f-\x9f]')
-_JSON_NON_ASCII_RE = re.compile(r'["\\\x00-\x1f\x7f-\U0010ffff]')
+# Lone surrogates U+DC80-U+DCFF stand for the bytes that are not UTF-8 (surrogateescape).
+_JSON_UNSAFE_RE = re.compile(r'["\\\x00-\x1f\x7f-\x9f\udc80-\udcff]')
 _JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _json_escape_char(match: re.Match[str]) -> str:
     ch = match.group()
-    return _JSON_ESCAPES.get(ch) or f"\\u{ord(ch):04x}"
+    code = ord(ch)
+    if code >= 0xDC80:
+        code -= 0xDC00  # a byte that was not UTF-8: its own code
+    return _JSON_ESCAPES.get(ch) or f"\\u{code:04x}"
 
 
 def escape_json(value: str) -> str:
@@ -97,11 +100,10 @@ def escape_json(value: str) -> str:
     text = value
     if not value.isascii():
         try:
-            text = value.encode("latin-1").decode("utf-8")
+            # The UTF-8 sequences as text, each other byte as a lone surrogate.
+            text = value.encode("latin-1").decode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             pass  # not wire bytes (set by the app): already text
-        except UnicodeDecodeError:
-            unsafe = _JSON_NON_ASCII_RE  # not UTF-8: every byte above ASCII as its code
     if unsafe.search(text) is None:
         return text
     return unsafe.sub(_json_escape_char, text)

@@ -85,7 +85,8 @@ class HookOptions:
     nworkers_changed = _hook(
         3,
         "nworkers_changed(server, new_value, old_value)",
-        "Called in the master when the number of workers changes: at start-up (``old_value``"
-        " None), on TTIN and TTOU, and on a reload that changes ``workers``.",
+        "Called in the master when the number of workers is set: at start-up (``old_value``"
+        " None), on TTIN and TTOU, and on every reload (HUP), also when the number stays the"
+        " same, as in gunicorn.",
     )
     on_exit = _hook(1, "on_exit(server)", "Called in the master just before it exits.")

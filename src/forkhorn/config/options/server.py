@@ -165,7 +165,8 @@ class ServerOptions:
         convert=boolean,
         flags=("--check-config",),
         action="flag",
-        doc="Load the configuration, the worker class and the app; exit 0 if all load, 1 if not.",
+        doc="Load the configuration, the worker class and the app; exit 0 if all load, 1 if "
+        "the worker class or the app does not (a bad setting exits 2, as at start-up).",
     )
     print_config = Setting(
         default=False,
