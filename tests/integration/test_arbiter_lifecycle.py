@@ -132,6 +132,38 @@ def test_hung_request_dumps_its_stack_and_is_replaced(
     server.wait_for_workers(2)
 
 
+def test_a_fast_worker_aborted_for_a_hang_shuts_its_idle_connections_first(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A proxy's pooled keep-alive connection to an aborted fast worker stayed open until
+    the process was gone (its worker_abort hook, the stack dump): a request sent on it
+    meanwhile was reset, a 502. Its FIN now goes out before the hung request's 500. The
+    hook sleeps, so that without the fix the process is still there when the 500 arrives."""
+    config = tmp_path / "abort_slowly.py"
+    config.write_text("import time\ndef worker_abort(worker):\n    time.sleep(1.5)\n")
+    server = server_factory(
+        "slow:app", "-k", "fast", "--workers", "1", "--timeout", "2", "-c", str(config)
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as idle:
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader = idle.makefile("rb")
+        assert reader.readline().startswith(b"HTTP/1.1 200 ")
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        reader.close()  # the socket stays open: makefile() holds a reference of its own
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as hung:
+            hung.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert hung.recv(65536).startswith(b"HTTP/1.1 500 ")
+            # The idle connection's end is already here (no waiting for the exit).
+            idle.setblocking(False)
+            rest = b""
+            try:
+                while chunk := idle.recv(65536):
+                    rest += chunk
+            except BlockingIOError:
+                pytest.fail(f"the idle connection was still open when the 500 arrived: {rest!r}")
+
+
 def test_two_workers_hung_at_once_have_their_stacks_logged_apart(
     server_factory: ServerFactory,
 ) -> None:

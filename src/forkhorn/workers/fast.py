@@ -967,6 +967,19 @@ def _quit_now() -> None:
     raise WorkerExit(0)
 
 
+def _shut_write(transport: Any) -> None:
+    """Send our FIN on a transport's socket at once, loop or not (best effort): through a
+    duplicate of its descriptor, since uvloop's socket object is only a stand-in."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+            dup.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -1320,9 +1333,18 @@ class FastWorker(Worker):
         """Killed for a hang: the responses this turn already made go out, and the request
         the app hangs in is answered 500 (as the sync worker's), instead of both being
         dropped. The loop is stopped inside the app, so the writes go straight to the
-        sockets (a transport with nothing buffered writes at once)."""
+        sockets (a transport with nothing buffered writes at once).
+
+        Idle keep-alive connections get our FIN first: a proxy's pooled connection would
+        otherwise stay open until the process is gone, and a request sent on it meanwhile
+        was reset (nginx answered 502 for a POST)."""
         self.flush()
-        for protocol in list(getattr(self, "connections", ())):
+        connections = list(getattr(self, "connections", ()))
+        for protocol in connections:
+            transport = protocol.transport
+            if protocol.phase == _IDLE and transport is not None:
+                _shut_write(transport)
+        for protocol in connections:
             transport = protocol.transport
             if (
                 protocol.dispatching
