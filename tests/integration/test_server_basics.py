@@ -742,6 +742,7 @@ def on_starting(server):
 
 def when_ready(server):
     sys.stderr.write(f"hook when_ready forked={len(server.WORKERS)}\\n")
+    sys.stderr.write(f"hook when_ready address={server.address} timeout={server.timeout}\\n")
 
 
 def post_worker_init(worker):
@@ -765,6 +766,8 @@ def test_gunicorn_hooks_see_the_app_object_and_when_ready_comes_first(
     logs = server.logs
     assert "hook on_starting workers=2" in logs
     assert "hook when_ready forked=0" in logs
+    # gunicorn's Arbiter.address and .timeout, which when_ready hooks log.
+    assert f"hook when_ready address=[('127.0.0.1', {server.port})] timeout=30.0" in logs
     assert logs.index("hook when_ready") < logs.index("Booting worker")
     assert "Exception in" not in logs
 

@@ -118,6 +118,25 @@ def test_int_and_quit_stop_fast(server_factory: ServerFactory, sig: signal.Signa
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync", "fast"])
+def test_a_worker_int_hook_that_raises_is_logged(
+    server_factory: ServerFactory, tmp_path: Path, worker_class: str
+) -> None:
+    """The worker's exit replaced the hook's exception, which left no trace; it is logged,
+    as gunicorn logs it, and the worker still leaves."""
+    config = tmp_path / "int_hook.py"
+    config.write_text("def worker_int(worker):\n    raise RuntimeError('worker_int hook fails')\n")
+    server = server_factory("hello:app", "-k", worker_class, "--workers", "1", "-c", str(config))
+    server.wait_for_workers(1)
+    server.signal(signal.SIGINT)
+    assert server.wait_exit(timeout=15) == 0
+    assert re.search(
+        r"\[ERROR\] Exception in worker_int hook\n(.*\n)*RuntimeError: worker_int hook fails",
+        server.logs,
+    ), server.logs
+
+
+@pytest.mark.timeout(60)
 def test_hup_replaces_workers(server_factory: ServerFactory) -> None:
     server = server_factory("hello:app", "--workers", "2")
     old = server.wait_for_workers(2)

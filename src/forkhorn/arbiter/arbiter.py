@@ -263,6 +263,16 @@ class Arbiter:
         return self.listeners
 
     @property
+    def address(self) -> list[Any]:
+        """gunicorn's: the bound addresses, (host, port) or a Unix socket's path (hooks
+        log it in when_ready)."""
+        return [listener.getsockname() for listener in self.listeners]
+
+    @property
+    def timeout(self) -> float:
+        return float(self.cfg.timeout or 0)
+
+    @property
     def app(self) -> Any:
         from forkhorn.wsgi.loader import AppHandle
 

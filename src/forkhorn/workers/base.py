@@ -498,10 +498,8 @@ class Worker(abc.ABC):
 
     def handle_quit(self, signum: int, frame: FrameType | None) -> None:
         self.alive = False
-        try:
-            self.cfg.worker_int(self)
-        finally:
-            raise WorkerExit(0)
+        self._run_exit_hook("worker_int")
+        raise WorkerExit(0)
 
     def handle_usr1(self, signum: int, frame: FrameType | None) -> None:
         self._reopen_requested = True
@@ -518,10 +516,18 @@ class Worker(abc.ABC):
             self.close_listeners()
         except Exception:
             pass
+        self._run_exit_hook("worker_abort")
+        raise WorkerExit(1)
+
+    def _run_exit_hook(self, name: str) -> None:
+        # The WorkerExit raised after it would replace the hook's exception: log it here
+        # (gunicorn logs it too), and leave all the same.
         try:
-            self.cfg.worker_abort(self)
-        finally:
-            raise WorkerExit(1)
+            getattr(self.cfg, name)(self)
+        except WorkerExit:
+            raise
+        except BaseException:
+            self.log.exception("Exception in %s hook", name)
 
     # -- accepting ---------------------------------------------------------------------
     def unregister_listeners(self) -> None:

@@ -1308,7 +1308,7 @@ class FastWorker(Worker):
             return
         self.alive = False
         try:
-            self.cfg.worker_int(self)
+            self._run_exit_hook("worker_int")
         finally:
             loop.call_soon(_quit_now)
         if any(p.dispatching or p.iterator is not None for p in self.connections):
