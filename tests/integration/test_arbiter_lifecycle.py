@@ -519,14 +519,14 @@ def test_reload_restarts_the_worker_when_its_code_or_an_extra_file_changes(
 def test_reload_serves_the_fix_of_a_broken_edit_within_seconds(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:
-    """With --reload, an edit that does not import makes each new worker fail to boot; the
+    """With --reload, an edit that fails at import makes each new worker fail to boot; the
     respawn backoff grew to 30 s, so the fix could take half a minute to show. With
     --reload it stops at 2 s."""
     _release(tmp_path, GOOD.format(version="v1"))
     server = server_factory("release:app", "--reload", cwd=tmp_path)
     assert _version(server) == b"v1"
     mark = server.mark()
-    _release(tmp_path, SYNTAX_ERROR)
+    _release(tmp_path, BAD)
     later = time.time() + 2  # a new mtime even on a file system with coarse times
     os.utime(tmp_path / "release.py", (later, later))
     line = server.wait_for_log(
@@ -538,6 +538,36 @@ def test_reload_serves_the_fix_of_a_broken_edit_within_seconds(
     _release(tmp_path, GOOD.format(version="v2"))
     server.wait_for_log(r"boot backoff reset", since=mark, timeout=20)
     assert _version(server) == b"v2"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync", "fast"])
+def test_reload_answers_a_syntax_error_until_it_is_fixed(
+    server_factory: ServerFactory, tmp_path: Path, worker_class: str
+) -> None:
+    """As gunicorn's --reload: a syntax error in the code is answered (a 500 that shows
+    it) by a worker that watches the broken file, instead of requests waiting unanswered
+    while workers fail to boot; the fix is served once saved."""
+    _release(tmp_path, GOOD.format(version="v1"))
+    server = server_factory("release:app", "-k", worker_class, "--reload", cwd=tmp_path)
+    assert _version(server) == b"v1"
+    mark = server.mark()
+    _release(tmp_path, SYNTAX_ERROR)
+    later = time.time() + 2  # a new mtime even on a file system with coarse times
+    os.utime(tmp_path / "release.py", (later, later))
+    server.wait_for_log(r"App failed to load: .*SyntaxError.*serving the error", since=mark)
+    resp = get(server.port)
+    assert resp.status == 500, resp
+    assert b"SyntaxError" in resp.body and b"release.py" in resp.body, resp.body
+    assert server.count_log(r"failed to boot", since=mark) == 0, server.logs
+    _release(tmp_path, GOOD.format(version="v3"))
+    later += 2
+    os.utime(tmp_path / "release.py", (later, later))
+    deadline = time.monotonic() + 20  # bounds a hang only
+    while get(server.port).status != 200:
+        assert time.monotonic() < deadline, server.logs
+        time.sleep(0.05)  # poll interval
+    assert _version(server) == b"v3"
 
 
 # Registers an atexit handler at import (in each worker: no --preload) that leaves a file

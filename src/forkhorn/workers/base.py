@@ -56,6 +56,7 @@ import selectors
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -136,6 +137,21 @@ def unselect(selector: selectors.BaseSelector, fileobj: Any) -> None:
         selector.unregister(fileobj)
     except (KeyError, ValueError):
         pass
+
+
+def _syntax_error_app(error: SyntaxError) -> Callable[..., Any]:
+    """The app a --reload worker serves while the code has a syntax error."""
+    text = "".join(traceback.format_exception_only(type(error), error))
+    body = f"The app has a syntax error (forkhorn --reload):\n\n{text}".encode("utf-8", "replace")
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response(
+            "500 Internal Server Error",
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    return app
 
 
 def _take_token(fd: int | None) -> bool:
@@ -316,12 +332,25 @@ class Worker(abc.ABC):
         self._drop_privileges()
         self.init_signals()
         self._stop_with_master()
-        self.load_wsgi()
+        reloading = bool(getattr(self.cfg, "reload_enabled", False))
+        watch = list(self.cfg.reload_extra_files or []) if reloading else []
+        try:
+            self.load_wsgi()
+        except AppImportError as exc:
+            broken = exc.__cause__
+            if not reloading or not isinstance(broken, SyntaxError) or not broken.filename:
+                raise
+            # --reload (development), as gunicorn: a syntax error is answered, 500 with
+            # the error, by a worker that watches the broken file, rather than left to
+            # crash-loop while requests wait with no answer.
+            self.log.error("App failed to load: %s; serving the error until it is fixed", exc)
+            self.wsgi = _syntax_error_app(broken)
+            watch.append(broken.filename)
         self.tune_gc()
-        if getattr(self.cfg, "reload_enabled", False):
+        if reloading:
             from .reloader import Reloader
 
-            Reloader(self.cfg.reload_extra_files or [], self._code_changed).start()
+            Reloader(watch, self._code_changed).start()
         self.cfg.post_worker_init(self)
 
     def _code_changed(self, path: str) -> None:

@@ -125,8 +125,10 @@ class ServerOptions:
         Restart workers when code changes. For development only. Each worker checks, once
         a second, the files of the modules it imported and ``reload_extra_files``; on a
         change it logs ``Worker reloading: PATH modified`` and leaves as on TERM, and its
-        replacement imports the new code. An edit that does not import is retried at most
-        2 s apart (not up to 30 s, as without ``reload``), so its fix shows at once. Not
+        replacement imports the new code. A syntax error is answered, a 500 that shows it,
+        by a worker that waits for the file to change (as gunicorn does); an edit that
+        fails at import otherwise is retried at most 2 s apart (not up to 30 s, as without
+        ``reload``), so its fix shows at once. Not
         with ``preload_app`` (the app stays the master's). In Python code the value is
         ``cfg.reload_enabled`` (``cfg.reload()`` re-reads the configuration).
         """,
