@@ -24,7 +24,7 @@ import traceback
 
 from forkhorn import __version__
 from forkhorn.config import Config, help_text, load_config, peek_command_line
-from forkhorn.errors import ConfigError, ForkhornError
+from forkhorn.errors import AppImportError, ConfigError, ForkhornError
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -62,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 def _report(exc: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exception(exc)
-    print(f"Error: {exc}", file=sys.stderr)
+    # An app that fails at import has a traceback worth seeing: say where it is.
+    hint = (
+        ""
+        if debug or exc.__cause__ is None or not isinstance(exc, AppImportError)
+        else (" (--log-level debug shows its traceback)")
+    )
+    print(f"Error: {exc}{hint}", file=sys.stderr)
 
 
 def prepare_app_environment(cfg: Config) -> None:

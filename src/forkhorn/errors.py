@@ -46,9 +46,16 @@ class ConfigError(ForkhornError):
 
 
 class AppImportError(ForkhornError):
-    """The WSGI app could not be loaded: missing module, error in its import, not callable."""
+    """The WSGI app could not be loaded: missing module, error in its import, not callable.
+
+    ``brief``: the same in fewer words where a long exception message would push the file
+    and line out of a bounded field (a worker's reason to the master, 200 bytes)."""
 
     exit_code: ClassVar[int] = APP_LOAD_ERROR
+
+    def __init__(self, message: str, brief: str | None = None) -> None:
+        super().__init__(message)
+        self.brief = brief if brief is not None else str(self)
 
 
 class WorkerBootError(ForkhornError):

@@ -702,6 +702,10 @@ def test_a_str_written_before_the_head_is_a_500(server: ServerProcess, worker_cl
     (resp,) = parse_responses(data)
     assert resp.status == 500 and b"never sent" not in data
     server.wait_for_log(r"InvalidResponseError: app wrote str, not bytes", since=mark)
+    # A bytearray or memoryview is written, as it always was.
+    data = raw_request(server.port, b"GET /raise/write-buffers HTTP/1.1\r\nHost: t\r\n\r\n")
+    (resp,) = parse_responses(data)
+    assert (resp.status, resp.body) == (200, b"array;view;")
 
 
 @pytest.mark.timeout(30)
@@ -975,6 +979,12 @@ def test_the_response_that_reaches_max_requests_says_close(
             assert resp.status == 200
             assert (resp.header("Connection") == "close") == (n == 4), (n, resp.headers)
         assert conn.read_until_close(timeout=10) == b""
+    # max_requests 1: every worker's first response is its last.
+    server = server_factory("hello:app", *worker_args(worker_class), "--max-requests", "1")
+    with RawConnection(server.port) as conn:
+        conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        resp = conn.read_response()
+        assert (resp.status, resp.header("Connection")) == (200, "close"), resp.headers
 
 
 @pytest.mark.timeout(30)

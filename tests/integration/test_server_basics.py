@@ -786,6 +786,10 @@ def test_log_level_debug_shows_the_configuration_and_each_request(
     assert "[DEBUG] Current configuration:\n  wsgi_app " in server.logs, server.logs
     assert re.search(r"\n  loglevel +=  ?'debug'  # command line\n", server.logs), server.logs
     assert "?x=1" not in server.logs  # the path, as gunicorn's req.path
+    # Not percent-decoded, in the absolute form too: an encoded CRLF cannot forge a line.
+    raw_request(server.port, b"GET http://t/y%0d%0aforged HTTP/1.1\r\nHost: t\r\n\r\n")
+    server.wait_for_log(r"\[DEBUG\] GET /y%0d%0aforged$")
+    assert not re.search(r"^forged", server.logs, re.MULTILINE), server.logs
 
 
 @pytest.mark.timeout(30)

@@ -240,6 +240,9 @@ def test_gunicorn_flags_that_ask_for_nothing_harmful_are_warned() -> None:
             f"{name} (from {source}) is a gunicorn setting forkhorn does not have: it has"
             " no effect" in notes
         ), notes
+    # A flag's value is not the next option: --check-config stays an option.
+    cfg = load_config(["app:app", "--dogstatsd-tags", "--check-config"], {})
+    assert cfg.check_config and cfg.wsgi_app == "app:app"
     [method] = [n for n in notes if n.startswith("permit_unconventional_http_method")]
     assert "accepts every method token RFC 9110 allows" in method
     assert "strict" not in method
@@ -640,6 +643,24 @@ def test_print_config_text_lists_every_setting_with_source(tmp_path: Path) -> No
         line.startswith("workers") and f"= 2  # config file {path}" in line for line in lines
     )
     assert any(line.startswith("wsgi_app") and "# command line" in line for line in lines)
+
+
+def test_print_config_survives_a_repr_that_raises(tmp_path: Path) -> None:
+    """--print-config and --log-level debug's dump show every value; a config file's own
+    object whose repr() raises must not stop them (or the start)."""
+    path = write_config(
+        tmp_path / "conf.py",
+        "class Hook:\n"
+        "    def __call__(self, worker, req):\n        pass\n"
+        "    def __repr__(self):\n        raise RuntimeError('no repr')\n"
+        "class Env(str):\n"
+        "    def __repr__(self):\n        raise RuntimeError('no repr')\n"
+        "pre_request = Hook()\n"
+        "proc_name = Env('web')\n",
+    )
+    text = load_config(["-c", path, "app:x"], {}).print_config_text()
+    assert "pre_request" in text and "Hook>" in text
+    assert "repr() failed: no repr" in text
 
 
 def test_config_package_imports_nothing_else_from_forkhorn() -> None:

@@ -268,12 +268,15 @@ class SettingValue:
 def _show(value: object, setting: Setting[Any]) -> str:
     if setting.arity is not None and callable(value):
         module = getattr(value, "__module__", "?")
-        qualname = getattr(value, "__qualname__", repr(value))
+        qualname = getattr(value, "__qualname__", None) or type(value).__qualname__
         if value is setting.default:
             # pre_request's default logs at the debug level; the others do nothing.
             return "<no-op>" if (setting.default_doc or "").endswith(": pass") else "<default>"
         return f"<{module}.{qualname}>"
-    return repr(value)
+    try:
+        return repr(value)
+    except Exception as exc:  # a config file's own object; --print-config must not die
+        return f"<{type(value).__name__}: repr() failed: {exc}>"
 
 
 def validate(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:

@@ -222,8 +222,9 @@ def _take_gunicorn_only_flags(argv: Sequence[str], where: str) -> tuple[list[str
             continue
         if flag in GUNICORN_FLAGS_WARNED:
             warned.append(name)
-            if GUNICORN_FLAGS_WARNED[flag] and not eq:
-                i += 1  # its value
+            takes_value = GUNICORN_FLAGS_WARNED[flag] and not eq
+            if takes_value and i < len(args) and not args[i].startswith("-"):
+                i += 1  # its value (an option after it is not)
             continue
         context = "" if where == COMMAND_LINE else f" (in {where})"
         if name in TLS_SETTINGS or name in ("ssl_version", "cert_reqs", "ciphers"):

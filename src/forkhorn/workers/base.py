@@ -308,7 +308,7 @@ class Worker(abc.ABC):
                 # At start-up the master prints the one line that explains its exit (the
                 # reason travels in the scoreboard slot); the details are for debug level.
                 self.log.debug("App failed to load: %s", exc, exc_info=exc)
-            self.slot.boot_failed(str(exc))
+            self.slot.boot_failed(exc.brief)
             raise SystemExit(APP_LOAD_ERROR) from None
         except Exception as exc:
             self.log.exception("Exception in worker process")

@@ -1048,7 +1048,8 @@ class FastWorker(Worker):
         self.keepalive = float(cfg.keepalive)
         self.body_min_rate = float(cfg.body_min_rate)
         # Every response says Connection: close (no keep-alive, or stopping).
-        self.close_connections = self.keepalive <= 0
+        # max_requests 1: the first response is the last (last_request_next is never due).
+        self.close_connections = self.keepalive <= 0 or self.max_requests == 1
         self.now = _monotonic()
         # Connections that received data in this turn of the loop (serve_ready).
         self.ready: list[HttpProtocol] = []

@@ -214,7 +214,7 @@ class Exchange:
         if not self.head_sent:
             if self.status is None:
                 raise AssertionError("write() before start_response()")
-            if data.__class__ is not bytes and not isinstance(data, bytes):
+            if data.__class__ is not bytes and not isinstance(data, _BYTES_LIKE):
                 # Before the head is encoded: the app's error is then still a 500.
                 raise InvalidResponseError(f"app wrote {type(data).__name__}, not bytes")
             if not data:
@@ -269,6 +269,10 @@ class Exchange:
         tail = self.conn.send_end()
         if tail:
             self.send(tail)
+
+
+#: What write() takes, as it always did: bytes, and the buffers the framing can send.
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 def error_body(status: int, reason: str, detail: str = "") -> bytes:
@@ -539,10 +543,11 @@ class HookRequest:
 
     @property
     def path(self) -> str:
-        """The target's path, not percent-decoded (``PATH_INFO`` is decoded)."""
+        """The target's path, not percent-decoded (``PATH_INFO`` is decoded), so that an
+        encoded CR or LF stays encoded in a log line (the default pre_request logs it)."""
         uri = self.uri
-        if uri[:1] != "/":
-            return str(self._environ.get("PATH_INFO", ""))
+        if uri[:1] != "/" and "://" in uri:  # absolute-form: the path after the authority
+            uri = "/" + uri.partition("://")[2].partition("/")[2]
         return uri.partition("?")[0].partition("#")[0]
 
     @property

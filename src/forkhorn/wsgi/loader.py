@@ -121,21 +121,25 @@ def _import_module(module_name: str) -> Any:
                 f"App module {module_name!r} not found: no module named {exc.name!r} on "
                 f"the Python path (working directory {os.getcwd()})"
             ) from exc
-        raise AppImportError(
-            f"Failed to import {module_name!r}: {_brief(exc)}{_location(exc)}"
-        ) from exc
+        raise _import_failed(module_name, exc) from exc
     except WorkerExit:
         # The worker's own stop (QUIT, or the stack dump of an import that hung past the
         # timeout) landed in the import: not the app's failure to load.
         raise
     except (Exception, SystemExit) as exc:
-        raise AppImportError(
-            f"Failed to import {module_name!r}: {_brief(exc)}{_location(exc)}"
-        ) from exc
+        raise _import_failed(module_name, exc) from exc
 
 
-#: The exception's own words are cut to this, so that the file and line after them stay
-#: in the master's one line (a worker passes it a reason of at most 200 bytes).
+def _import_failed(module_name: str, exc: BaseException) -> AppImportError:
+    where = _location(exc)
+    return AppImportError(
+        f"Failed to import {module_name!r}: {type(exc).__name__}: {exc}{where}",
+        f"Failed to import {module_name!r}: {_brief(exc)}{where}",
+    )
+
+
+#: In the brief form, the exception's own words are cut to this, so that the file and line
+#: after them stay in the master's one line (a worker passes it a reason of 200 bytes).
 _BRIEF_CHARS = 100
 
 

@@ -18,6 +18,7 @@
                   one before did
 ``/write-file``   write()s a prefix, then returns ``wsgi.file_wrapper`` of this file
 ``/write-str``    write()s a str before anything was sent
+``/write-buffers`` write()s a bytearray, then a memoryview (bytes-like: served)
 ``/yield-none``   a generator that yields a chunk, None, then another chunk
 ``/first-none``   returns ``[None, b"after"]``
 ``/stop``         calls start_response, then raises StopIteration (next() on an exhausted
@@ -91,6 +92,11 @@ def app(environ, start_response):
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write("a str")
         return [b"never sent"]
+    if path == "/write-buffers":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(bytearray(b"array;"))
+        write(memoryview(b"view;"))
+        return []
     if path == "/yield-none":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return _none_midway()
