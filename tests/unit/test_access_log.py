@@ -181,7 +181,8 @@ def basic(credentials: bytes) -> str:
         (basic(b"nocolon"), "nocolon"),
         ("basic " + base64.b64encode(b"bob:x").decode(), "bob"),
         ("Basic !!!not-base64!!!", "-"),
-        (basic(b"\xff\xfe:x"), "-"),  # not UTF-8
+        (basic(b"\xff\xfe:x"), "\\xff\\xfe"),  # not UTF-8: its bytes, escaped
+        (basic("jos\u00e9:x".encode()), "jos\\xc3\\xa9"),  # UTF-8: its bytes, as Apache
         ("Bearer abc.def", "-"),
         ("Basic", "-"),
         ("", "-"),
@@ -383,12 +384,25 @@ def test_access_log_reopens_after_rename(
         # One stray byte leaves the UTF-8 around it as text (it made every byte an escape).
         ("c\u00c3\u00a9d\xff", "c\u00e9d\\u00ff"),
         ("snow\u2603", "snow\u2603"),  # text set by the app, not wire bytes
+        # Line separators and bidi controls, as UTF-8 on the wire: escaped.
+        ("a\u00e2\u0080\u00a8b\u00e2\u0080\u00aec", "a\\u2028b\\u202ec"),
     ],
 )
 def test_json_escaping_keeps_a_json_line_valid(value: str, expected: str) -> None:
     out = AccessFormat('{"v": "%({x}e)s"}', "json").render({"x": value}, "200 OK", [], 0, 0.0, 0.0)
     assert out == '{"v": "' + expected + '"}'
     assert json.loads(out)["v"] == json.loads('"' + expected + '"')
+
+
+def test_json_escaping_tells_users_apart() -> None:
+    """The user was decoded from UTF-8, then taken for wire bytes by the JSON escaping and
+    decoded again: "jos\u00c3\u00a9" and "jos\u00e9" logged as the same name."""
+    fmt = AccessFormat('{"u": "%(u)s"}', "json")
+    users = []
+    for name in ("jos\u00e9", "jos\u00c3\u00a9"):
+        environ = make_environ(HTTP_AUTHORIZATION=basic(name.encode() + b":pw"))
+        users.append(json.loads(fmt.render(environ, "200 OK", [], 0, 0.0, 0.0))["u"])
+    assert users == ["jos\u00e9", "jos\u00c3\u00a9"]
 
 
 def test_the_escaping_setting_reaches_the_access_log() -> None:

@@ -475,3 +475,23 @@ def test_syslog_lines_are_gunicorns_with_our_name(
         line = server.recv(4096).decode()
     # local0 (16) * 8 + warning (4) = 132
     assert line.rstrip("\x00\n") == f"<132>{tag}: [{os.getpid()}] Listening at: x"
+
+
+def test_a_syslog_line_too_long_for_a_datagram_is_cut_not_lost(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """A client's huge headers made its access line longer than a datagram can carry:
+    the line was dropped whole. It is cut to SYSLOG_MAX_BYTES, with a note."""
+    import socket
+
+    from forkhorn.logs.logger import SYSLOG_MAX_BYTES
+
+    path = tmp_path / "log.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        server.settimeout(10)
+        log = make_logger(syslog=True, syslog_addr=f"unix://{path}", syslog_facility="local0")
+        log.error("huge %s end", "\\xff" * 50_000)
+        line = server.recv(65536).decode()
+    assert line.rstrip("\x00\n").endswith(" bytes cut]"), line[-80:]
+    assert len(line.encode()) < SYSLOG_MAX_BYTES + 200

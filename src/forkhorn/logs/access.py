@@ -80,7 +80,11 @@ def escape(value: str) -> str:
 # JSON escaping (``access_log_escape = "json"``): what a JSON string may not hold raw, and
 # the C1 controls (U+0080-U+009F), which a terminal may act on.
 # Lone surrogates U+DC80-U+DCFF stand for the bytes that are not UTF-8 (surrogateescape).
-_JSON_UNSAFE_RE = re.compile(r'["\\\x00-\x1f\x7f-\x9f\udc80-\udcff]')
+# Also the line and paragraph separators (a line break to str.splitlines() and some
+# viewers) and the bidirectional controls, which reorder what a reader sees.
+_JSON_UNSAFE_RE = re.compile(
+    r'["\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\udc80-\udcff]'
+)
 _JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -125,7 +129,9 @@ def format_clf_time(now: float) -> str:
 
 
 def basic_auth_user(environ: Mapping[str, Any]) -> str | None:
-    """The user name of an ``Authorization: Basic`` header, or None."""
+    """The user name of an ``Authorization: Basic`` header, or None. As the wire bytes in
+    latin-1, as environ strings are (PEP 3333): each escaping then sees the same bytes
+    (the JSON one decodes UTF-8 itself), and a name that is not UTF-8 still shows."""
     auth = environ.get("HTTP_AUTHORIZATION")
     if not auth:
         return None
@@ -133,8 +139,8 @@ def basic_auth_user(environ: Mapping[str, Any]) -> str | None:
     if scheme.lower() != "basic" or not credentials:
         return None
     try:
-        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("latin-1")
+    except (binascii.Error, ValueError):
         return None
     return decoded.partition(":")[0]
 

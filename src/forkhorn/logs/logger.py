@@ -142,8 +142,22 @@ class _OwnStreamHandler(_QuietFailures, logging.StreamHandler):  # type: ignore[
     """A stderr/stdout handler made by ``Logger``."""
 
 
+#: The longest syslog message sent, in bytes: rsyslog's default maximum is 8 KiB and a UDP
+#: datagram 64 KiB. A longer line (a client's huge headers in the access line) is cut, with
+#: a note, rather than lost whole: the client could otherwise hide its own request.
+SYSLOG_MAX_BYTES = 8000
+
+
 class _OwnSyslogHandler(_QuietFailures, logging.handlers.SysLogHandler):
     """A syslog handler made by ``Logger``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        data = text.encode("utf-8", "surrogateescape")
+        if len(data) <= SYSLOG_MAX_BYTES:
+            return text
+        kept = data[:SYSLOG_MAX_BYTES].decode("utf-8", "ignore")
+        return f"{kept} [... {len(data) - SYSLOG_MAX_BYTES} bytes cut]"
 
 
 _OWN_HANDLERS = (_OwnFileHandler, _OwnStreamHandler, _OwnSyslogHandler)
