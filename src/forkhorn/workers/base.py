@@ -50,8 +50,8 @@ import errno
 import faulthandler
 import gc
 import os
+import posix
 import random
-import select
 import selectors
 import signal
 import sys
@@ -160,12 +160,14 @@ def _take_token(fd: int | None) -> bool:
     if fd is None:
         return True
     try:
-        # select first: a worker patched by eventlet would park in os.read on an empty
-        # pipe (see SignalQueue._drain).
-        return bool(select.select([fd], [], [], 0)[0] and os.read(fd, 1))
+        # The pipe is non-blocking (the master made it so). posix.read is the C function,
+        # which no library patches: eventlet's os.read parks on an empty pipe, and a
+        # gevent-patched select switched to the hub here, where a stop signal pending
+        # in a failing boot broke it ("Hub.run() takes 1 positional argument").
+        return bool(posix.read(fd, 1))
     except BlockingIOError:
         return False
-    except OSError:
+    except Exception:
         return True
 
 
