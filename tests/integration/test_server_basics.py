@@ -779,9 +779,13 @@ def test_log_level_debug_shows_the_configuration_and_each_request(
     """As gunicorn at debug: the master logs every setting at start-up (with where it came
     from, --print-config's lines) and the default pre_request hook logs each request."""
     server = server_factory(
-        "hello:app", "--workers", "1", "-k", worker_class, "--log-level", "debug"
-    )
+        "hello:app", "--workers", "1", "-k", worker_class, "--log-level", "debug",
+        "-e", "DB_PASSWORD=hunter2", "-e", "MODE=prod",
+    )  # fmt: skip
     assert get(server.port, "/a/b?x=1").status == 200
+    # A log travels further than a terminal: secret-looking environment values are hidden.
+    assert "['DB_PASSWORD=***', 'MODE=prod']" in server.logs, server.logs
+    assert "hunter2" not in server.logs
     server.wait_for_log(r"\[DEBUG\] GET /a/b$")
     assert "[DEBUG] Current configuration:\n  wsgi_app " in server.logs, server.logs
     assert re.search(r"\n  loglevel +=  ?'debug'  # command line\n", server.logs), server.logs

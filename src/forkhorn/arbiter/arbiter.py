@@ -734,7 +734,8 @@ class Arbiter:
         text = getattr(self.cfg, "print_config_text", None)
         if text is None or not self._shows_debug():
             return
-        self.log.debug("Current configuration:\n%s", textwrap.indent(text().rstrip("\n"), "  "))
+        shown = text(hide_secrets=True)
+        self.log.debug("Current configuration:\n%s", textwrap.indent(shown.rstrip("\n"), "  "))
 
     def _apply_logging(self, new_cfg: Any) -> None:
         setup = getattr(self.log, "setup", None)

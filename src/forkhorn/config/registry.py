@@ -13,6 +13,7 @@ What it holds:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -228,17 +229,20 @@ class Config(
 
         return load_config(self._argv, self._environ)
 
-    def print_config_text(self) -> str:
+    def print_config_text(self, hide_secrets: bool = False) -> str:
         """Every resolved value with its source, one per line, in documentation order.
 
         The lines read as a Python config file (``name = value  # source``).
+        ``hide_secrets``: for a log (``--log-level debug``), which may travel further than
+        a terminal: ``raw_env`` values whose names look secret are shown as ``***``.
         """
         width = max(len(name) for name in SETTINGS)
         lines = []
         for name, setting in SETTINGS.items():
-            lines.append(
-                f"{name:<{width}} = {_show(self._values[name], setting)}  # {self.source(name)}"
-            )
+            value = self._values[name]
+            if hide_secrets and name == "raw_env" and value:
+                value = [_hide_secret(item) for item in value]
+            lines.append(f"{name:<{width}} = {_show(value, setting)}  # {self.source(name)}")
         return "\n".join(lines) + "\n"
 
     def __repr__(self) -> str:
@@ -263,6 +267,16 @@ class SettingValue:
 
     def __repr__(self) -> str:
         return f"<setting {self.name} = {self.value!r}>"
+
+
+_SECRET_NAME_RE = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|DSN|_URL$", re.I)
+
+
+def _hide_secret(assignment: str) -> str:
+    """``KEY=VALUE`` with the value hidden when the name looks like a secret's (a database
+    URL holds its password, a DSN its key)."""
+    key, eq, value = assignment.partition("=")
+    return f"{key}{eq}***" if eq and value and _SECRET_NAME_RE.search(key) else assignment
 
 
 def _show(value: object, setting: Setting[Any]) -> str:

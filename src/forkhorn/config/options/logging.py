@@ -79,8 +79,9 @@ class LoggingOptions:
         doc="""
         The error log level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``.
         At ``debug``, start-up errors also print their traceback, the master logs every
-        setting with its source at start-up and on a reload, and each request is logged
-        (method and path) by the default ``pre_request`` hook.
+        setting with its source at start-up and on a reload (``raw_env`` values whose
+        names look secret, such as ``DB_PASSWORD`` or ``DATABASE_URL``, as ``***``), and
+        each request is logged (method and path) by the default ``pre_request`` hook.
         """,
     )
     capture_output = Setting(
