@@ -41,6 +41,7 @@ from forkhorn.http import (
     ServerConnection,
     TunnelResponseError,
 )
+from forkhorn.wsgi.environ import split_non_origin
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -545,10 +546,10 @@ class HookRequest:
     def path(self) -> str:
         """The target's path, not percent-decoded (``PATH_INFO`` is decoded), so that an
         encoded CR or LF stays encoded in a log line (the default pre_request logs it)."""
-        uri = self.uri
-        if uri[:1] != "/" and "://" in uri:  # absolute-form: the path after the authority
-            uri = "/" + uri.partition("://")[2].partition("/")[2]
-        return uri.partition("?")[0].partition("#")[0]
+        target = self._request.target
+        if target[:1] != b"/":  # absolute-, asterisk- or authority-form: as the environ splits it
+            return split_non_origin(target)[0].decode("latin-1")
+        return str(target.partition(b"?")[0].partition(b"#")[0].decode("latin-1"))
 
     @property
     def query(self) -> str:

@@ -225,7 +225,7 @@ def refused_environ(
 def _decode_target(target: bytes) -> tuple[str, str, str]:
     """RAW_URI, PATH_INFO (percent-decoded, then latin-1 per PEP 3333) and QUERY_STRING."""
     if target[0] != 0x2F:
-        path, query = _split_non_origin(target)
+        path, query = split_non_origin(target)
     else:
         path, _, query = target.partition(b"?")
         if b"#" in target:
@@ -274,7 +274,8 @@ def _authority_of(target: bytes) -> str:
     return authority.decode("latin-1")
 
 
-def _split_non_origin(target: bytes) -> tuple[bytes, bytes]:
+def split_non_origin(target: bytes) -> tuple[bytes, bytes]:
+    """The raw path and query of an absolute-, asterisk- or authority-form target."""
     if target == b"*":
         return b"*", b""
     scheme_end = target.find(b"://")
