@@ -745,6 +745,60 @@ def test_body_over_limit_request_body_gets_413(start: StartServer, worker_class:
     assert get(server.port).status == 200
 
 
+@pytest.mark.timeout(60)
+def test_fast_body_that_cannot_be_spilled_gets_500(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """The fast worker keeps a body past 1 MiB in a temporary file. When that cannot be
+    written (a full disk: here a file-size limit, EFBIG) or made (the directory gone),
+    the request gets a 500 and one ERROR line; the client was reset and the access log
+    said 400, blaming it."""
+    require_worker_class("fast")
+    (tmp_path / "faultapp.py").write_text(FAULT_APP)
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    hooks = tmp_path / "fsize.conf.py"
+    hooks.write_text(
+        "import resource, signal, tempfile\n"
+        "def post_worker_init(worker):\n"
+        "    tempfile.gettempdir()  # picked now, while the directory exists\n"
+        "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a death\n"
+        "    resource.setrlimit(resource.RLIMIT_FSIZE, (1536 * 1024, 1536 * 1024))\n"
+    )
+    server = server_factory(
+        "faultapp:app",
+        *("-k", "fast", "--workers", "1", "-c", str(hooks), "--access-logfile", "-"),
+        cwd=tmp_path,
+        env={"TMPDIR": str(spill_dir)},
+    )
+    (worker,) = server.wait_for_workers(1)
+
+    def upload(size: int) -> bytes:
+        with connect(server.port, timeout=10) as sock:
+            sock.sendall(b"POST /read HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+            with contextlib.suppress(OSError):  # the server may stop reading: its answer
+                sock.sendall(b"x" * size)
+            return read_until_close(sock, timeout=10)
+
+    # Spilled, and under the limit: served.
+    assert upload(1_200_000).startswith(b"HTTP/1.1 200 "), server.logs[-2000:]
+    # The file grows past the limit.
+    answer = upload(2_000_000)
+    assert answer.startswith(b"HTTP/1.1 500 "), answer[:300]
+    assert b"Connection: close\r\n" in answer
+    server.wait_for_log(r"\[ERROR\] Request body from ip=127\.0\.0\.1 not stored: .*File too large")
+    server.wait_for_log(r'"POST /read HTTP/1\.1" 500 ', stream="stdout")
+    # The directory is gone: the file cannot be made.
+    spill_dir.rmdir()
+    answer = upload(1_200_000)
+    assert answer.startswith(b"HTTP/1.1 500 "), answer[:300]
+    server.wait_for_log(r"not stored: .*No such file or directory")
+    assert "connection lost before the request body" not in server.logs
+    assert "Traceback" not in server.logs
+    assert get(server.port).status == 200
+    assert server.worker_pids() == [worker]
+
+
 # -- recycling -------------------------------------------------------------------------------------
 
 LOG_PID = re.compile(r"\] \[(\d+)\] \[")

@@ -28,6 +28,7 @@ encoding), ``connection`` (state, keep-alive, 100-continue).
 from .connection import DEFAULT_MAX_DRAIN_SIZE, ServerConnection
 from .errors import (
     BadRequestError,
+    BodyNotStoredError,
     BodyTooLargeError,
     ExpectationFailedError,
     HeaderFieldsTooLargeError,
@@ -49,6 +50,7 @@ __all__ = [
     "NEED_DATA",
     "PAUSED",
     "BadRequestError",
+    "BodyNotStoredError",
     "BodyTooLargeError",
     "Data",
     "EndOfMessage",

@@ -99,6 +99,19 @@ class UnsupportedVersionError(ProtocolError):
     reason = "HTTP Version Not Supported"
 
 
+class BodyNotStoredError(ProtocolError):
+    """The server could not keep the request's body (the fast worker spills a large one
+    to a temporary file, and the disk was full or the directory gone).
+
+    The server's fault, not the client's: a 500 and an ERROR line, not a 400 blaming the
+    client. A ``ProtocolError`` still, so the connection is answered and closed like any
+    refused request (the rest of the body was never read).
+    """
+
+    status = 500
+    reason = "Internal Server Error"
+
+
 class InvalidResponseError(ValueError):
     """The application gave a status or header that cannot be sent safely."""
 

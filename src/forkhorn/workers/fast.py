@@ -65,6 +65,7 @@ from forkhorn.errors import WorkerExit
 from forkhorn.http import (
     CLOSED,
     NEED_DATA,
+    BodyNotStoredError,
     Data,
     EndOfMessage,
     IncompleteBodyError,
@@ -88,7 +89,7 @@ from forkhorn.wsgi.cycle import (
     single_body,
 )
 from forkhorn.wsgi.environ import build_environ
-from forkhorn.wsgi.input import EmptyInput
+from forkhorn.wsgi.input import BufferedInput, EmptyInput
 
 from .base import DRAIN_IDLE, Worker
 from .session import (
@@ -418,11 +419,12 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 body += data
             if self.body_size > MAX_MEMORY_BODY:
-                spill = tempfile.TemporaryFile()  # noqa: SIM115 - closed with wsgi.input
-                spill.write(body if body.__class__ is bytearray else b"".join(body))
-                self.body = spill
+                self._spill(body)
         else:
-            body.write(data)
+            try:
+                body.write(data)
+            except OSError as exc:
+                raise self._not_stored(exc) from None
         rate = self.worker.body_min_rate
         if rate:
             # Each body_min_rate bytes buys one more second (mod_reqtimeout's MinRate), but
@@ -431,6 +433,30 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline = min(
                 self.deadline + len(data) / rate, _monotonic() + self.worker.head_timeout
             )
+
+    def _spill(self, body: list[bytes] | bytearray) -> None:
+        """Move a body past the in-memory bound to a temporary file."""
+        try:
+            spill = tempfile.TemporaryFile()  # noqa: SIM115 - closed with wsgi.input
+        except OSError as exc:
+            raise self._not_stored(exc) from None
+        self.body = spill
+        try:
+            spill.write(body if isinstance(body, bytearray) else b"".join(body))
+        except OSError as exc:
+            raise self._not_stored(exc) from None
+
+    def _not_stored(self, exc: OSError) -> BodyNotStoredError:
+        """A full disk or a vanished temporary directory: the request is answered 500 and
+        the connection closed (``_process``), the file dropped now, not at the close."""
+        body = self.body
+        self.body = None
+        if body is not None and body.__class__ is not list and body.__class__ is not bytearray:
+            body.close()
+        return BodyNotStoredError(
+            f"could not write the request body to a temporary file in "
+            f"{tempfile.gettempdir()}: {exc.strerror or exc}"
+        )
 
     def _body_stream(self) -> Any:
         body = self.body
@@ -441,9 +467,9 @@ class HttpProtocol(asyncio.Protocol):
         if cls is list or cls is bytearray:
             if self.body_size >= LARGE_BODY:
                 self.worker.released_body_bytes += self.body_size  # once the app is done
-            return io.BytesIO(b"".join(body) if cls is list else body)
+            return BufferedInput(io.BytesIO(b"".join(body) if cls is list else body))
         body.seek(0)
-        return body
+        return BufferedInput(body)
 
     def _respond(self) -> None:
         """Run the app for the complete request and start its response.

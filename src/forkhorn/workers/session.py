@@ -31,6 +31,7 @@ from forkhorn.errors import RequestHungError
 from forkhorn.http import (
     CLOSED,
     NEED_DATA,
+    BodyNotStoredError,
     IncompleteBodyError,
     IncompleteHeadError,
     ProtocolError,
@@ -193,6 +194,8 @@ def log_refused(
         log.info("Incomplete request from ip=%s: %s", ip, exc.detail)
     elif isinstance(exc, RequestTimeoutError):
         log.info("Request timeout from ip=%s: %s (%d)", ip, exc.detail, exc.status)
+    elif isinstance(exc, BodyNotStoredError):
+        log.error("Request body from ip=%s not stored: %s (%d)", ip, exc.detail, exc.status)
     else:
         log.warning("Invalid request from ip=%s: %s (%d)", ip, exc.detail, exc.status)
     sent = len(error_body(exc.status, exc.reason)) if answered else 0

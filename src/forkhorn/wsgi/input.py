@@ -19,6 +19,7 @@ Runs in: the worker, in whichever thread or greenlet runs the request.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Iterator
 
@@ -205,3 +206,36 @@ class EmptyInput:
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(())
+
+
+class BufferedInput:
+    """``wsgi.input`` of a body received whole before the app runs (the fast worker's): a
+    ``BytesIO`` or, past the in-memory bound, a spilled temporary file.
+
+    It has the methods of ``InputStream``, with the same keywords (``read(size=n)``:
+    ``BytesIO`` and buffered files take their size only by position), so an app sees the
+    same ``wsgi.input`` on every worker class; no ``seek`` or ``close``, which the others
+    cannot offer. ``readinto`` is kept: Werkzeug's ``LimitedStream`` reads an upload into
+    its own buffer through it when the stream has one, saving a copy. The file is closed,
+    and a spilled one deleted, when the environ lets go of this object.
+    """
+
+    __slots__ = ("_file",)
+
+    def __init__(self, file: io.BufferedIOBase) -> None:
+        self._file = file
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._file.read(-1 if size is None else size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._file.readline(-1 if size is None else size)
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return self._file.readlines(-1 if hint is None else hint)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        return self._file.readinto(buffer)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._file)

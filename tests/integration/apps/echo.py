@@ -4,7 +4,8 @@ The response holds ``method``, ``path`` (PATH_INFO), ``query``, ``headers`` (the
 keys), ``environ`` (every str-valued key), ``body`` (latin-1 text) and ``mode``. The query
 parameter ``read`` picks how ``wsgi.input`` is read, so each reading method is exercised:
 ``all`` (read()), ``sized`` (a read(n) loop), ``lines`` (readline() loop), ``readlines``,
-``iter`` (iteration), ``none`` (the body is left unread).
+``iter`` (iteration), ``none`` (the body is left unread); ``sizedkw``, ``lineskw`` and
+``readlineskw`` pass their sizes by keyword (``read(size=7)``), as PEP 3333's names allow.
 """
 
 import json
@@ -28,6 +29,22 @@ def read_body(stream, mode):
             if not line:
                 return b"".join(parts)
             parts.append(line)
+    if mode == "sizedkw":
+        parts = []
+        while part := stream.read(size=7):
+            parts.append(part)
+        return b"".join(parts)
+    if mode == "lineskw":
+        parts = []
+        while line := stream.readline(size=5):
+            assert len(line) <= 5
+            parts.append(line)
+        return b"".join(parts)
+    if mode == "readlineskw":
+        parts = []
+        while lines := stream.readlines(hint=10):
+            parts.extend(lines)
+        return b"".join(parts)
     if mode == "readlines":
         return b"".join(stream.readlines())
     if mode == "iter":
