@@ -107,8 +107,9 @@ def _check_config(cfg: Config) -> int:
 
     try:
         uri = _require_app(cfg)
-        load_worker_class(effective_worker_class(str(cfg.worker_class), int(cfg.threads or 1)))
+        # The paths first, as the start applies them: a worker class may live beside the app.
         prepare_app_environment(cfg)
+        load_worker_class(effective_worker_class(str(cfg.worker_class), int(cfg.threads or 1)))
         load_app(uri)
     except ForkhornError as exc:
         _report(exc, cfg.loglevel == "debug")

@@ -220,3 +220,66 @@ def test_ctrl_c_exits_130_quietly(tmp_path: Path) -> None:
     result = run(["app:x"], tmp_path)
     assert result.returncode == 130
     assert result.stderr == ""
+
+
+WORKER_MODULE = """
+from forkhorn.workers.sync import SyncWorker
+
+
+class MyWorker(SyncWorker):
+    pass
+"""
+
+
+def test_check_config_finds_a_worker_class_beside_the_app(tmp_path: Path) -> None:
+    """The paths (--chdir, --pythonpath) apply before the worker class is imported, as at
+    start-up; the check refused a class the start found."""
+    site = tmp_path / "site"
+    (site / "myworkers").mkdir(parents=True)
+    (site / "myworkers" / "__init__.py").write_text("")
+    (site / "myworkers" / "custom.py").write_text(WORKER_MODULE)
+    (site / "hello.py").write_text(APP)
+    args = ["--check-config", "-k", "myworkers.custom.MyWorker", "hello:app"]
+    result = run([*args[:-1], "--chdir", "site", args[-1]], tmp_path)
+    assert result.returncode == 0, result.stderr
+    result = run([*args[:-1], "--pythonpath", str(site), "--chdir", "site", args[-1]], tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_worker_module_that_raises_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text(APP)
+    (tmp_path / "broken_worker.py").write_text("import os\nraise RuntimeError('not today')\n")
+    (tmp_path / "syntax_worker.py").write_text("class W(:\n    pass\n")
+    result = run(["--check-config", "-k", "broken_worker.W", "hello:app"], tmp_path)
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        "Error: worker_class 'broken_worker.W': importing broken_worker raised "
+        "RuntimeError: not today (broken_worker.py, line 2)"
+    )
+    # At start-up too: after the start line, one error line and the config error's code.
+    result = run(["-b", "127.0.0.1:0", "-k", "syntax_worker.W", "hello:app"], tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: worker_class 'syntax_worker.W': importing syntax_worker ")
+    assert "SyntaxError" in last and "line 1" in last
+
+
+def test_on_starting_that_raises_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text(APP)
+    (tmp_path / "forkhorn.conf.py").write_text(
+        "def on_starting(server):\n    raise RuntimeError('no database')\n"
+    )
+    result = run(["-b", "127.0.0.1:0", "hello:app"], tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        "Error: hook on_starting raised RuntimeError: no database (forkhorn.conf.py, line 2)"
+    )
+
+
+def test_gunicorn_egg_worker_names_are_taken(tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text(APP)
+    result = run(["--check-config", "-k", "egg:gunicorn#gthread", "hello:app"], tmp_path)
+    assert result.returncode == 0, result.stderr

@@ -64,7 +64,7 @@ from forkhorn.arbiter.signals import (
     signal_full_name,
     signal_name,
 )
-from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, ForkhornError
+from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, ConfigError, ForkhornError
 from forkhorn.workers import effective_worker_class, load_worker_class
 from forkhorn.workers.base import Worker
 
@@ -354,7 +354,14 @@ class Arbiter:
         # As gunicorn does when its arbiter is made: the count goes from None to workers.
         self._call_hook("nworkers_changed", self, self.num_workers, None)
         if callable(getattr(self.cfg, "on_starting", None)):
-            self.cfg.on_starting(self)  # a failing on_starting stops the start, as gunicorn
+            try:
+                self.cfg.on_starting(self)
+            except Exception as exc:  # it stops the start, as gunicorn's: in one line
+                from forkhorn.wsgi.loader import where_raised
+
+                raise ConfigError(
+                    f"hook on_starting raised {type(exc).__name__}: {exc}{where_raised(exc)}"
+                ) from exc
         self.signals.install()
         self.worker_class_name, self.worker_class = self._resolve_worker_class(self.cfg)
         self._bind()

@@ -169,8 +169,12 @@ def dotted_path(raw: object) -> str:
         if raw.__module__ in (CONFIG_FILE_MODULE, "__main__") or "<locals>" in raw.__qualname__:
             raise ValueError("expected a class importable by name; put it in a module")
         return f"{raw.__module__}:{raw.__qualname__}"
-    if isinstance(raw, str) and _DOTTED_PATH.fullmatch(raw.strip()):
-        return raw.strip()
+    if isinstance(raw, str):
+        text = raw.strip()
+        # gunicorn's entry-point form of its own classes, kept in older configs.
+        name = text.removeprefix("egg:gunicorn#")
+        if _DOTTED_PATH.fullmatch(name):
+            return text
     raise ValueError("expected a name or a dotted path such as pkg.module:Class")
 
 

@@ -123,6 +123,13 @@ def load_worker_class(name: str) -> type[Worker]:
         if builtin and exc.name == module_name:
             raise ConfigError(f"worker_class {name!r} is not available in this build") from exc
         raise ConfigError(f"worker_class {name!r}: cannot import {module_name}: {exc}") from exc
+    except Exception as exc:  # the module itself fails: say what and where, on one line
+        from forkhorn.wsgi.loader import where_raised
+
+        raise ConfigError(
+            f"worker_class {name!r}: importing {module_name} raised "
+            f"{type(exc).__name__}: {exc}{where_raised(exc)}"
+        ) from exc
     cls = getattr(module, attr, None)
     if cls is None:
         raise ConfigError(f"worker_class {name!r}: {module_name} has no attribute {attr!r}")

@@ -54,7 +54,7 @@ def load_app(uri: str) -> Callable[..., Any]:
         except Exception as exc:
             raise AppImportError(
                 f"Failed to call {expression!r} in {module_name!r}: "
-                f"{type(exc).__name__}: {exc}{_location(exc)}"
+                f"{type(exc).__name__}: {exc}{where_raised(exc)}"
             ) from exc
         if not callable(obj):
             raise AppImportError(
@@ -131,7 +131,7 @@ def _import_module(module_name: str) -> Any:
 
 
 def _import_failed(module_name: str, exc: BaseException) -> AppImportError:
-    where = _location(exc)
+    where = where_raised(exc)
     return AppImportError(
         f"Failed to import {module_name!r}: {type(exc).__name__}: {exc}{where}",
         f"Failed to import {module_name!r}: {_brief(exc)}{where}",
@@ -148,7 +148,7 @@ def _brief(exc: BaseException) -> str:
     return text if len(text) <= _BRIEF_CHARS else text[: _BRIEF_CHARS - 3] + "..."
 
 
-def _location(exc: BaseException) -> str:
+def where_raised(exc: BaseException) -> str:
     """`` (file.py, line N)``: the innermost frame of the app's own code, the line to fix,
     and where the error was raised when that is deeper, in the standard library or an
     installed package (``json/decoder.py`` for a bad ``json.loads`` at import)."""
