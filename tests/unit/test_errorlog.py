@@ -448,6 +448,75 @@ def test_logconfig_dict_for_gunicorns_logger_configures_ours(
     assert logging.getLogger("gunicorn.error").level == logging.WARNING
 
 
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, put back as it was after a test's logging config changed it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("form", ["dict", "ini"])
+def test_gunicorns_loggers_made_to_propagate_send_our_lines_to_the_root(
+    tmp_path: Path,
+    make_logger: Callable[..., Logger],
+    capsys: pytest.CaptureFixture[str],
+    root_logger: logging.Logger,
+    form: str,
+) -> None:
+    """One formatted handler on the root logger for every line (JSON for a log pipeline):
+    gunicorn's loggers with no handlers of their own and ``propagate`` on. forkhorn forced
+    propagation off, so its lines kept the plain format on stderr and stdout."""
+    custom = tmp_path / "root.log"
+    if form == "dict":
+        quiet = {"handlers": [], "propagate": True}
+        log = make_logger(
+            accesslog="-",
+            logconfig_dict={
+                "formatters": {"root": {"format": "ROOT %(name)s %(message)s"}},
+                "handlers": {
+                    "file": {"class": "logging.FileHandler", "filename": str(custom),
+                             "formatter": "root"},
+                },
+                "root": {"level": "INFO", "handlers": ["file"]},
+                "loggers": {"gunicorn.error": quiet, "gunicorn.access": quiet},
+            },
+        )  # fmt: skip
+    else:
+        ini = tmp_path / "logging.ini"
+        ini.write_text(
+            "[loggers]\nkeys=root,error,access\n\n"
+            "[handlers]\nkeys=file\n\n"
+            "[formatters]\nkeys=root\n\n"
+            "[logger_root]\nlevel=INFO\nhandlers=file\n\n"
+            "[logger_error]\nlevel=INFO\nhandlers=\npropagate=1\nqualname=gunicorn.error\n\n"
+            "[logger_access]\nlevel=INFO\nhandlers=\npropagate=1\nqualname=gunicorn.access\n\n"
+            f"[handler_file]\nclass=FileHandler\nformatter=root\nargs=({str(custom)!r},)\n\n"
+            "[formatter_root]\nformat=ROOT %(name)s %(message)s\n"
+        )
+        log = make_logger(logconfig=str(ini))
+    log.info("an error-log line")
+    assert log.access_enabled
+    log.access_log.info("an access line")
+    for handler in root_logger.handlers:
+        handler.flush()
+    assert lines(custom) == [
+        "ROOT forkhorn.error an error-log line",
+        "ROOT forkhorn.access an access line",
+    ]
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "")  # not also in the plain format
+    # A reload without that config: our own handlers again, nothing to the root.
+    make_logger(loglevel="info")
+    assert logging.getLogger("forkhorn.error").propagate is False
+    assert logging.getLogger("gunicorn.error").propagate is False
+
+
 @pytest.mark.parametrize(
     ("prefix", "tag"),
     [(None, "forkhorn.app.wsgi.error"), ("web", "forkhorn.web.error")],

@@ -304,6 +304,10 @@ class Logger:
         self.error_log.setLevel(level)
         self.access_log.propagate = False
         self.access_log.setLevel(logging.INFO)
+        for _, theirs in self._gunicorn_pairs():
+            # Stays so unless the user's logging config asks for propagation (which
+            # dictConfig leaves alone when a logger's entry does not say).
+            theirs.propagate = False
         self._access_format = access_format
 
         errorlog = cfg.errorlog or "-"
@@ -339,7 +343,7 @@ class Logger:
             except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
                 raise ConfigError(f"log_config {ini_file!r}: {exc!r}") from None
         self._share_with_gunicorn_names()
-        self._access_enabled = bool(self.access_log.handlers)
+        self._access_enabled = bool(self.access_log.hasHandlers())
 
     def _share_with_gunicorn_names(self) -> None:
         """Make ``gunicorn.error`` and ``gunicorn.access`` the same logs as ours.
@@ -349,9 +353,19 @@ class Logger:
         level to ``gunicorn.error`` configures forkhorn's error log, and an app that
         borrows ``logging.getLogger("gunicorn.error").handlers`` (a common Flask recipe)
         gets forkhorn's handlers instead of none, which would drop its lines silently.
+
+        A config that makes gunicorn's logger propagate (``"propagate": True``, an ini's
+        ``propagate=1``) is taken whole, as gunicorn takes it: its handlers, none
+        included, and the lines passed on to the root logger's (one formatted handler on
+        the root for every log, a common container set-up).
         """
         for ours, theirs in self._gunicorn_pairs():
-            if theirs.handlers:  # the user's logging config named gunicorn's logger
+            if theirs.propagate:
+                _release_handlers(ours)
+                for handler in theirs.handlers:
+                    ours.addHandler(handler)
+                ours.propagate = True
+            elif theirs.handlers:  # the user's logging config named gunicorn's logger
                 _release_handlers(ours)
                 for handler in theirs.handlers:
                     ours.addHandler(handler)
@@ -359,7 +373,6 @@ class Logger:
                 ours.setLevel(theirs.level)
             theirs.handlers = list(ours.handlers)
             theirs.setLevel(ours.level)
-            theirs.propagate = False
 
     def _gunicorn_pairs(self) -> list[tuple[logging.Logger, logging.Logger]]:
         return [

@@ -108,7 +108,11 @@ class LoggingOptions:
         logs are the loggers ``forkhorn.error`` and ``forkhorn.access``; a file written for
         gunicorn that configures ``gunicorn.error`` or ``gunicorn.access`` configures them
         too, and those names share forkhorn's handlers (so an app that borrows
-        ``logging.getLogger("gunicorn.error").handlers`` logs to the error log).
+        ``logging.getLogger("gunicorn.error").handlers`` logs to the error log). The logs do
+        not propagate to the root logger unless the file says so for the logger it names
+        (``propagate=1``, the ini default); then, as in gunicorn, its lines also go to the
+        root's handlers, and a logger given ``handlers=`` and ``propagate=1`` logs through
+        the root's alone (one formatted handler for every line).
         """,
     )
     logconfig_dict = Setting[dict[str, Any]](
@@ -118,7 +122,9 @@ class LoggingOptions:
         doc="""
         A ``logging.config.dictConfig`` dict that configures logging, merged over the
         handlers the other settings make. Config file only. The logger names are as for
-        ``logconfig``: ``gunicorn.error`` and ``gunicorn.access`` configure forkhorn's.
+        ``logconfig``: ``gunicorn.error`` and ``gunicorn.access`` configure forkhorn's, and
+        ``"propagate": True`` on one of them (with ``"handlers": []`` to use the root's
+        alone) passes its lines to the root logger's handlers, as in gunicorn.
         """,
     )
     logconfig_json = Setting(
