@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from typing import Any, cast
 
 from forkhorn import __version__
 from forkhorn.config import Config, help_text, load_config, peek_command_line
@@ -105,6 +106,7 @@ def _check_config(cfg: Config) -> int:
     from forkhorn.workers import effective_worker_class, load_worker_class
     from forkhorn.wsgi.loader import load_app
 
+    _check_logging(cfg)  # a bad logging setting exits 2 here, as at start-up
     try:
         uri = _require_app(cfg)
         # The paths first, as the start applies them: a worker class may live beside the app.
@@ -118,6 +120,26 @@ def _check_config(cfg: Config) -> int:
         print(f"Warning: {line}", file=sys.stderr)
     print(f"Config OK: app {uri!r} loads")
     return EXIT_OK
+
+
+class _WithoutCapture:
+    """``cfg`` with ``capture_output`` off: the check must not point its own stdout and
+    stderr at the error log file."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+
+    def __getattr__(self, name: str) -> Any:
+        return False if name == "capture_output" else getattr(self._cfg, name)
+
+
+def _check_logging(cfg: Config) -> None:
+    """Set the logs up as the start would, then close them: a logging config that cannot
+    be read, a handler that cannot be made or a log file that cannot be opened fails the
+    check (log files are opened, so created, as ``nginx -t`` does)."""
+    from forkhorn.logs import Logger
+
+    Logger(cast(Any, _WithoutCapture(cfg))).close()
 
 
 def _serve(cfg: Config) -> int:

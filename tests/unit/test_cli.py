@@ -283,3 +283,22 @@ def test_gunicorn_egg_worker_names_are_taken(tmp_path: Path) -> None:
     (tmp_path / "hello.py").write_text(APP)
     result = run(["--check-config", "-k", "egg:gunicorn#gthread", "hello:app"], tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_check_config_sets_the_logs_up_as_the_start_does(tmp_path: Path) -> None:
+    """A logging config that makes the start exit 2 fails the check the same way; a good
+    one (with capture_output) leaves the check's own output where it was."""
+    (tmp_path / "hello.py").write_text(APP)
+    result = run(["--check-config", "--log-config", "missing.ini", "hello:app"], tmp_path)
+    assert result.returncode == 2
+    assert one_error_line(result).startswith("Error: logconfig 'missing.ini': ")
+    (tmp_path / "bad.json").write_text('{"handlers": {"h": {"class": "nosuch_mod.H"}}}')
+    result = run(["--check-config", "--log-config-json", "bad.json", "hello:app"], tmp_path)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert line.startswith("Error: logconfig_json 'bad.json': Unable to configure handler 'h'")
+    assert "No module named 'nosuch_mod'" in line
+    args = ["--check-config", "--error-logfile", "error.log", "--capture-output", "hello:app"]
+    result = run(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Config OK: app 'hello:app' loads"

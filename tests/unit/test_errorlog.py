@@ -397,10 +397,25 @@ def test_log_config_json_file_is_a_dict_config(
 def test_a_log_config_file_that_cannot_be_read_is_one_config_error(
     tmp_path: Path, make_logger: Callable[..., Logger]
 ) -> None:
-    with pytest.raises(ConfigError, match="log_config_json"):
+    with pytest.raises(ConfigError, match=r"^logconfig_json '.*missing.json': "):
         make_logger(logconfig_json=str(tmp_path / "missing.json"))
-    with pytest.raises(ConfigError, match="log_config"):
+    with pytest.raises(ConfigError, match=r"^logconfig '.*missing.ini': .*doesn't exist"):
         make_logger(logconfig=str(tmp_path / "missing.ini"))
+    ini = tmp_path / "no-formatters.ini"
+    ini.write_text("[loggers]\nkeys=root\n\n[handlers]\nkeys=\n\n[logger_root]\nhandlers=\n")
+    with pytest.raises(ConfigError, match="missing section or key 'formatters'"):
+        make_logger(logconfig=str(ini))
+
+
+def test_a_bad_logconfig_dict_says_why(tmp_path: Path, make_logger: Callable[..., Logger]) -> None:
+    """logging.config's own words name the handler, not the reason (kept on __cause__)."""
+    bad_module = {"handlers": {"h": {"class": "nosuch_module_here.Handler"}}}
+    with pytest.raises(ConfigError, match=r"handler 'h': .*No module named 'nosuch_module_here'"):
+        make_logger(logconfig_dict=bad_module)
+    bad_file = {"handlers": {"h": {"class": "logging.FileHandler",
+                                   "filename": str(tmp_path / "no" / "dir.log")}}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"handler 'h': .*No such file or directory"):
+        make_logger(logconfig_dict=bad_file)
 
 
 def test_an_app_borrowing_gunicorns_handlers_logs_to_the_error_log(

@@ -191,10 +191,25 @@ def _read_json_config(path: str) -> dict[str, Any]:
         with open(path, encoding="utf-8") as file:
             value = json.load(file)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"log_config_json {path!r}: {exc}") from None
+        raise ConfigError(f"logconfig_json {path!r}: {exc}") from None
     if not isinstance(value, dict):
-        raise ConfigError(f"log_config_json {path!r}: expected a JSON object")
+        raise ConfigError(f"logconfig_json {path!r}: expected a JSON object")
     return value
+
+
+def _config_failure(exc: BaseException) -> str:
+    """What was wrong with a logging config, in words: ``logging.config`` says "Unable to
+    configure handler 'h'" and keeps the reason (a missing module, a file that cannot be
+    opened) on ``__cause__``; ``fileConfig`` says ``KeyError('formatters')`` for a
+    missing section."""
+    if isinstance(exc, KeyError):
+        text = f"missing section or key {exc.args[0]!r}" if exc.args else "missing a section"
+    else:
+        text = str(exc) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f": {cause}"
+    return text
 
 
 def _syslog_address(addr: str) -> tuple[str | tuple[str, int], socket.SocketKind]:
@@ -319,7 +334,8 @@ class Logger:
         if json_file:
             user_dict = _read_json_config(json_file)
         if user_dict:
-            self._dict_config(user_dict, errorlog, cfg.accesslog)
+            label = f"logconfig_json {json_file!r}" if json_file else "logconfig_dict"
+            self._dict_config(user_dict, errorlog, cfg.accesslog, label)
             self._share_with_gunicorn_names()
             self._access_enabled = self.access_log.isEnabledFor(logging.INFO) and bool(
                 self.access_log.hasHandlers()
@@ -341,7 +357,7 @@ class Logger:
             try:
                 logging.config.fileConfig(ini_file, disable_existing_loggers=False)
             except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-                raise ConfigError(f"log_config {ini_file!r}: {exc!r}") from None
+                raise ConfigError(f"logconfig {ini_file!r}: {_config_failure(exc)}") from None
         self._share_with_gunicorn_names()
         self._access_enabled = bool(self.access_log.hasHandlers())
 
@@ -428,7 +444,9 @@ class Logger:
         )
         return handler
 
-    def _dict_config(self, user: Mapping[str, Any], errorlog: str, accesslog: str | None) -> None:
+    def _dict_config(
+        self, user: Mapping[str, Any], errorlog: str, accesslog: str | None, label: str
+    ) -> None:
         # The defaults describe the handlers the settings would make, so a dict that only
         # changes a formatter or a level keeps --error-logfile/--access-logfile working.
         # Sections merge by name, one level deep; anything else in the user's dict replaces
@@ -469,7 +487,7 @@ class Logger:
         except (ValueError, TypeError, AttributeError, ImportError) as exc:
             if isinstance(exc.__cause__, ConfigError):
                 raise exc.__cause__ from None
-            raise ConfigError(f"logconfig_dict: {exc}") from None
+            raise ConfigError(f"{label}: {_config_failure(exc)}") from None
 
     def _capture_output(self, path: str) -> None:
         """Send fds 1 and 2 (print(), C extensions, tracebacks) to the error log file."""
