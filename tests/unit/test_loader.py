@@ -176,6 +176,49 @@ def test_not_callable(make_module: Callable[[str], str]) -> None:
         load_app(f"{name}:returns_none()")
 
 
+ASGI = """
+async def asgi_app(scope, receive, send):
+    pass
+
+class Starlettish:
+    async def __call__(self, scope, receive, send):
+        pass
+
+class Wsgiish:
+    def __call__(self, environ, start_response):
+        start_response("200 OK", [])
+        return [b"sync"]
+
+starlettish = Starlettish()
+wsgiish = Wsgiish()
+
+def make_asgi():
+    return Starlettish()
+"""
+
+
+@pytest.mark.parametrize("expression", ["asgi_app", "starlettish", "make_asgi()"])
+def test_an_asgi_app_is_named_as_one(make_module: Callable[[str], str], expression: str) -> None:
+    """It loaded, passed --check-config and answered every request with a 500."""
+    name = make_module(ASGI)
+    with pytest.raises(AppImportError, match=r"is an ASGI app \(\w+, an async callable\)"):
+        load_app(f"{name}:{expression}")
+
+
+def test_a_callable_object_and_a_class_are_not_taken_for_asgi(
+    make_module: Callable[[str], str],
+) -> None:
+    name = make_module(ASGI)
+    assert call(load_app(f"{name}:wsgiish")) == [b"sync"]
+    assert isinstance(load_app(f"{name}:Wsgiish"), type)  # a class is a callable, as in gunicorn
+
+
+@pytest.mark.parametrize("uri", ["paste:development.ini", "config:site.ini"])
+def test_a_paste_deploy_spec_is_named_as_one(uri: str) -> None:
+    with pytest.raises(AppImportError, match=r"is a PasteDeploy config .* does not load"):
+        load_app(uri)
+
+
 def test_factory_failure(make_module: Callable[[str], str]) -> None:
     name = make_module(HELLO)
     with pytest.raises(AppImportError) as info:

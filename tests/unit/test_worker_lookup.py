@@ -80,6 +80,8 @@ def test_threads_switch_sync_to_gthread() -> None:
         ("uvicorn.workers.UvicornH11Worker", "uvicorn's worker for ASGI apps"),
         ("uvicorn_worker.UvicornWorker", "uvicorn's worker for ASGI apps"),
         ("meinheld.gmeinheld.MeinheldWorker", "-k fast replaces it"),
+        ("asgi", "names an ASGI worker"),  # gunicorn 27's own
+        ("egg:gunicorn#asgi", "names an ASGI worker"),
         ("gunicorn.workers.gtornado.TornadoWorker", "gunicorn's classes that forkhorn"),
     ],
 )

@@ -109,6 +109,12 @@ def load_worker_class(name: str) -> type[Worker]:
             raise ConfigError(
                 f"worker_class {name!r} {advice}; forkhorn's classes: {', '.join(BUILTIN_WORKERS)}"
             )
+    if key.lower() in ("asgi", "uvicorn"):  # gunicorn 27's built-in ASGI class, uvicorn's
+        raise ConfigError(
+            f"worker_class {name!r} names an ASGI worker, and forkhorn serves WSGI apps only "
+            "(ASGI is planned): run an ASGI app with uvicorn, or a WSGI app with -k fast; "
+            f"forkhorn's classes: {', '.join(BUILTIN_WORKERS)}"
+        )
     module_name, attr = BUILTIN_WORKERS[key.lower()] if builtin else _split(key)
     try:
         module = importlib.import_module(module_name)

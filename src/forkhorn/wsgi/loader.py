@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import os
 import site
 import traceback
@@ -64,8 +65,30 @@ def load_app(uri: str) -> Callable[..., Any]:
         raise AppImportError(
             f"Application object {uri!r} must be callable, got {type(obj).__name__}"
         )
+    if _is_asgi(obj):
+        # It would load, pass the check and answer every request with a 500 and a
+        # TypeError traceback: say what it is instead (FastAPI, Starlette, Quart, Django's
+        # ASGIHandler are all async callables).
+        raise AppImportError(
+            f"Application object {uri!r} is an ASGI app ({type(obj).__name__}, an async "
+            "callable); forkhorn serves WSGI apps only for now. Serve its WSGI side (Django's "
+            "wsgi.py, Flask), or wrap it with a2wsgi's ASGIMiddleware"
+        )
     app: Callable[..., Any] = obj
     return app
+
+
+def _is_asgi(obj: object) -> bool:
+    """An ``async def`` app, or an object whose ``__call__`` is one: never WSGI."""
+    if inspect.iscoroutinefunction(obj):
+        return True
+    if inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isclass(obj):
+        return False
+    # The __call__ an instance would run: the first class in the MRO that defines one.
+    for base in type(obj).__mro__:
+        if "__call__" in vars(base):
+            return inspect.iscoroutinefunction(vars(base)["__call__"])
+    return False
 
 
 class AppHandle:
@@ -99,6 +122,14 @@ class AppHandle:
 
 def _split(uri: str) -> tuple[str, str]:
     text = uri.strip()
+    if text.startswith(("paste:", "config:")) and text.endswith((".ini", ".cfg")):
+        # gunicorn's PasteDeploy form: without this, "no module named 'paste'" sent users
+        # looking for a package to install.
+        raise AppImportError(
+            f"App {uri!r} is a PasteDeploy config (gunicorn's paste: form), which forkhorn "
+            "does not load: name the WSGI app as MODULE:ATTRIBUTE (a small module that calls "
+            "paste.deploy.loadapp works)"
+        )
     module_name, _, expression = text.partition(":")
     module_name, expression = module_name.strip(), expression.strip()
     if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
