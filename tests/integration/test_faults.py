@@ -466,6 +466,34 @@ def test_request_hung_past_timeout_is_dumped_while_others_are_served(
 
 
 @pytest.mark.timeout(60)
+def test_a_hung_request_gets_its_access_line_and_hooks(
+    start: StartServer, worker_class: str, tmp_path: Path
+) -> None:
+    """The hung request's 500 is logged and passed to post_request on every class, and a
+    worker killed for it runs worker_exit; fast ended its process before either."""
+    hooks = tmp_path / "hooks.conf.py"
+    hooks.write_text(
+        "import sys\n"
+        "def post_request(worker, req, environ, resp):\n"
+        "    print(f'hook post_request {req.path} {resp.status_code}', file=sys.stderr)\n"
+        "def worker_exit(server, worker):\n"
+        "    print(f'hook worker_exit {worker.pid}', file=sys.stderr)\n"
+    )
+    server = start("--timeout", "2", "-c", str(hooks), "--access-logfile", "-", workers=1)
+    (worker,) = server.wait_for_workers(1)
+    mark = server.mark()
+    hung = InFlight(server.port, "/hang", timeout=30)
+    server.wait_for_log(r"fault app: hanging", since=mark)
+    outcome = hung.outcome(timeout=30)
+    assert isinstance(outcome, Response) and outcome.status == 500, outcome
+    server.wait_for_log(r'"GET /hang HTTP/1\.1" 500 ', stream="stdout", since=0)
+    server.wait_for_log(r"hook post_request /hang 500", since=mark)
+    if worker_class in ("sync", "fast"):  # aborted by the master, so replaced
+        server.wait_for_log(rf"Worker exiting \(pid: {worker}\)", since=mark)
+        server.wait_for_log(rf"hook worker_exit {worker}", since=mark)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("worker_class", ["sync"])  # the others serve what they hold at once
 def test_a_crash_costs_only_its_own_request(
     start: StartServer, worker_class: str, tmp_path: Path

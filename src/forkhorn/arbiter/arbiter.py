@@ -140,6 +140,19 @@ def _close_quietly(file: Any) -> None:
             file.close()
 
 
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    """``action``, run by the first call only."""
+    done = False
+
+    def run() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+
+    return run
+
+
 def _hook(cfg: Any, name: str) -> Callable[..., Any] | None:
     fn = getattr(cfg, name, None)
     return fn if callable(fn) else None
@@ -951,6 +964,10 @@ class Arbiter:
         for rec in self.workers.values():  # the other workers' dump files are not ours
             _close_quietly(rec.worker.stack_file)
         code = 0
+        # "Worker exiting" and worker_exit, once: here at the end, or from a worker that
+        # must end the process itself (the fast worker aborted for a hang: uvloop would
+        # swallow the exit raised in its callback).
+        worker.leaving = _once(lambda: self._worker_leaving(worker))
         try:
             self.signals.reset_in_child(mask)
             worker.pid = os.getpid()
@@ -969,13 +986,7 @@ class Arbiter:
             else:
                 code = 1
         finally:
-            try:
-                self.log.info("Worker exiting (pid: %s)", worker.pid)
-                hook = _hook(self.cfg, "worker_exit")
-                if hook is not None:
-                    hook(self, worker)
-            except BaseException:
-                self.log.exception("Exception during worker exit")
+            worker.leaving()
             try:
                 # The app's atexit handlers (a tracer's or an error reporter's last flush,
                 # a temporary directory's removal) run as they would at a normal
@@ -994,6 +1005,15 @@ class Arbiter:
                 logging.shutdown()
             finally:
                 os._exit(code)
+
+    def _worker_leaving(self, worker: Worker) -> None:
+        try:
+            self.log.info("Worker exiting (pid: %s)", worker.pid)
+            hook = _hook(self.cfg, "worker_exit")
+            if hook is not None:
+                hook(self, worker)
+        except BaseException:
+            self.log.exception("Exception during worker exit")
 
     def _send(self, pid: int, sig: int) -> None:
         try:

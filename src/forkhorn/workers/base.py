@@ -227,6 +227,9 @@ class Worker(abc.ABC):
         self.alive = True
         self.booted = False
         self.aborted = False
+        #: Set by the master's child code: logs "Worker exiting" and runs worker_exit,
+        #: once. A worker that must end the process itself calls it first.
+        self.leaving: Callable[[], None] = _nothing
         # Set once this worker took what the kernel had queued (drain_queued): only then
         # may it shut the shared socket (refuse_if_stopping) without losing connections.
         self.queue_drained = False
@@ -767,3 +770,7 @@ class Worker(abc.ABC):
         which request that is when it starts one (fast: any connection's) announces
         Connection: close on every response from now on. The others decide per request."""
         return None
+
+
+def _nothing() -> None:
+    return None

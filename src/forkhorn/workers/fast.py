@@ -1347,20 +1347,30 @@ class FastWorker(Worker):
     def handle_abort(self, signum: int, frame: Any) -> None:
         # uvloop reports a SystemExit raised inside a callback as a transport error and
         # carries on; an aborted worker must end here (after the worker_abort hook).
+        answered: list[tuple[HttpProtocol, bytes]] = []
         try:
-            self._answer_before_abort()
+            answered = self._answer_before_abort()
         except Exception:
             pass  # best effort: the process ends either way
         try:
             super().handle_abort(signum, frame)
         finally:
-            os._exit(1)
+            # After worker_abort, as on sync: the hung request's post_request; then what
+            # the master's child code does after the other classes' exit, the "Worker
+            # exiting" line and worker_exit (the os._exit skips it).
+            try:
+                for protocol, answer in answered:
+                    self._finish_aborted(protocol, frame, answer)
+                self.leaving()
+            finally:
+                os._exit(1)
 
-    def _answer_before_abort(self) -> None:
+    def _answer_before_abort(self) -> list[tuple[HttpProtocol, bytes]]:
         """Killed for a hang: the responses this turn already made go out, and the request
         the app hangs in is answered 500 (as the sync worker's), instead of both being
         dropped. The loop is stopped inside the app, so the writes go straight to the
-        sockets (a transport with nothing buffered writes at once).
+        sockets (a transport with nothing buffered writes at once). Returns the requests
+        answered so, with their answers.
 
         Idle keep-alive connections get our FIN first: a proxy's pooled connection would
         otherwise stay open until the process is gone, and a request sent on it meanwhile
@@ -1371,6 +1381,7 @@ class FastWorker(Worker):
             transport = protocol.transport
             if protocol.phase == _IDLE and transport is not None:
                 _shut_write(transport)
+        answered = []
         for protocol in connections:
             transport = protocol.transport
             if (
@@ -1378,7 +1389,33 @@ class FastWorker(Worker):
                 and transport is not None
                 and not protocol.conn.response_started
             ):
-                transport.write(error_response(protocol.conn, 500, "Internal Server Error"))
+                answer = error_response(protocol.conn, 500, "Internal Server Error")
+                transport.write(answer)
+                answered.append((protocol, answer))
+        return answered
+
+    def _finish_aborted(self, protocol: HttpProtocol, frame: Any, answer: bytes) -> None:
+        """The hung request's access-log line and post_request (status 500), as the other
+        classes give theirs. Its environ and exchange are ``_respond``'s locals, in the
+        frames the signal interrupted: looked up here rather than kept on the protocol,
+        which would cost two stores on every request for this rare path."""
+        code = HttpProtocol._respond.__code__
+        while frame is not None and frame.f_code is not code:
+            frame = frame.f_back
+        if frame is None or frame.f_locals.get("self") is not protocol:
+            return
+        environ = frame.f_locals.get("environ")
+        exchange = frame.f_locals.get("exchange")
+        request = protocol.request
+        if environ is None or exchange is None or request is None:
+            return
+        exchange.status = "500 Internal Server Error"
+        exchange.headers = [("Content-Type", "text/plain; charset=utf-8")]
+        exchange.sent = len(answer) - answer.index(b"\r\n\r\n") - 4
+        try:
+            finish_request(self, request, environ, exchange)
+        except Exception:
+            self.log.exception("Error logging the aborted request")
 
     def _draining(self) -> bool:
         """Work left before exit: open connections, drained connections being adopted,
