@@ -302,3 +302,15 @@ def test_check_config_sets_the_logs_up_as_the_start_does(tmp_path: Path) -> None
     result = run(args, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Config OK: app 'hello:app' loads"
+
+
+def test_logger_class_gunicorns_default_is_not_warned(tmp_path: Path) -> None:
+    """Migrated configs spell gunicorn's default out; it is forkhorn's logger anyway."""
+    (tmp_path / "hello.py").write_text(APP)
+    args = ["--check-config", "--logger-class", "gunicorn.glogging.Logger", "hello:app"]
+    result = run(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    result = run(["--check-config", "--logger-class", "myproj.logs.Quiet", "hello:app"], tmp_path)
+    assert "logger_class is accepted" in result.stderr
+    assert "logging.Filter" in result.stderr

@@ -463,6 +463,32 @@ def test_logconfig_dict_for_gunicorns_logger_configures_ours(
     assert logging.getLogger("gunicorn.error").level == logging.WARNING
 
 
+class _NoHealth(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "/health" not in record.getMessage()
+
+
+@pytest.mark.parametrize("name", ["gunicorn.access", "forkhorn.access"])
+def test_a_filter_on_the_access_logger_drops_its_lines(
+    tmp_path: Path, make_logger: Callable[..., Logger], name: str
+) -> None:
+    """The usual recipe for health checks: a filter on gunicorn.access applied to nothing
+    (the lines are made on forkhorn.access), and an entry for forkhorn.access that only
+    added a filter left it with no handler, the access log silently off."""
+    path = tmp_path / "access.log"
+    config = {
+        "filters": {"nohealth": {"()": _NoHealth}},
+        "loggers": {name: {"filters": ["nohealth"]}},
+    }
+    log = make_logger(accesslog=str(path), logconfig_dict=config)
+    assert log.access_enabled
+    log.access_log.info("GET /health HTTP/1.1")
+    log.access_log.info("GET /orders HTTP/1.1")
+    assert lines(path) == ["GET /orders HTTP/1.1"]
+    make_logger(accesslog=str(path))  # a reload without the filter
+    assert logging.getLogger("forkhorn.access").filters == []
+
+
 @pytest.fixture
 def root_logger() -> Iterator[logging.Logger]:
     """The root logger, put back as it was after a test's logging config changed it."""

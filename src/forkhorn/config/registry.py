@@ -65,6 +65,18 @@ UNIMPLEMENTED_SETTINGS = (
     "logger_class",
     "spew",
 )
+#: gunicorn's default logger class, spelt out by migrated configs: the same as ours.
+DEFAULT_LOGGER_NAMES = frozenset(
+    ("gunicorn.glogging.Logger", "gunicorn.glogging:Logger", "simple", "forkhorn.logs.Logger")
+)
+#: What to do instead, where there is something.
+NO_EFFECT_ADVICE = {
+    "logger_class": (
+        "forkhorn's logger is used; for what a custom class usually does (drop health "
+        "checks from the access log, log as JSON), give forkhorn.access a logging.Filter "
+        "or a formatter in logconfig_dict"
+    ),
+}
 #: Limits whose larger values mean their maximum, as in gunicorn (which caps them
 #: silently): the HTTP core reads no longer request line and no more fields. A config
 #: asking for more still loads, with a warning (``Config.no_effect``).
@@ -147,10 +159,11 @@ class Config(
         warns each at start-up and ``--check-config`` prints them."""
         lines = [
             f"{name} is accepted for gunicorn compatibility but not implemented yet: "
-            "it has no effect"
+            + NO_EFFECT_ADVICE.get(name, "it has no effect")
             for name in UNIMPLEMENTED_SETTINGS
             if self._sources[name] != DEFAULT_SOURCE
             and self._values[name] != SETTINGS[name].default
+            and not (name == "logger_class" and self._values[name] in DEFAULT_LOGGER_NAMES)
         ]
         for name, maximum in CAPPED_LIMITS.items():
             value = self._values[name]

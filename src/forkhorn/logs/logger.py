@@ -319,10 +319,13 @@ class Logger:
         self.error_log.setLevel(level)
         self.access_log.propagate = False
         self.access_log.setLevel(logging.INFO)
-        for _, theirs in self._gunicorn_pairs():
+        for ours, theirs in self._gunicorn_pairs():
             # Stays so unless the user's logging config asks for propagation (which
             # dictConfig leaves alone when a logger's entry does not say).
             theirs.propagate = False
+            # A reload's config says anew which filters there are.
+            ours.filters.clear()
+            theirs.filters.clear()
         self._access_format = access_format
 
         errorlog = cfg.errorlog or "-"
@@ -376,6 +379,11 @@ class Logger:
         the root for every log, a common container set-up).
         """
         for ours, theirs in self._gunicorn_pairs():
+            # A filter on gunicorn.access (the usual recipe to drop health checks from
+            # the access log) applies where the lines are made: on ours.
+            for item in theirs.filters:
+                if item not in ours.filters:
+                    ours.addFilter(item)
             if theirs.propagate:
                 _release_handlers(ours)
                 for handler in theirs.handlers:
@@ -479,6 +487,13 @@ class Logger:
         }
         for key, value in copy.deepcopy(dict(user)).items():
             if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                if key == "loggers":
+                    # Our two loggers merge a level deeper: an entry that only adds a
+                    # filter or a level keeps the handlers the settings made (dictConfig
+                    # would otherwise leave the logger with none, the log silently off).
+                    for name in ("forkhorn.error", "forkhorn.access"):
+                        if isinstance(value.get(name), dict):
+                            value[name] = {**merged["loggers"][name], **value[name]}
                 merged[key].update(value)
             else:
                 merged[key] = value

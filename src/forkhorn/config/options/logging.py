@@ -96,7 +96,13 @@ class LoggingOptions:
         convert=dotted_path,
         flags=("--logger-class",),
         metavar="STRING",
-        doc="The logger class, as a dotted path (gunicorn's). Accepted, not yet used.",
+        doc="""
+        The logger class, as a dotted path (gunicorn's). Accepted, not yet used: gunicorn's
+        default (``gunicorn.glogging.Logger``) is forkhorn's own logger and is taken
+        silently; any other is warned. What a custom class usually does (drop health checks
+        from the access log, write JSON) is done with ``logconfig_dict``: a
+        ``logging.Filter`` or a formatter on ``forkhorn.access``.
+        """,
     )
     logconfig = Setting(
         default=None,
@@ -124,7 +130,10 @@ class LoggingOptions:
         handlers the other settings make. Config file only. The logger names are as for
         ``logconfig``: ``gunicorn.error`` and ``gunicorn.access`` configure forkhorn's, and
         ``"propagate": True`` on one of them (with ``"handlers": []`` to use the root's
-        alone) passes its lines to the root logger's handlers, as in gunicorn.
+        alone) passes its lines to the root logger's handlers, as in gunicorn. An entry for
+        one of these loggers merges with the one the settings make, so
+        ``{"filters": ["nohealth"]}`` on ``gunicorn.access`` or ``forkhorn.access`` keeps
+        the access log's handler and drops the lines the filter refuses.
         """,
     )
     logconfig_json = Setting(
