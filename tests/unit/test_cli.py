@@ -314,3 +314,23 @@ def test_logger_class_gunicorns_default_is_not_warned(tmp_path: Path) -> None:
     result = run(["--check-config", "--logger-class", "myproj.logs.Quiet", "hello:app"], tmp_path)
     assert "logger_class is accepted" in result.stderr
     assert "logging.Filter" in result.stderr
+
+
+def test_a_worker_ported_from_gunicorn_is_told_its_request_methods_are_unused(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "hello.py").write_text(APP)
+    (tmp_path / "ported.py").write_text(
+        WORKER_MODULE + "\n    def handle_request(self, listener, req, client, addr):\n"
+        "        raise AssertionError('never called')\n"
+    )
+    result = run(["--check-config", "-k", "ported.MyWorker", "hello:app"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == (
+        "Warning: worker class ported.MyWorker defines handle_request, gunicorn's "
+        "per-request method(s), which forkhorn never calls (docs/extending.md)"
+    )
+    # A plain subclass is not warned.
+    (tmp_path / "myworker_plain.py").write_text(WORKER_MODULE)
+    result = run(["--check-config", "-k", "myworker_plain.MyWorker", "hello:app"], tmp_path)
+    assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -65,7 +65,7 @@ from forkhorn.arbiter.signals import (
     signal_name,
 )
 from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, ConfigError, ForkhornError
-from forkhorn.workers import effective_worker_class, load_worker_class
+from forkhorn.workers import effective_worker_class, gunicorn_only_methods, load_worker_class
 from forkhorn.workers.base import Worker
 
 __all__ = ["Arbiter"]
@@ -445,7 +445,17 @@ class Arbiter:
                 name,
                 threads,
             )
-        return name, load_worker_class(name)
+        cls = load_worker_class(name)
+        unused = gunicorn_only_methods(cls)
+        if unused:
+            self.log.warning(
+                "Worker class %s defines %s, gunicorn's per-request method(s), which "
+                "forkhorn never calls: wrap the app in load_wsgi() or use the pre_request "
+                "and post_request hooks instead (docs/extending.md)",
+                name,
+                ", ".join(unused),
+            )
+        return name, cls
 
     def _bind(self) -> None:
         inherited = FD_ENV in self._environ or (

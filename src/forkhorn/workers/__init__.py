@@ -25,7 +25,17 @@ from forkhorn.errors import ConfigError
 if TYPE_CHECKING:
     from forkhorn.workers.base import Worker
 
-__all__ = ["BUILTIN_WORKERS", "effective_worker_class", "load_worker_class"]
+__all__ = [
+    "BUILTIN_WORKERS",
+    "effective_worker_class",
+    "gunicorn_only_methods",
+    "load_worker_class",
+]
+
+#: gunicorn's per-request worker methods. forkhorn's classes have none (the shared HTTP
+#: core and request cycle do that work), so a class ported from gunicorn that overrides
+#: one would load and serve with the override never called.
+_GUNICORN_ONLY_METHODS = ("handle", "handle_request", "handle_error", "accept", "run_for_one")
 
 # name -> (module, class)
 BUILTIN_WORKERS: dict[str, tuple[str, str]] = {
@@ -68,6 +78,17 @@ _FOREIGN_WORKERS: dict[str, str] = {
     ),
     "gunicorn": "is one of gunicorn's classes that forkhorn does not have",
 }
+
+
+def gunicorn_only_methods(cls: type) -> list[str]:
+    """The gunicorn per-request methods a custom worker class defines, which forkhorn
+    never calls: the master warns of each (docs/extending.md says what to do instead)."""
+    found: list[str] = []
+    for base in cls.__mro__:
+        if base.__module__.startswith("forkhorn."):
+            break
+        found.extend(name for name in _GUNICORN_ONLY_METHODS if name in vars(base))
+    return sorted(set(found))
 
 
 def effective_worker_class(name: str, threads: int) -> str:

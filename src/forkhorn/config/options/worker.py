@@ -37,8 +37,9 @@ class WorkerOptions:
         metavar="STRING",
         doc="""
         The worker type: ``sync``, ``gthread``, ``gevent``, ``eventlet``, ``fast``, or a
-        class given as ``pkg.mod:Class`` or ``pkg.mod.Class``. ``sync`` with ``threads``
-        above 1 runs ``gthread``, as gunicorn does.
+        class given as ``pkg.mod:Class`` or ``pkg.mod.Class`` (a subclass of one of
+        forkhorn's: docs/extending.md). ``sync`` with ``threads`` above 1 runs ``gthread``,
+        as gunicorn does.
         """,
     )
     threads = Setting(
