@@ -34,6 +34,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (without the program name); return the exit code."""
+    _open_closed_stdio()
     args = sys.argv[1:] if argv is None else list(argv)
     request = peek_command_line(args)
     debug = request.debug
@@ -58,6 +59,26 @@ def main(argv: list[str] | None = None) -> int:
     except ForkhornError as exc:
         _report(exc, debug)
         return exc.exit_code
+
+
+def _open_closed_stdio() -> None:
+    """Put /dev/null where a standard stream was closed (``forkhorn ... 2>&-``, as some
+    init scripts start daemons). Python then has no ``sys.stderr`` at all, which stopped
+    the start at its first log line; and the first file opened later (a log, a pipe)
+    would take the free descriptor and receive what the app's children print."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            mode = "r" if fd == 0 else "w"
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - process-long
 
 
 def _report(exc: BaseException, debug: bool) -> None:

@@ -334,3 +334,70 @@ def test_a_worker_ported_from_gunicorn_is_told_its_request_methods_are_unused(
     (tmp_path / "myworker_plain.py").write_text(WORKER_MODULE)
     result = run(["--check-config", "-k", "myworker_plain.MyWorker", "hello:app"], tmp_path)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("closed", [[2], [1, 2], [0, 1, 2]])
+def test_it_serves_with_standard_streams_closed(tmp_path: Path, closed: list[int]) -> None:
+    """``forkhorn ... 2>&-``: Python starts with no sys.stderr, and the first log line
+    stopped the start (exit 1, nothing printed anywhere)."""
+    (tmp_path / "hello.py").write_text(APP)
+    marker = tmp_path / "ready"
+    (tmp_path / "forkhorn.conf.py").write_text(
+        "import os, signal\n"
+        "def when_ready(server):\n"
+        f"    open({str(marker)!r}, 'w').write(str(os.fstat(2).st_ino))\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    environ = {key: value for key, value in os.environ.items() if key != "FORKHORN_CMD_ARGS"}
+    environ["PYTHONPATH"] = str(SRC)
+
+    def close_streams() -> None:
+        for fd in closed:
+            os.close(fd)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "forkhorn", "-b", "127.0.0.1:0", "hello:app"],
+        cwd=tmp_path,
+        env=environ,
+        preexec_fn=close_streams,  # the test's own child: no threads involved
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert marker.exists()
+    assert int(marker.read_text()) == os.stat(os.devnull).st_ino  # not a log or a pipe
+
+
+def test_a_bind_beside_systemd_sockets_is_said_to_be_unused(tmp_path: Path) -> None:
+    """Under socket activation the sockets systemd passed are served, as in gunicorn, and
+    a --bind of the command line is ignored: now with a line that says so."""
+    (tmp_path / "hello.py").write_text(APP)
+    (tmp_path / "forkhorn.conf.py").write_text(
+        "import os, signal\n"
+        "def when_ready(server):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    (tmp_path / "activate.py").write_text(
+        "import os, socket, sys\n"
+        "sock = socket.create_server(('127.0.0.1', 0))\n"
+        "os.dup2(sock.fileno(), 3)\n"
+        "os.set_inheritable(3, True)  # (a no-op dup2 when the socket is fd 3 already)\n"
+        "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'forkhorn', *sys.argv[1:]])\n"
+    )
+    environ = {key: value for key, value in os.environ.items() if key != "FORKHORN_CMD_ARGS"}
+    environ["PYTHONPATH"] = str(SRC)
+    result = subprocess.run(
+        [sys.executable, "activate.py", "--bind", "127.0.0.1:1", "hello:app"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "Using the 1 socket(s) systemd passed (LISTEN_FDS); bind 127.0.0.1:1 is not used"
+        in result.stderr
+    )

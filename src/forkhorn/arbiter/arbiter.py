@@ -474,6 +474,14 @@ class Arbiter:
         if inherited:
             self._inherited_sockets = True
             self._systemd_sockets = FD_ENV not in self._environ
+            source = getattr(self.cfg, "source", None)
+            if self._systemd_sockets and callable(source) and source("bind") != "default":
+                # As in gunicorn, but said: an operator may wonder why --bind has no effect.
+                self.log.info(
+                    "Using the %d socket(s) systemd passed (LISTEN_FDS); bind %s is not used",
+                    len(self.listeners),
+                    ", ".join(self.cfg.bind),
+                )
             # Consumed: our workers and a later USR2 must not see stale values.
             for key in (FD_ENV, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
                 self._environ.pop(key, None)

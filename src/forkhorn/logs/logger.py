@@ -129,7 +129,7 @@ class _QuietFailures:
                 f"{self._lost} line(s) lost since the last report\n"
             )
             sys.stderr.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # AttributeError: no stderr at all
             pass
         self._lost = 0
 

@@ -69,7 +69,10 @@ class ProcessOptions:
         flags=("-m", "--umask"),
         metavar="INT",
         doc="""
-        The umask of the master and workers (affects unix socket and file permissions).
+        The umask applied while a unix socket is bound, so it sets the socket's
+        permissions (``--umask 007`` with ``--group www-data`` lets only that group
+        connect). The processes' own umask is left as inherited (``--daemon`` sets
+        0o22), as in gunicorn: files the app writes follow the environment's.
         Accepts ``18``, ``0o22`` and ``0022`` (a leading zero means octal).
         """,
     )
