@@ -373,9 +373,7 @@ def test_a_bind_beside_systemd_sockets_is_said_to_be_unused(tmp_path: Path) -> N
     a --bind of the command line is ignored: now with a line that says so."""
     (tmp_path / "hello.py").write_text(APP)
     (tmp_path / "forkhorn.conf.py").write_text(
-        "import os, signal\n"
-        "def when_ready(server):\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "import os, signal\ndef when_ready(server):\n    os.kill(os.getpid(), signal.SIGTERM)\n"
     )
     (tmp_path / "activate.py").write_text(
         "import os, socket, sys\n"
