@@ -12,6 +12,7 @@ Tests that do not change the server's state share one running server per worker 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import http.client
 import json
@@ -1438,6 +1439,28 @@ def file_server(
         *([sendfile] if sendfile != "default" else []),
         env={"FORKHORN_TEST_FILE": str(payload), **env},
     )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sendfile", ["default", "--no-sendfile"])
+def test_file_wrapper_sends_what_read_gives(
+    server_factory: ServerFactory, worker_class: str, tmp_path: Path, sendfile: str
+) -> None:
+    """A file object whose descriptor does not hold its bytes went out as the
+    descriptor's: gzip.open's compressed bytes under the plain length (the connection
+    then cut), /proc/self/status as an empty 200."""
+    payload = tmp_path / "plain.txt"
+    payload.write_bytes(b"PLAIN TEXT " * 20_000)
+    (tmp_path / "plain.txt.gz").write_bytes(gzip.compress(payload.read_bytes()))
+    server = file_server(server_factory, worker_class, payload, sendfile)
+    (resp,) = parse_responses(raw_request(server.port, b"GET /gzip HTTP/1.1\r\nHost: t\r\n"
+                                          b"Connection: close\r\n\r\n", 30))  # fmt: skip
+    assert (resp.status, resp.complete) == (200, True)
+    assert resp.body == payload.read_bytes()
+    (resp,) = parse_responses(raw_request(server.port, b"GET /proc HTTP/1.1\r\nHost: t\r\n"
+                                          b"Connection: close\r\n\r\n", 30))  # fmt: skip
+    assert (resp.status, resp.complete) == (200, True)
+    assert resp.body.startswith(b"Name:\t")
 
 
 def check_file_responses(server: ServerProcess, payload: Path, keep_alive: bool) -> None:

@@ -25,6 +25,7 @@ Rules kept (PEP 3333):
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import sys
@@ -86,6 +87,11 @@ dates = DateCache()
 http_date = dates.get
 
 
+#: Buffered file objects whose ``read()`` is their raw file's bytes (not subclasses, which
+#: may change what ``read()`` gives).
+_BUFFERED_FILES = (io.BufferedReader, io.BufferedRandom)
+
+
 class FileWrapper:
     """``wsgi.file_wrapper``: lets the worker send a file with ``sendfile()``.
 
@@ -110,13 +116,25 @@ class FileWrapper:
 
     def regular_file(self) -> tuple[int, int, int] | None:
         """``(fd, offset, size)`` of what is left to send when the file can go through
-        sendfile (a regular file with a descriptor), else None (iterate instead)."""
+        sendfile (a regular file with a descriptor), else None (iterate instead).
+
+        Only for a plain file object (``open(path, "rb")``, ``io.FileIO``), whose bytes
+        are its descriptor's: a ``gzip.open`` file has the descriptor of the compressed
+        file and went out compressed, under the app's length of the plain text. And not
+        when the file says it is empty: ``/proc`` and ``/sys`` files do, and have bytes
+        only for ``read()``."""
+        filelike = self.filelike
+        if not (
+            isinstance(filelike, io.FileIO)
+            or (type(filelike) in _BUFFERED_FILES and isinstance(filelike.raw, io.FileIO))
+        ):
+            return None
         try:
-            fd: int = self.filelike.fileno()
+            fd: int = filelike.fileno()
             st = os.fstat(fd)
         except (AttributeError, OSError, ValueError):
             return None
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             return None
         try:
             offset: int = self.filelike.tell()

@@ -1,14 +1,25 @@
 """Send a real file through ``wsgi.file_wrapper``: ``files:app``.
 
 The file is ``$FORKHORN_TEST_FILE``. ``/`` declares its Content-Length (so the server may
-use sendfile); ``/nolength`` does not (the server must frame it itself).
+use sendfile); ``/nolength`` does not (the server must frame it itself). Two file objects
+whose descriptor does not hold their bytes: ``/gzip`` sends ``$FORKHORN_TEST_FILE.gz``
+through ``gzip.open`` (the plain bytes, under the plain length), ``/proc`` sends
+``/proc/self/status`` (a regular file of size 0).
 """
 
+import gzip
 import os
 
 
 def app(environ, start_response):
     path = os.environ["FORKHORN_TEST_FILE"]
+    if environ["PATH_INFO"] == "/gzip":
+        length = os.path.getsize(path)
+        start_response("200 OK", [("Content-Length", str(length))])
+        return environ["wsgi.file_wrapper"](gzip.open(path + ".gz", "rb"), 32768)
+    if environ["PATH_INFO"] == "/proc":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](open("/proc/self/status", "rb"))
     headers = [("Content-Type", "application/octet-stream")]
     if environ["PATH_INFO"] != "/nolength":
         headers.append(("Content-Length", str(os.path.getsize(path))))
