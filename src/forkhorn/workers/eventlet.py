@@ -61,18 +61,22 @@ class _GreenSocket(eventlet.greenio.GreenSocket):  # type: ignore[misc]
         in_fd = file.fileno()
         timeout = self.gettimeout()
         sent = 0
-        while count is None or sent < count:
-            size = SENDFILE_CHUNK if count is None else min(SENDFILE_CHUNK, count - sent)
-            try:
-                n = os.sendfile(out_fd, in_fd, offset + sent, size)
-            except BlockingIOError:
-                eventlet.hubs.trampoline(
-                    out_fd, write=True, timeout=timeout, timeout_exc=socket.timeout
-                )
-                continue
-            if n == 0:
-                break  # end of file
-            sent += n
+        try:
+            while count is None or sent < count:
+                size = SENDFILE_CHUNK if count is None else min(SENDFILE_CHUNK, count - sent)
+                try:
+                    n = os.sendfile(out_fd, in_fd, offset + sent, size)
+                except BlockingIOError:
+                    eventlet.hubs.trampoline(
+                        out_fd, write=True, timeout=timeout, timeout_exc=socket.timeout
+                    )
+                    continue
+                if n == 0:
+                    break  # end of file
+                sent += n
+        finally:
+            if sent:
+                file.seek(offset + sent)  # as socket.sendfile: a timeout says what went
         return sent
 
 

@@ -41,6 +41,7 @@ from forkhorn.http import (
 )
 from forkhorn.http.writer import server_line
 from forkhorn.wsgi.cycle import (
+    ClientGoneError,
     ConnectionTakenOver,
     Exchange,
     HookRequest,
@@ -279,7 +280,7 @@ def serve_request(
     deadline) is answered here, 504 or 500 if nothing was sent yet, so that the access
     log has the status, and then re-raised for the caller to close the connection."""
     sock.settimeout(io_timeout)
-    send = sock.sendall
+    send = _sending(sock)
     # With header_timeout off, the body's allowance is the plain I/O timeout; with neither,
     # there is no deadline to start from and the minimum rate is not enforced.
     allowance = worker.body_allowance or io_timeout or 0.0
@@ -360,8 +361,15 @@ def serve_request(
     except ConnectionTakenOver:
         taken = True
         worker.log.debug("Closing connection: the app took it over (%s)", peer[0])
+    except ClientGoneError as exc:
+        if isinstance(exc.__cause__, TimeoutError):  # (a client that left is routine)
+            worker.log.info(
+                "Dropped a client that read nothing more of its response for %gs: %s",
+                io_timeout,
+                request.request_line.decode("latin-1"),
+            )
     except OSError:
-        pass  # the client went away
+        pass  # the client went away (reading the body)
     except RequestHungError:
         # Past its limit (or the stop's deadline): answered if nothing went out yet. Not
         # on a WebSocket handshake: the app may have answered 101 on the socket itself,
@@ -419,9 +427,10 @@ def answer_timeout(exchange: Exchange, sock: socket.socket, request_timeout: boo
 
 #: The largest piece sent at once when a watchdog follows the request's progress: a body
 #: given in one piece (a one-item list of 500 MB) still records progress as it goes out.
-#: Each piece must go out within the limit (and within the socket's timeout, which for
-#: ``sendall`` bounds the whole call): 64 KiB in 30 s is a client reading 2.2 KB/s. With
-#: 1 MiB pieces, a download read steadily at 30 KB/s was cut.
+#: Between pieces the watchdog sees progress; within one, it asks the kernel what the
+#: client took. (The socket's timeout bounds each wait of a send, not the piece: with
+#: ``sendall``, which bounds the whole call, 64 KiB in 30 s was a client reading 2.2 KB/s,
+#: and a slower one was cut.)
 PROGRESS_BLOCK = 64 * 1024
 
 
@@ -479,10 +488,68 @@ def _receiving(recv: Any, watch: InFlight[Any]) -> Any:
     return recv_and_record
 
 
+def _sending(sock: socket.socket) -> Callable[[bytes], None]:
+    """The response's send: all of ``data``, as ``sendall``, but a client that keeps
+    reading, however slowly, is not cut by the socket's timeout; one that takes nothing
+    for it is (after one to two timeouts).
+
+    ``sendall``'s timeout bounds the whole call (since Python 3.5), and even a single
+    ``send`` may wait longer than the timeout for a client that reads: the kernel wakes a
+    writer only once a third of a large send buffer has drained. So a send that times out
+    asks the kernel what the client acknowledged meanwhile (``bytes_unsent``) and goes on
+    while that moves. A failure is a ``ClientGoneError``, so that an ``OSError`` of the
+    app's own is not taken for the client leaving."""
+    raw_send = sock.send
+
+    def send(data: bytes) -> None:
+        sent = 0
+        stall = None
+        view = None
+        while True:
+            try:
+                sent += raw_send(data if view is None else view[sent:])
+                if sent >= len(data):
+                    return
+                if view is None:
+                    view = memoryview(data)
+            except TimeoutError as exc:
+                stall = stall or _Stall(sock)
+                if not stall.progressed():
+                    raise ClientGoneError(str(exc)) from exc
+                if view is None:
+                    view = memoryview(data)
+            except OSError as exc:
+                raise ClientGoneError(str(exc)) from exc
+
+    return send
+
+
+class _Stall:
+    """Asked at each timeout of a send: did the client take anything since the last one?
+    ``output_taken`` (for TCP the bytes it acknowledged, a count that only grows) changes
+    as it does. At the first timeout there is nothing to compare with: it is given one
+    more. Where the kernel cannot tell, a timeout ends the send, as it did."""
+
+    __slots__ = ("last", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.last: int | None = None
+
+    def progressed(self) -> bool:
+        count = output_taken(self.sock)
+        if count is None:
+            return False
+        last, self.last = self.last, count
+        return last is None or count != last
+
+
 def _bounded_send(sock: socket.socket, timeout: float | None) -> Any:
+    send_all = _sending(sock)
+
     def send(data: bytes) -> None:
         sock.settimeout(timeout)
-        sock.sendall(data)
+        send_all(data)
 
     return send
 
@@ -507,19 +574,31 @@ def _sendfile_for(
     cooperate: Callable[[], None] | None = None,
 ) -> Any:
     def sendfile(fd: int, offset: int, count: int) -> int:
+        if watch is not None:
+            watch.sock = sock  # the response has begun: the watchdog may probe it
+        stall = None
+        sent = 0
         with os.fdopen(os.dup(fd), "rb") as file:
-            if watch is None and cooperate is None:
-                return sock.sendfile(file, offset, count)
-            if watch is not None:
-                watch.sock = sock  # the response has begun: the watchdog may probe it
-            sent = 0
             while sent < count:
-                done = sock.sendfile(file, offset + sent, min(SENDFILE_BLOCK, count - sent))
+                at = offset + sent
+                file.seek(at)  # where a timed-out call leaves it says what went
+                try:
+                    done = sock.sendfile(file, at, min(SENDFILE_BLOCK, count - sent))
+                except TimeoutError as exc:
+                    # A full buffer that the kernel did not let us write to for the
+                    # timeout: fine while the client still takes some (see _sending).
+                    sent += max(file.tell() - at, 0)
+                    stall = stall or _Stall(sock)
+                    if not stall.progressed():
+                        raise ClientGoneError(str(exc)) from exc
+                    continue
+                except OSError as exc:
+                    raise ClientGoneError(str(exc)) from exc
                 if not done:
                     break  # the file is shorter than it was: the caller closes
                 sent += done
                 _block_sent(watch, cooperate)
-            return sent
+        return sent
 
     return sendfile
 
@@ -536,6 +615,8 @@ def _copy_for(
     """``--no-sendfile``: the file's bytes are read here and sent like any body (for file
     systems whose sendfile is broken), still framed by the file's size."""
 
+    send = _sending(sock)
+
     def copy(fd: int, offset: int, count: int) -> int:
         if watch is not None:
             watch.sock = sock  # the response has begun: the watchdog may probe it
@@ -544,7 +625,7 @@ def _copy_for(
             block = os.pread(fd, min(COPY_BLOCK, count - sent), offset + sent)
             if not block:
                 break  # the file is shorter than it was: the caller closes the connection
-            sock.sendall(block)
+            send(block)
             sent += len(block)
             _block_sent(watch, cooperate)
         return sent

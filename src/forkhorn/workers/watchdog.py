@@ -76,7 +76,9 @@ H = TypeVar("H")
 MAX_GRACE = 5.0
 MIN_GRACE = 1.0
 # A request at its limit whose connection can be probed is looked at again after this
-# long, to see whether its client took some of the response meanwhile (rule 2).
+# long, or half its limit if longer, to see whether its client took some of the response
+# meanwhile (rule 2): a slow reader's acknowledgements come in steps (one per half of its
+# receive buffer, on loopback), which a short window can fall between.
 PROBE_WINDOW = 1.0
 
 
@@ -211,7 +213,7 @@ class RequestWatchdog(Generic[H]):
             return False
         last, entry.probed = entry.probed, count
         if last < 0:
-            entry.progress_at = now - self.limit + PROBE_WINDOW
+            entry.progress_at = now - self.limit + max(PROBE_WINDOW, self.limit / 2)
             return True
         if count != last:
             entry.progress_at = now

@@ -376,8 +376,8 @@ def call_app(
             # app's error, rather than taken for "failed and answered" below.
             raise TypeError("the app returned None instead of an iterable of bytes")
         return result
-    except ProtocolError:
-        raise
+    except (ProtocolError, ClientGoneError):
+        raise  # (a write() whose client left: not the app's failure)
     except BaseException as exc:
         if not is_app_error(exc):
             raise
@@ -435,6 +435,14 @@ def close_result(result: Iterable[bytes], log: Any) -> None:
 PIECES_AFTER_COMPLETE = 64
 
 
+class ClientGoneError(ConnectionError):
+    """Sending the response failed: the client left, or took nothing of it for the send
+    timeout (``__cause__`` says which). Raised by the blocking classes' sends, so that an
+    ``OSError`` the app raises itself (a file it streams, a service it calls) is told
+    apart: that one is the app's failure, logged, where this one ends the request
+    quietly."""
+
+
 def run_app(
     app: WSGIApp,
     environ: dict[str, Any],
@@ -464,8 +472,8 @@ def run_app(
         if exchange.head_sent:
             return False
         raise
-    except OSError:
-        raise  # the client went away: the worker closes quietly
+    except ClientGoneError:
+        raise  # the worker closes quietly
     except BaseException as exc:
         if not is_app_error(exc):
             raise
@@ -506,7 +514,7 @@ def _send_file(
         sent = sendfile(fd, offset, count)
         exchange.sent += sent
         if sent < count:
-            raise ConnectionError("the file ended or the client left before it was sent")
+            raise ClientGoneError("the file ended or the client left before it was sent")
     tail = exchange.conn.send_end()
     if tail:
         exchange.send(tail)

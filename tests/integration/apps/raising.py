@@ -5,6 +5,8 @@
 ``/after-start``  calls start_response, then raises before any body
 ``/mid-stream``   Content-Length 100000, yields 1000 bytes, then raises
 ``/mid-chunked``  no Content-Length (chunked), yields 1000 bytes, then raises
+``/mid-oserror``  as ``/mid-chunked``, but raises an ``OSError`` of its own (a file it
+                  streams failed), which is not the client leaving
 ``/refused/X``    a response head the server must refuse, the body a one-item list
                   (``?stream``: a generator): X is ``header`` (CRLF in a value),
                   ``status`` (``2000 OK``) or ``interim`` (a 1xx)
@@ -114,7 +116,7 @@ def app(environ, start_response):
     if path == "/after-start":
         start_response("200 OK", [("Content-Type", "text/plain")])
         raise RuntimeError("boom-after-start-response")
-    if path in ("/mid-stream", "/mid-chunked"):
+    if path in ("/mid-stream", "/mid-chunked", "/mid-oserror"):
         headers = [("Content-Type", "text/plain")]
         if path == "/mid-stream":
             headers.append(("Content-Length", "100000"))
@@ -126,6 +128,8 @@ def app(environ, start_response):
 
 def _fail_midway(path):
     yield PARTIAL
+    if path == "/mid-oserror":
+        raise OSError(5, "boom-mid-oserror: the report could not be read")
     raise RuntimeError(f"boom-mid-stream {path}")
 
 
