@@ -106,6 +106,16 @@ def test_missing_module_is_told_apart() -> None:
     assert info.value.exit_code == 4
 
 
+def test_a_working_directory_the_worker_cannot_read_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker dropped to --user that may not read the app's directory: "not found"
+    alone sent the operator looking at the Python path."""
+    monkeypatch.setattr("forkhorn.wsgi.loader.os.access", lambda path, mode: False)
+    with pytest.raises(AppImportError, match=r"is not allowed to read\)$"):
+        load_app("fh_no_such_module_here:app")
+
+
 def test_exception_inside_the_app_import(make_module: Callable[[str], str]) -> None:
     name = make_module("x = 1\ny = undefined_thing\n")
     with pytest.raises(AppImportError) as info:

@@ -887,6 +887,16 @@ class Arbiter:
         if self.master_pid:
             self.log.warning("USR2 signal ignored. Parent exists.")
             return
+        if os.getpid() == 1:
+            # The new master would be this one's child in its PID namespace (a container
+            # without an init), which the kernel kills with everything else once PID 1
+            # exits: the upgrade's last step, TERM to the old master, would stop the server.
+            self.log.warning(
+                "USR2 signal ignored: this master is PID 1, and the new one would die with "
+                "it. Reload with HUP, or run forkhorn under an init (tini, dumb-init, "
+                "docker run --init) to upgrade with USR2"
+            )
+            return
         master_pid = os.getpid()
         argv = self.reexec_argv()
         pid = os.fork()

@@ -148,9 +148,17 @@ def _import_module(module_name: str) -> Any:
         parts = module_name.split(".")
         own_names = {".".join(parts[: index + 1]) for index in range(len(parts))}
         if exc.name in own_names:
+            cwd = os.getcwd()
+            # A worker that dropped to --user may not be allowed to look in the directory
+            # at all: then "not found" is the wrong lead.
+            access = (
+                ""
+                if os.access(cwd, os.R_OK | os.X_OK)
+                else f", which this process (uid {os.getuid()}) is not allowed to read"
+            )
             raise AppImportError(
                 f"App module {module_name!r} not found: no module named {exc.name!r} on "
-                f"the Python path (working directory {os.getcwd()})"
+                f"the Python path (working directory {cwd}{access})"
             ) from exc
         raise _import_failed(module_name, exc) from exc
     except WorkerExit:
