@@ -399,3 +399,36 @@ def test_a_bind_beside_systemd_sockets_is_said_to_be_unused(tmp_path: Path) -> N
         "Using the 1 socket(s) systemd passed (LISTEN_FDS); bind 127.0.0.1:1 is not used"
         in result.stderr
     )
+
+
+def test_usr2_as_pid_1_is_refused(tmp_path: Path) -> None:
+    """In a PID namespace without an init (a container), the new master would be PID 1's
+    child, killed with it when the upgrade's TERM reaches the old master."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    (tmp_path / "hello.py").write_text(APP)
+    (tmp_path / "forkhorn.conf.py").write_text(
+        "import os, signal, threading\n"
+        "def when_ready(server):\n"
+        "    os.kill(os.getpid(), signal.SIGUSR2)\n"
+        "    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+    )
+    environ = {key: value for key, value in os.environ.items() if key != "FORKHORN_CMD_ARGS"}
+    environ["PYTHONPATH"] = str(SRC)
+    command = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "forkhorn"]
+    result = subprocess.run(
+        [*command, "-b", "127.0.0.1:0", "hello:app"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if "Starting forkhorn" not in result.stderr:
+        pytest.skip(f"cannot make a PID namespace here: {result.stderr.strip()[:200]}")
+    assert result.returncode == 0, result.stderr
+    assert "USR2 signal ignored: this master is PID 1" in result.stderr
+    assert "Re-executing" not in result.stderr
