@@ -56,8 +56,9 @@ def test_nothing_is_due_before_the_limit() -> None:
 
 def test_a_client_taking_the_response_is_progress_even_without_a_completed_send() -> None:
     """Rule 2 with a probe: at the limit, the count of bytes the client acknowledged is
-    read; the first reading buys one PROBE_WINDOW (1 s) to compare with, a change since
-    the last reading restarts the limit, no change is overdue."""
+    read; the first reading buys half a limit (PROBE_WINDOW, 1 s, at least: a slow
+    reader's acknowledgements come in steps) to compare with, a change since the last
+    reading restarts the limit, no change is overdue."""
     acked = {"sock": 1000}
     wd: RequestWatchdog[str] = RequestWatchdog(
         limit=10.0, grace=2.0, probe=lambda sock: acked[sock]
@@ -65,11 +66,16 @@ def test_a_client_taking_the_response_is_progress_even_without_a_completed_send(
     entry = wd.started("t1", b"GET /download HTTP/1.1", now=100.0)
     entry.sock = "sock"
     assert wd.check(110.0).overdue == []  # the first look
-    assert wd.next_check() == 111.0
+    assert wd.next_check() == 115.0
     acked["sock"] = 5000  # the client took some
-    assert wd.check(111.0).overdue == []
-    assert wd.next_check() == 121.0
-    assert wd.check(121.0).overdue == [entry]  # and then nothing more
+    assert wd.check(115.0).overdue == []
+    assert wd.next_check() == 125.0
+    assert wd.check(125.0).overdue == [entry]  # and then nothing more
+    short: RequestWatchdog[str] = RequestWatchdog(limit=1.0, grace=2.0, probe=lambda s: 1)
+    entry = short.started("t2", b"GET /download HTTP/1.1", now=100.0)
+    entry.sock = "sock"
+    assert short.check(101.0).overdue == []
+    assert short.next_check() == 102.0  # PROBE_WINDOW, not half a second
 
 
 def test_no_probe_reading_means_no_progress() -> None:
