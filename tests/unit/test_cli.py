@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,13 @@ def app(environ, start_response):
 
 
 def run(
-    args: list[str], cwd: Path, env: dict[str, str] | None = None
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """``forkhorn ARGS`` (or ``COMMAND ARGS``) in ``cwd``, with this checkout's code."""
     environ = {
         key: value
         for key, value in os.environ.items()
@@ -31,12 +37,14 @@ def run(
     environ["PYTHONPATH"] = str(SRC)
     environ.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "forkhorn", *args],
+        [*(command or [sys.executable, "-m", "forkhorn"]), *args],
         cwd=cwd,
         env=environ,
         capture_output=True,
         text=True,
         timeout=30,
+        preexec_fn=preexec_fn,  # the test's own child: no threads involved
+        check=False,
     )
 
 
@@ -348,21 +356,12 @@ def test_it_serves_with_standard_streams_closed(tmp_path: Path, closed: list[int
         f"    open({str(marker)!r}, 'w').write(str(os.fstat(2).st_ino))\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
     )
-    environ = {key: value for key, value in os.environ.items() if key != "FORKHORN_CMD_ARGS"}
-    environ["PYTHONPATH"] = str(SRC)
 
     def close_streams() -> None:
         for fd in closed:
             os.close(fd)
 
-    result = subprocess.run(
-        [sys.executable, "-m", "forkhorn", "-b", "127.0.0.1:0", "hello:app"],
-        cwd=tmp_path,
-        env=environ,
-        preexec_fn=close_streams,  # the test's own child: no threads involved
-        timeout=30,
-        check=False,
-    )
+    result = run(["-b", "127.0.0.1:0", "hello:app"], tmp_path, preexec_fn=close_streams)
     assert result.returncode == 0
     assert marker.exists()
     assert int(marker.read_text()) == os.stat(os.devnull).st_ino  # not a log or a pipe
@@ -383,17 +382,8 @@ def test_a_bind_beside_systemd_sockets_is_said_to_be_unused(tmp_path: Path) -> N
         "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
         "os.execv(sys.executable, [sys.executable, '-m', 'forkhorn', *sys.argv[1:]])\n"
     )
-    environ = {key: value for key, value in os.environ.items() if key != "FORKHORN_CMD_ARGS"}
-    environ["PYTHONPATH"] = str(SRC)
-    result = subprocess.run(
-        [sys.executable, "activate.py", "--bind", "127.0.0.1:1", "hello:app"],
-        cwd=tmp_path,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    args = ["--bind", "127.0.0.1:1", "hello:app"]
+    result = run(args, tmp_path, command=[sys.executable, "activate.py"])
     assert result.returncode == 0, result.stderr
     assert (
         "Using the 1 socket(s) systemd passed (LISTEN_FDS); bind 127.0.0.1:1 is not used"
@@ -415,18 +405,8 @@ def test_usr2_as_pid_1_is_refused(tmp_path: Path) -> None:
         "    os.kill(os.getpid(), signal.SIGUSR2)\n"
         "    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
     )
-    environ = {key: value for key, value in os.environ.items() if key != "FORKHORN_CMD_ARGS"}
-    environ["PYTHONPATH"] = str(SRC)
     command = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "forkhorn"]
-    result = subprocess.run(
-        [*command, "-b", "127.0.0.1:0", "hello:app"],
-        cwd=tmp_path,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run(["-b", "127.0.0.1:0", "hello:app"], tmp_path, command=command)
     if "Starting forkhorn" not in result.stderr:
         pytest.skip(f"cannot make a PID namespace here: {result.stderr.strip()[:200]}")
     assert result.returncode == 0, result.stderr
