@@ -468,25 +468,80 @@ class _NoHealth(logging.Filter):
         return "/health" not in record.getMessage()
 
 
+class _NoHealthByAtoms(logging.Filter):
+    """As gunicorn recipes write it: the atoms are the record's args."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        assert isinstance(args, dict)
+        return bool(args["U"] != "/health" and args["{x-nothing}i"] == "-")
+
+
+def _access(log: Logger, path: str) -> None:
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "RAW_URI": path,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+    }
+    log.access(environ, "200 OK", [], 2, 0.001)
+
+
 @pytest.mark.parametrize("name", ["gunicorn.access", "forkhorn.access"])
+@pytest.mark.parametrize("kind", [_NoHealth, _NoHealthByAtoms])
 def test_a_filter_on_the_access_logger_drops_its_lines(
-    tmp_path: Path, make_logger: Callable[..., Logger], name: str
+    tmp_path: Path, make_logger: Callable[..., Logger], name: str, kind: type
 ) -> None:
     """The usual recipe for health checks: a filter on gunicorn.access applied to nothing
     (the lines are made on forkhorn.access), and an entry for forkhorn.access that only
-    added a filter left it with no handler, the access log silently off."""
+    added a filter left it with no handler, the access log silently off. A filter that
+    reads ``record.args`` as gunicorn's atoms got an empty tuple."""
     path = tmp_path / "access.log"
     config = {
-        "filters": {"nohealth": {"()": _NoHealth}},
+        "filters": {"nohealth": {"()": kind}},
         "loggers": {name: {"filters": ["nohealth"]}},
     }
-    log = make_logger(accesslog=str(path), logconfig_dict=config)
+    log = make_logger(accesslog=str(path), access_log_format="%(r)s %(s)s", logconfig_dict=config)
     assert log.access_enabled
-    log.access_log.info("GET /health HTTP/1.1")
-    log.access_log.info("GET /orders HTTP/1.1")
-    assert lines(path) == ["GET /orders HTTP/1.1"]
-    make_logger(accesslog=str(path))  # a reload without the filter
-    assert logging.getLogger("forkhorn.access").filters == []
+    _access(log, "/health")
+    _access(log, "/orders")
+    assert lines(path) == ["GET /orders HTTP/1.1 200"]
+    log.setup(settings(accesslog=str(path)))  # a reload without the filter
+    assert logging.getLogger(name).filters == []
+    _access(log, "/health")
+    assert '"GET /health HTTP/1.1" 200' in lines(path)[-1]  # the filter went with its config
+
+
+def test_a_filter_added_by_code_stays_and_one_that_raises_costs_its_line(
+    tmp_path: Path, make_logger: Callable[..., Logger], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gunicorn.access filters added by a config file's own code (or a post_fork hook)
+    apply, across reloads; a filter that raises never fails the request."""
+    path = tmp_path / "access.log"
+    theirs = logging.getLogger("gunicorn.access")
+    quiet = _NoHealth()
+    try:
+        log = make_logger(accesslog=str(path), access_log_format="%(r)s")
+        theirs.addFilter(quiet)  # after the set-up, as a post_fork hook does
+        _access(log, "/health")
+        log.setup(settings(accesslog=str(path), access_log_format="%(r)s"))  # a reload
+        _access(log, "/health")
+        _access(log, "/orders")
+        assert lines(path) == ["GET /orders HTTP/1.1"]
+
+        class Broken(logging.Filter):
+            def filter(self, record: logging.LogRecord) -> bool:
+                raise TypeError("a filter written for something else")
+
+        broken = Broken()
+        theirs.addFilter(broken)
+        _access(log, "/orders")  # no exception
+        _access(log, "/orders")
+        theirs.removeFilter(broken)
+    finally:
+        theirs.removeFilter(quiet)
+    assert capsys.readouterr().err.count("An access-log filter or handler failed") == 1
 
 
 @pytest.fixture

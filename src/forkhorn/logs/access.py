@@ -263,8 +263,18 @@ def _atoms() -> dict[str, Getter]:
     }
 
 
+class _Atoms(dict[str, object]):
+    """gunicorn's atoms mapping: an atom the format does not have reads as "-"."""
+
+    def __missing__(self, key: str) -> str:
+        return "-"
+
+
 def _unknown(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> str:
     return "-"
+
+
+_FIXED_ATOMS = _atoms()
 
 
 class AccessFormat:
@@ -335,6 +345,26 @@ class AccessFormat:
             self.render(sample, "200 OK", [("Content-Length", "2")], 2, 0.001, 0.0)
         except (TypeError, ValueError, KeyError) as exc:
             raise ValueError(f"invalid access_log_format {self._fmt!r}: {exc}") from None
+
+    def atoms(
+        self,
+        environ: Mapping[str, Any],
+        status: str,
+        response_headers: Headers,
+        sent_bytes: int,
+        request_time: float,
+        now: float,
+    ) -> dict[str, object]:
+        """Every one-letter atom and the format's own, escaped as in the line: what
+        gunicorn hands its access records as ``record.args``, which filters written for
+        it read (``record.args["U"]``). ``fmt % atoms`` is the line. Missing keys give
+        "-", as in gunicorn. Made only when the access log has filters."""
+        atoms = _Atoms()
+        escape_value = self._escape
+        for key, get in (*_FIXED_ATOMS.items(), *self._getters):
+            value = get(environ, status, response_headers, sent_bytes, request_time, now)
+            atoms[key] = escape_value(value) if type(value) is str else value
+        return atoms
 
     def render(
         self,

@@ -298,6 +298,11 @@ class Logger:
         self.cfg = cfg
         self._access_format = AccessFormat()
         self._access_enabled = False
+        self._gunicorn_access = logging.getLogger("gunicorn.access")
+        self._access_handler_filters = False
+        self._access_failed_at = -WRITE_FAILURE_REPORT_EVERY
+        self._config_filters: list[tuple[logging.Logger, Any]] = []
+        self._filters_before: dict[str, list[Any]] = {}
         self._capture_path: str | None = None
         self._capture_file: IO[str] | None = None
         self.setup(cfg)
@@ -323,9 +328,14 @@ class Logger:
             # Stays so unless the user's logging config asks for propagation (which
             # dictConfig leaves alone when a logger's entry does not say).
             theirs.propagate = False
-            # A reload's config says anew which filters there are.
-            ours.filters.clear()
-            theirs.filters.clear()
+            ours.filters.clear()  # ours are only the config's: it says anew which
+        # gunicorn's loggers keep filters that code added (a config file's top level, a
+        # hook), but not those the previous logging config made: it makes them anew.
+        for logger, item in self._config_filters:
+            logger.removeFilter(item)
+        self._filters_before = {
+            theirs.name: list(theirs.filters) for _, theirs in self._gunicorn_pairs()
+        }
         self._access_format = access_format
 
         errorlog = cfg.errorlog or "-"
@@ -378,12 +388,21 @@ class Logger:
         included, and the lines passed on to the root logger's (one formatted handler on
         the root for every log, a common container set-up).
         """
+        before = self._filters_before
+        self._config_filters = [
+            (theirs, item)
+            for _, theirs in self._gunicorn_pairs()
+            for item in theirs.filters
+            if item not in before.get(theirs.name, ())
+        ]
+        # A filter on gunicorn.error applies where the lines are made, on ours. Those on
+        # gunicorn.access (the usual recipe to drop health checks) are asked at each line
+        # (access()), so that one added after this set-up counts too.
+        for item in logging.getLogger("gunicorn.error").filters:
+            if item not in self.error_log.filters:
+                self.error_log.addFilter(item)
+        self._access_handler_filters = any(h.filters for h in self.access_log.handlers)
         for ours, theirs in self._gunicorn_pairs():
-            # A filter on gunicorn.access (the usual recipe to drop health checks from
-            # the access log) applies where the lines are made: on ours.
-            for item in theirs.filters:
-                if item not in ours.filters:
-                    ours.addFilter(item)
             if theirs.propagate:
                 _release_handlers(ours)
                 for handler in theirs.handlers:
@@ -661,7 +680,40 @@ class Logger:
         except Exception:
             self.error_log.exception("Failed to format the access log line")
             return
+        theirs = self._gunicorn_access
+        if log.filters or theirs.filters or self._access_handler_filters:
+            self._filtered_access(log, environ, status, response_headers, sent_bytes, request_time)
+            return
         # makeRecord + handle skips Logger.info's findCaller() stack walk, which would cost
         # more than the formatting; the line is already formatted, so args are empty.
         record = log.makeRecord(log.name, logging.INFO, "(access)", 0, line, (), None)
         log.handle(record)
+
+    def _filtered_access(
+        self,
+        log: logging.Logger,
+        environ: Mapping[str, Any],
+        status: str,
+        response_headers: Sequence[tuple[str, str]],
+        sent_bytes: int,
+        request_time: float,
+    ) -> None:
+        """The access record as gunicorn makes it, for filters written for gunicorn: the
+        format as ``msg`` and the atoms as ``args`` (``record.args["U"]``). The filters of
+        ``gunicorn.access`` apply too, added whenever (a config file's top level, a
+        ``post_fork`` hook). A filter that raises costs its line, never the request."""
+        try:
+            fmt = self._access_format
+            atoms = fmt.atoms(
+                environ, status, response_headers, sent_bytes, request_time, time.time()
+            )
+            record = log.makeRecord(log.name, logging.INFO, "(access)", 0, fmt.fmt, (atoms,), None)
+            theirs = self._gunicorn_access
+            if theirs.filters and not theirs.filter(record):
+                return
+            log.handle(record)
+        except Exception:
+            now = time.monotonic()
+            if now - self._access_failed_at >= WRITE_FAILURE_REPORT_EVERY:
+                self._access_failed_at = now
+                self.error_log.exception("An access-log filter or handler failed")

@@ -55,6 +55,7 @@ from .base import ACCEPT_BACKOFF, DRAIN_IDLE, Worker, listener_was_shut
 from .session import (
     new_connection,
     output_taken,
+    output_waiting,
     peer_of,
     prepare_http,
     read_request,
@@ -199,7 +200,7 @@ class GreenletWorker(Worker):
         self._accepting_stopped = self.new_event()
         limit = request_limit(cfg)
         self._watchdog: RequestWatchdog[Any] = RequestWatchdog(
-            limit, grace_period(limit), output_taken
+            limit, grace_period(limit), output_taken, output_waiting
         )
         self._enforcer = RequestTimeoutEnforcer(
             self._watchdog,

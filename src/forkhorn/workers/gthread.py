@@ -63,6 +63,7 @@ from .session import (
     finish_request,
     new_connection,
     output_taken,
+    output_waiting,
     peer_of,
     prepare_http,
     refuse_overloaded,
@@ -150,7 +151,7 @@ class ThreadWorker(Worker):
 
         limit = request_limit(cfg)
         self._watchdog: RequestWatchdog[int] = RequestWatchdog(
-            limit, grace_period(limit), output_taken
+            limit, grace_period(limit), output_taken, output_waiting
         )
         self._enforcer = RequestTimeoutEnforcer(
             self._watchdog,

@@ -77,6 +77,14 @@ def bytes_waiting(fd: int) -> bool:
     return int.from_bytes(waiting, sys.byteorder) > 0
 
 
+def output_waiting(sock: Any) -> int:
+    """Bytes sent on ``sock`` that its peer has not taken yet (0 where unknown)."""
+    try:
+        return bytes_unsent(sock.fileno())
+    except (OSError, AttributeError, ValueError):
+        return 0
+
+
 def output_taken(sock: Any) -> int | None:
     """A reading that changes while the peer takes what was sent: the request watchdog's
     probe of a response's progress. For TCP, the bytes the peer acknowledged (Linux's

@@ -139,12 +139,16 @@ class RequestWatchdog(Generic[H]):
         limit: float,
         grace: float,
         probe: Callable[[Any], int | None] | None = None,
+        backlog: Callable[[Any], int] | None = None,
     ) -> None:
         self.limit = limit
         self.grace = grace
         # probe(entry.sock): a count that grows while the client takes the response
         # (the bytes it acknowledged), None where there is none.
         self.probe = probe
+        # backlog(entry.sock): bytes sent and still waiting for the client (0 when it has
+        # everything, or when that cannot be known).
+        self.backlog = backlog
         # A plain lock: requests start and finish in several threads. After gevent or
         # eventlet monkey-patching, ``threading.Lock`` is their cooperative lock (it is
         # looked up at call time for that reason).
@@ -213,6 +217,8 @@ class RequestWatchdog(Generic[H]):
             return False
         last, entry.probed = entry.probed, count
         if last < 0:
+            if self.backlog is not None and self.backlog(entry.sock) == 0:
+                return False  # the client has it all: the app is what stopped
             entry.progress_at = now - self.limit + max(PROBE_WINDOW, self.limit / 2)
             return True
         if count != last:
@@ -321,18 +327,28 @@ class RequestTimeoutEnforcer(Generic[H]):
     def run_once(self, now: float) -> Verdict[H]:
         """Check every in-flight request once. Runs in: the worker's main loop."""
         verdict = self.watchdog.check(now)
+        backlog = self.watchdog.backlog
         for entry in verdict.overdue:
             line = entry.request_line.decode("latin-1", "replace")
-            # The stack is taken first: the interruption changes it.
-            stack = self.stack_of(entry.handle)
-            self.log.error(
-                "Request timeout (pid:%s): %s running %.1fs, %.1fs without progress\n%s",
-                self.pid,
-                line,
-                entry.elapsed(now),
-                max(0.0, now - entry.progress_at),
-                stack.rstrip("\n"),
-            )
+            if entry.sock is not None and backlog is not None and backlog(entry.sock) > 0:
+                # Its response waits in the socket for a client that takes none of it: the
+                # client's doing, said as the fast worker says it, without a stack.
+                self.log.info(
+                    "Dropped a client that read nothing more of its response for %gs: %s",
+                    round(now - entry.progress_at, 1),
+                    line,
+                )
+            else:
+                # The stack is taken first: the interruption changes it.
+                stack = self.stack_of(entry.handle)
+                self.log.error(
+                    "Request timeout (pid:%s): %s running %.1fs, %.1fs without progress\n%s",
+                    self.pid,
+                    line,
+                    entry.elapsed(now),
+                    max(0.0, now - entry.progress_at),
+                    stack.rstrip("\n"),
+                )
             try:
                 self.watchdog.while_running(entry, self.interrupt)
             except Exception:
