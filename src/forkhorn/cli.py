@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Any, cast
 
 from forkhorn import __version__
 from forkhorn.config import Config, help_text, load_config, peek_command_line
@@ -150,24 +149,14 @@ def _check_config(cfg: Config) -> int:
     return EXIT_OK
 
 
-class _WithoutCapture:
-    """``cfg`` with ``capture_output`` off: the check must not point its own stdout and
-    stderr at the error log file."""
-
-    def __init__(self, cfg: Config) -> None:
-        self._cfg = cfg
-
-    def __getattr__(self, name: str) -> Any:
-        return False if name == "capture_output" else getattr(self._cfg, name)
-
-
 def _check_logging(cfg: Config) -> None:
-    """Set the logs up as the start would, then close them: a logging config that cannot
-    be read, a handler that cannot be made or a log file that cannot be opened fails the
-    check (log files are opened, so created, as ``nginx -t`` does)."""
-    from forkhorn.logs import Logger
+    """What the logging settings name must exist and parse: a ``--log-config`` file and
+    its sections, ``--log-config-json``'s JSON, and the handler, formatter and filter
+    classes a logging config names. Nothing is opened: the check must not create (or, in
+    mode ``"w"``, empty) a running server's log files."""
+    from forkhorn.logs import check_logging_config
 
-    Logger(cast(Any, _WithoutCapture(cfg))).close()
+    check_logging_config(cfg)
 
 
 def _serve(cfg: Config) -> int:

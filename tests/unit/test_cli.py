@@ -293,9 +293,9 @@ def test_gunicorn_egg_worker_names_are_taken(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_check_config_sets_the_logs_up_as_the_start_does(tmp_path: Path) -> None:
-    """A logging config that makes the start exit 2 fails the check the same way; a good
-    one (with capture_output) leaves the check's own output where it was."""
+def test_check_config_checks_the_logging_settings_without_opening_logs(tmp_path: Path) -> None:
+    """A logging config that makes the start exit 2 fails the check the same way; and
+    the check opens nothing (a handler in mode "w" would empty a running server's log)."""
     (tmp_path / "hello.py").write_text(APP)
     result = run(["--check-config", "--log-config", "missing.ini", "hello:app"], tmp_path)
     assert result.returncode == 2
@@ -304,12 +304,24 @@ def test_check_config_sets_the_logs_up_as_the_start_does(tmp_path: Path) -> None
     result = run(["--check-config", "--log-config-json", "bad.json", "hello:app"], tmp_path)
     assert result.returncode == 2
     line = one_error_line(result)
-    assert line.startswith("Error: logconfig_json 'bad.json': Unable to configure handler 'h'")
+    assert line.startswith("Error: logconfig_json 'bad.json': handler 'h': cannot import")
     assert "No module named 'nosuch_mod'" in line
+    (tmp_path / "no-formatters.ini").write_text("[loggers]\nkeys=root\n[handlers]\nkeys=\n")
+    result = run(["--check-config", "--log-config", "no-formatters.ini", "hello:app"], tmp_path)
+    assert result.returncode == 2
+    assert "missing section or key 'formatters'" in one_error_line(result)
+    running = tmp_path / "running.log"
+    running.write_text("a running server's lines\n")
+    (tmp_path / "forkhorn.conf.py").write_text(
+        "logconfig_dict = {'handlers': {'f': {'class': 'logging.FileHandler', 'mode': 'w',"
+        f" 'filename': {str(running)!r}}}}}}}\n"
+    )
     args = ["--check-config", "--error-logfile", "error.log", "--capture-output", "hello:app"]
     result = run(args, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Config OK: app 'hello:app' loads"
+    assert running.read_text() == "a running server's lines\n"
+    assert not (tmp_path / "error.log").exists()
 
 
 def test_logger_class_gunicorns_default_is_not_warned(tmp_path: Path) -> None:

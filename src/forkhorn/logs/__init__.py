@@ -9,6 +9,12 @@ Imports: ``forkhorn.errors`` and the standard library only.
 """
 
 from forkhorn.logs.access import DEFAULT_ACCESS_LOG_FORMAT, AccessFormat
-from forkhorn.logs.logger import Logger, LogSettings
+from forkhorn.logs.logger import Logger, LogSettings, check_logging_config
 
-__all__ = ["DEFAULT_ACCESS_LOG_FORMAT", "AccessFormat", "LogSettings", "Logger"]
+__all__ = [
+    "DEFAULT_ACCESS_LOG_FORMAT",
+    "AccessFormat",
+    "LogSettings",
+    "Logger",
+    "check_logging_config",
+]

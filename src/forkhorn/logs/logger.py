@@ -26,6 +26,7 @@ from the main loop of each process, never from a signal handler.
 
 from __future__ import annotations
 
+import configparser
 import copy
 import json
 import logging
@@ -210,6 +211,58 @@ def _config_failure(exc: BaseException) -> str:
     if cause is not None and str(cause) and str(cause) not in text:
         text += f": {cause}"
     return text
+
+
+def check_logging_config(cfg: Any) -> None:
+    """``--check-config``'s look at the logging settings, without opening anything: the
+    ``logconfig`` file exists and has its sections, ``logconfig_json`` is a JSON object,
+    and every handler, formatter and filter class a config names can be imported.
+    Raises ``ConfigError`` (one line), as the start would."""
+    ini = getattr(cfg, "logconfig", None)
+    if ini:
+        if not os.path.exists(ini):
+            raise ConfigError(f"logconfig {ini!r}: {ini} doesn't exist")
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(ini, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise ConfigError(f"logconfig {ini!r}: {exc}") from None
+        for section in ("loggers", "handlers", "formatters"):
+            if section not in parser:
+                raise ConfigError(f"logconfig {ini!r}: missing section or key {section!r}")
+        for key in filter(None, (k.strip() for k in parser["handlers"].get("keys", "").split(","))):
+            klass = parser.get(f"handler_{key}", "class", fallback=None)
+            if klass is None:
+                raise ConfigError(f"logconfig {ini!r}: missing section or key 'handler_{key}'")
+            _importable(klass, f"logconfig {ini!r}: handler {key!r}", ini=True)
+    json_file = getattr(cfg, "logconfig_json", None)
+    user = _read_json_config(json_file) if json_file else getattr(cfg, "logconfig_dict", None)
+    if not user:
+        return
+    label = f"logconfig_json {json_file!r}" if json_file else "logconfig_dict"
+    for section in ("handlers", "formatters", "filters"):
+        entries = user.get(section) or {}
+        if not isinstance(entries, Mapping):
+            raise ConfigError(f"{label}: {section} must be a dict")
+        for name, entry in entries.items():
+            if isinstance(entry, Mapping):
+                klass = entry.get("()") or entry.get("class")
+                if isinstance(klass, str):
+                    _importable(klass, f"{label}: {section[:-1]} {name!r}")
+
+
+def _importable(name: str, where: str, ini: bool = False) -> None:
+    """Resolve a class named in a logging config as ``logging.config`` would."""
+    try:
+        if ini:
+            try:  # fileConfig's own lookup: a name in the logging module first
+                eval(name, vars(logging))  # as logging.config.fileConfig does
+                return
+            except (AttributeError, NameError, SyntaxError):
+                pass
+        logging.config.BaseConfigurator({}).resolve(name)
+    except (ImportError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{where}: cannot import {name!r}: {_config_failure(exc)}") from None
 
 
 def _syslog_address(addr: str) -> tuple[str | tuple[str, int], socket.SocketKind]:

@@ -29,6 +29,7 @@ import io
 import os
 import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from email.utils import formatdate
@@ -92,6 +93,26 @@ http_date = dates.get
 _BUFFERED_FILES = (io.BufferedReader, io.BufferedRandom)
 
 
+def _plain_file(filelike: Any) -> Any:
+    """``filelike`` if its bytes are its descriptor's, or the plain file inside a wrapper
+    that reads straight from it (Django's ``File``, ``NamedTemporaryFile``), else None."""
+    if _is_plain(filelike):
+        return filelike
+    inner: Any = getattr(filelike, "file", None)
+    if _is_plain(inner) and (
+        isinstance(filelike, tempfile._TemporaryFileWrapper)  # (reads through to .file)
+        or getattr(filelike, "read", None) == inner.read  # a proxy of its read (Django)
+    ):
+        return inner
+    return None
+
+
+def _is_plain(filelike: Any) -> bool:
+    return isinstance(filelike, io.FileIO) or (
+        type(filelike) in _BUFFERED_FILES and isinstance(filelike.raw, io.FileIO)
+    )
+
+
 class FileWrapper:
     """``wsgi.file_wrapper``: lets the worker send a file with ``sendfile()``.
 
@@ -123,11 +144,8 @@ class FileWrapper:
         file and went out compressed, under the app's length of the plain text. And not
         when the file says it is empty: ``/proc`` and ``/sys`` files do, and have bytes
         only for ``read()``."""
-        filelike = self.filelike
-        if not (
-            isinstance(filelike, io.FileIO)
-            or (type(filelike) in _BUFFERED_FILES and isinstance(filelike.raw, io.FileIO))
-        ):
+        filelike = _plain_file(self.filelike)
+        if filelike is None:
             return None
         try:
             fd: int = filelike.fileno()

@@ -167,9 +167,9 @@ class ServerOptions:
         convert=boolean,
         flags=("--check-config",),
         action="flag",
-        doc="Load the configuration, set the logs up (opening their files) and load the "
-        "worker class and the app; exit 0 if all load, 1 if the worker class or the app does "
-        "not (a bad setting, logging ones included, exits 2, as at start-up).",
+        doc="Load the configuration, check the logging settings (without opening any log) "
+        "and load the worker class and the app; exit 0 if all load, 1 if the worker class or "
+        "the app does not (a bad setting, logging ones included, exits 2, as at start-up).",
     )
     print_config = Setting(
         default=False,
