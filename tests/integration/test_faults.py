@@ -104,6 +104,16 @@ def app(environ, start_response):
         errors.flush()
         hang_forever_in_app()
         body = b"unreachable"
+    elif path == "/hang-mid":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def first_then_hang():
+            yield b"first %d\\n" % pid
+            errors.write("fault app: hanging mid-stream\\n")
+            errors.flush()
+            hang_forever_in_app()
+
+        return first_then_hang()
     elif path == "/alloc":
         HOARD.append(b"x" * (int(query["mb"][0]) * 1024 * 1024))  # resident: written
         body = b"hoarding %d" % pid
@@ -466,11 +476,13 @@ def test_request_hung_past_timeout_is_dumped_while_others_are_served(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["/hang", "/hang-mid"])
 def test_a_hung_request_gets_its_access_line_and_hooks(
-    start: StartServer, worker_class: str, tmp_path: Path
+    start: StartServer, worker_class: str, tmp_path: Path, where: str
 ) -> None:
-    """The hung request's 500 is logged and passed to post_request on every class, and a
-    worker killed for it runs worker_exit; fast ended its process before either."""
+    """The hung request's 500 (or, hung mid-body, the app's 200 and what went out) is
+    logged and passed to post_request on every class, and a worker killed for it runs
+    worker_exit; fast ended its process before any of them."""
     hooks = tmp_path / "hooks.conf.py"
     hooks.write_text(
         "import sys\n"
@@ -482,12 +494,14 @@ def test_a_hung_request_gets_its_access_line_and_hooks(
     server = start("--timeout", "2", "-c", str(hooks), "--access-logfile", "-", workers=1)
     (worker,) = server.wait_for_workers(1)
     mark = server.mark()
-    hung = InFlight(server.port, "/hang", timeout=30)
+    hung = InFlight(server.port, where, timeout=30)
     server.wait_for_log(r"fault app: hanging", since=mark)
     outcome = hung.outcome(timeout=30)
-    assert isinstance(outcome, Response) and outcome.status == 500, outcome
-    server.wait_for_log(r'"GET /hang HTTP/1\.1" 500 ', stream="stdout", since=0)
-    server.wait_for_log(r"hook post_request /hang 500", since=mark)
+    status = 500 if where == "/hang" else 200
+    if where == "/hang":
+        assert isinstance(outcome, Response) and outcome.status == 500, outcome
+    server.wait_for_log(rf'"GET {where} HTTP/1\.1" {status} ', stream="stdout", since=0)
+    server.wait_for_log(rf"hook post_request {where} {status}", since=mark)
     if worker_class in ("sync", "fast"):  # aborted by the master, so replaced
         server.wait_for_log(rf"Worker exiting \(pid: {worker}\)", since=mark)
         server.wait_for_log(rf"hook worker_exit {worker}", since=mark)

@@ -223,7 +223,7 @@ def test_a_callable_object_and_a_class_are_not_taken_for_asgi(
     assert isinstance(load_app(f"{name}:Wsgiish"), type)  # a class is a callable, as in gunicorn
 
 
-@pytest.mark.parametrize("uri", ["paste:development.ini", "config:site.ini"])
+@pytest.mark.parametrize("uri", ["paste:development.ini", "config:site.ini", "paste:x.ini#main"])
 def test_a_paste_deploy_spec_is_named_as_one(uri: str) -> None:
     with pytest.raises(AppImportError, match=r"is a PasteDeploy config .* does not load"):
         load_app(uri)

@@ -1381,37 +1381,44 @@ class FastWorker(Worker):
             transport = protocol.transport
             if protocol.phase == _IDLE and transport is not None:
                 _shut_write(transport)
-        answered = []
+        answered: list[tuple[HttpProtocol, bytes]] = []
         for protocol in connections:
             transport = protocol.transport
-            if (
-                protocol.dispatching
-                and transport is not None
-                and not protocol.conn.response_started
-            ):
+            if transport is None:
+                continue
+            if protocol.dispatching and not protocol.conn.response_started:
                 answer = error_response(protocol.conn, 500, "Internal Server Error")
                 transport.write(answer)
                 answered.append((protocol, answer))
+            elif protocol.dispatching or protocol.iterator is not None:
+                # Hung in the middle of its body: cut (the connection closes with the
+                # process), and logged with what went out, as sync logs it.
+                answered.append((protocol, b""))
         return answered
 
     def _finish_aborted(self, protocol: HttpProtocol, frame: Any, answer: bytes) -> None:
-        """The hung request's access-log line and post_request (status 500), as the other
-        classes give theirs. Its environ and exchange are ``_respond``'s locals, in the
-        frames the signal interrupted: looked up here rather than kept on the protocol,
-        which would cost two stores on every request for this rare path."""
-        code = HttpProtocol._respond.__code__
-        while frame is not None and frame.f_code is not code:
-            frame = frame.f_back
-        if frame is None or frame.f_locals.get("self") is not protocol:
-            return
-        environ = frame.f_locals.get("environ")
-        exchange = frame.f_locals.get("exchange")
+        """The hung request's access-log line and post_request (status 500, or the app's
+        when its response had begun), as the other classes give theirs. Its environ and
+        exchange are ``_respond``'s locals, in the frames the signal interrupted (looked
+        up here rather than kept on the protocol, which would cost two stores on every
+        request for this rare path), or the stream's, kept on the protocol."""
         request = protocol.request
+        if protocol.iterator is not None and not protocol.dispatching:
+            environ, exchange = protocol.environ, protocol.exchange
+        else:
+            code = HttpProtocol._respond.__code__
+            while frame is not None and frame.f_code is not code:
+                frame = frame.f_back
+            if frame is None or frame.f_locals.get("self") is not protocol:
+                return
+            environ = frame.f_locals.get("environ")
+            exchange = frame.f_locals.get("exchange")
         if environ is None or exchange is None or request is None:
             return
-        exchange.status = "500 Internal Server Error"
-        exchange.headers = [("Content-Type", "text/plain; charset=utf-8")]
-        exchange.sent = len(answer) - answer.index(b"\r\n\r\n") - 4
+        if answer:
+            exchange.status = "500 Internal Server Error"
+            exchange.headers = [("Content-Type", "text/plain; charset=utf-8")]
+            exchange.sent = len(answer) - answer.index(b"\r\n\r\n") - 4
         try:
             finish_request(self, request, environ, exchange)
         except Exception:

@@ -122,7 +122,9 @@ class AppHandle:
 
 def _split(uri: str) -> tuple[str, str]:
     text = uri.strip()
-    if text.startswith(("paste:", "config:")) and text.endswith((".ini", ".cfg")):
+    if text.startswith(("paste:", "config:")) and text.partition("#")[0].endswith(
+        (".ini", ".cfg")
+    ):  # paste:development.ini, paste:site.ini#main (a named app in the file)
         # gunicorn's PasteDeploy form: without this, "no module named 'paste'" sent users
         # looking for a package to install.
         raise AppImportError(
