@@ -153,6 +153,106 @@ def test_hup_replaces_workers(server_factory: ServerFactory) -> None:
     assert server.wait_for_log(r"Booting worker with pid: (\d+)", since=mark)
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("worker_class", ["sync", "fast"])
+def test_hup_applies_a_changed_bind(
+    server_factory: ServerFactory, tmp_path: Path, worker_class: str
+) -> None:
+    """A bind that gains an address keeps the ones it still names (binding them again
+    failed, and the master then died on its own read-only config); one that cannot be
+    bound refuses the reload; one that drops an address closes it once the reload is
+    complete."""
+    first, second = _free_port(), _free_port()
+    config = tmp_path / "bind.conf.py"
+    config.write_text(f"bind = ['127.0.0.1:{first}']\n")
+    server = server_factory(
+        "hello:app", "-k", worker_class, "--workers", "1", "-c", str(config), bind=False
+    )
+    assert server.port == first
+
+    def reload(binds: list[int], outcome: str) -> None:
+        mark = server.mark()
+        config.write_text(f"bind = {[f'127.0.0.1:{port}' for port in binds]!r}\n")
+        server.signal(signal.SIGHUP)
+        server.wait_for_log(outcome, since=mark, timeout=30)
+
+    reload([first, second], r"Reload complete")
+    for port in (first, second):
+        assert get(port, "/").status == 200
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        reload([first, busy], r"Reload failed; the current workers keep serving: .*in use")
+    for port in (first, second):
+        assert get(port, "/").status == 200
+    reload([second], r"No longer listening at: http://127\.0\.0\.1:" + str(first))
+    assert get(second, "/").status == 200
+    deadline = time.monotonic() + 20  # the old worker lets go of its copy as it leaves
+    while True:
+        try:
+            get(first, "/", timeout=2)
+        except OSError:
+            break
+        assert time.monotonic() < deadline, "the dropped address still answers"
+        time.sleep(0.1)  # poll interval
+    assert "Traceback" not in server.logs
+
+
+RELEASE_APP = """
+import os
+
+def app(environ, start_response):
+    body = "{release} A=%s B=%s" % (os.environ.get("A"), os.environ.get("B"))
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body.encode()]
+"""
+
+
+@pytest.mark.timeout(90)
+def test_hup_applies_chdir_and_raw_env_and_refuses_a_broken_config(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A deploy that points chdir at a new release directory, and drops a raw_env key:
+    the workers kept importing the old release, and the dropped key stayed set. A config
+    that no longer loads (or whose log cannot be opened) restarted every worker with the
+    old config and the new code, half a deploy; the reload is now refused."""
+    for release in ("one", "two"):
+        (tmp_path / release).mkdir()
+        (tmp_path / release / "release_app.py").write_text(RELEASE_APP.format(release=release))
+    config = tmp_path / "deploy.conf.py"
+    config.write_text(f"chdir = {str(tmp_path / 'one')!r}\nraw_env = ['A=1', 'B=2']\n")
+    server = server_factory("release_app:app", "--workers", "1", "-c", str(config))
+
+    def reload(text: str, outcome: str) -> None:
+        mark = server.mark()
+        config.write_text(text)
+        server.signal(signal.SIGHUP)
+        server.wait_for_log(outcome, since=mark, timeout=30)
+
+    assert get(server.port).body == b"one A=1 B=2"
+    reload(f"chdir = {str(tmp_path / 'two')!r}\nraw_env = ['A=3']\n", r"Reload complete")
+    assert get(server.port).body == b"two A=3 B=None"
+    (worker,) = server.wait_for_workers(1)
+    reload("chdir = (\n", r"Reload failed; the current workers keep serving: config file")
+    reload(
+        f"chdir = {str(tmp_path / 'two')!r}\nerrorlog = {str(tmp_path / 'no' / 'e.log')!r}\n",
+        r"Reload failed; the current workers keep serving: .*error log",
+    )
+    mark = server.mark()
+    assert get(server.port).body == b"two A=3 B=None"
+    assert server.worker_pids() == [worker]  # not restarted
+    server.signal(signal.SIGTTIN)  # the logs still work after the failed set-up
+    server.wait_for_log(r"Handling signal: ttin", since=mark)
+
+
 @pytest.mark.timeout(60)
 def test_ttin_and_ttou_change_the_worker_count(server_factory: ServerFactory) -> None:
     server = server_factory("hello:app", "--workers", "2")

@@ -41,7 +41,13 @@ from typing import Any, NoReturn
 
 from forkhorn import __version__
 from forkhorn.arbiter import systemd
-from forkhorn.arbiter.listeners import FD_ENV, Listener, create_listeners, export_fds
+from forkhorn.arbiter.listeners import (
+    FD_ENV,
+    Listener,
+    create_listeners,
+    export_fds,
+    parse_address,
+)
 from forkhorn.arbiter.pidfile import Pidfile
 from forkhorn.arbiter.policy import (
     Abort,
@@ -132,12 +138,22 @@ class _Release:
     wsgi: Any
     generation: int
     num_workers: int
+    # The listeners before the reload, when it changed them: the ones it added are
+    # closed if it is abandoned, the ones it dropped once it completes.
+    listeners: list[Listener] | None = None
 
 
 def _close_quietly(file: Any) -> None:
     if file is not None:
         with contextlib.suppress(OSError):
             file.close()
+
+
+def _python_path(cfg: Any) -> list[str]:
+    """``pythonpath``'s entries: a comma-separated string, as gunicorn takes it."""
+    value = getattr(cfg, "pythonpath", None) or ""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [item.strip() for item in items if item.strip()]
 
 
 def _once(action: Callable[[], None]) -> Callable[[], None]:
@@ -430,7 +446,7 @@ class Arbiter:
         chdir = getattr(self.cfg, "chdir", None)
         if chdir and os.path.abspath(chdir) != os.getcwd():
             os.chdir(chdir)
-        for entry in reversed(list(getattr(self.cfg, "pythonpath", None) or [])):
+        for entry in reversed(_python_path(self.cfg)):
             if entry not in sys.path:
                 sys.path.insert(0, entry)
 
@@ -715,9 +731,13 @@ class Arbiter:
             try:
                 new_cfg = reload_cfg()
             except ForkhornError as exc:
-                self.log.error("Reload: keeping the current configuration: %s", exc)
-                new_cfg = self.cfg
+                # Not half a deploy: the current workers, their config and code, go on.
+                self.log.error("Reload failed; the current workers keep serving: %s", exc)
+                systemd.ready(environ=self._environ)
+                return
         try:
+            old.listeners = self._rebind_if_changed(new_cfg)
+            self._apply_logging(new_cfg)
             name, worker_class = self._resolve_worker_class(new_cfg)
             wsgi = self.wsgi
             if getattr(new_cfg, "preload_app", False) and (
@@ -735,11 +755,14 @@ class Arbiter:
                 )
         except ForkhornError as exc:
             self.log.error("Reload failed; the current workers keep serving: %s", exc)
+            if old.listeners is not None:
+                self._restore_listeners(old.listeners)
+            if self.cfg is not new_cfg:
+                self._apply_logging(self.cfg)
             systemd.ready(environ=self._environ)
             return
-        self._apply_logging(new_cfg)
-        self._rebind_if_changed(new_cfg)
         self._repidfile_if_changed(new_cfg)
+        self._switch_environment(self.cfg, new_cfg)
         self.cfg = new_cfg
         self._log_configuration()
         self.worker_class_name, self.worker_class, self.wsgi = name, worker_class, wsgi
@@ -776,37 +799,100 @@ class Arbiter:
         self.log.debug("Current configuration:\n%s", textwrap.indent(shown.rstrip("\n"), "  "))
 
     def _apply_logging(self, new_cfg: Any) -> None:
+        """Set the logs up for ``new_cfg``; raises ``ForkhornError`` (the reload is then
+        refused, and its caller sets the current settings up again: a failed set-up has
+        closed the old handlers)."""
         setup = getattr(self.log, "setup", None)
         try:
             if callable(setup):
                 setup(new_cfg)
             else:
                 self.log.reopen_files()
-        except Exception:
-            self.log.exception("Reload: could not apply the new logging settings")
+        except ForkhornError:
+            raise
+        except Exception as exc:
+            raise ForkhornError(f"the new logging settings: {exc}") from exc
 
-    def _rebind_if_changed(self, new_cfg: Any) -> None:
+    def _switch_environment(self, old_cfg: Any, new_cfg: Any) -> None:
+        """What the master applied of the old config for its workers to inherit: the
+        working directory (``chdir``, a deploy's new release directory) and ``raw_env``
+        (a key the new config drops is unset, as gunicorn does)."""
+        before = os.getcwd()
+        chdir = getattr(new_cfg, "chdir", None)
+        if chdir and os.path.abspath(chdir) != before:
+            try:
+                os.chdir(chdir)
+            except OSError as exc:
+                self.log.error("Reload: cannot change to %s: %s", chdir, exc.strerror)
+            else:
+                # The app is imported from the working directory, put first on sys.path.
+                sys.path[:] = [os.getcwd() if entry == before else entry for entry in sys.path]
+                if os.getcwd() not in sys.path:
+                    sys.path.insert(0, os.getcwd())
+        for entry in reversed(_python_path(new_cfg)):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+        old_env = dict(getattr(old_cfg, "env", None) or {})
+        new_env = dict(getattr(new_cfg, "env", None) or {})
+        for key in old_env.keys() - new_env.keys():
+            os.environ.pop(key, None)
+        os.environ.update(new_env)
+
+    def _rebind_if_changed(self, new_cfg: Any) -> list[Listener] | None:
+        """Bind what the new ``bind`` adds and keep what it still names (binding an
+        address that stays would fail: it is ours, and open). Returns the listeners as
+        they were, or None when ``bind`` did not change; raises ``BindError`` (the reload
+        is refused, nothing changed) when an address cannot be bound. The dropped
+        listeners stay open until the reload completes (``_drop_old_listeners``): an
+        abandoned reload puts everything back."""
         if self._inherited_sockets or list(new_cfg.bind) == list(self.cfg.bind):
-            return
+            return None
+        current = {listener.address: listener for listener in self.listeners}
+        wanted = [parse_address(bind) for bind in new_cfg.bind]
+        added: list[Listener] = []
         try:
-            fresh = create_listeners(
-                list(new_cfg.bind),
-                backlog=int(getattr(new_cfg, "backlog", 2048)),
-                reuse_port=bool(getattr(new_cfg, "reuse_port", False)),
-                umask=getattr(new_cfg, "umask", None),
-                owner=(getattr(new_cfg, "user", None), getattr(new_cfg, "group", None)),
-                environ={},
-                attempts=1,
-            )
-        except ForkhornError as exc:
-            self.log.error("Reload: keeping the current listeners: %s", exc)
-            new_cfg.bind = list(self.cfg.bind)
-            return
-        # The old workers keep their copies of the old sockets until they retire.
-        self._close_listeners()
-        self.listeners = fresh
-        for listener in self.listeners:
+            for address in wanted:
+                if address not in current and address not in (x.address for x in added):
+                    added.extend(
+                        create_listeners(
+                            [str(new_cfg.bind[wanted.index(address)])],
+                            backlog=int(getattr(new_cfg, "backlog", 2048)),
+                            reuse_port=bool(getattr(new_cfg, "reuse_port", False)),
+                            umask=getattr(new_cfg, "umask", None),
+                            owner=(getattr(new_cfg, "user", None), getattr(new_cfg, "group", None)),
+                            environ={},
+                            attempts=1,
+                        )
+                    )
+        except ForkhornError:
+            for listener in added:
+                listener.close(unlink=True)
+            raise
+        before = list(self.listeners)
+        fresh = {listener.address: listener for listener in added}
+        self.listeners = [
+            current.get(address) or fresh[address] for address in dict.fromkeys(wanted)
+        ]
+        for listener in added:
             self.log.info("Listening at: %s (%s)", listener, self.pid)
+        return before
+
+    def _restore_listeners(self, before: list[Listener]) -> None:
+        """Undo ``_rebind_if_changed``: close what it added, serve what was there."""
+        unlink = self._may_unlink()
+        for listener in self.listeners:
+            if listener not in before:
+                listener.close(unlink=unlink)
+        self.listeners = before
+
+    def _drop_old_listeners(self, before: list[Listener]) -> None:
+        """The reload completed: close the listeners the new ``bind`` no longer names (the
+        old workers, now retiring, closed theirs as they stopped)."""
+        unlink = self._may_unlink()
+        for listener in before:
+            if listener not in self.listeners:
+                self.log.info("No longer listening at: %s", listener)
+                listener.close(unlink=unlink)
 
     def _repidfile_if_changed(self, new_cfg: Any) -> None:
         path = getattr(new_cfg, "pidfile", None)
@@ -834,6 +920,11 @@ class Arbiter:
         )
         failed_generation = self.generation
         self._pending_reload = None
+        if old.listeners is not None:
+            self._restore_listeners(old.listeners)
+        self._switch_environment(self.cfg, old.cfg)
+        with contextlib.suppress(ForkhornError):
+            self._apply_logging(old.cfg)
         self.cfg = old.cfg
         self.worker_class = old.worker_class
         self.worker_class_name = old.worker_class_name
@@ -1218,6 +1309,8 @@ class Arbiter:
         if self._pending_reload is not None and (
             retired_for_reload or self._new_generation_alone_serves()
         ):
+            if self._pending_reload.listeners is not None:
+                self._drop_old_listeners(self._pending_reload.listeners)
             self._pending_reload = None
             self.log.info(
                 "Reload complete: %d new workers serving; retiring %d previous workers",
