@@ -7,6 +7,7 @@ assertion on how long anything took.
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import os
 import re
 import shutil
@@ -238,8 +239,14 @@ def test_hup_applies_chdir_and_raw_env_and_refuses_a_broken_config(
         server.wait_for_log(outcome, since=mark, timeout=30)
 
     assert get(server.port).body == b"one A=1 B=2"
-    reload(f"chdir = {str(tmp_path / 'two')!r}\nraw_env = ['A=3']\n", r"Reload complete")
+    reload(
+        f"chdir = {str(tmp_path / 'two')!r}\nraw_env = ['A=3']\nproc_name = 'release-two'\n",
+        r"Reload complete",
+    )
     assert get(server.port).body == b"two A=3 B=None"
+    if importlib.util.find_spec("setproctitle") is not None:  # the master's title too
+        title = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert title.startswith(b"forkhorn: master [release-two]"), title
     (worker,) = server.wait_for_workers(1)
     reload("chdir = (\n", r"Reload failed; the current workers keep serving: config file")
     reload(

@@ -764,6 +764,7 @@ class Arbiter:
         self._repidfile_if_changed(new_cfg)
         self._switch_environment(self.cfg, new_cfg)
         self.cfg = new_cfg
+        self._set_master_title()  # proc_name may have changed (the new workers' is new)
         self._log_configuration()
         self.worker_class_name, self.worker_class, self.wsgi = name, worker_class, wsgi
         count = int(new_cfg.workers)
@@ -926,6 +927,7 @@ class Arbiter:
         with contextlib.suppress(ForkhornError):
             self._apply_logging(old.cfg)
         self.cfg = old.cfg
+        self._set_master_title()
         self.worker_class = old.worker_class
         self.worker_class_name = old.worker_class_name
         self.wsgi = old.wsgi
