@@ -726,16 +726,15 @@ class Logger:
         log = self.access_log
         if not log.isEnabledFor(logging.INFO):
             return
+        if log.filters or self._gunicorn_access.filters or self._access_handler_filters:
+            self._filtered_access(log, environ, status, response_headers, sent_bytes, request_time)
+            return
         try:
             line = self._access_format.render(
                 environ, status, response_headers, sent_bytes, request_time, time.time()
             )
         except Exception:
             self.error_log.exception("Failed to format the access log line")
-            return
-        theirs = self._gunicorn_access
-        if log.filters or theirs.filters or self._access_handler_filters:
-            self._filtered_access(log, environ, status, response_headers, sent_bytes, request_time)
             return
         # makeRecord + handle skips Logger.info's findCaller() stack walk, which would cost
         # more than the formatting; the line is already formatted, so args are empty.

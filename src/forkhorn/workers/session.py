@@ -504,8 +504,8 @@ def _sending(sock: socket.socket) -> Callable[[bytes], None]:
     ``sendall``'s timeout bounds the whole call (since Python 3.5), and even a single
     ``send`` may wait longer than the timeout for a client that reads: the kernel wakes a
     writer only once a third of a large send buffer has drained. So a send that times out
-    asks the kernel what the client acknowledged meanwhile (``bytes_unsent``) and goes on
-    while that moves. A failure is a ``ClientGoneError``, so that an ``OSError`` of the
+    asks the kernel what the client acknowledged meanwhile (``_Stall``) and goes on while
+    that moves. A failure is a ``ClientGoneError``, so that an ``OSError`` of the
     app's own is not taken for the client leaving."""
     raw_send = sock.send
 
