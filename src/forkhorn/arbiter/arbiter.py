@@ -758,7 +758,8 @@ class Arbiter:
             if old.listeners is not None:
                 self._restore_listeners(old.listeners)
             if self.cfg is not new_cfg:
-                self._apply_logging(self.cfg)
+                with contextlib.suppress(ForkhornError):
+                    self._apply_logging(self.cfg)
             systemd.ready(environ=self._environ)
             return
         self._repidfile_if_changed(new_cfg)
