@@ -673,7 +673,9 @@ class Arbiter:
 
     def _close_listeners(self) -> None:
         unlink = self._may_unlink()
-        for listener in self.listeners:
+        pending = self._pending_reload
+        dropped = pending.listeners if pending is not None and pending.listeners else []
+        for listener in [*self.listeners, *(x for x in dropped if x not in self.listeners)]:
             listener.close(unlink=unlink)
 
     def _halt(self, code: int, reason: str) -> None:
@@ -754,12 +756,12 @@ class Arbiter:
                     "old master) to load new code"
                 )
         except ForkhornError as exc:
-            self.log.error("Reload failed; the current workers keep serving: %s", exc)
             if old.listeners is not None:
                 self._restore_listeners(old.listeners)
-            if self.cfg is not new_cfg:
+            if self.cfg is not new_cfg:  # (first: the line below goes to the current logs)
                 with contextlib.suppress(ForkhornError):
                     self._apply_logging(self.cfg)
+            self.log.error("Reload failed; the current workers keep serving: %s", exc)
             systemd.ready(environ=self._environ)
             return
         self._repidfile_if_changed(new_cfg)
@@ -849,33 +851,34 @@ class Arbiter:
         abandoned reload puts everything back."""
         if self._inherited_sockets or list(new_cfg.bind) == list(self.cfg.bind):
             return None
-        current = {listener.address: listener for listener in self.listeners}
-        wanted = [parse_address(bind) for bind in new_cfg.bind]
-        added: list[Listener] = []
+        # Keyed by the address as written (``localhost:8000``), not as bound (127.0.0.1):
+        # the listeners were made from the current bind list, one each, in its order.
+        current = {
+            parse_address(bind): listener
+            for bind, listener in zip(self.cfg.bind, self.listeners, strict=False)
+        }
+        wanted = {parse_address(bind): str(bind) for bind in reversed(new_cfg.bind)}
+        wanted = dict(reversed(wanted.items()))  # the first spelling of each, in order
+        made: dict[Any, Listener] = {}
         try:
-            for address in wanted:
-                if address not in current and address not in (x.address for x in added):
-                    added.extend(
-                        create_listeners(
-                            [str(new_cfg.bind[wanted.index(address)])],
-                            backlog=int(getattr(new_cfg, "backlog", 2048)),
-                            reuse_port=bool(getattr(new_cfg, "reuse_port", False)),
-                            umask=getattr(new_cfg, "umask", None),
-                            owner=(getattr(new_cfg, "user", None), getattr(new_cfg, "group", None)),
-                            environ={},
-                            attempts=1,
-                        )
+            for address, bind in wanted.items():
+                if address not in current:
+                    (made[address],) = create_listeners(
+                        [bind],
+                        backlog=int(getattr(new_cfg, "backlog", 2048)),
+                        reuse_port=bool(getattr(new_cfg, "reuse_port", False)),
+                        umask=getattr(new_cfg, "umask", None),
+                        owner=(getattr(new_cfg, "user", None), getattr(new_cfg, "group", None)),
+                        environ={},
+                        attempts=1,
                     )
         except ForkhornError:
-            for listener in added:
+            for listener in made.values():
                 listener.close(unlink=True)
             raise
         before = list(self.listeners)
-        fresh = {listener.address: listener for listener in added}
-        self.listeners = [
-            current.get(address) or fresh[address] for address in dict.fromkeys(wanted)
-        ]
-        for listener in added:
+        self.listeners = [current.get(address) or made[address] for address in wanted]
+        for listener in made.values():
             self.log.info("Listening at: %s (%s)", listener, self.pid)
         return before
 
@@ -1085,6 +1088,13 @@ class Arbiter:
         gc.freeze()
         for rec in self.workers.values():  # the other workers' dump files are not ours
             _close_quietly(rec.worker.stack_file)
+        # Nor the listeners a reload in progress drops: held open here, a dropped port
+        # stayed bound in the new workers, with clients queued on it that nobody served.
+        pending = self._pending_reload
+        if pending is not None and pending.listeners is not None:
+            for listener in pending.listeners:
+                if listener not in self.listeners:
+                    listener.close(unlink=False)
         code = 0
         # "Worker exiting" and worker_exit, once: here at the end, or from a worker that
         # must end the process itself (the fast worker aborted for a hang: uvloop would
