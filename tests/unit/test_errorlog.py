@@ -660,3 +660,35 @@ def test_a_syslog_line_too_long_for_a_datagram_is_cut_not_lost(
         line = server.recv(65536).decode()
     assert line.rstrip("\x00\n").endswith(" bytes cut]"), line[-80:]
     assert len(line.encode()) < SYSLOG_MAX_BYTES + 200
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"errorlog": "/nonexistent-dir/e.log"}, "errorlog: cannot open"),
+        ({"accesslog": "/tmp"}, "accesslog: '/tmp' is a directory"),
+        (
+            {"logconfig_dict": {"handlers": {"h": {"class": "logging.StreamHandler",
+                                                   "level": "LOUD"}}}},
+            "handler 'h': unknown level 'LOUD'",
+        ),
+        (
+            {"logconfig_dict": {"loggers": {"gunicorn.error": {"handlers": ["nope"]}}}},
+            "logger 'gunicorn.error' names no handler 'nope'",
+        ),
+        (
+            {"logconfig_dict": {"handlers": {"f": {"class": "logging.FileHandler",
+                                                   "filename": "/nonexistent-dir/x.log"}}}},
+            "handler 'f': cannot open",
+        ),
+    ],
+)  # fmt: skip
+def test_check_logging_config_finds_what_the_start_would_fail_on(
+    overrides: dict[str, Any], says: str
+) -> None:
+    """``--check-config``'s look, which opens nothing."""
+    from forkhorn.logs import check_logging_config
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        check_logging_config(settings(**overrides))
+    check_logging_config(settings())  # the defaults pass

@@ -218,6 +218,10 @@ def check_logging_config(cfg: Any) -> None:
     ``logconfig`` file exists and has its sections, ``logconfig_json`` is a JSON object,
     and every handler, formatter and filter class a config names can be imported.
     Raises ``ConfigError`` (one line), as the start would."""
+    for setting in ("errorlog", "accesslog"):
+        path = getattr(cfg, setting, None)
+        if path and path != "-":
+            _writable(path, setting)
     ini = getattr(cfg, "logconfig", None)
     if ini:
         if not os.path.exists(ini):
@@ -230,37 +234,97 @@ def check_logging_config(cfg: Any) -> None:
         for section in ("loggers", "handlers", "formatters"):
             if section not in parser:
                 raise ConfigError(f"logconfig {ini!r}: missing section or key {section!r}")
-        for key in filter(None, (k.strip() for k in parser["handlers"].get("keys", "").split(","))):
+        where = f"logconfig {ini!r}"
+        handler_keys = _keys(parser["handlers"])
+        for key in handler_keys:
             klass = parser.get(f"handler_{key}", "class", fallback=None)
             if klass is None:
-                raise ConfigError(f"logconfig {ini!r}: missing section or key 'handler_{key}'")
-            _importable(klass, f"logconfig {ini!r}: handler {key!r}", ini=True)
+                raise ConfigError(f"{where}: missing section or key 'handler_{key}'")
+            handler = _importable(klass, f"{where}: handler {key!r}", ini=True)
+            try:  # fileConfig evaluates args in the logging module's names too
+                args = eval(parser.get(f"handler_{key}", "args", fallback="()"), vars(logging))
+            except Exception as exc:
+                raise ConfigError(f"{where}: handler {key!r}: bad args: {exc}") from None
+            if (
+                isinstance(handler, type)
+                and issubclass(handler, logging.FileHandler)
+                and isinstance(args, tuple)
+                and args
+                and isinstance(args[0], str)
+            ):
+                _writable(args[0], f"{where}: handler {key!r}")
+        for key in _keys(parser["loggers"]):
+            section = "logger_root" if key == "root" else f"logger_{key}"
+            if section not in parser:
+                raise ConfigError(f"{where}: missing section or key {section!r}")
+            for handler_key in _keys(parser[section], "handlers"):
+                if handler_key not in handler_keys:
+                    raise ConfigError(f"{where}: {section} names no handler {handler_key!r}")
     json_file = getattr(cfg, "logconfig_json", None)
     user = _read_json_config(json_file) if json_file else getattr(cfg, "logconfig_dict", None)
     if not user:
         return
     label = f"logconfig_json {json_file!r}" if json_file else "logconfig_dict"
-    for section in ("handlers", "formatters", "filters"):
+    for section in ("handlers", "formatters", "filters", "loggers"):
         entries = user.get(section) or {}
         if not isinstance(entries, Mapping):
             raise ConfigError(f"{label}: {section} must be a dict")
         for name, entry in entries.items():
-            if isinstance(entry, Mapping):
-                klass = entry.get("()") or entry.get("class")
-                if isinstance(klass, str):
-                    _importable(klass, f"{label}: {section[:-1]} {name!r}")
+            if not isinstance(entry, Mapping):
+                continue
+            where = f"{label}: {section[:-1]} {name!r}"
+            klass = entry.get("()") or entry.get("class")
+            if isinstance(klass, str) and section != "loggers":
+                _importable(klass, where)
+            _known_level(entry.get("level"), where)
+            if section == "handlers" and isinstance(entry.get("filename"), str):
+                _writable(entry["filename"], where)
+    handlers = set(user.get("handlers") or {}) | {"forkhorn_error", "forkhorn_access"}
+    loggers = dict(user.get("loggers") or {})
+    if isinstance(user.get("root"), Mapping):
+        loggers["root"] = user["root"]
+        _known_level(user["root"].get("level"), f"{label}: root")
+    for name, entry in loggers.items():
+        if isinstance(entry, Mapping):
+            for handler in entry.get("handlers") or ():
+                if handler not in handlers:
+                    raise ConfigError(f"{label}: logger {name!r} names no handler {handler!r}")
 
 
-def _importable(name: str, where: str, ini: bool = False) -> None:
+def _known_level(level: object, where: str) -> None:
+    if level is None or isinstance(level, int):
+        return
+    # getLevelName maps a known name to its number (getLevelNamesMapping is 3.11's).
+    if not isinstance(logging.getLevelName(str(level).upper()), int):
+        raise ConfigError(f"{where}: unknown level {level!r}")
+
+
+def _writable(path: str, where: str) -> None:
+    """A log file the start would open: a file, in a directory that exists and that
+    this process may write (checked without opening it)."""
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise ConfigError(f"{where}: {path!r} is a directory")
+    directory = os.path.dirname(target)
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{where}: cannot open {path!r}: no directory {directory}")
+    if not os.access(target if os.path.exists(target) else directory, os.W_OK):
+        raise ConfigError(f"{where}: cannot open {path!r}: permission denied")
+
+
+def _keys(section: configparser.SectionProxy, option: str = "keys") -> list[str]:
+    return [key.strip() for key in section.get(option, "").split(",") if key.strip()]
+
+
+def _importable(name: str, where: str, ini: bool = False) -> Any:
     """Resolve a class named in a logging config as ``logging.config`` would."""
     try:
         if ini:
             try:  # fileConfig's own lookup: a name in the logging module first
-                eval(name, vars(logging))  # as logging.config.fileConfig does
-                return
+                return eval(name, vars(logging))  # as logging.config.fileConfig does
             except (AttributeError, NameError, SyntaxError):
                 pass
-        logging.config.BaseConfigurator({}).resolve(name)
+        return logging.config.BaseConfigurator({}).resolve(name)
     except (ImportError, ValueError, AttributeError) as exc:
         raise ConfigError(f"{where}: cannot import {name!r}: {_config_failure(exc)}") from None
 
