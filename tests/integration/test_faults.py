@@ -476,6 +476,25 @@ def test_request_hung_past_timeout_is_dumped_while_others_are_served(
 
 
 @pytest.mark.timeout(60)
+def test_a_reload_that_lowers_graceful_timeout_lets_running_requests_finish(
+    start: StartServer, worker_class: str, tmp_path: Path
+) -> None:
+    """The old workers keep the graceful_timeout they were started with, as in gunicorn:
+    the new, lower one cut a 3 s request of the old generation at 1 s."""
+    config = tmp_path / "grace.conf.py"
+    config.write_text("graceful_timeout = 20\n")
+    server = start("-c", str(config), workers=1)
+    mark = server.mark()
+    slow = InFlight(server.port, "/sleep?s=3", timeout=30)
+    server.wait_for_log(r"fault app: sleeping", since=mark)
+    config.write_text("graceful_timeout = 1\n")
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reload complete", since=mark, timeout=30)
+    response = slow.result(timeout=30)
+    assert response.status == 200 and response.body.startswith(b"slept"), response
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("where", ["/hang", "/hang-mid"])
 def test_a_hung_request_gets_its_access_line_and_hooks(
     start: StartServer, worker_class: str, tmp_path: Path, where: str

@@ -113,6 +113,9 @@ class WorkerRecord:
     aborted_at: float | None = None
     abort_reason: str = ""  # why a booting worker was aborted, for its boot failure's line
     killed: bool = False
+    # The graceful_timeout of the config it was started with: a reload that lowers it
+    # does not cut the requests the old generation is finishing (as in gunicorn).
+    grace: float | None = None
 
     def view(self) -> WorkerView:
         return WorkerView(
@@ -125,6 +128,7 @@ class WorkerRecord:
             retiring_since=self.retiring_since,
             aborted_at=self.aborted_at,
             killed=self.killed,
+            grace=self.grace,
         )
 
 
@@ -1071,7 +1075,14 @@ class Arbiter:
             raise
         worker.pid = pid
         self.workers[pid] = WorkerRecord(
-            worker, pid, self._age, self.generation, slot, now, heartbeat=now
+            worker,
+            pid,
+            self._age,
+            self.generation,
+            slot,
+            now,
+            heartbeat=now,
+            grace=float(self.cfg.graceful_timeout),
         )
         return pid
 

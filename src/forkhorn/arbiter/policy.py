@@ -74,6 +74,7 @@ class WorkerView:
     retiring_since: float | None = None  # when it was told to stop
     aborted_at: float | None = None  # when SIGABRT was sent
     killed: bool = False  # SIGKILL sent; only reaping is left
+    grace: float | None = None  # its own graceful_timeout (its generation's config)
 
     @property
     def is_leaving(self) -> bool:
@@ -231,7 +232,7 @@ def decide(
                 continue
             wake_at = _earliest(wake_at, w.heartbeat + allowed)
         if w.retiring_since is not None:
-            kill_at = w.retiring_since + limits.graceful_timeout
+            kill_at = w.retiring_since + (limits.graceful_timeout if w.grace is None else w.grace)
             if now >= kill_at:
                 actions.append(Kill(w.pid, KillReason.GRACEFUL_TIMEOUT))
             else:
