@@ -204,6 +204,8 @@ def test_hup_applies_a_changed_bind(
             get(first, "/", timeout=2)
         except ConnectionRefusedError:
             break  # refused: nobody holds it (the new workers inherited it and hung clients)
+        except OSError:
+            pass  # an old worker still leaving (fast's may take one and reset it)
         assert time.monotonic() < deadline, "the dropped address still answers or hangs"
         time.sleep(0.1)  # poll interval
     assert "Traceback" not in server.logs
