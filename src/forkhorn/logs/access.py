@@ -358,7 +358,8 @@ class AccessFormat:
         """Every one-letter atom and the format's own, escaped as in the line: what
         gunicorn hands its access records as ``record.args``, which filters written for
         it read (``record.args["U"]``). ``fmt % atoms`` is the line. Missing keys give
-        "-", as in gunicorn. Made only when the access log has filters."""
+        "-", as in gunicorn. Made only when the access log has filters. (The loop is
+        render's; kept apart so that render, run for every line, calls nothing more.)"""
         atoms = _Atoms()
         escape_value = self._escape
         for key, get in (*_FIXED_ATOMS.items(), *self._getters):
