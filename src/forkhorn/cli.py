@@ -123,7 +123,7 @@ def _require_app(cfg: Config) -> str:
 def _check_config(cfg: Config) -> int:
     """--check-config: the config already loaded; now the worker class and the app must
     load too (a misspelt ``-k`` would otherwise pass the check and fail the start)."""
-    from forkhorn.workers import effective_worker_class, gunicorn_only_methods, load_worker_class
+    from forkhorn.workers import effective_worker_class, gunicorn_methods_warning, load_worker_class
     from forkhorn.wsgi.loader import load_app
 
     _check_logging(cfg)  # a bad logging setting exits 2 here, as at start-up
@@ -132,19 +132,15 @@ def _check_config(cfg: Config) -> int:
         # The paths first, as the start applies them: a worker class may live beside the app.
         prepare_app_environment(cfg)
         name = effective_worker_class(str(cfg.worker_class), int(cfg.threads or 1))
-        unused = gunicorn_only_methods(load_worker_class(name))
+        warning = gunicorn_methods_warning(name, load_worker_class(name))
         load_app(uri)
     except ForkhornError as exc:
         _report(exc, cfg.loglevel == "debug")
         return EXIT_CHECK_FAILED
     for line in cfg.no_effect():
         print(f"Warning: {line}", file=sys.stderr)
-    if unused:
-        print(
-            f"Warning: worker class {name} defines {', '.join(unused)}, gunicorn's per-request "
-            "method(s), which forkhorn never calls (docs/extending.md)",
-            file=sys.stderr,
-        )
+    if warning:
+        print(f"Warning: {warning}", file=sys.stderr)
     print(f"Config OK: app {uri!r} loads")
     return EXIT_OK
 

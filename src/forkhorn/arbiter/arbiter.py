@@ -71,7 +71,7 @@ from forkhorn.arbiter.signals import (
     signal_name,
 )
 from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, ConfigError, ForkhornError
-from forkhorn.workers import effective_worker_class, gunicorn_only_methods, load_worker_class
+from forkhorn.workers import effective_worker_class, gunicorn_methods_warning, load_worker_class
 from forkhorn.workers.base import Worker
 
 __all__ = ["Arbiter"]
@@ -383,7 +383,7 @@ class Arbiter:
             self.master_name = "Master.2"
         self.log.info("Starting forkhorn %s", __version__)
         self._log_configuration()
-        self._apply_paths()
+        self._apply_paths(self.cfg)
         # As gunicorn does when its arbiter is made: the count goes from None to workers.
         self._call_hook("nworkers_changed", self, self.num_workers, None)
         if callable(getattr(self.cfg, "on_starting", None)):
@@ -446,11 +446,22 @@ class Arbiter:
                 cpus,
             )
 
-    def _apply_paths(self) -> None:
-        chdir = getattr(self.cfg, "chdir", None)
-        if chdir and os.path.abspath(chdir) != os.getcwd():
-            os.chdir(chdir)
-        for entry in reversed(_python_path(self.cfg)):
+    def _apply_paths(self, cfg: Any) -> None:
+        """``chdir`` and ``pythonpath``, for the workers to inherit. At start-up the
+        command line applied them already; a reload's new ``chdir`` (a deploy's new
+        release directory) takes the old directory's place first on ``sys.path``."""
+        before = os.getcwd()
+        chdir = getattr(cfg, "chdir", None)
+        if chdir and os.path.abspath(chdir) != before:
+            try:
+                os.chdir(chdir)
+            except OSError as exc:
+                self.log.error("Cannot change to %s: %s", chdir, exc.strerror)
+            else:
+                sys.path[:] = [os.getcwd() if entry == before else entry for entry in sys.path]
+                if os.getcwd() not in sys.path:
+                    sys.path.insert(0, os.getcwd())
+        for entry in reversed(_python_path(cfg)):
             if entry not in sys.path:
                 sys.path.insert(0, entry)
 
@@ -466,15 +477,9 @@ class Arbiter:
                 threads,
             )
         cls = load_worker_class(name)
-        unused = gunicorn_only_methods(cls)
-        if unused:
-            self.log.warning(
-                "Worker class %s defines %s, gunicorn's per-request method(s), which "
-                "forkhorn never calls: wrap the app in load_wsgi() or use the pre_request "
-                "and post_request hooks instead (docs/extending.md)",
-                name,
-                ", ".join(unused),
-            )
+        warning = gunicorn_methods_warning(name, cls)
+        if warning:
+            self.log.warning(warning)
         return name, cls
 
     def _bind(self) -> None:
@@ -823,23 +828,9 @@ class Arbiter:
 
     def _switch_environment(self, old_cfg: Any, new_cfg: Any) -> None:
         """What the master applied of the old config for its workers to inherit: the
-        working directory (``chdir``, a deploy's new release directory) and ``raw_env``
-        (a key the new config drops is unset, as gunicorn does)."""
-        before = os.getcwd()
-        chdir = getattr(new_cfg, "chdir", None)
-        if chdir and os.path.abspath(chdir) != before:
-            try:
-                os.chdir(chdir)
-            except OSError as exc:
-                self.log.error("Reload: cannot change to %s: %s", chdir, exc.strerror)
-            else:
-                # The app is imported from the working directory, put first on sys.path.
-                sys.path[:] = [os.getcwd() if entry == before else entry for entry in sys.path]
-                if os.getcwd() not in sys.path:
-                    sys.path.insert(0, os.getcwd())
-        for entry in reversed(_python_path(new_cfg)):
-            if entry not in sys.path:
-                sys.path.insert(0, entry)
+        paths (``_apply_paths``) and ``raw_env`` (a key the new config drops is unset, as
+        gunicorn does)."""
+        self._apply_paths(new_cfg)
         old_env = dict(getattr(old_cfg, "env", None) or {})
         new_env = dict(getattr(new_cfg, "env", None) or {})
         for key in old_env.keys() - new_env.keys():
@@ -861,8 +852,9 @@ class Arbiter:
             parse_address(bind): listener
             for bind, listener in zip(self.cfg.bind, self.listeners, strict=False)
         }
-        wanted = {parse_address(bind): str(bind) for bind in reversed(new_cfg.bind)}
-        wanted = dict(reversed(wanted.items()))  # the first spelling of each, in order
+        wanted: dict[Any, str] = {}  # each address once, as first written, in order
+        for bind in new_cfg.bind:
+            wanted.setdefault(parse_address(bind), str(bind))
         made: dict[Any, Listener] = {}
         try:
             for address, bind in wanted.items():

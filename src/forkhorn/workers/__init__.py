@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILTIN_WORKERS",
     "effective_worker_class",
-    "gunicorn_only_methods",
+    "gunicorn_methods_warning",
     "load_worker_class",
 ]
 
@@ -80,15 +80,22 @@ _FOREIGN_WORKERS: dict[str, str] = {
 }
 
 
-def gunicorn_only_methods(cls: type) -> list[str]:
-    """The gunicorn per-request methods a custom worker class defines, which forkhorn
-    never calls: the master warns of each (docs/extending.md says what to do instead)."""
-    found: list[str] = []
+def gunicorn_methods_warning(name: str, cls: type) -> str:
+    """The warning for a custom worker class that defines gunicorn's per-request methods,
+    which forkhorn never calls ("" when it defines none): the master logs it and
+    ``--check-config`` prints it."""
+    found: set[str] = set()
     for base in cls.__mro__:
         if base.__module__.startswith("forkhorn."):
             break
-        found.extend(name for name in _GUNICORN_ONLY_METHODS if name in vars(base))
-    return sorted(set(found))
+        found.update(method for method in _GUNICORN_ONLY_METHODS if method in vars(base))
+    if not found:
+        return ""
+    return (
+        f"Worker class {name} defines {', '.join(sorted(found))}, gunicorn's per-request "
+        "method(s), which forkhorn never calls: wrap the app in load_wsgi() or use the "
+        "pre_request and post_request hooks instead (docs/extending.md)"
+    )
 
 
 def effective_worker_class(name: str, threads: int) -> str:

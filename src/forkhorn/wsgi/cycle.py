@@ -155,7 +155,7 @@ class FileWrapper:
         if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             return None
         try:
-            offset: int = self.filelike.tell()
+            offset: int = filelike.tell()
         except (AttributeError, OSError):
             offset = 0
         return fd, offset, max(st.st_size - offset, 0)
