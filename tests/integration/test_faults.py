@@ -268,6 +268,39 @@ def test_usr2_then_term_old_master_under_load(
         _stop_foreign_master(new_master, new_identity)
 
 
+@pytest.mark.timeout(60)
+def test_usr2_reads_relative_paths_from_the_start_directory(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """The new master re-reads the command line: a relative ``-c conf.py`` was looked
+    for in the ``--chdir`` directory the old master had moved to, and the upgrade died
+    with "config file conf.py not found"."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "usr2_app.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Length', '2')])\n"
+        "    return [b'ok']\n"
+    )
+    (tmp_path / "conf.py").write_text("workers = 1\n")
+    pidfile = tmp_path / "forkhorn.pid"
+    server = server_factory(
+        "usr2_app:app", "-c", "conf.py", "--chdir", "app", "--pid", str(pidfile), cwd=tmp_path
+    )
+    new_master = 0
+    new_identity: int | None = None
+    try:
+        mark = server.mark()
+        server.signal(signal.SIGUSR2)
+        second = Path(f"{pidfile}.2")
+        wait_until(lambda: second.exists() and second.read_text().strip(), "pidfile.2")
+        new_master = int(second.read_text().strip())
+        new_identity = process_identity(new_master)
+        server.wait_for_log(rf"Listening at: .* \({new_master}\)", since=mark)
+        assert "not found" not in server.logs
+    finally:
+        _stop_foreign_master(new_master, new_identity)
+
+
 def _stop_foreign_master(pid: int, identity: int | None) -> None:
     """TERM the re-executed master this test caused (not our child), then its workers."""
     if not pid or not is_alive(pid, identity):

@@ -243,10 +243,14 @@ def test_hup_applies_chdir_and_raw_env_and_refuses_a_broken_config(
         server.wait_for_log(outcome, since=mark, timeout=30)
 
     assert get(server.port).body == b"one A=1 B=2"
+    (first,) = server.wait_for_workers(1)
+    mark = server.mark()
     reload(
         f"chdir = {str(tmp_path / 'two')!r}\nraw_env = ['A=3']\nproc_name = 'release-two'\n",
         r"Reload complete",
     )
+    # The retired worker may still take a connection on its way out (as in gunicorn).
+    server.wait_for_log(rf"Worker exiting \(pid: {first}\)", since=mark, timeout=30)
     assert get(server.port).body == b"two A=3 B=None"
     if importlib.util.find_spec("setproctitle") is not None:  # the master's title too
         title = Path(f"/proc/{server.pid}/cmdline").read_bytes()
@@ -262,6 +266,39 @@ def test_hup_applies_chdir_and_raw_env_and_refuses_a_broken_config(
     assert server.worker_pids() == [worker]  # not restarted
     server.signal(signal.SIGTTIN)  # the logs still work after the failed set-up
     server.wait_for_log(r"Handling signal: ttin", since=mark)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("chdir", [False, True], ids=["no-chdir", "relative-chdir"])
+def test_hup_follows_a_current_symlink_with_relative_paths(
+    server_factory: ServerFactory, tmp_path: Path, chdir: bool
+) -> None:
+    """A deploy that puts each release in its own directory, points ``current`` at the
+    new one and sends HUP, to a server started in ``current`` with a relative
+    ``-c conf.py``. Without ``--chdir`` the new workers imported the old release, where
+    gunicorn's follow the link; a relative ``--chdir app`` (or the relative ``-c`` after
+    any ``--chdir``) made every HUP fail, read from where chdir had moved the master."""
+    releases = tmp_path / "releases"
+    for release in ("one", "two"):
+        code = releases / release / "app" if chdir else releases / release
+        code.mkdir(parents=True)
+        (code / "release_app.py").write_text(RELEASE_APP.format(release=release))
+        (releases / release / "conf.py").write_text(f"raw_env = ['A={release}']\n")
+    current = tmp_path / "current"
+    current.symlink_to(releases / "one")
+    args = ["--workers", "1", "-c", "conf.py", *(["--chdir", "app"] if chdir else [])]
+    # PWD as a shell that ran `cd current` leaves it: the path, not where it leads.
+    server = server_factory("release_app:app", *args, cwd=current, env={"PWD": str(current)})
+    assert get(server.port).body == b"one A=one B=None"
+    (old,) = server.wait_for_workers(1)
+    current.unlink()
+    current.symlink_to(releases / "two")
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reload complete", since=mark, timeout=30)
+    # The retired worker may still take a connection on its way out (as in gunicorn).
+    server.wait_for_log(rf"Worker exiting \(pid: {old}\)", since=mark, timeout=30)
+    assert get(server.port).body == b"two A=two B=None"
 
 
 @pytest.mark.timeout(60)

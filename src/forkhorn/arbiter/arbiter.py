@@ -272,7 +272,9 @@ class Arbiter:
         self._when_ready_called = False
         self._watchdog_interval: float | None = None
         self._next_watchdog = 0.0
-        self._start_cwd = os.getcwd()
+        # Where the command line was read (Config.start_directory): a USR2 upgrade
+        # re-reads it from there, not from where --chdir moved this process.
+        self._start_cwd = getattr(cfg, "start_directory", None) or os.getcwd()
         self._start_argv = list(sys.argv)
         self._signal_handlers: dict[int, Callable[[], None]] = {
             signal.SIGTERM: self.handle_term,
@@ -449,14 +451,22 @@ class Arbiter:
     def _apply_paths(self, cfg: Any) -> None:
         """``chdir`` and ``pythonpath``, for the workers to inherit. At start-up the
         command line applied them already; a reload's new ``chdir`` (a deploy's new
-        release directory) takes the old directory's place first on ``sys.path``."""
+        release directory) takes the old directory's place first on ``sys.path``.
+
+        Without ``chdir`` the directory forkhorn started in is entered again, by the path
+        it was reached through, as gunicorn's default ``chdir`` is: a deploy that points
+        a ``current`` symlink at a new release and sends HUP gets the new release."""
         before = os.getcwd()
         chdir = getattr(cfg, "chdir", None)
-        if chdir and os.path.abspath(chdir) != before:
+        implicit = not chdir
+        if implicit:
+            chdir = getattr(cfg, "start_directory", None)
+        if chdir and os.path.realpath(chdir) != before:
             try:
                 os.chdir(chdir)
             except OSError as exc:
-                self.log.error("Cannot change to %s: %s", chdir, exc.strerror)
+                if not implicit:  # a start directory since deleted: stay where we are
+                    self.log.error("Cannot change to %s: %s", chdir, exc.strerror)
             else:
                 sys.path[:] = [os.getcwd() if entry == before else entry for entry in sys.path]
                 if os.getcwd() not in sys.path:
@@ -1010,6 +1020,7 @@ class Arbiter:
             else:
                 environ[FD_ENV] = export_fds(self.listeners)
             os.chdir(self._start_cwd)
+            environ["PWD"] = self._start_cwd  # the path, maybe a symlink, not where it led
             os.execve(argv[0], argv, environ)
         except BaseException:
             self.log.exception("Re-exec failed")

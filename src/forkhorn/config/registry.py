@@ -13,6 +13,7 @@ What it holds:
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -115,7 +116,15 @@ class Config(
     argv and environment (re-reading the config file), for HUP.
     """
 
-    __slots__ = ("_argv", "_environ", "_ignored", "_notes", "_sources", "_values")
+    __slots__ = (
+        "_argv",
+        "_environ",
+        "_ignored",
+        "_notes",
+        "_sources",
+        "_values",
+        "start_directory",
+    )
 
     def __init__(
         self,
@@ -125,6 +134,7 @@ class Config(
         environ: Mapping[str, str],
         ignored: Sequence[tuple[str, str]] = (),
         notes: Sequence[str] = (),
+        directory: str | None = None,
     ) -> None:
         missing = set(SETTINGS) - set(values)
         if missing:
@@ -139,6 +149,10 @@ class Config(
         #: More lines for ``no_effect``: names in a config file that look like misspelt
         #: settings.
         self._notes = list(notes)
+        #: The working directory the command line's relative paths (``-c conf.py``,
+        #: ``--chdir app``) were read from. ``chdir`` moves the process away from it,
+        #: so a reload reads them from here again, and a USR2 upgrade starts here.
+        self.start_directory = directory or working_directory(environ)
 
     def source(self, name: str) -> str:
         """Where ``name``'s value came from: ``default``, ``config file <path>``,
@@ -237,10 +251,22 @@ class Config(
         return self.worker_class
 
     def reload(self) -> Config:
-        """Re-read the config file with the same argv and environment (HUP)."""
+        """Re-read the config file with the same argv and environment (HUP), from the
+        directory they were first read in."""
         from forkhorn.config.sources import load_config  # sources imports this module
 
-        return load_config(self._argv, self._environ)
+        # Back by descriptor: the directory we are in may be gone by now (a deploy that
+        # deleted an old release), and then has no path to return to.
+        here = os.open(".", os.O_RDONLY)
+        try:
+            try:
+                os.chdir(self.start_directory)
+            except OSError:
+                pass  # gone too: read relative paths from where we are, as before
+            return load_config(self._argv, self._environ, self.start_directory)
+        finally:
+            os.fchdir(here)
+            os.close(here)
 
     def print_config_text(self, hide_secrets: bool = False) -> str:
         """Every resolved value with its source, one per line, in documentation order.
@@ -332,3 +358,19 @@ def validate(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
         raise ConfigError(
             f"{where('request_timeout')}: must not exceed {where('timeout')} (or set timeout 0)"
         )
+
+
+def working_directory(environ: Mapping[str, str]) -> str:
+    """The current directory, by the path the shell reached it through when ``$PWD``
+    names it (``cd /srv/app/current``, a symlink a deploy moves to each new release):
+    a reload then follows the link to the new release, as gunicorn's default ``chdir``
+    does. Else the resolved path."""
+    cwd = os.getcwd()
+    pwd = environ.get("PWD", "")
+    if pwd and os.path.isabs(pwd) and pwd != cwd:
+        try:
+            if os.path.samefile(pwd, cwd):
+                return pwd
+        except OSError:
+            pass
+    return cwd

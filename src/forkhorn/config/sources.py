@@ -519,10 +519,14 @@ def _line_in(exc: BaseException, path: Path) -> str:
     return f" (line {lines[-1]})" if lines else ""
 
 
-def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
+def load_config(
+    argv: list[str], environ: Mapping[str, str], directory: str | None = None
+) -> Config:
     """Resolve every setting from defaults, config file, environment and argv.
 
     ``argv`` excludes the program name. Raises ConfigError with one line on any bad input.
+    ``directory``: where relative paths are read from (the current directory), for
+    ``Config.start_directory``; a reload passes the one start-up used.
     """
     cli, cli_warned = _parse(argv, COMMAND_LINE)
     args_env = CMD_ARGS_ENV
@@ -602,4 +606,4 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> Config:
         layers.sources["default_proc_name"] = layers.sources["wsgi_app"]
 
     validate(layers.values, layers.sources)
-    return Config(layers.values, layers.sources, argv, environ, ignored, notes)
+    return Config(layers.values, layers.sources, argv, environ, ignored, notes, directory)

@@ -104,7 +104,13 @@ class ServerOptions:
         flags=("--chdir",),
         metavar="DIR",
         default_doc="the current directory",
-        doc="Change to this directory before loading the app; it is also put on sys.path.",
+        doc="""
+        Change to this directory before loading the app; it is also put on sys.path.
+        A relative path is read from the directory forkhorn started in, at start-up and
+        at each HUP. Unset, a HUP enters that start directory again by the path it was
+        started from (``$PWD``), so a ``current`` symlink moved to a new release is
+        followed, as gunicorn's default does.
+        """,
     )
     pythonpath = Setting(
         default=None,
