@@ -361,7 +361,7 @@ class HttpProtocol(asyncio.Protocol):
                     if event.content_length != 0:  # type: ignore[union-attr]
                         self._start_body(event)  # type: ignore[arg-type]
                         continue
-                    conn.next_event()  # the EndOfMessage of a request without a body
+                    conn.end_without_body()
                 elif cls is Data:
                     self._add_body(event.data)  # type: ignore[union-attr]
                     continue
