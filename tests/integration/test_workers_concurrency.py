@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ServerFactory
-from .server import InFlight, RawConnection, ServerProcess, connect, get
+from .server import InFlight, RawConnection, ServerProcess, connect, get, read_until_close
 
 GREEN = ["gevent", "eventlet"]
 CONCURRENT = ["gthread", *GREEN]
@@ -359,3 +359,34 @@ def test_gthread_thread_stuck_in_c_retires_its_worker(
     srv.wait_for_log(r"post_request /cstuck 504 Gateway Timeout", since=mark)
     srv.wait_for_log(rf"Worker exiting \(pid: {first}\)", since=mark, timeout=30)
     assert srv.count_log(r"Graceful timeout with \d+ request\(s\) in flight", since=mark) == 0
+
+
+@pytest.mark.timeout(60)
+def test_gthread_answers_a_request_stuck_in_c_at_its_limit(
+    rendezvous: Callable[..., ServerProcess],
+) -> None:
+    """A thread blocked in C cannot take the interruption: its client used to wait the
+    grace period too (as long again as a short limit) before the watchdog answered it,
+    as it retired the worker. It is now answered once its thread has had a short window,
+    before the grace period ends; and answered once."""
+    srv = rendezvous(
+        "-k",
+        "gthread",
+        "--threads",
+        "2",
+        "--request-timeout",
+        "4",
+        "--access-logfile",
+        "/dev/stderr",  # one stream: the order of the lines is the order of events
+    )
+    mark = srv.mark()
+    with connect(srv.port) as sock:
+        sock.sendall(b"GET /cstuck HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = read_until_close(sock, timeout=30)
+    assert data.startswith(b"HTTP/1.1 504 "), data[:80]
+    assert data.count(b"HTTP/1.1 ") == 1, data
+    srv.wait_for_log(r"Retiring worker .*request timeout", since=mark)
+    lines = srv.logs.splitlines()[mark:]
+    answered = next(i for i, line in enumerate(lines) if '"GET /cstuck HTTP/1.1" 504' in line)
+    stuck = next(i for i, line in enumerate(lines) if "Request still running" in line)
+    assert answered < stuck, lines

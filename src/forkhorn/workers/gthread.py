@@ -556,10 +556,14 @@ class ThreadWorker(Worker):
         self._watchdog.release(threading.get_ident())
 
     def _abandon(self, entry: InFlight[int]) -> None:
-        """A request stuck in C past its grace (its thread cannot unwind): answer it here,
-        if nothing of its response went out, and shut its connection, so its client is
-        not left waiting until the retiring worker exits. Its thread, should it return,
-        finds the connection answered and shut. Runs in: main, under the watchdog's lock."""
+        """An interrupted request its thread has not answered (stuck in C, watchdog.py's
+        rule 3): answer it here, if nothing of its response went out, and shut its
+        connection, so its client hears at the limit, not when the thread returns or the
+        retiring worker exits. Its thread, should it return, finds the connection answered
+        and shut. Runs in: main, under the watchdog's lock."""
+        if entry.answered:  # its thread is answering, or this ran already
+            return
+        entry.answered = True
         client: _Client = entry.context
         with self._lock:
             self._abandoned.add(client)

@@ -382,7 +382,8 @@ def serve_request(
         # Past its limit (or the stop's deadline): answered if nothing went out yet. Not
         # on a WebSocket handshake: the app may have answered 101 on the socket itself,
         # and a 500 would land inside the WebSocket's frames.
-        if not exchange.head_sent and not websocket:
+        # The main loop may have answered it already (watchdog.py, rule 3): one answer.
+        if not exchange.head_sent and not websocket and (watch is None or watch.claim_answer()):
             answer_timeout(exchange, sock, worker.answer_504)
         raise
     except SystemExit:

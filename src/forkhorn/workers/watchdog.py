@@ -17,10 +17,13 @@ Rules kept:
    long-poll, an app that hangs, or a client that stops reading hits
    it; a stream or a download that its client keeps reading does not (gunicorn bounds
    neither on its threaded and green workers; forkhorn's fast worker does the same).
-3. A request past its limit is reported and interrupted **once**. If it is still running
-   ``grace`` seconds after that (a thread stuck in C code, an app that swallows the
-   interruption), it is reported as stuck **once** and the worker is retired: it stops
-   accepting, its other requests finish, the master starts a replacement.
+3. A request past its limit is reported and interrupted **once**. Its own thread answers
+   it as it unwinds; one that has not within ``ANSWER_WINDOW`` (a thread stuck in C code)
+   is answered by the worker's main loop (``abandon``), so the client hears at the limit,
+   not a grace period later. If it is still running ``grace`` seconds after the
+   interruption (stuck in C, or an app that swallows the interruption), it is reported as
+   stuck **once** and the worker is retired: it stops accepting, its other requests
+   finish, the master starts a replacement.
 4. An interruption is delivered only while the request is still registered (under the same
    lock that ``finished`` takes), so a request that ends just in time is left alone.
 5. What differs between workers is a parameter of ``RequestTimeoutEnforcer``: how to get
@@ -32,7 +35,9 @@ request cycle like any error (the iterable is closed, the access log and ``post_
 run), the worker answers 504 if ``request_timeout`` is set and no response head was sent
 yet (500 at ``timeout``), and closes the connection. A request stuck in C (rule 3) cannot
 unwind: the worker answers it from the main loop (``abandon``) and closes its connection,
-so its client is not left waiting for the retired worker's exit.
+so its client is not left waiting. Whichever answers first, the request's thread or the
+main loop, takes the answer (``InFlight.claim_answer``, under the watchdog's lock): one
+response, never two.
 
 Runs in: the worker process. ``started``/``finished`` in whichever thread or greenlet
 serves the request; ``check`` and the enforcer in the worker's main loop.
@@ -75,6 +80,10 @@ H = TypeVar("H")
 # when that is shorter, but never under 1 s.
 MAX_GRACE = 5.0
 MIN_GRACE = 1.0
+# After an interruption, how long the request's own thread has to answer it (an
+# asynchronous exception is raised at its next bytecode, within the interpreter's switch
+# interval) before the main loop answers it instead: a thread blocked in C code never will.
+ANSWER_WINDOW = 0.5
 # A request at its limit whose connection can be probed is looked at again after this
 # long, or half its limit if longer, to see whether its client took some of the response
 # meanwhile (rule 2): a slow reader's acknowledgements come in steps (one per half of its
@@ -114,6 +123,11 @@ class InFlight(Generic[H]):
     # and logs a request stuck in C on its behalf (gthread's abandon); and whether it did.
     cycle: Any = None
     abandoned: bool = False
+    # The timeout's answer was taken, by the request's thread or by ``abandon``; and
+    # whether the main loop was asked to take it (rule 3's ANSWER_WINDOW).
+    answered: bool = False
+    answer_due: bool = False
+    lock: Any = None  # the watchdog's (``started`` sets it)
     # The connection the response goes to (the worker sets it), for the watchdog's probe
     # (rule 2: progress a blocked send cannot record), and the probe's last reading.
     sock: Any = None
@@ -122,6 +136,18 @@ class InFlight(Generic[H]):
     def elapsed(self, now: float) -> float:
         return max(0.0, now - self.started)
 
+    def claim_answer(self) -> bool:
+        """Take the answering of this interrupted request, if the main loop has not
+        (rule 3): True once. For the request's own thread; ``abandon`` runs under the
+        lock already and sets ``answered`` itself."""
+        if self.lock is None:
+            return True
+        with self.lock:
+            if self.answered:
+                return False
+            self.answered = True
+            return True
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict(Generic[H]):
@@ -129,6 +155,8 @@ class Verdict(Generic[H]):
 
     overdue: list[InFlight[H]] = field(default_factory=list)
     stuck: list[InFlight[H]] = field(default_factory=list)
+    # Interrupted ANSWER_WINDOW ago and not answered by their thread: the main loop's.
+    unanswered: list[InFlight[H]] = field(default_factory=list)
 
 
 class RequestWatchdog(Generic[H]):
@@ -162,7 +190,7 @@ class RequestWatchdog(Generic[H]):
     def started(
         self, handle: H, request_line: bytes, now: float, context: Any = None
     ) -> InFlight[H]:
-        entry = InFlight(handle, request_line, now, context, progress_at=now)
+        entry = InFlight(handle, request_line, now, context, progress_at=now, lock=self._lock)
         if self.limit > 0:
             with self._lock:
                 self._entries[id(entry)] = entry
@@ -199,9 +227,15 @@ class RequestWatchdog(Generic[H]):
                     if now - entry.progress_at >= self.limit and not self._took_some(entry, now):
                         entry.interrupted_at = now
                         verdict.overdue.append(entry)
-                elif not entry.reported_stuck and now - entry.interrupted_at >= self.grace:
-                    entry.reported_stuck = True
-                    verdict.stuck.append(entry)
+                else:
+                    waited = now - entry.interrupted_at
+                    if not entry.answer_due and waited >= min(ANSWER_WINDOW, self.grace):
+                        entry.answer_due = True
+                        if not entry.answered:
+                            verdict.unanswered.append(entry)
+                    if not entry.reported_stuck and waited >= self.grace:
+                        entry.reported_stuck = True
+                        verdict.stuck.append(entry)
         return verdict
 
     def _took_some(self, entry: InFlight[H], now: float) -> bool:
@@ -239,6 +273,8 @@ class RequestWatchdog(Generic[H]):
             for entry in self._entries.values():
                 if not entry.interrupted_at:
                     at = entry.progress_at + self.limit
+                elif not entry.answer_due:
+                    at = entry.interrupted_at + min(ANSWER_WINDOW, self.grace)
                 elif not entry.reported_stuck:
                     at = entry.interrupted_at + self.grace
                 else:
@@ -303,7 +339,9 @@ class RequestTimeoutEnforcer(Generic[H]):
 
     ``stack_of(handle)`` returns the request's formatted stack; ``interrupt(entry)`` raises
     ``RequestHungError`` in it. ``retire(reason)`` is the worker's. ``abandon(entry)``, if
-    given, answers and closes a stuck request's connection (while it is still running).
+    given, answers and closes the connection of a request its thread has not answered
+    (rule 3), while it is still running, under the watchdog's lock; it runs again when
+    the request is found stuck, and must then do nothing if ``entry.answered``.
     """
 
     def __init__(
@@ -353,6 +391,15 @@ class RequestTimeoutEnforcer(Generic[H]):
                 self.watchdog.while_running(entry, self.interrupt)
             except Exception:
                 self.log.exception("Could not interrupt the request %s", line)
+        for entry in verdict.unanswered:
+            if self.abandon is not None:
+                try:
+                    self.watchdog.while_running(entry, self.abandon)
+                except Exception:
+                    self.log.exception(
+                        "Could not answer the interrupted request %s",
+                        entry.request_line.decode("latin-1", "replace"),
+                    )
         for entry in verdict.stuck:
             line = entry.request_line.decode("latin-1", "replace")
             self.log.error(
