@@ -629,3 +629,157 @@ def test_fast_quit_under_load_runs_the_exit_path(
         assert "WorkerExit" not in srv.logs  # no "Fatal error on transport"
         assert "SIGKILL" not in srv.logs
         srv.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_client_sending_while_its_stream_plays_is_not_read_without_bound(
+    server: ServerProcess, worker_class: str
+) -> None:
+    """A client reads a long stream as fast as it comes, so the response never backs up,
+    and sends all the while. The fast worker read all of it into memory (300 MB sent,
+    300 MB more in the worker): while it answers, the server must stop reading, as the
+    blocking classes do, and let TCP hold the client back."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"GET /stream?chunks=1000000&size=4096 HTTP/1.1\r\n" + H + b"\r\n")
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                if not sock.recv(1 << 20):
+                    return
+            except OSError:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    junk = b"Z" * 65536
+    limit = 64 * 1024 * 1024
+    sent = 0
+    try:
+        while sent < limit:
+            # Two seconds without room to send: the server has stopped reading.
+            if not select.select([], [sock], [], 2.0)[1]:
+                break
+            try:
+                sent += sock.send(junk)
+            except BlockingIOError:
+                continue
+            except OSError:
+                break  # answered (400 for the junk after the stream) and closed
+        assert sent < limit, "the server read 64 MB sent behind a request it was answering"
+    finally:
+        stop.set()
+        sock.close()
+        reader.join(5)
+
+
+@pytest.mark.timeout(60)
+def test_fast_a_closing_connection_counts_until_its_response_is_out(
+    server_factory: ServerFactory,
+) -> None:
+    """A response that ends its connection (Connection: close) to a client that does not
+    read it: the connection left the count as the close began, so worker_connections let
+    any number of them in, each holding its response, and the send timeout never looked
+    at it again. It now counts until its response is out, and is dropped when its client
+    takes none of it for --timeout."""
+    srv = server_factory(
+        "routes:app", "-k", "fast", "--workers", "1", "--worker-connections", "2",
+        "--timeout", "2", "--access-logfile", "/dev/stderr",
+    )  # fmt: skip
+    request = (
+        b"GET /stream?chunks=80&size=65536&whole=1 HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+    )
+    stalled = []
+    try:
+        for _ in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(request)
+            stalled.append(sock)
+        assert srv.wait_for_count(r'"GET /stream\?chunks=80', 2) == 2  # both answered
+        with connect(srv.port) as third:
+            third.sendall(b"GET /echo HTTP/1.1\r\n" + H + b"\r\n")
+            assert read_until_close(third).startswith(b"HTTP/1.1 503 ")
+        dropped = r"Dropped a client that read nothing more .*GET /stream"
+        assert srv.wait_for_count(dropped, 2, timeout=20) == 2
+        assert get(srv.port, "/echo").status == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["fast", "gthread", "gevent"])
+def test_a_graceful_stop_delivers_a_response_still_on_its_way(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """TERM while a complete response waits for a slow client: the fast worker closed the
+    connection as idle and exited, and the client got 7 of 20 MB; the stop must wait for
+    it (up to graceful_timeout), as gthread does."""
+    srv = server_factory("routes:app", *worker_args(worker_class), "--workers", "1")
+    size = 128 * 65536
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.settimeout(20)
+    sock.connect(("127.0.0.1", srv.port))
+    try:
+        sock.sendall(b"GET /stream?chunks=128&size=65536&whole=1 HTTP/1.1\r\n" + H + b"\r\n")
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        mark = srv.mark()
+        srv.signal(signal.SIGTERM)
+        srv.wait_for_log(r"Handling signal: term", since=mark)
+        time.sleep(2)  # the client is slow: it reads nothing for a while
+        data = first + read_until_close(sock, timeout=20)
+    finally:
+        sock.close()
+    (resp,) = parse_responses(data)
+    assert len(resp.body) == size, f"{len(resp.body)} of {size} bytes"
+    assert srv.wait_exit() == 0
+
+
+@pytest.mark.timeout(60)
+def test_requests_pipelined_behind_a_stream_are_answered_after_a_half_close(
+    server: ServerProcess, worker_class: str
+) -> None:
+    """A client sends a request for a stream and two more behind it, then shuts its
+    sending side (as ``nc -N`` does). The fast worker answered the stream, closed, and
+    dropped the other two, unlogged; every request sent before the FIN is answered."""
+    if not keeps_alive(worker_class):
+        pytest.skip("sync answers one request per connection")
+    with connect(server.port) as sock:
+        sock.sendall(
+            b"GET /stream?chunks=64&size=65536 HTTP/1.1\r\n" + H + b"\r\n"
+            b"GET /echo/a HTTP/1.1\r\n" + H + b"\r\n"
+            b"GET /echo/b HTTP/1.1\r\n" + H + b"\r\n"
+        )
+        sock.shutdown(socket.SHUT_WR)
+        data = read_until_close(sock, timeout=20)
+    responses = parse_responses(data)
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert len(responses[0].body) == 64 * 65536
+    assert [json.loads(r.body)["path"] for r in responses[1:]] == ["/echo/a", "/echo/b"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["fast", "gthread"])
+def test_without_a_minimum_rate_a_steady_upload_outlasts_header_timeout(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """``--body-min-rate 0`` turns the rate check off: the fast worker then cut any body
+    that took longer than header_timeout with a 408, however steadily it came."""
+    srv = server_factory(
+        "routes:app", *worker_args(worker_class), "--workers", "1",
+        "--body-min-rate", "0", "--header-timeout", "1",
+    )  # fmt: skip
+    with RawConnection(srv.port, timeout=20) as conn:
+        conn.send(b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 4000\r\n\r\n")
+        for _ in range(4):
+            time.sleep(0.5)  # 2 s in all, twice header_timeout, never idle for long
+            conn.send(b"x" * 1000)
+        resp = conn.read_response()
+    assert resp.status == 200
+    assert json.loads(resp.body)["body"] == "x" * 4000

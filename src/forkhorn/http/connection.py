@@ -509,8 +509,20 @@ class ServerConnection:
 
     @property
     def keep_alive(self) -> bool:
-        """May this connection carry another request after the current response?"""
-        return self._keep and self._their_state != _ERROR and not self._eof
+        """May this connection carry another request after the current response? After
+        the peer half-closed, only what it sent before: requests pipelined behind this
+        one are still answered (it closed its side after sending them, as ``nc -N`` and
+        some health checks do), and then the connection closes."""
+        return (
+            self._keep
+            and self._their_state != _ERROR
+            and (not self._eof or self._pos < len(self._buf))
+        )
+
+    @property
+    def buffered_size(self) -> int:
+        """How many received bytes the parser has not consumed yet."""
+        return len(self._buf) - self._pos
 
     @property
     def has_buffered(self) -> bool:

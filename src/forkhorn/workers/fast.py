@@ -116,6 +116,9 @@ WRITE_HIGH_WATER = 256 * 1024
 #: connections, and the heartbeat, get their turn.
 STREAM_TURN_BYTES = WRITE_HIGH_WATER
 STREAM_TURN_PIECES = 256
+#: Received bytes held while a response is in progress (the pipelined requests behind a
+#: stream or a file) before the connection stops being read until it ends.
+BUSY_BUFFER = 64 * 1024
 #: An upload arriving in more pieces than this (tiny chunks) is gathered into one buffer:
 #: an object per piece costs about forty times a one-byte chunk's payload.
 MAX_BODY_PIECES = 64
@@ -306,6 +309,8 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         if self._end_drain_wait():  # a file body waited for the transport to drain
             return
+        if self.transport is None or self.transport.is_closing():
+            return  # its last response is on its way out (_close): nothing more to serve
         if self.iterator is not None:
             self._enter(self._stream)
         elif not self.busy:
@@ -317,9 +322,16 @@ class HttpProtocol(asyncio.Protocol):
                 self._enter(self._process)
 
     def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data)
+        conn = self.conn
+        conn.receive_data(data)
         if self.busy:
-            return  # a response is in progress; _end_streaming goes on from there
+            # A response is in progress; _end_streaming goes on from there. What the
+            # client sends meanwhile waits in the parser's buffer, which nothing bounds
+            # until it is parsed: past BUSY_BUFFER, stop reading (TCP then holds the rest
+            # back), or a client reading a long stream could send gigabytes into memory.
+            if conn.buffered_size > BUSY_BUFFER:
+                self._pause_reading()
+            return
         if self.write_paused:
             # The client is not reading its responses: keep what it sends for
             # resume_writing, and stop reading until then.
@@ -425,14 +437,19 @@ class HttpProtocol(asyncio.Protocol):
                 body.write(data)
             except OSError as exc:
                 raise self._not_stored(exc) from None
-        rate = self.worker.body_min_rate
+        worker = self.worker
+        rate = worker.body_min_rate
         if rate:
             # Each body_min_rate bytes buys one more second (mod_reqtimeout's MinRate), but
             # a burst buys at most header_timeout of silence from now, so a client cannot
             # send a megabyte and then hold the buffered body for an hour.
             self.deadline = min(
-                self.deadline + len(data) / rate, _monotonic() + self.worker.head_timeout
+                self.deadline + len(data) / rate, _monotonic() + worker.head_timeout
             )
+        else:
+            # No minimum rate: an idle timer of ``timeout``, as the other classes' socket
+            # timeout is (a steady upload longer than header_timeout is not cut).
+            self.deadline = _monotonic() + worker.send_timeout
 
     def _spill(self, body: list[bytes] | bytearray) -> None:
         """Move a body past the in-memory bound to a temporary file."""
@@ -877,10 +894,20 @@ class HttpProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            if self.worker.pending:
-                self.worker.flush()  # this connection's last response may be among them
-            transport.close()
+        if transport is not None:
+            if not transport.is_closing():
+                if self.worker.pending:
+                    self.worker.flush()  # this connection's last response may be among them
+                transport.close()  # after the buffered output: then connection_lost
+                if transport.get_write_buffer_size():
+                    # Its last response is still on its way: it stays among the
+                    # connections, counted (worker_connections) and swept (the send
+                    # timeout, ``expire``), and a graceful stop waits for it.
+                    self.phase = _CLOSING
+                    self.paused_at = _monotonic()
+                    self.paused_size = self._pending_output()
+            if transport.get_write_buffer_size():
+                return  # connection_lost takes it out
         self.worker.connections.discard(self)
 
     def _pause_reading(self) -> None:
@@ -897,7 +924,9 @@ class HttpProtocol(asyncio.Protocol):
     def expire(self, now: float) -> None:
         """Close the connection if its deadline passed (idle, slow head, slow body, or a
         response the client stopped reading)."""
-        if self.write_paused:
+        if self.write_paused or self.phase == _CLOSING:
+            # A client not taking its response; or its connection's last response still
+            # on its way out after our close (``_close``), under the same send timeout.
             transport = self.transport
             if transport is None:
                 return
@@ -909,7 +938,7 @@ class HttpProtocol(asyncio.Protocol):
                 self.paused_at = now
                 return
             if now >= self.paused_at + self.worker.send_timeout:
-                request = self.request
+                request = self.request or self.conn.request
                 self.worker.log.info(
                     "Dropped a client that read nothing more of its response for %gs: %s",
                     self.worker.send_timeout,
