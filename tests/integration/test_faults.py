@@ -1267,3 +1267,49 @@ def test_gthread_with_every_thread_busy_does_not_spin(server_factory: ServerFact
     for request in requests:
         assert request.result().status == 200
     assert spent < 1.0, f"the worker used {spent:.2f} s of CPU in 2 s, all threads sleeping"
+
+
+FORK_FAILS_CONFIG = """
+import errno, os
+
+_fork = os.fork
+
+
+def _failing_fork():
+    # A container's pids limit reached: what fork() then raises.
+    if os.path.exists({flag!r}):
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+    return _fork()
+
+
+os.fork = _failing_fork
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_that_fails_costs_only_the_worker_it_was_for(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """fork() failing (EAGAIN at a pids limit, ENOMEM) escaped the master's loop: it
+    killed every worker and exited, with nothing in the error log. A respawn, a TTIN or
+    a USR2 that cannot fork is now logged and retried or refused, and the workers there
+    keep serving."""
+    flag = tmp_path / "no-more-pids"
+    config = tmp_path / "fork.conf.py"
+    config.write_text(FORK_FAILS_CONFIG.format(flag=str(flag)))
+    server = server_factory("hello:app", "--workers", "2", "-c", str(config))
+    victim, survivor = server.wait_for_workers(2)
+    mark = server.mark()
+    flag.write_text("")
+    os.kill(victim, signal.SIGKILL)
+    server.wait_for_log(
+        r"Cannot start a worker: Resource temporarily unavailable; retrying", since=mark
+    )
+    server.signal(signal.SIGTTIN)
+    server.signal(signal.SIGUSR2)
+    server.wait_for_log(r"USR2 failed: cannot start the new master", since=mark)
+    assert get(server.port).status == 200
+    assert server.worker_pids() == [survivor]
+    flag.unlink()
+    server.wait_for_workers(3, timeout=30)  # the respawn and the TTIN, once fork works
+    assert get(server.port).status == 200

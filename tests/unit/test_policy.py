@@ -119,6 +119,21 @@ def test_request_timeout_bounds_a_silent_busy_worker() -> None:
     assert run(table, now=1e6, limits=off) == [Abort(1, 1e6 - 94.0, False), Spawn(1)]
 
 
+def test_a_worker_keeps_the_timeouts_it_was_started_with() -> None:
+    """A HUP that lowers timeout (or request_timeout) aborted the requests the old
+    generation was finishing under the old value; each worker keeps its own, as its own
+    graceful_timeout."""
+    busy = WorkerState.BUSY
+    lowered = replace(LIMITS, timeout=3.0, request_timeout=2.0)
+    old = worker(1, state=busy, heartbeat=90.0, timeout=30.0, request_timeout=0.0)
+    table = [old, worker(2), worker(3)]
+    assert run(table, limits=lowered) == []  # 10 s silent: within its own 30 s
+    later = [old, worker(2, heartbeat=120.0), worker(3, heartbeat=120.0)]
+    assert run(later, now=120.5, limits=lowered) == [Abort(1, 30.5, False), Spawn(1)]
+    new = worker(1, state=busy, heartbeat=97.0, timeout=3.0, request_timeout=2.0)
+    assert run([new, worker(2), worker(3)], limits=lowered) == [Abort(1, 3.0, False), Spawn(1)]
+
+
 def test_request_timeout_wakes_the_master_in_time() -> None:
     limits = replace(LIMITS, request_timeout=5.0)
     table = [worker(1, state=WorkerState.BUSY, heartbeat=98.0), worker(2), worker(3)]

@@ -114,8 +114,11 @@ class WorkerRecord:
     abort_reason: str = ""  # why a booting worker was aborted, for its boot failure's line
     killed: bool = False
     # The graceful_timeout of the config it was started with: a reload that lowers it
-    # does not cut the requests the old generation is finishing (as in gunicorn).
+    # does not cut the requests the old generation is finishing (as in gunicorn). Its
+    # timeout and request_timeout likewise.
     grace: float | None = None
+    timeout: float | None = None
+    request_timeout: float | None = None
 
     def view(self) -> WorkerView:
         return WorkerView(
@@ -129,6 +132,8 @@ class WorkerRecord:
             aborted_at=self.aborted_at,
             killed=self.killed,
             grace=self.grace,
+            timeout=self.timeout,
+            request_timeout=self.request_timeout,
         )
 
 
@@ -343,7 +348,13 @@ class Arbiter:
             self.start()
             self._main_loop()
         except BaseException as exc:
-            if isinstance(exc, ForkhornError) and self._error_log_elsewhere():
+            if isinstance(exc, Exception) and not isinstance(exc, ForkhornError):
+                # A defect of ours (or of a hook or worker class): said in the error log,
+                # which may be all an operator sees (under --daemon stderr is /dev/null).
+                self.log.critical(
+                    "Unhandled exception in the master; stopping every worker", exc_info=True
+                )
+            elif isinstance(exc, ForkhornError) and self._error_log_elsewhere():
                 # cli.main prints it on stderr; an error log kept elsewhere (a file, syslog,
                 # the user's logging config) must say why the server is not running too,
                 # the more so under --daemon, whose stderr is /dev/null.
@@ -843,8 +854,7 @@ class Arbiter:
         self._apply_paths(new_cfg)
         old_env = dict(getattr(old_cfg, "env", None) or {})
         new_env = dict(getattr(new_cfg, "env", None) or {})
-        for key in old_env.keys() - new_env.keys():
-            os.environ.pop(key, None)
+        _unset_raw_env(os.environ, old_env.keys() - new_env.keys(), new_cfg)
         os.environ.update(new_env)
 
     def _rebind_if_changed(self, new_cfg: Any) -> list[Listener] | None:
@@ -1002,7 +1012,11 @@ class Arbiter:
             return
         master_pid = os.getpid()
         argv = self.reexec_argv()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.log.error("USR2 failed: cannot start the new master: %s", exc.strerror or exc)
+            return
         if pid:
             self.reexec_pid = pid
             self.log.info("Re-executing a new master (pid: %s): %s", pid, " ".join(argv))
@@ -1011,7 +1025,10 @@ class Arbiter:
         try:
             self.signals.uninstall()
             self._call_hook("pre_exec", self)
+            # The environment as it was before raw_env: the new master applies its own
+            # config's, and a key that config dropped must not live on through this one.
             environ = dict(os.environ)
+            _unset_raw_env(environ, (getattr(self.cfg, "env", None) or {}).keys(), self.cfg)
             environ[PID_ENV] = str(master_pid)
             if self._systemd_sockets:
                 environ["LISTEN_PID"] = str(os.getpid())
@@ -1033,7 +1050,13 @@ class Arbiter:
             self.master_pid = 0
             path = getattr(self.cfg, "pidfile", None)
             if self.pidfile is not None and path:
-                self.pidfile.rename(path)
+                try:
+                    self.pidfile.rename(path)
+                except ForkhornError as exc:
+                    # The server goes on without one, as on HUP: a pid file it cannot
+                    # write (its directory gone) took the promoted master down, with its
+                    # workers, just after the old one had been stopped.
+                    self.log.error("Promotion: %s", exc)
             self._set_master_title()
             # Said once the pidfile is in place: whoever waits for this line may read it.
             self.log.info("Master has been promoted.")
@@ -1049,6 +1072,7 @@ class Arbiter:
         assert self.scoreboard is not None and self.worker_class is not None
         self._age += 1
         now = time.monotonic()
+        limits = self.limits
         slot = self.scoreboard.allocate(self.generation, now)
         worker = self.worker_class(
             self._age,
@@ -1067,14 +1091,15 @@ class Arbiter:
         if self._traceback_token is not None:
             worker.traceback_token = self._traceback_token[0]
         self._call_hook("pre_fork", self, worker)
-        worker.stack_file = self._new_stack_file()
         try:
+            worker.stack_file = self._new_stack_file()
             with blocked_across_fork() as mask:
                 pid = os.fork()
                 if not pid:
                     self._run_child(worker, mask)  # never returns
         except BaseException:
             _close_quietly(worker.stack_file)
+            self.scoreboard.free(slot)
             raise
         worker.pid = pid
         self.workers[pid] = WorkerRecord(
@@ -1086,8 +1111,29 @@ class Arbiter:
             now,
             heartbeat=now,
             grace=float(self.cfg.graceful_timeout),
+            timeout=limits.timeout,
+            request_timeout=limits.request_timeout,
         )
         return pid
+
+    def _spawn_or_back_off(self) -> bool:
+        """``spawn_worker``, where a failed fork (EAGAIN at a container's pids limit,
+        ENOMEM) or a failed scoreboard map counts as a worker that failed to boot: logged,
+        retried after the boot backoff, while the workers there are keep serving. It took
+        the master down, and every worker with it."""
+        try:
+            self.spawn_worker()
+        except OSError as exc:
+            self.backoff = self.backoff.failed(time.monotonic())
+            self.log.error(
+                "Cannot start a worker: %s; retrying in %.1fs (failure %d); %s",
+                exc.strerror or exc,
+                self.backoff.delay_after(self.backoff.failures),
+                self.backoff.failures,
+                "the other workers keep serving" if self._any_serving() else "no worker is serving",
+            )
+            return False
+        return True
 
     def _run_child(self, worker: Worker, mask: set[int | signal.Signals]) -> NoReturn:
         """Runs in: the newly forked worker process.  Leaves only through ``os._exit``."""
@@ -1315,7 +1361,8 @@ class Arbiter:
         for action in decision.actions:
             if isinstance(action, Spawn):
                 for _ in range(action.count):
-                    self.spawn_worker()
+                    if not self._spawn_or_back_off():
+                        break
             elif isinstance(action, Retire):
                 rec = self.workers.get(action.pid)
                 if rec is None:
@@ -1439,3 +1486,14 @@ class Arbiter:
             hook(*args)
         except Exception:
             self.log.exception("Exception in %s hook", name)
+
+
+def _unset_raw_env(environ: MutableMapping[str, str], keys: Any, cfg: Any) -> None:
+    """Take ``raw_env``'s ``keys`` out of ``environ``: back to the value the process
+    started with, or unset when it had none."""
+    start = getattr(cfg, "start_environ", None) or {}
+    for key in keys:
+        if key in start:
+            environ[key] = start[key]
+        else:
+            environ.pop(key, None)

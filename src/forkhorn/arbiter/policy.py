@@ -75,6 +75,10 @@ class WorkerView:
     aborted_at: float | None = None  # when SIGABRT was sent
     killed: bool = False  # SIGKILL sent; only reaping is left
     grace: float | None = None  # its own graceful_timeout (its generation's config)
+    # Its own timeout and request_timeout, likewise: a HUP that lowers them must not abort
+    # the requests the old generation is finishing (gunicorn's workers keep theirs).
+    timeout: float | None = None
+    request_timeout: float | None = None
 
     @property
     def is_leaving(self) -> bool:
@@ -218,11 +222,15 @@ def decide(
                 wake_at = _earliest(wake_at, kill_at)
             continue
         booting = w.state is WorkerState.BOOTING
+        timeout = limits.timeout if w.timeout is None else w.timeout
+        request_timeout = limits.request_timeout if w.request_timeout is None else w.request_timeout
         allowed = 0.0
-        if limits.timeout > 0:
-            allowed = limits.boot_timeout if booting else limits.timeout
-        if limits.request_timeout > 0 and w.state is WorkerState.BUSY:
-            allowed = min(allowed or limits.request_timeout, limits.request_timeout)
+        if timeout > 0:
+            # Booting: the config's allowance, or the worker's own timeout (the same value
+            # when it was forked).
+            allowed = limits.boot_timeout if booting and w.timeout is None else timeout
+        if request_timeout > 0 and w.state is WorkerState.BUSY:
+            allowed = min(allowed or request_timeout, request_timeout)
         if allowed > 0 and w.state is not WorkerState.BOOT_FAILED:
             stalled = now - w.heartbeat
             if stalled > allowed:

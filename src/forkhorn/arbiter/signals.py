@@ -9,9 +9,9 @@ Rules it keeps:
    ``signal.set_wakeup_fd``, the instant the signal arrives, so a signal that lands just
    before the loop goes to sleep still wakes it (no lost-wake-up race).
 3. SIGCHLD is not queued, it only wakes the loop: the loop reaps on every turn anyway.
-4. At most ``MAX_QUEUED`` signals wait; more of the same kind are dropped (gunicorn keeps
-   five).  A burst of TTIN is therefore bounded, and TERM is never lost because a stop
-   is recorded by the first one.
+4. At most ``MAX_QUEUED`` signals of each kind wait; more of that kind are dropped.  A
+   burst of TTIN is therefore bounded, and a TERM behind it is still queued (a bound on
+   all kinds together once dropped a TERM that came behind five USR1).
 
 How it works: ``SignalQueue.install()`` opens a non-blocking pipe, registers it with
 ``set_wakeup_fd`` and installs the handlers.  ``wait(timeout)`` selects on the read end,
@@ -111,7 +111,7 @@ class SignalQueue:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Rule 1: queue only.  deque.append is atomic with respect to other handlers.
-        if len(self._queue) < MAX_QUEUED:
+        if self._queue.count(signum) < MAX_QUEUED:  # rule 4: per kind
             self._queue.append(signum)
 
     def _wake_only(self, signum: int, frame: FrameType | None) -> None:

@@ -200,6 +200,12 @@ class Config(
         """The command-line arguments this config was loaded from."""
         return list(self._argv)
 
+    @property
+    def start_environ(self) -> dict[str, str]:
+        """The environment this config was loaded from: the process's before ``raw_env``
+        was applied to it (gunicorn's ``env_orig``)."""
+        return dict(self._environ)
+
     # gunicorn's Config attributes that server hooks and config files commonly read.
     @property
     def settings(self) -> dict[str, SettingValue]:

@@ -56,8 +56,9 @@ class LoggingOptions:
         metavar="STRING",
         doc="""
         How values are escaped in access log lines (forkhorn's; nginx's ``escape=``).
-        ``default``: Apache's way, ``"`` and ``\\`` get a backslash, anything outside
-        printable ASCII is ``\\xhh``, so a line is plain ASCII. ``json``: for a format
+        ``default``: Apache's way, ``"`` and ``\\`` get a backslash, tab, CR and LF are
+        ``\\t``, ``\\r`` and ``\\n``, anything else outside printable ASCII is
+        ``\\xhh``, so a line is plain ASCII. ``json``: for a format
         that writes JSON (``{"ua": "%(a)s", ...}``), where ``\\xhh`` would make the line
         invalid: ``"``, ``\\`` and control characters are escaped as JSON does
         (``\\u00hh``), and bytes that form UTF-8 are written as the text they encode

@@ -82,9 +82,12 @@ class SecurityOptions:
         flags=("--header-timeout",),
         metavar="SECONDS",
         doc="""
-        The whole request head must arrive within this many seconds of the connection (or
-        of the previous response on keep-alive); a deadline, not an idle timer that each
-        byte resets. Slow clients are closed with 408. 0 turns it off.
+        The whole request head must arrive within this many seconds of the connection's
+        start, or on a keep-alive connection of the next head's first byte (``keepalive``
+        bounds the wait for that byte, as nginx's ``client_header_timeout`` works); a
+        deadline, not an idle timer that each byte resets. Slow clients are closed with
+        408. 0 turns it off. The fast worker checks its deadlines once a second, so they
+        end up to a second late.
         """,
     )
     body_min_rate = Setting(
@@ -95,7 +98,8 @@ class SecurityOptions:
         doc="""
         The slowest upload accepted. Reading a body starts with ``header_timeout`` seconds
         of allowance and each ``body_min_rate`` bytes received adds one second (Apache
-        mod_reqtimeout's ``MinRate``); a client behind that schedule is closed. 0 is off.
+        mod_reqtimeout's ``MinRate``); a client behind that schedule is closed. 0 is off:
+        the body then only has to keep coming, a pause as long as ``timeout`` closes it.
         """,
     )
     header_map = Setting(

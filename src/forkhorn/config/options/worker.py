@@ -108,7 +108,9 @@ class WorkerOptions:
         metavar="INT",
         doc="""
         Seconds an idle keep-alive connection waits for the next request. The sync worker
-        closes after each response regardless. 0 turns keep-alive off.
+        closes after each response regardless. 0 turns keep-alive off. The fast worker
+        checks its deadlines once a second: it closes an idle connection up to a second
+        later (a proxy's idle timeout set below ``keepalive`` is unaffected).
         """,
     )
     max_worker_memory = Setting(
