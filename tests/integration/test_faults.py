@@ -301,6 +301,49 @@ def test_usr2_reads_relative_paths_from_the_start_directory(
         _stop_foreign_master(new_master, new_identity)
 
 
+@pytest.mark.timeout(60)
+def test_usr2_leaves_raw_env_to_the_new_config_and_survives_a_lost_pid_file(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """The new master inherited the old one's environment, raw_env included: a key its
+    config no longer sets lived on in every worker (a rotated secret). And a pid file
+    whose directory vanished before the promotion took the new master down, with its
+    workers, just after the old one was stopped."""
+    (tmp_path / "env_app.py").write_text(
+        "import os\n"
+        "def app(environ, start_response):\n"
+        "    body = repr(os.environ.get('FH_SECRET')).encode()\n"
+        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "    return [body]\n"
+    )
+    config = tmp_path / "conf.py"
+    config.write_text("workers = 1\nraw_env = ['FH_SECRET=old']\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    pidfile = run / "forkhorn.pid"
+    server = server_factory("env_app:app", "-c", str(config), "--pid", str(pidfile), cwd=tmp_path)
+    assert get(server.port).body == b"'old'"
+    new_master = 0
+    new_identity: int | None = None
+    try:
+        config.write_text("workers = 1\n")
+        mark = server.mark()
+        server.signal(signal.SIGUSR2)
+        second = Path(f"{pidfile}.2")
+        wait_until(lambda: second.exists() and second.read_text().strip(), "pidfile.2")
+        new_master = int(second.read_text().strip())
+        new_identity = process_identity(new_master)
+        server.wait_for_log(rf"Listening at: .* \({new_master}\)", since=mark)
+        shutil.rmtree(run)
+        server.signal(signal.SIGTERM)
+        server.wait_for_log(r"Master has been promoted\.", since=mark, timeout=15)
+        assert server.count_log(r"Promotion: Cannot write pid file", since=mark) == 1
+        assert is_alive(new_master, new_identity)
+        assert get(server.port).body == b"None"
+    finally:
+        _stop_foreign_master(new_master, new_identity)
+
+
 def _stop_foreign_master(pid: int, identity: int | None) -> None:
     """TERM the re-executed master this test caused (not our child), then its workers."""
     if not pid or not is_alive(pid, identity):
