@@ -22,14 +22,13 @@ Runs in: the worker process (the master only imports it).
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-from .green import GreenletWorker
+from .green import GreenletWorker, cooperative_sendfile
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"(?s).*Eventlet is deprecated")
@@ -43,41 +42,23 @@ with warnings.catch_warnings():
 
 __all__ = ["EventletWorker"]
 
-# Bytes per os.sendfile() call: a pause point between pieces of a large file, so one
-# download does not hold the hub for the whole file.
-SENDFILE_CHUNK = 1 << 20
-
-
 class _GreenSocket(eventlet.greenio.GreenSocket):  # type: ignore[misc]
-    """eventlet's socket with a cooperative ``sendfile``.
-
+    """eventlet's socket with a cooperative ``sendfile`` (``green.cooperative_sendfile``):
     eventlet passes ``sendfile`` through to the real socket, which refuses to work when
-    non-blocking (as eventlet keeps it): every file response (``wsgi.file_wrapper``) would
-    fail. Here ``os.sendfile`` waits in the hub when the socket buffer is full.
-    """
+    non-blocking (as eventlet keeps it), so every file response would fail."""
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         out_fd = self.fileno()
-        in_fd = file.fileno()
         timeout = self.gettimeout()
-        sent = 0
-        try:
-            while count is None or sent < count:
-                size = SENDFILE_CHUNK if count is None else min(SENDFILE_CHUNK, count - sent)
-                try:
-                    n = os.sendfile(out_fd, in_fd, offset + sent, size)
-                except BlockingIOError:
-                    eventlet.hubs.trampoline(
-                        out_fd, write=True, timeout=timeout, timeout_exc=socket.timeout
-                    )
-                    continue
-                if n == 0:
-                    break  # end of file
-                sent += n
-        finally:
-            if sent:
-                file.seek(offset + sent)  # as socket.sendfile: a timeout says what went
-        return sent
+        return cooperative_sendfile(
+            out_fd,
+            file,
+            offset,
+            count,
+            lambda: eventlet.hubs.trampoline(
+                out_fd, write=True, timeout=timeout, timeout_exc=socket.timeout
+            ),
+        )
 
 
 # The signals that stop a booting worker (arbiter.signals.STOP_SIGNALS).

@@ -32,12 +32,24 @@ import gevent.event
 import gevent.pool
 import gevent.socket
 
-from .green import GreenletWorker
+from .green import GreenletWorker, cooperative_sendfile
 
 __all__ = ["GeventWorker"]
 
 # How long stopping an acceptor may take: it is parked in gevent's poller, so one loop.
 KILL_TIMEOUT = 1.0
+
+
+class _GeventSocket(gevent.socket.socket):  # type: ignore[misc]
+    """gevent's socket with a real ``sendfile`` (``green.cooperative_sendfile``): gevent's
+    own reads the file and sends it, so file responses never used the system call."""
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        out_fd = self.fileno()
+        timeout = self.gettimeout()
+        return cooperative_sendfile(
+            out_fd, file, offset, count, lambda: gevent.socket.wait_write(out_fd, timeout)
+        )
 
 
 class GeventWorker(GreenletWorker):
@@ -88,7 +100,7 @@ class GeventWorker(GreenletWorker):
         gevent.socket.wait_read(fd)
 
     def wrap_accepted(self, fd: int, listener: socket.socket) -> Any:
-        return gevent.socket.socket(listener.family, listener.type, listener.proto, fileno=fd)
+        return _GeventSocket(listener.family, listener.type, listener.proto, fileno=fd)
 
     def new_event(self) -> Any:
         return gevent.event.Event()

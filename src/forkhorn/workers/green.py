@@ -449,3 +449,40 @@ def _close(sock: Any) -> None:
         sock.close()
     except OSError:
         pass
+
+
+#: Bytes per os.sendfile() call: a pause point between pieces of a large file, so one
+#: download does not hold the hub for the whole file.
+SENDFILE_CHUNK = 1 << 20
+
+
+def cooperative_sendfile(
+    out_fd: int,
+    file: Any,
+    offset: int,
+    count: int | None,
+    wait_writable: Callable[[], object],
+) -> int:
+    """``socket.sendfile`` for a green socket, which is non-blocking underneath: the
+    standard one refuses such a socket (eventlet's passes the call through) or falls back
+    to reading the file and sending it (gevent's). ``os.sendfile`` runs here, and
+    ``wait_writable()`` parks the greenlet in the hub while the socket's buffer is full
+    (it raises ``TimeoutError`` past the socket's timeout). As ``socket.sendfile``, the
+    file's position says how far it went, a timeout included."""
+    in_fd = file.fileno()
+    sent = 0
+    try:
+        while count is None or sent < count:
+            size = SENDFILE_CHUNK if count is None else min(SENDFILE_CHUNK, count - sent)
+            try:
+                n = os.sendfile(out_fd, in_fd, offset + sent, size)
+            except BlockingIOError:
+                wait_writable()
+                continue
+            if n == 0:
+                break  # end of file
+            sent += n
+    finally:
+        if sent:
+            file.seek(offset + sent)
+    return sent
