@@ -201,6 +201,24 @@ def test_two_workers_hung_at_once_have_their_stacks_logged_apart(
         assert "in hang_forever_in_app" in text, text
 
 
+def test_a_worker_that_hangs_after_its_failed_boot_is_killed(tmp_path: Path) -> None:
+    """An app whose import registers an atexit handler that hangs (a telemetry flush to a
+    host that does not answer), then fails: the worker reported its failed boot and never
+    exited, and the master waited for it for ever, serving nothing. It is now killed
+    graceful_timeout later and judged as the boot failure it reported."""
+    _release(
+        tmp_path,
+        "import atexit, time\n"
+        "atexit.register(time.sleep, 3600)\n"
+        "raise RuntimeError('bad release on disk')\n",
+    )
+    args = ["--bind", "127.0.0.1:0", "--graceful-timeout", "1", "release:app"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert "failed to boot and did not exit" in result.stderr
+    assert "Worker failed to boot. Failed to import 'release'" in result.stderr
+
+
 def test_an_app_that_cannot_load_stops_the_master_with_code_4(tmp_path: Path) -> None:
     _release(tmp_path, BAD)
     result = run_cli(["--bind", "127.0.0.1:0", "--workers", "3", "release:app"], cwd=tmp_path)

@@ -162,6 +162,13 @@ def test_a_retiring_worker_is_killed_after_graceful_timeout() -> None:
     assert run(table, now=100.0) == [Kill(1, KillReason.GRACEFUL_TIMEOUT)]
 
 
+def test_a_worker_that_reported_a_failed_boot_must_exit_within_graceful_timeout() -> None:
+    failed = WorkerState.BOOT_FAILED
+    table = [worker(1, state=failed, heartbeat=0.0, boot_failed_at=95.0), worker(2), worker(3)]
+    assert Kill(1, KillReason.GRACEFUL_TIMEOUT) not in run(table, now=104.9)
+    assert Kill(1, KillReason.GRACEFUL_TIMEOUT) in run(table, now=105.0)
+
+
 def test_wake_at_is_the_next_deadline() -> None:
     table = [worker(1, aborted_at=99.5), worker(2), worker(3), worker(4)]
     decision = decide(table, desired=3, generation=0, now=100.0, limits=LIMITS)

@@ -119,6 +119,7 @@ class WorkerRecord:
     grace: float | None = None
     timeout: float | None = None
     request_timeout: float | None = None
+    boot_failed_at: float | None = None
 
     def view(self) -> WorkerView:
         return WorkerView(
@@ -134,6 +135,7 @@ class WorkerRecord:
             grace=self.grace,
             timeout=self.timeout,
             request_timeout=self.request_timeout,
+            boot_failed_at=self.boot_failed_at,
         )
 
 
@@ -1241,6 +1243,12 @@ class Arbiter:
             sig = -code
             if sig == signal.SIGKILL and not rec.killed:
                 self.log.error("Worker (pid:%s) was sent SIGKILL! Perhaps out of memory?", rec.pid)
+            elif sig == signal.SIGKILL and rec.boot_failed_at is not None:
+                self.log.warning(
+                    "Worker (pid:%s) failed to boot and did not exit (an atexit handler that "
+                    "hangs?); killed (SIGKILL) after graceful_timeout",
+                    rec.pid,
+                )
             elif sig == signal.SIGKILL and snap.request_start > 0.0:
                 # Cut mid-request (graceful_timeout ran out, or an abort did not end it):
                 # name the request, as the timeout's own lines do, so it can be found.
@@ -1264,10 +1272,15 @@ class Arbiter:
         self.scoreboard.free(rec.slot)
         if self.stop_deadline is not None:
             return
+        if code < 0 and rec.boot_failed_at is not None and rec.killed:
+            # It reported a failed boot, then hung on its way out (an atexit handler) and
+            # was killed for it: judged as the boot failure it reported.
+            code = WORKER_BOOT_ERROR
         verdict = judge_exit(
             exit_code=code if code >= 0 else None,
             reached_serving=reached,
-            expected=rec.retiring_since is not None or (rec.killed and rec.aborted_at is None),
+            expected=rec.retiring_since is not None
+            or (rec.killed and rec.aborted_at is None and rec.boot_failed_at is None),
             generation=rec.generation,
             current_generation=self.generation,
             ever_ready=self.ever_ready,
@@ -1317,6 +1330,8 @@ class Arbiter:
             snap = rec.slot.snapshot()
             rec.state = snap.state
             rec.heartbeat = snap.heartbeat
+            if snap.state is WorkerState.BOOT_FAILED and rec.boot_failed_at is None:
+                rec.boot_failed_at = time.monotonic()  # it must now exit (policy rule 2)
             if snap.state is WorkerState.EXITING and rec.retiring_since is None:
                 # It retired itself (max_requests, lifetime, memory): no longer active,
                 # so its replacement starts now, and graceful_timeout bounds its exit.

@@ -12,7 +12,9 @@ Rules ``decide`` keeps, in the order it applies them:
 2. **Liveness.**  A worker whose heartbeat is older than ``timeout`` (``boot_timeout``
    while it is still booting) is aborted (``Abort``: SIGABRT, so it dumps its stacks).
    One still alive ``abort_grace`` seconds later is killed.  A retiring worker still
-   alive ``graceful_timeout`` after it was told to stop is killed.  ``timeout <= 0``
+   alive ``graceful_timeout`` after it was told to stop is killed, and so is one that
+   reported a failed boot (BOOT_FAILED) and has not exited ``graceful_timeout`` after the
+   master saw it (an ``atexit`` handler that hangs).  ``timeout <= 0``
    disables the heartbeat check, as in gunicorn.  ``request_timeout`` (when set) is the
    allowance instead while the worker is in a request, if smaller: for the classes that
    run the app on their only thread or loop, a silent busy worker is a request stuck.
@@ -79,6 +81,7 @@ class WorkerView:
     # the requests the old generation is finishing (gunicorn's workers keep theirs).
     timeout: float | None = None
     request_timeout: float | None = None
+    boot_failed_at: float | None = None  # when the master first saw it BOOT_FAILED
 
     @property
     def is_leaving(self) -> bool:
@@ -239,8 +242,11 @@ def decide(
                 wake_at = _earliest(wake_at, now + limits.abort_grace)
                 continue
             wake_at = _earliest(wake_at, w.heartbeat + allowed)
-        if w.retiring_since is not None:
-            kill_at = w.retiring_since + (limits.graceful_timeout if w.grace is None else w.grace)
+        leaving_since = w.retiring_since
+        if w.state is WorkerState.BOOT_FAILED and w.boot_failed_at is not None:
+            leaving_since = w.boot_failed_at if leaving_since is None else leaving_since
+        if leaving_since is not None:
+            kill_at = leaving_since + (limits.graceful_timeout if w.grace is None else w.grace)
             if now >= kill_at:
                 actions.append(Kill(w.pid, KillReason.GRACEFUL_TIMEOUT))
             else:

@@ -42,6 +42,7 @@ with warnings.catch_warnings():
 
 __all__ = ["EventletWorker"]
 
+
 class _GreenSocket(eventlet.greenio.GreenSocket):  # type: ignore[misc]
     """eventlet's socket with a cooperative ``sendfile`` (``green.cooperative_sendfile``):
     eventlet passes ``sendfile`` through to the real socket, which refuses to work when
