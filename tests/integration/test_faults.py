@@ -344,6 +344,47 @@ def test_usr2_leaves_raw_env_to_the_new_config_and_survives_a_lost_pid_file(
         _stop_foreign_master(new_master, new_identity)
 
 
+@pytest.mark.timeout(60)
+def test_a_master_promoted_by_usr2_applies_a_changed_bind_on_hup(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """After a USR2 upgrade the promoted master took its sockets for someone else's (as
+    systemd's are) and ignored a bind that HUP changed, without a word."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        first = probe.getsockname()[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        second = probe.getsockname()[1]
+    config = tmp_path / "bind.conf.py"
+    config.write_text(f"bind = ['localhost:{first}']\nworkers = 1\n")
+    pidfile = tmp_path / "forkhorn.pid"
+    server = server_factory(
+        "hello:app", "-c", str(config), "--pid", str(pidfile), bind=False, cwd=tmp_path
+    )
+    new_master = 0
+    new_identity: int | None = None
+    try:
+        mark = server.mark()
+        server.signal(signal.SIGUSR2)
+        second_pidfile = Path(f"{pidfile}.2")
+        wait_until(
+            lambda: second_pidfile.exists() and second_pidfile.read_text().strip(), "pidfile.2"
+        )
+        new_master = int(second_pidfile.read_text().strip())
+        new_identity = process_identity(new_master)
+        server.wait_for_log(rf"Listening at: .* \({new_master}\)", since=mark)
+        server.signal(signal.SIGTERM)
+        server.wait_for_log(r"Master has been promoted\.", since=mark, timeout=15)
+        config.write_text(f"bind = ['localhost:{first}', '127.0.0.1:{second}']\nworkers = 1\n")
+        os.kill(new_master, signal.SIGHUP)
+        server.wait_for_log(r"Reload complete", since=mark, timeout=30)
+        assert get(first).status == 200
+        assert get(second).status == 200
+    finally:
+        _stop_foreign_master(new_master, new_identity)
+
+
 def _stop_foreign_master(pid: int, identity: int | None) -> None:
     """TERM the re-executed master this test caused (not our child), then its workers."""
     if not pid or not is_alive(pid, identity):

@@ -31,6 +31,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import sys
 import tempfile
 import textwrap
@@ -866,14 +867,9 @@ class Arbiter:
         is refused, nothing changed) when an address cannot be bound. The dropped
         listeners stay open until the reload completes (``_drop_old_listeners``): an
         abandoned reload puts everything back."""
-        if self._inherited_sockets or list(new_cfg.bind) == list(self.cfg.bind):
-            return None
-        # Keyed by the address as written (``localhost:8000``), not as bound (127.0.0.1):
-        # the listeners were made from the current bind list, one each, in its order.
-        current = {
-            parse_address(bind): listener
-            for bind, listener in zip(self.cfg.bind, self.listeners, strict=False)
-        }
+        if self._systemd_sockets or list(new_cfg.bind) == list(self.cfg.bind):
+            return None  # (systemd's sockets are its own: their bind is its unit's)
+        current = self._listeners_by_bind()
         wanted: dict[Any, str] = {}  # each address once, as first written, in order
         for bind in new_cfg.bind:
             wanted.setdefault(parse_address(bind), str(bind))
@@ -899,6 +895,28 @@ class Arbiter:
         for listener in made.values():
             self.log.info("Listening at: %s (%s)", listener, self.pid)
         return before
+
+    def _listeners_by_bind(self) -> dict[Any, Listener]:
+        """The listeners by the address of the ``bind`` entry each serves, as written
+        (``localhost:8000``), not as bound (127.0.0.1)."""
+        if not self._inherited_sockets:
+            # Made from the current bind list, one each, in its order.
+            return {
+                parse_address(bind): listener
+                for bind, listener in zip(self.cfg.bind, self.listeners, strict=False)
+            }
+        # Inherited from the master before a USR2, in its bind list's order, which this
+        # config's may not follow: each entry takes the listener bound to it, if any.
+        current: dict[Any, Listener] = {}
+        free = list(self.listeners)
+        for bind in self.cfg.bind:
+            address = parse_address(bind)
+            for listener in free:
+                if _serves(listener, address):
+                    current[address] = listener
+                    free.remove(listener)
+                    break
+        return current
 
     def _restore_listeners(self, before: list[Listener]) -> None:
         """Undo ``_rebind_if_changed``: close what it added, serve what was there."""
@@ -1512,3 +1530,21 @@ def _unset_raw_env(environ: MutableMapping[str, str], keys: Any, cfg: Any) -> No
             environ[key] = start[key]
         else:
             environ.pop(key, None)
+
+
+def _serves(listener: Listener, address: Any) -> bool:
+    """Is ``listener`` bound to the parsed bind ``address``? A host name counts when it
+    resolves to the listener's address; an empty or wildcard host matches a wildcard."""
+    name = listener.getsockname()
+    if address.kind == "unix":
+        return isinstance(name, str) and os.path.abspath(name) == os.path.abspath(address.path)
+    if address.kind != "tcp" or isinstance(name, str) or name[1] != address.port:
+        return False
+    host = address.host
+    if host in ("", "0.0.0.0", "::"):
+        return name[0] in ("0.0.0.0", "::")
+    try:
+        infos = socket.getaddrinfo(host, address.port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return any(info[4][0] == name[0] for info in infos)
