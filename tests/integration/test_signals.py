@@ -301,6 +301,49 @@ def test_hup_follows_a_current_symlink_with_relative_paths(
     assert get(server.port).body == b"two A=two B=None"
 
 
+@pytest.mark.timeout(90)
+def test_hup_after_the_old_release_was_deleted_and_an_abandoned_one_goes_back(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """The release the master runs in is deleted before the HUP that moves to the next
+    one: the reload crashed the master (``os.getcwd()``), and every worker with it. Then
+    a broken release: its reload is abandoned, and the master stayed in the broken
+    directory, so an old worker that died was replaced by one that could not boot."""
+    releases = tmp_path / "releases"
+    for release in ("one", "two", "three"):
+        (releases / release).mkdir(parents=True)
+        text = RELEASE_APP.format(release=release)
+        if release == "three":
+            text = "raise ImportError('a broken release')\n"
+        (releases / release / "release_app.py").write_text(text)
+    current = tmp_path / "current"
+    current.symlink_to(releases / "one")
+    server = server_factory(
+        "release_app:app", "--workers", "1", cwd=current, env={"PWD": str(current)}
+    )
+    assert get(server.port).body == b"one A=None B=None"
+
+    def move_to(release: str, outcome: str) -> None:
+        current.unlink()
+        current.symlink_to(releases / release)
+        mark = server.mark()
+        server.signal(signal.SIGHUP)
+        server.wait_for_log(outcome, since=mark, timeout=30)
+
+    (first,) = server.wait_for_workers(1)
+    shutil.rmtree(releases / "one")
+    move_to("two", r"Reload complete")
+    server.wait_for_workers(1, exclude=[first], timeout=30)
+    assert get(server.port).body == b"two A=None B=None"
+    (serving,) = server.wait_for_workers(1)
+    move_to("three", r"Reload abandoned")
+    mark = server.mark()
+    os.kill(serving, signal.SIGKILL)  # its replacement must come from release two
+    server.wait_for_workers(1, exclude=[serving], timeout=30)
+    assert get(server.port).body == b"two A=None B=None"
+    assert server.count_log(r"failed to boot", since=mark) == 0
+
+
 @pytest.mark.timeout(60)
 def test_ttin_and_ttou_change_the_worker_count(server_factory: ServerFactory) -> None:
     server = server_factory("hello:app", "--workers", "2")

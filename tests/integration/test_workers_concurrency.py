@@ -390,3 +390,63 @@ def test_gthread_answers_a_request_stuck_in_c_at_its_limit(
     answered = next(i for i, line in enumerate(lines) if '"GET /cstuck HTTP/1.1" 504' in line)
     stuck = next(i for i, line in enumerate(lines) if "Request still running" in line)
     assert answered < stuck, lines
+
+
+SWALLOW_APP = """
+import time
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/swallow":
+        try:
+            for _ in range(10000):
+                time.sleep(0.01)
+        except BaseException:  # the interruption, caught: the app answers itself
+            time.sleep(0.1)
+        start_response("200 OK", [("Content-Length", "9")])
+        return [b"swallowed"]
+
+    def partial():
+        yield b"first piece"
+        for _ in range(10000):
+            time.sleep(0.01)  # interruptible: no progress, then the interruption
+        yield b"never"
+
+    start_response("200 OK", [])
+    return partial()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_gthread_ends_an_interrupted_request_once(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A request interrupted at its limit whose thread runs Python (the app caught the
+    interruption and answers itself, or its head was already sent) and then takes a while
+    to end (a post_request hook that flushes metrics for a second): the main loop ended
+    it too, half a second after the interruption, for two access lines and two
+    post_request calls. Its thread ends it, once."""
+    (tmp_path / "swallow_app.py").write_text(SWALLOW_APP)
+    hooks = tmp_path / "hooks.py"
+    hooks.write_text(
+        "import sys, time\n"
+        "def post_request(worker, req, environ, resp):\n"
+        "    time.sleep(1)\n"
+        "    sys.stderr.write(f'post_request {req.path} {resp.status}\\n')\n"
+    )
+    srv = server_factory(
+        "swallow_app:app", "-k", "gthread", "--threads", "4", "--workers", "1",
+        "--request-timeout", "1", "-c", str(hooks), "--access-logfile", "/dev/stderr",
+        cwd=tmp_path,
+    )  # fmt: skip
+    mark = srv.mark()
+    resp = get(srv.port, "/swallow", timeout=20)
+    assert (resp.status, resp.body) == (200, b"swallowed")
+    with connect(srv.port) as sock:
+        sock.sendall(b"GET /partial HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_until_close(sock, timeout=20)
+    srv.wait_for_log(r"post_request /partial ", since=mark, timeout=20)
+    time.sleep(1.5)  # a second ending, if there were one, would come by now
+    for path in ("/swallow", "/partial"):
+        assert srv.count_log(rf'"GET {path} HTTP/1\.1"', since=mark) == 1, srv.logs
+        assert srv.count_log(rf"post_request {path} ", since=mark) == 1, srv.logs

@@ -153,6 +153,10 @@ class _Release:
     # The listeners before the reload, when it changed them: the ones it added are
     # closed if it is abandoned, the ones it dropped once it completes.
     listeners: list[Listener] | None = None
+    # The directory the master was in (resolved), to go back to if it is abandoned: the
+    # start directory may lead elsewhere by then (a ``current`` symlink moved to the
+    # release that failed). None when it was gone already.
+    directory: str | None = None
 
 
 def _close_quietly(file: Any) -> None:
@@ -462,20 +466,21 @@ class Arbiter:
                 cpus,
             )
 
-    def _apply_paths(self, cfg: Any) -> None:
+    def _apply_paths(self, cfg: Any, directory: str | None = None) -> None:
         """``chdir`` and ``pythonpath``, for the workers to inherit. At start-up the
         command line applied them already; a reload's new ``chdir`` (a deploy's new
         release directory) takes the old directory's place first on ``sys.path``.
 
         Without ``chdir`` the directory forkhorn started in is entered again, by the path
         it was reached through, as gunicorn's default ``chdir`` is: a deploy that points
-        a ``current`` symlink at a new release and sends HUP gets the new release."""
-        before = os.getcwd()
-        chdir = getattr(cfg, "chdir", None)
+        a ``current`` symlink at a new release and sends HUP gets the new release.
+        ``directory``, if given, is entered instead (an abandoned reload's way back)."""
+        before = _current_directory()  # None: it was deleted (an old release's)
+        chdir = directory or getattr(cfg, "chdir", None)
         implicit = not chdir
         if implicit:
             chdir = getattr(cfg, "start_directory", None)
-        if chdir and os.path.realpath(chdir) != before:
+        if chdir and (before is None or os.path.realpath(chdir) != before):
             try:
                 os.chdir(chdir)
             except OSError as exc:
@@ -759,6 +764,7 @@ class Arbiter:
             self.wsgi,
             self.generation,
             self.num_workers,
+            directory=_current_directory(),
         )
         new_cfg = self.cfg
         reload_cfg = getattr(self.cfg, "reload", None)
@@ -850,11 +856,11 @@ class Arbiter:
         except Exception as exc:
             raise ForkhornError(f"the new logging settings: {exc}") from exc
 
-    def _switch_environment(self, old_cfg: Any, new_cfg: Any) -> None:
+    def _switch_environment(self, old_cfg: Any, new_cfg: Any, directory: str | None = None) -> None:
         """What the master applied of the old config for its workers to inherit: the
         paths (``_apply_paths``) and ``raw_env`` (a key the new config drops is unset, as
-        gunicorn does)."""
-        self._apply_paths(new_cfg)
+        gunicorn does). ``directory``: as for ``_apply_paths``."""
+        self._apply_paths(new_cfg, directory)
         old_env = dict(getattr(old_cfg, "env", None) or {})
         new_env = dict(getattr(new_cfg, "env", None) or {})
         _unset_raw_env(os.environ, old_env.keys() - new_env.keys(), new_cfg)
@@ -963,7 +969,7 @@ class Arbiter:
         self._pending_reload = None
         if old.listeners is not None:
             self._restore_listeners(old.listeners)
-        self._switch_environment(self.cfg, old.cfg)
+        self._switch_environment(self.cfg, old.cfg, old.directory)
         with contextlib.suppress(ForkhornError):
             self._apply_logging(old.cfg)
         self.cfg = old.cfg
@@ -1548,3 +1554,12 @@ def _serves(listener: Listener, address: Any) -> bool:
     except OSError:
         return False
     return any(info[4][0] == name[0] for info in infos)
+
+
+def _current_directory() -> str | None:
+    """``os.getcwd()``, or None when the directory we are in was deleted (a deploy that
+    removed the old release the master was started in)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None

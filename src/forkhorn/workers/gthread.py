@@ -78,6 +78,7 @@ from .watchdog import (
     grace_period,
     interrupt_thread,
     request_limit,
+    stack_mark,
     thread_stack,
     timeout_response,
 )
@@ -158,7 +159,7 @@ class ThreadWorker(Worker):
             self.log,
             self.pid,
             thread_stack,
-            lambda entry: interrupt_thread(entry.handle),
+            _interrupt,
             self.retire,
             self._abandon,
         )
@@ -556,13 +557,15 @@ class ThreadWorker(Worker):
         self._watchdog.release(threading.get_ident())
 
     def _abandon(self, entry: InFlight[int]) -> None:
-        """An interrupted request its thread has not answered (stuck in C, watchdog.py's
-        rule 3): answer it here, if nothing of its response went out, and shut its
+        """An interrupted request its thread has not ended (stuck in C, watchdog.py's
+        rule 3): answer it here, if nothing of its response went out, log it and shut its
         connection, so its client hears at the limit, not when the thread returns or the
-        retiring worker exits. Its thread, should it return, finds the connection answered
-        and shut. Runs in: main, under the watchdog's lock."""
-        if entry.answered:  # its thread is answering, or this ran already
+        retiring worker exits. Its thread, should it return, finds the request claimed and
+        the connection shut. Runs in: main, under the watchdog's lock."""
+        if entry.answered:  # its thread claimed the ending, or this ran already
             return
+        if not entry.reported_stuck and stack_mark(entry.handle) != entry.stack_mark:
+            return  # running Python: it unwinds, or answers itself (until the grace ends)
         entry.answered = True
         client: _Client = entry.context
         with self._lock:
@@ -580,7 +583,6 @@ class ThreadWorker(Worker):
             # Answered, counted and logged (access line, post_request) here: its thread
             # may never return before the worker exits.
             request, environ, exchange = entry.cycle
-            entry.abandoned = True
             if not exchange.head_sent:
                 answer_timeout(exchange, sock, self.answer_504)
             finish_request(self, request, environ, exchange)
@@ -651,3 +653,10 @@ def _close(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+def _interrupt(entry: InFlight[int]) -> None:
+    """Raise RequestHungError in the request's thread, noting where the thread was: at
+    ANSWER_WINDOW that tells a thread stuck in C from one unwinding (``_abandon``)."""
+    entry.stack_mark = stack_mark(entry.handle)
+    interrupt_thread(entry.handle)

@@ -345,6 +345,7 @@ def serve_request(
         watch.cycle = (request, environ, exchange)
     ok = False
     taken = False
+    claimed = False  # this thread took the request's ending (watchdog.py, rule 3)
     try:
         try:
             if worker.hook_pre_request:
@@ -382,8 +383,9 @@ def serve_request(
         # Past its limit (or the stop's deadline): answered if nothing went out yet. Not
         # on a WebSocket handshake: the app may have answered 101 on the socket itself,
         # and a 500 would land inside the WebSocket's frames.
-        # The main loop may have answered it already (watchdog.py, rule 3): one answer.
-        if not exchange.head_sent and not websocket and (watch is None or watch.claim_answer()):
+        # The main loop may have ended it already (watchdog.py, rule 3): one ending.
+        claimed = watch is None or watch.claim()
+        if claimed and not exchange.head_sent and not websocket:
             answer_timeout(exchange, sock, worker.answer_504)
         raise
     except SystemExit:
@@ -397,8 +399,9 @@ def serve_request(
     finally:
         # A taken-over connection has no response of the server's to log (gunicorn
         # writes no access line either); it still counts, and post_request runs. A
-        # request the worker gave up on while it was stuck in C was logged then.
-        if watch is None or not watch.abandoned:
+        # request the worker gave up on while it was stuck in C was logged then: the
+        # claim (under the watchdog's lock) says which of the two ends it.
+        if claimed or watch is None or watch.claim():
             finish_request(worker, request, environ, exchange, access=not taken)
     if not ok or not conn.keep_alive:
         if conn.body_mismatch:

@@ -18,11 +18,13 @@ Rules kept:
    it; a stream or a download that its client keeps reading does not (gunicorn bounds
    neither on its threaded and green workers; forkhorn's fast worker does the same).
 3. A request past its limit is reported and interrupted **once**. Its own thread answers
-   it as it unwinds; one that has not within ``ANSWER_WINDOW`` (a thread stuck in C code)
-   is answered by the worker's main loop (``abandon``), so the client hears at the limit,
-   not a grace period later. If it is still running ``grace`` seconds after the
-   interruption (stuck in C, or an app that swallows the interruption), it is reported as
-   stuck **once** and the worker is retired: it stops accepting, its other requests
+   it as it unwinds. One whose stack has not moved ``ANSWER_WINDOW`` later (a thread
+   stuck in C code, which the interruption cannot reach) is answered by the worker's
+   main loop (``abandon``), so the client hears at the limit, not a grace period later;
+   one that is running Python (unwinding slowly, or an app that caught the interruption
+   and answers itself) is left to end its request. If it is still running ``grace``
+   seconds after the interruption, it is reported as stuck **once**, the main loop ends
+   it if it has not, and the worker is retired: it stops accepting, its other requests
    finish, the master starts a replacement.
 4. An interruption is delivered only while the request is still registered (under the same
    lock that ``finished`` takes), so a request that ends just in time is left alone.
@@ -35,9 +37,9 @@ request cycle like any error (the iterable is closed, the access log and ``post_
 run), the worker answers 504 if ``request_timeout`` is set and no response head was sent
 yet (500 at ``timeout``), and closes the connection. A request stuck in C (rule 3) cannot
 unwind: the worker answers it from the main loop (``abandon``) and closes its connection,
-so its client is not left waiting. Whichever answers first, the request's thread or the
-main loop, takes the answer (``InFlight.claim_answer``, under the watchdog's lock): one
-response, never two.
+so its client is not left waiting. Whichever ends the request first, its thread or the
+main loop, claims it (``InFlight.claim``, under the watchdog's lock): one response, one
+access-log line, one ``post_request``, never two.
 
 Runs in: the worker process. ``started``/``finished`` in whichever thread or greenlet
 serves the request; ``check`` and the enforcer in the worker's main loop.
@@ -68,6 +70,7 @@ __all__ = [
     "grace_period",
     "interrupt_thread",
     "request_limit",
+    "stack_mark",
     "thread_stack",
     "timeout_response",
 ]
@@ -120,14 +123,17 @@ class InFlight(Generic[H]):
     # without the lock (one float store); the check reads a value at most one send old.
     progress_at: float = 0.0
     # What the request cycle is (request, environ, exchange), for a worker that answers
-    # and logs a request stuck in C on its behalf (gthread's abandon); and whether it did.
+    # and logs a request stuck in C on its behalf (gthread's abandon).
     cycle: Any = None
-    abandoned: bool = False
-    # The timeout's answer was taken, by the request's thread or by ``abandon``; and
-    # whether the main loop was asked to take it (rule 3's ANSWER_WINDOW).
+    # The request's ending (its answer, access line and post_request) was claimed, by
+    # its thread or by ``abandon`` (``claim``); and whether the main loop was asked to
+    # end it (rule 3's ANSWER_WINDOW).
     answered: bool = False
     answer_due: bool = False
     lock: Any = None  # the watchdog's (``started`` sets it)
+    # Where its thread was when it was interrupted (the worker's ``interrupt`` sets it):
+    # unchanged at ANSWER_WINDOW, the thread is stuck in C (rule 3).
+    stack_mark: Any = None
     # The connection the response goes to (the worker sets it), for the watchdog's probe
     # (rule 2: progress a blocked send cannot record), and the probe's last reading.
     sock: Any = None
@@ -136,10 +142,11 @@ class InFlight(Generic[H]):
     def elapsed(self, now: float) -> float:
         return max(0.0, now - self.started)
 
-    def claim_answer(self) -> bool:
-        """Take the answering of this interrupted request, if the main loop has not
-        (rule 3): True once. For the request's own thread; ``abandon`` runs under the
-        lock already and sets ``answered`` itself."""
+    def claim(self) -> bool:
+        """Take the ending of this request (its answer, if it needs one, its access line
+        and post_request), if the main loop has not (rule 3): True once. For the
+        request's own thread; ``abandon`` runs under the lock already and sets
+        ``answered`` itself."""
         if self.lock is None:
             return True
         with self.lock:
@@ -303,6 +310,13 @@ def thread_stack(ident: int) -> str:
     return format_frame(sys._current_frames().get(ident))
 
 
+def stack_mark(ident: int) -> tuple[int, int] | None:
+    """Where thread ``ident`` is: its innermost frame and instruction. The same some time
+    later means it has not run a bytecode since: it is blocked in a C call (rule 3)."""
+    frame = sys._current_frames().get(ident)
+    return None if frame is None else (id(frame), frame.f_lasti)
+
+
 def interrupt_thread(ident: int, exc_type: type[BaseException] = RequestHungError) -> bool:
     """Raise ``exc_type`` in thread ``ident`` at its next Python bytecode.
 
@@ -339,9 +353,10 @@ class RequestTimeoutEnforcer(Generic[H]):
 
     ``stack_of(handle)`` returns the request's formatted stack; ``interrupt(entry)`` raises
     ``RequestHungError`` in it. ``retire(reason)`` is the worker's. ``abandon(entry)``, if
-    given, answers and closes the connection of a request its thread has not answered
-    (rule 3), while it is still running, under the watchdog's lock; it runs again when
-    the request is found stuck, and must then do nothing if ``entry.answered``.
+    given, ends a request its thread has not (rule 3): answers it if it can, logs it and
+    closes its connection, while it is still running, under the watchdog's lock. It runs
+    at ANSWER_WINDOW (``entry.reported_stuck`` False: only for a thread stuck in C) and
+    again when the request is found stuck; it does nothing if ``entry.answered``.
     """
 
     def __init__(
