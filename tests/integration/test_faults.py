@@ -38,7 +38,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,18 +227,10 @@ def test_usr2_then_term_old_master_under_load(
     unix = tmp_path / "u.sock"
     server = start("--pid", str(pidfile), "--bind", f"unix:{unix}")
     old_workers = server.wait_for_workers(2)
-    new_master = 0
-    new_identity: int | None = None
-    try:
-        with Load(server.port, threads=4) as load:
-            load.wait_for(200)
-            mark = server.mark()
-            server.signal(signal.SIGUSR2)
-            second = Path(f"{pidfile}.2")
-            wait_until(lambda: second.exists() and second.read_text().strip(), "pidfile.2")
-            new_master = int(second.read_text().strip())
-            new_identity = process_identity(new_master)
-            server.wait_for_log(rf"Listening at: .* \({new_master}\)", since=mark)
+    mark = server.mark()
+    with Load(server.port, threads=4) as load:
+        load.wait_for(200)
+        with _upgraded(server, pidfile) as new_master:
             # Both masters serve the same sockets; new connections reach the new workers
             # (the load's keep-alive connections may all stay with the old ones).
             wait_until(
@@ -253,19 +245,18 @@ def test_usr2_then_term_old_master_under_load(
             wait_until(lambda: server.proc.poll() is not None, "the old master exits")  # type: ignore[union-attr]
             server.wait_for_log(r"Master has been promoted\.", since=mark, timeout=10)
             load.wait_for(200)
-        assert server.proc.returncode == 0
-        assert not load.lost(), load.summary()
-        assert pidfile.read_text().strip() == str(new_master)
-        assert not Path(f"{pidfile}.2").exists()
-        assert not any(is_alive(pid) for pid in old_workers)
-        report("usr2", worker_class, failed=len(load.failures), total=load.total)
-        # The promoted master owns the sockets now: its stop removes the unix socket's
-        # file, as the old master's would have.
-        assert unix.exists()
-        _stop_foreign_master(new_master, new_identity)
-        assert not unix.exists()
-    finally:
-        _stop_foreign_master(new_master, new_identity)
+            load.finish()
+            assert server.proc.returncode == 0
+            assert not load.lost(), load.summary()
+            assert pidfile.read_text().strip() == str(new_master)
+            assert not Path(f"{pidfile}.2").exists()
+            assert not any(is_alive(pid) for pid in old_workers)
+            report("usr2", worker_class, failed=len(load.failures), total=load.total)
+            # The promoted master owns the sockets now: its stop removes the unix socket's
+            # file, as the old master's would have.
+            assert unix.exists()
+            _stop_foreign_master(new_master, process_identity(new_master))
+            assert not unix.exists()
 
 
 @pytest.mark.timeout(60)
@@ -286,19 +277,8 @@ def test_usr2_reads_relative_paths_from_the_start_directory(
     server = server_factory(
         "usr2_app:app", "-c", "conf.py", "--chdir", "app", "--pid", str(pidfile), cwd=tmp_path
     )
-    new_master = 0
-    new_identity: int | None = None
-    try:
-        mark = server.mark()
-        server.signal(signal.SIGUSR2)
-        second = Path(f"{pidfile}.2")
-        wait_until(lambda: second.exists() and second.read_text().strip(), "pidfile.2")
-        new_master = int(second.read_text().strip())
-        new_identity = process_identity(new_master)
-        server.wait_for_log(rf"Listening at: .* \({new_master}\)", since=mark)
+    with _upgraded(server, pidfile):
         assert "not found" not in server.logs
-    finally:
-        _stop_foreign_master(new_master, new_identity)
 
 
 @pytest.mark.timeout(60)
@@ -323,25 +303,15 @@ def test_usr2_leaves_raw_env_to_the_new_config_and_survives_a_lost_pid_file(
     pidfile = run / "forkhorn.pid"
     server = server_factory("env_app:app", "-c", str(config), "--pid", str(pidfile), cwd=tmp_path)
     assert get(server.port).body == b"'old'"
-    new_master = 0
-    new_identity: int | None = None
-    try:
-        config.write_text("workers = 1\n")
-        mark = server.mark()
-        server.signal(signal.SIGUSR2)
-        second = Path(f"{pidfile}.2")
-        wait_until(lambda: second.exists() and second.read_text().strip(), "pidfile.2")
-        new_master = int(second.read_text().strip())
-        new_identity = process_identity(new_master)
-        server.wait_for_log(rf"Listening at: .* \({new_master}\)", since=mark)
+    config.write_text("workers = 1\n")
+    mark = server.mark()
+    with _upgraded(server, pidfile) as new_master:
         shutil.rmtree(run)
         server.signal(signal.SIGTERM)
         server.wait_for_log(r"Master has been promoted\.", since=mark, timeout=15)
         assert server.count_log(r"Promotion: Cannot write pid file", since=mark) == 1
-        assert is_alive(new_master, new_identity)
+        assert is_alive(new_master)
         assert get(server.port).body == b"None"
-    finally:
-        _stop_foreign_master(new_master, new_identity)
 
 
 @pytest.mark.timeout(60)
@@ -362,18 +332,8 @@ def test_a_master_promoted_by_usr2_applies_a_changed_bind_on_hup(
     server = server_factory(
         "hello:app", "-c", str(config), "--pid", str(pidfile), bind=False, cwd=tmp_path
     )
-    new_master = 0
-    new_identity: int | None = None
-    try:
-        mark = server.mark()
-        server.signal(signal.SIGUSR2)
-        second_pidfile = Path(f"{pidfile}.2")
-        wait_until(
-            lambda: second_pidfile.exists() and second_pidfile.read_text().strip(), "pidfile.2"
-        )
-        new_master = int(second_pidfile.read_text().strip())
-        new_identity = process_identity(new_master)
-        server.wait_for_log(rf"Listening at: .* \({new_master}\)", since=mark)
+    mark = server.mark()
+    with _upgraded(server, pidfile) as new_master:
         server.signal(signal.SIGTERM)
         server.wait_for_log(r"Master has been promoted\.", since=mark, timeout=15)
         config.write_text(f"bind = ['localhost:{first}', '127.0.0.1:{second}']\nworkers = 1\n")
@@ -381,8 +341,25 @@ def test_a_master_promoted_by_usr2_applies_a_changed_bind_on_hup(
         server.wait_for_log(r"Reload complete", since=mark, timeout=30)
         assert get(first).status == 200
         assert get(second).status == 200
+
+
+@contextlib.contextmanager
+def _upgraded(server: ServerProcess, pidfile: Path) -> Iterator[int]:
+    """USR2 to ``server``: the new master's pid once it listens; it is stopped (with its
+    workers) at the end, whatever happened."""
+    mark = server.mark()
+    new_master = 0
+    identity: int | None = None
+    try:
+        server.signal(signal.SIGUSR2)
+        second = Path(f"{pidfile}.2")
+        wait_until(lambda: second.exists() and second.read_text().strip(), "pidfile.2")
+        new_master = int(second.read_text().strip())
+        identity = process_identity(new_master)
+        server.wait_for_log(rf"Listening at: .* \({new_master}\)", since=mark)
+        yield new_master
     finally:
-        _stop_foreign_master(new_master, new_identity)
+        _stop_foreign_master(new_master, identity)
 
 
 def _stop_foreign_master(pid: int, identity: int | None) -> None:

@@ -369,16 +369,11 @@ def test_gthread_answers_a_request_stuck_in_c_at_its_limit(
     grace period too (as long again as a short limit) before the watchdog answered it,
     as it retired the worker. It is now answered once its thread has had a short window,
     before the grace period ends; and answered once."""
+    # The access log on stderr: one stream, where the order of lines is that of events.
     srv = rendezvous(
-        "-k",
-        "gthread",
-        "--threads",
-        "2",
-        "--request-timeout",
-        "4",
-        "--access-logfile",
-        "/dev/stderr",  # one stream: the order of the lines is the order of events
-    )
+        "-k", "gthread", "--threads", "2", "--request-timeout", "4",
+        "--access-logfile", "/dev/stderr",
+    )  # fmt: skip
     mark = srv.mark()
     with connect(srv.port) as sock:
         sock.sendall(b"GET /cstuck HTTP/1.1\r\nHost: x\r\n\r\n")
