@@ -1540,7 +1540,10 @@ def _unset_raw_env(environ: MutableMapping[str, str], keys: Any, cfg: Any) -> No
 
 def _serves(listener: Listener, address: Any) -> bool:
     """Is ``listener`` bound to the parsed bind ``address``? A host name counts when it
-    resolves to the listener's address; an empty or wildcard host matches a wildcard."""
+    resolves to the listener's address; an empty or wildcard host matches a wildcard;
+    ``fd://N`` is the listener on descriptor N (a re-exec keeps the numbers)."""
+    if address.kind == "fd":
+        return bool(listener.fileno() == address.fd)
     name = listener.getsockname()
     if address.kind == "unix":
         return isinstance(name, str) and os.path.abspath(name) == os.path.abspath(address.path)
