@@ -219,6 +219,30 @@ def test_a_worker_that_hangs_after_its_failed_boot_is_killed(tmp_path: Path) -> 
     assert "Worker failed to boot. Failed to import 'release'" in result.stderr
 
 
+def test_a_worker_that_dies_right_after_booting_is_respawned_with_backoff(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A release whose workers boot, report READY and die before any request (a crash in
+    a background thread it starts): each was replaced at once, some 70 forks a second.
+    Such a death counts as a failed boot, and the respawn backs off. (The reload itself
+    completed, its worker having reported READY: the crash came after.)"""
+    _release(tmp_path, GOOD.format(version="v1"))
+    server = server_factory("release:app", "--workers", "1", cwd=tmp_path)
+    mark = server.mark()
+    _release(
+        tmp_path,
+        GOOD.format(version="v2")
+        + "import os, threading\nthreading.Timer(0.2, os._exit, (1,)).start()\n",
+    )
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(
+        r"failed to boot \(it died right after booting, before its first request "
+        r"\(exit code 1\)\); retrying in 0\.2s \(failure 2\)",
+        since=mark,
+        timeout=20,
+    )
+
+
 def test_an_app_that_cannot_load_stops_the_master_with_code_4(tmp_path: Path) -> None:
     _release(tmp_path, BAD)
     result = run_cli(["--bind", "127.0.0.1:0", "--workers", "3", "release:app"], cwd=tmp_path)

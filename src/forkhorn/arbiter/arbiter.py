@@ -94,6 +94,11 @@ RELOAD_MAX_BACKOFF = 2.0
 # The most of a worker's stack dump that is logged: every thread of a gthread worker with
 # hundreds of threads, still one readable record.
 STACK_DUMP_LIMIT = 1 << 20
+# A worker that dies unexpectedly this soon after reporting READY, before it completed a
+# request, failed to boot as far as respawning goes: the backoff applies, where it was
+# replaced at once, again and again (a crash right after boot forked 70 workers a second).
+# The backoff is reset only by a worker that lasted this long, or served a request.
+EARLY_CRASH = 5.0
 
 
 @dataclass(slots=True)
@@ -109,6 +114,8 @@ class WorkerRecord:
     state: WorkerState = WorkerState.BOOTING
     heartbeat: float = 0.0
     reached_serving: bool = False
+    ready_at: float | None = None  # when it first reported READY
+    proven: bool = False  # it served a request, or lasted EARLY_CRASH after READY
     retiring_since: float | None = None
     retired_itself: bool = False  # retiring_since came from its slot, not our Retire
     aborted_at: float | None = None
@@ -1263,6 +1270,18 @@ class Arbiter:
         snap = rec.slot.snapshot()
         reached = rec.reached_serving or snap.state.is_serving or snap.requests > 0
         reason = snap.request_line.decode("utf-8", "replace") or rec.abort_reason
+        if (
+            reached
+            and code != 0
+            and snap.requests == 0
+            and rec.retiring_since is None
+            and not rec.killed
+            and rec.aborted_at is None
+            and time.monotonic() - (rec.ready_at or rec.spawned_at) < EARLY_CRASH
+        ):
+            reached = False  # it died right after booting (EARLY_CRASH): backoff
+            how = f"exit code {code}" if code >= 0 else signal_full_name(-code)
+            reason = reason or f"it died right after booting, before its first request ({how})"
         if code < 0:
             sig = -code
             if sig == signal.SIGKILL and not rec.killed:
@@ -1350,6 +1369,7 @@ class Arbiter:
     def _observe(self) -> None:
         """Copy the scoreboard into the table; note workers that became ready."""
         current_ready = False
+        current_proven = False
         for rec in self.workers.values():
             snap = rec.slot.snapshot()
             rec.state = snap.state
@@ -1363,14 +1383,23 @@ class Arbiter:
                 rec.retired_itself = True
             if snap.state.is_serving and not rec.reached_serving:
                 rec.reached_serving = True
+                rec.ready_at = time.monotonic()
                 current_ready = current_ready or rec.generation == self.generation
                 if not self.ever_ready:  # any generation: the server has served
                     self.ever_ready = True
                     systemd.ready(environ=self._environ)
+            if (
+                rec.reached_serving
+                and not rec.proven
+                and rec.generation == self.generation
+                and (snap.requests > 0 or time.monotonic() - (rec.ready_at or 0.0) >= EARLY_CRASH)
+            ):
+                rec.proven = True
+                current_proven = True
         if current_ready:
             self._refill_traceback_token()
-        if current_ready and self.backoff.failures:
-            self.log.info("A worker booted; boot backoff reset")
+        if current_proven and self.backoff.failures:
+            self.log.info("A worker booted and stayed up; boot backoff reset")
             self.backoff = self.backoff.succeeded()
 
     def _refill_traceback_token(self) -> None:
