@@ -364,7 +364,6 @@ def test_an_inherited_listener_is_matched_to_its_bind_entry_by_address() -> None
     """After a USR2 the listeners come in the old master's order: each bind entry takes
     the one bound to its address. fd://N was not matched at all, and a HUP that changed
     the bind list wrapped the descriptor twice, crash-looping the new workers."""
-    from forkhorn.arbiter.arbiter import _serves
     from forkhorn.arbiter.listeners import Listener, parse_address
 
     with socket.socket() as sock:
@@ -372,9 +371,9 @@ def test_an_inherited_listener_is_matched_to_its_bind_entry_by_address() -> None
         sock.listen()
         listener = Listener(sock)
         port = sock.getsockname()[1]
-        assert _serves(listener, parse_address(f"127.0.0.1:{port}"))
-        assert _serves(listener, parse_address(f"localhost:{port}"))
-        assert _serves(listener, parse_address(f"fd://{sock.fileno()}"))
-        assert not _serves(listener, parse_address(f"fd://{sock.fileno() + 100}"))
-        assert not _serves(listener, parse_address(f"127.0.0.1:{port + 1}"))
-        assert not _serves(listener, parse_address(f"0.0.0.0:{port}"))
+        assert listener.serves(parse_address(f"127.0.0.1:{port}"))
+        assert listener.serves(parse_address(f"localhost:{port}"))
+        assert listener.serves(parse_address(f"fd://{sock.fileno()}"))
+        assert not listener.serves(parse_address(f"fd://{sock.fileno() + 100}"))
+        assert not listener.serves(parse_address(f"127.0.0.1:{port + 1}"))
+        assert not listener.serves(parse_address(f"0.0.0.0:{port}"))

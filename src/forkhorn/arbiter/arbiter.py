@@ -31,7 +31,6 @@ import logging
 import os
 import select
 import signal
-import socket
 import sys
 import tempfile
 import textwrap
@@ -925,7 +924,7 @@ class Arbiter:
         for bind in self.cfg.bind:
             address = parse_address(bind)
             for listener in free:
-                if _serves(listener, address):
+                if listener.serves(address):
                     current[address] = listener
                     free.remove(listener)
                     break
@@ -1157,14 +1156,7 @@ class Arbiter:
         try:
             self.spawn_worker()
         except OSError as exc:
-            self.backoff = self.backoff.failed(time.monotonic())
-            self.log.error(
-                "Cannot start a worker: %s; retrying in %.1fs (failure %d); %s",
-                exc.strerror or exc,
-                self.backoff.delay_after(self.backoff.failures),
-                self.backoff.failures,
-                "the other workers keep serving" if self._any_serving() else "no worker is serving",
-            )
+            self._back_off(f"Cannot start a worker: {exc.strerror or exc}")
             return False
         return True
 
@@ -1349,41 +1341,47 @@ class Arbiter:
         elif verdict.verdict is Verdict.ABANDON_RELOAD:
             self._abandon_reload(reason or f"exit code {code}")
         elif verdict.verdict is Verdict.BACKOFF:
-            self.backoff = self.backoff.failed(time.monotonic())
-            if self._any_serving():
-                others = "the other workers keep serving"
-            elif self.ever_ready:
-                # (One worker restarted by --reload, say: connections wait in the queue.)
-                others = "no worker is serving meanwhile"
-            else:
-                others = "no worker has booted yet"
-            self.log.error(
-                "Worker (pid:%s) failed to boot (%s); retrying in %.1fs (failure %d); %s",
-                rec.pid,
-                reason or (f"exit code {code}" if code >= 0 else signal_full_name(-code)),
-                self.backoff.delay_after(self.backoff.failures),
-                self.backoff.failures,
-                others,
-            )
+            why = reason or (f"exit code {code}" if code >= 0 else signal_full_name(-code))
+            self._back_off(f"Worker (pid:{rec.pid}) failed to boot ({why})")
+
+    def _back_off(self, what: str) -> None:
+        """A worker failed to boot, or could not be started: count it in the boot
+        backoff, and say so with when the next one will be tried."""
+        self.backoff = self.backoff.failed(time.monotonic())
+        if self._any_serving():
+            others = "the other workers keep serving"
+        elif self.ever_ready:
+            # (One worker restarted by --reload, say: connections wait in the queue.)
+            others = "no worker is serving meanwhile"
+        else:
+            others = "no worker has booted yet"
+        self.log.error(
+            "%s; retrying in %.1fs (failure %d); %s",
+            what,
+            self.backoff.delay_after(self.backoff.failures),
+            self.backoff.failures,
+            others,
+        )
 
     def _observe(self) -> None:
         """Copy the scoreboard into the table; note workers that became ready."""
         current_ready = False
         current_proven = False
+        now = time.monotonic()
         for rec in self.workers.values():
             snap = rec.slot.snapshot()
             rec.state = snap.state
             rec.heartbeat = snap.heartbeat
             if snap.state is WorkerState.BOOT_FAILED and rec.boot_failed_at is None:
-                rec.boot_failed_at = time.monotonic()  # it must now exit (policy rule 2)
+                rec.boot_failed_at = now  # it must now exit (policy rule 2)
             if snap.state is WorkerState.EXITING and rec.retiring_since is None:
                 # It retired itself (max_requests, lifetime, memory): no longer active,
                 # so its replacement starts now, and graceful_timeout bounds its exit.
-                rec.retiring_since = time.monotonic()
+                rec.retiring_since = now
                 rec.retired_itself = True
             if snap.state.is_serving and not rec.reached_serving:
                 rec.reached_serving = True
-                rec.ready_at = time.monotonic()
+                rec.ready_at = now
                 current_ready = current_ready or rec.generation == self.generation
                 if not self.ever_ready:  # any generation: the server has served
                     self.ever_ready = True
@@ -1392,7 +1390,7 @@ class Arbiter:
                 rec.reached_serving
                 and not rec.proven
                 and rec.generation == self.generation
-                and (snap.requests > 0 or time.monotonic() - (rec.ready_at or 0.0) >= EARLY_CRASH)
+                and (snap.requests > 0 or now - (rec.ready_at or now) >= EARLY_CRASH)
             ):
                 rec.proven = True
                 current_proven = True
@@ -1565,27 +1563,6 @@ def _unset_raw_env(environ: MutableMapping[str, str], keys: Any, cfg: Any) -> No
             environ[key] = start[key]
         else:
             environ.pop(key, None)
-
-
-def _serves(listener: Listener, address: Any) -> bool:
-    """Is ``listener`` bound to the parsed bind ``address``? A host name counts when it
-    resolves to the listener's address; an empty or wildcard host matches a wildcard;
-    ``fd://N`` is the listener on descriptor N (a re-exec keeps the numbers)."""
-    if address.kind == "fd":
-        return bool(listener.fileno() == address.fd)
-    name = listener.getsockname()
-    if address.kind == "unix":
-        return isinstance(name, str) and os.path.abspath(name) == os.path.abspath(address.path)
-    if address.kind != "tcp" or isinstance(name, str) or name[1] != address.port:
-        return False
-    host = address.host
-    if host in ("", "0.0.0.0", "::"):
-        return name[0] in ("0.0.0.0", "::")
-    try:
-        infos = socket.getaddrinfo(host, address.port, type=socket.SOCK_STREAM)
-    except OSError:
-        return False
-    return any(info[4][0] == name[0] for info in infos)
 
 
 def _current_directory() -> str | None:

@@ -172,6 +172,26 @@ class Listener:
     def __repr__(self) -> str:
         return f"<Listener {self}>"
 
+    def serves(self, address: Address) -> bool:
+        """Is this listener bound to the parsed bind ``address``? (Sockets a re-exec
+        inherited come in the old master's order, not the bind list's.) A host name
+        counts when it resolves to the bound address; an empty or wildcard host matches
+        a wildcard; ``fd://N`` is the listener on descriptor N (a re-exec keeps it)."""
+        if address.kind == "fd":
+            return self.sock.fileno() == address.fd
+        name = self._name
+        if address.kind == "unix":
+            return isinstance(name, str) and os.path.abspath(name) == os.path.abspath(address.path)
+        if address.kind != "tcp" or isinstance(name, str) or name[1] != address.port:
+            return False
+        if address.host in ("", "0.0.0.0", "::"):
+            return name[0] in ("0.0.0.0", "::")
+        try:
+            infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+        except OSError:
+            return False
+        return any(info[4][0] == name[0] for info in infos)
+
     def refuse_new(self) -> bool:
         """Stop the kernel queueing new connections on this socket, in every process that
         holds it, while leaving the ones already queued to be accepted.

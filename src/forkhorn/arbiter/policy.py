@@ -243,8 +243,8 @@ def decide(
                 continue
             wake_at = _earliest(wake_at, w.heartbeat + allowed)
         leaving_since = w.retiring_since
-        if w.state is WorkerState.BOOT_FAILED and w.boot_failed_at is not None:
-            leaving_since = w.boot_failed_at if leaving_since is None else leaving_since
+        if leaving_since is None and w.state is WorkerState.BOOT_FAILED:
+            leaving_since = w.boot_failed_at
         if leaving_since is not None:
             kill_at = leaving_since + (limits.graceful_timeout if w.grace is None else w.grace)
             if now >= kill_at:

@@ -895,19 +895,20 @@ class HttpProtocol(asyncio.Protocol):
     def _close(self) -> None:
         transport = self.transport
         if transport is not None:
-            if not transport.is_closing():
+            closing = transport.is_closing()  # (this ran before)
+            if not closing:
                 if self.worker.pending:
                     self.worker.flush()  # this connection's last response may be among them
                 transport.close()  # after the buffered output: then connection_lost
-                if transport.get_write_buffer_size():
-                    # Its last response is still on its way: it stays among the
-                    # connections, counted (worker_connections) and swept (the send
-                    # timeout, ``expire``), and a graceful stop waits for it.
+            if transport.get_write_buffer_size():
+                # Its last response is still on its way: it stays among the connections,
+                # counted (worker_connections) and swept (the send timeout, ``expire``),
+                # and a graceful stop waits for it; connection_lost takes it out.
+                if not closing:
                     self.phase = _CLOSING
                     self.paused_at = _monotonic()
                     self.paused_size = self._pending_output()
-            if transport.get_write_buffer_size():
-                return  # connection_lost takes it out
+                return
         self.worker.connections.discard(self)
 
     def _pause_reading(self) -> None:
