@@ -173,11 +173,17 @@ def test_two_workers_hung_at_once_have_their_stacks_logged_apart(
     server = server_factory("slow:app", "--workers", "2", "--timeout", "2")
     server.wait_for_workers(2)
     mark = server.mark()
-    hung = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(2)]
+    hung: list[socket.socket] = []
     try:
-        for sock in hung:
+        # One at a time: a sync worker holds every connection it has accepted, so two
+        # connections opened before either sent its request could both go to one worker,
+        # and the second would wait behind the first's hang.
+        for count in (1, 2):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            hung.append(sock)
             sock.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert server.wait_for_count(r"slow app: hanging", 2, since=mark) == 2, server.logs
+            seen = server.wait_for_count(r"slow app: hanging", count, since=mark)
+            assert seen == count, server.logs
         assert server.wait_for_count(r"Stacks of worker", 2, since=mark, timeout=20) == 2
         # (A record's lines reach the harness one by one.)
         assert server.wait_for_count(r"in hang_forever_in_app", 2, since=mark) == 2
