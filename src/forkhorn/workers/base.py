@@ -233,7 +233,10 @@ class Worker(abc.ABC):
         # Set once this worker took what the kernel had queued (drain_queued): only then
         # may it shut the shared socket (refuse_if_stopping) without losing connections.
         self.queue_drained = False
-        self.max_requests = 0  # 0: unlimited; jitter applied after fork (reseeded random)
+        # sys.maxsize when unlimited, as gunicorn's: a custom worker ported from gunicorn
+        # compares its count with it (with 0 it would retire after every request).
+        # The jitter is applied after the fork (reseeded random).
+        self.max_requests = sys.maxsize
         self.retire_reason = ""
         # When True (the server was up before this worker), a boot failure is logged with
         # its traceback; at first start-up one clear line is enough.
@@ -759,11 +762,10 @@ class Worker(abc.ABC):
         self.slot.request_finished(now)
         if not self.alive:
             self.slot.set_state(WorkerState.EXITING)
-        elif self.max_requests:
-            if self.nr >= self.max_requests:
-                self.retire("max_requests")
-            elif self.nr == self.max_requests - 1:
-                self.last_request_next()
+        elif self.nr >= self.max_requests:
+            self.retire("max_requests")
+        elif self.nr == self.max_requests - 1:
+            self.last_request_next()
 
     def last_request_next(self) -> None:
         """The next request to finish reaches ``max_requests``: a class that cannot tell

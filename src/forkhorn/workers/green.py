@@ -422,7 +422,7 @@ class GreenletWorker(Worker):
     def _is_last_request(self) -> bool:
         # The response that reaches max_requests says Connection: close (the base class
         # retires the worker right after it).
-        return bool(self.max_requests) and self.nr + self._busy >= self.max_requests
+        return self.nr + self._busy >= self.max_requests
 
 
 class _StopAccepting(BaseException):

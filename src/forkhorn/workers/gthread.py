@@ -625,7 +625,7 @@ class ThreadWorker(Worker):
     def _is_last_request(self) -> bool:
         # Announce Connection: close on the response that will reach max_requests (the
         # base class retires the worker after it), not on one more after that.
-        return bool(self.max_requests) and self.nr + len(self._busy) >= self.max_requests
+        return self.nr + len(self._busy) >= self.max_requests
 
     def _release(self, client: _Client, keep: bool) -> None:
         """Hand a served connection back to the poller, or close it. Runs in: pool."""
