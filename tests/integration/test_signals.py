@@ -189,6 +189,13 @@ def test_hup_applies_a_changed_bind(
     reload([first, second], r"Reload complete")
     for port in (first, second):
         assert get(port, "/").status == 200
+    # The same address written differently is the listener already open (binding it
+    # again failed "in use"); the next reload writes it as "localhost" once more.
+    mark = server.mark()
+    config.write_text(f"bind = ['127.0.0.1:{first}', '127.0.0.1:{second}']\n")
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reload complete", since=mark, timeout=30)
+    assert not [line for line in server.lines[mark:] if "Listening at" in line]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -326,6 +326,16 @@ def test_bind_refuses(address: str) -> None:
         load_config(["-b", address], {})
 
 
+def test_bind_refuses_an_address_listed_twice() -> None:
+    # Binding it the second time would fail "in use", after retrying for seconds.
+    with pytest.raises(ConfigError, match=r"^bind = \"tcp://127.0.0.1:80\" .*: listed twice"):
+        load_config(["-b", "127.0.0.1:80", "-b", "tcp://127.0.0.1:80"], {})
+    with pytest.raises(ConfigError, match=r"listed twice"):
+        load_config(["-b", "unix:/tmp/a.sock", "-b", "unix:///tmp/a.sock"], {})
+    # Port 0 asks the kernel for a free port each time.
+    assert load_config(["-b", "127.0.0.1:0", "-b", "127.0.0.1:0"], {}).bind == ["127.0.0.1:0"] * 2
+
+
 def test_parse_bind_forms() -> None:
     assert parse_bind("[::1]:81").host == "::1"
     assert parse_bind("[::1]:81").port == 81

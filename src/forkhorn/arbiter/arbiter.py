@@ -70,7 +70,13 @@ from forkhorn.arbiter.signals import (
     signal_full_name,
     signal_name,
 )
-from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, ConfigError, ForkhornError
+from forkhorn.errors import (
+    APP_LOAD_ERROR,
+    WORKER_BOOT_ERROR,
+    BindError,
+    ConfigError,
+    ForkhornError,
+)
 from forkhorn.workers import effective_worker_class, gunicorn_methods_warning, load_worker_class
 from forkhorn.workers.base import Worker
 
@@ -885,6 +891,16 @@ class Arbiter:
         wanted: dict[Any, str] = {}  # each address once, as first written, in order
         for bind in new_cfg.bind:
             wanted.setdefault(parse_address(bind), str(bind))
+        # An address written differently (localhost:8000 for 127.0.0.1:8000) is still the
+        # open listener: binding it again would fail "in use".
+        kept = [current[address] for address in wanted if address in current]
+        unclaimed = [each for each in current.values() if each not in kept]
+        for address in wanted:
+            if address not in current:
+                match = next((each for each in unclaimed if each.serves(address)), None)
+                if match is not None:
+                    current[address] = match
+                    unclaimed.remove(match)
         made: dict[Any, Listener] = {}
         try:
             for address, bind in wanted.items():
@@ -898,10 +914,28 @@ class Arbiter:
                         environ={},
                         attempts=1,
                     )
-        except ForkhornError:
+        except ForkhornError as exc:
             for listener in made.values():
                 listener.close(unlink=True)
-            raise
+            holder = next(
+                (
+                    each
+                    for each in unclaimed
+                    if address.kind == "tcp"
+                    and not each.is_unix
+                    and each.getsockname()[1] == address.port
+                ),
+                None,
+            )
+            if holder is None:
+                raise
+            # Its port is held by a listener this reload drops, which the old workers keep
+            # open until they leave: the two cannot be bound at once (gunicorn closes
+            # first and drops what arrives meanwhile).
+            raise BindError(
+                f"{exc}: the port is held by {holder}, which this bind drops but the "
+                "old workers keep open until they leave; a restart moves it"
+            ) from None
         before = list(self.listeners)
         self.listeners = [current.get(address) or made[address] for address in wanted]
         for listener in made.values():

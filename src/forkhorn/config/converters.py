@@ -354,11 +354,17 @@ def bind_list(raw: object) -> list[str]:
         raise ValueError("expected an address or a list of addresses") from None
     if not values:
         raise ValueError("expected at least one address")
+    seen: set[BindAddress] = set()
     for value in values:
         try:
-            parse_bind(value)
+            address = parse_bind(value)
         except ValueError as exc:
             raise BadItemError(str(exc), value) from None
+        # The second bind of one address would fail "in use" after retrying for seconds.
+        # (Port 0 asks the kernel for a free port each time: not a repeat.)
+        if address in seen and not (address.kind == "tcp" and address.port == 0):
+            raise BadItemError("listed twice", value)
+        seen.add(address)
     return [value.strip() for value in values]
 
 

@@ -63,8 +63,13 @@ class ServerOptions:
         Addresses to listen on; repeat the flag for several. Forms: ``HOST:PORT``,
         ``[IPv6]:PORT``, ``HOST`` (port 8000), ``:PORT`` (every interface),
         ``unix:PATH`` and ``fd://N`` (an inherited file descriptor). Port 0 lets the
-        kernel choose; the real address is logged. When ``PORT`` is set in the
-        environment and no bind is given anywhere, the default is ``0.0.0.0:$PORT``.
+        kernel choose; the real address is logged. An address listed twice is refused
+        at start-up. When ``PORT`` is set in the environment and no bind is given
+        anywhere, the default is ``0.0.0.0:$PORT``. On HUP, an address still listed,
+        however written (``localhost:8000`` for ``127.0.0.1:8000``), keeps its open
+        socket; a new host on a port the old bind holds (``0.0.0.0:8000`` to
+        ``127.0.0.1:8000``) is refused, as the old workers keep that socket open
+        until they leave: restart to move it.
         """,
     )
     backlog = Setting(
