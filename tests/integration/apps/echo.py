@@ -6,8 +6,10 @@ parameter ``read`` picks how ``wsgi.input`` is read, so each reading method is e
 ``all`` (read()), ``sized`` (a read(n) loop), ``lines`` (readline() loop), ``readlines``,
 ``iter`` (iteration), ``none`` (the body is left unread); ``sizedkw``, ``lineskw`` and
 ``readlineskw`` pass their sizes by keyword (``read(size=7)``), as PEP 3333's names allow.
+With ``digest=1`` the body is given as its length and SHA-256 (``body_sha256``) instead.
 """
 
+import hashlib
 import json
 from urllib.parse import parse_qs
 
@@ -65,8 +67,12 @@ def app(environ, start_response):
         "mode": mode,
         "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")},
         "environ": {k: v for k, v in environ.items() if isinstance(v, str)},
-        "body": body.decode("latin-1"),
     }
+    if query.get("digest"):
+        payload["body_length"] = len(body)
+        payload["body_sha256"] = hashlib.sha256(body).hexdigest()
+    else:
+        payload["body"] = body.decode("latin-1")
     data = json.dumps(payload).encode()
     start_response(
         "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
