@@ -96,6 +96,8 @@ def test_stop_signal_only_takes_the_queue_and_the_loop_adopts_it() -> None:
     worker = _poller([listener])
     queued = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
+        assert worker.drain_queued() == []  # the master serves on: left to the others
+        assert listener.refuse_new()  # what the master does as it stops
         worker.unregister_listeners()  # what the stop handler calls
         assert len(worker._drained) == 1
         assert worker._held == 0 and worker._heap == []  # the poller's state untouched

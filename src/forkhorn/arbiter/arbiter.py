@@ -972,6 +972,26 @@ class Arbiter:
                 listener.close(unlink=unlink)
         self.listeners = before
 
+    def _refuse_dropped(self, before: list[Listener]) -> None:
+        """The reload completes: before the old workers are told to stop, the sockets the
+        new ``bind`` dropped stop taking connections (as at a stop: ``refuse_new``, or a
+        Unix socket's file removed), so the old workers, their last holders, take and
+        serve what is queued on them instead of resetting it (``Listener.going_away``)."""
+        if not self._sole_owner():
+            return
+        unlink = self._may_unlink()
+        refused = False
+        for listener in before:
+            if listener in self.listeners:
+                continue
+            if listener.is_unix:
+                if unlink:
+                    listener.unlink()
+            elif listener.refuse_new():
+                refused = True
+        if refused:
+            time.sleep(HANDSHAKE_GRACE)  # as in begin_stop: let late handshakes land
+
     def _drop_old_listeners(self, before: list[Listener]) -> None:
         """The reload completed: close the listeners the new ``bind`` no longer names (the
         old workers, now retiring, closed theirs as they stopped)."""
@@ -1458,6 +1478,16 @@ class Arbiter:
 
     def _apply(self, decision: Decision, now: float) -> None:
         retired_for_reload = 0
+        pending = self._pending_reload
+        if (
+            pending is not None
+            and pending.listeners is not None
+            and any(
+                isinstance(action, Retire) and action.reason is RetireReason.RELOAD
+                for action in decision.actions
+            )
+        ):
+            self._refuse_dropped(pending.listeners)
         for action in decision.actions:
             if isinstance(action, Spawn):
                 for _ in range(action.count):

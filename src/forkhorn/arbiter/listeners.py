@@ -247,23 +247,43 @@ class Listener:
             except OSError:
                 pass
 
+    def going_away(self) -> bool:
+        """True when no one will accept from this socket once this process's workers
+        close it: the master refuses new connections on it (``refuse_new``) or removed
+        its file, because it is stopping or a reload dropped it. A worker that stops then
+        takes what is queued (``Worker.drain_queued``), as the last close resets it. A
+        socket that the master keeps serving (a reload, a recycle) is left to the others:
+        a stopping worker that took its queue would hold requests the others could serve
+        at once. ``fd://`` sockets belong to a supervisor, which keeps them."""
+        if self.address.kind == "fd":
+            return False
+        if self.is_unix:
+            path = self._name if isinstance(self._name, str) else ""
+            return bool(path) and not path.startswith("\0") and not os.path.lexists(path)
+        return self.refusing()
+
+    def unlink(self) -> None:
+        """Remove a Unix socket's file (master only: at its exit, or when a reload drops
+        it; never while a re-executed master uses it). The socket itself stays open."""
+        name = self._name
+        if not self.is_unix or not isinstance(name, str) or not name or name.startswith("\0"):
+            return
+        try:
+            if stat.S_ISSOCK(os.lstat(name).st_mode):
+                os.unlink(name)
+        except OSError:
+            pass
+
     def close(self, unlink: bool = False) -> None:
         """Close this process's copy.  ``unlink`` also removes a Unix socket's file
-        (master only, at final exit; never while a re-executed master uses it)."""
-        path = ""
-        if unlink and self.is_unix and self.sock.fileno() >= 0:
-            name = self._name
-            path = name if isinstance(name, str) else ""
+        (see ``unlink``)."""
+        still_open = self.sock.fileno() >= 0
         try:
             self.sock.close()
         except OSError:
             pass
-        if path and not path.startswith("\0"):
-            try:
-                if stat.S_ISSOCK(os.lstat(path).st_mode):
-                    os.unlink(path)
-            except OSError:
-                pass
+        if unlink and still_open:
+            self.unlink()
 
 
 def _address_of(sock: socket.socket) -> Address:

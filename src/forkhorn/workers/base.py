@@ -578,12 +578,19 @@ class Worker(abc.ABC):
         Runs in: the TERM (or retire) path, just before the listeners close. The kernel
         completes handshakes on the shared socket until its last copy is closed, and the
         process that closes it last would reset every connection still queued; taking
-        them first turns "accepted, then reset" into "served". ``limit`` per listener (a
-        full default backlog) keeps the handler finite under a flood. Returns
-        ``(socket, address)`` pairs.
+        them first turns "accepted, then reset" into "served". Only from the sockets that
+        are going away (``Listener.going_away``: the master is stopping, or a reload
+        dropped them) or when the master is gone: on a reload or a recycle the other
+        workers serve the queue, and a stopping worker that took it would make those
+        requests wait for it, or drop them at its ``graceful_timeout``. ``limit`` per
+        listener (a full default backlog) keeps the handler finite under a flood.
+        Returns ``(socket, address)`` pairs.
         """
         drained: list[tuple[Any, Any]] = []
+        orphaned = os.getppid() != self.ppid  # the master is gone: no one else serves
         for listener in self.sockets:
+            if not orphaned and not listener.going_away():
+                continue  # served on by the master's other workers (reload, recycle)
             sock = listener.sock
             try:
                 if sock.fileno() < 0:

@@ -323,7 +323,10 @@ class GreenletWorker(Worker):
             getattr(self, "_drain_until", 0.0),
             time.monotonic() + min(self._idle_timeout, DRAIN_IDLE),
         )
+        orphaned = os.getppid() != self.ppid
         for listener in self.sockets:
+            if not orphaned and not listener.going_away():
+                continue  # the master's other workers serve it (see drain_queued)
             try:
                 while self._accept_some(listener.sock):
                     pass

@@ -18,9 +18,10 @@ How it works:
   is closed quietly, a partial head is answered 408.
 - At most ``worker_connections`` connections are open at once; beyond that a new one gets
   503 and is closed, so an overloaded worker answers instead of queueing silently.
-- While every thread has a request (served or queued), the worker stops accepting: a new
-  connection waits in the kernel's queue for a worker with a free thread, instead of being
-  taken here and waiting behind a slow request while other workers idle (gunicorn's
+- A worker accepts only while a thread is free, and reads each new connection at once
+  (``_accept``); while every thread has a request (served or queued), it stops accepting:
+  a new connection waits in the kernel's queue for a worker with a free thread, instead of
+  being taken here and waiting behind a slow request while other workers idle (gunicorn's
   gthread worker takes it). Accepting resumes as soon as a thread is free.
 - The main thread ticks (heartbeat, recycling) at least once a second and runs the
   request watchdog (``watchdog.py``) when a request is due, whatever the threads do: a
@@ -297,7 +298,16 @@ class ThreadWorker(Worker):
             super().request_finished(now)
 
     def _accept(self, listener: socket.socket) -> None:
+        """Accept while a thread is free (up to ``ACCEPT_BATCH``): each new connection is
+        read at once, and one whose head came with it goes to a thread, so a burst is
+        taken only as far as this worker can serve it now. The rest wait in the kernel's
+        queue for the first worker with a free thread (taking them all, a worker made
+        them wait behind its own requests, and a retiring one dropped those it could not
+        finish in ``graceful_timeout``). A connection that has not sent its head yet
+        holds no thread, so slow clients do not stop the accepting."""
         for _ in range(ACCEPT_BATCH):
+            if len(self._busy) >= self._nthreads:
+                return
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -317,18 +327,21 @@ class ThreadWorker(Worker):
                     self._accept_resume_at = time.monotonic() + ACCEPT_BACKOFF
                     return
                 raise
-            self._adopt(sock, addr, time.monotonic() + self._head_timeout)
+            client = self._adopt(sock, addr, time.monotonic() + self._head_timeout)
+            if client is not None:
+                self._on_readable(client)  # most clients' heads arrive with the handshake
 
-    def _adopt(self, sock: socket.socket, addr: Any, deadline: float) -> None:
+    def _adopt(self, sock: socket.socket, addr: Any, deadline: float) -> _Client | None:
         """Hold a new connection in the poller until its head is complete."""
         if self._open_connections() >= self.cfg.worker_connections:
             refuse_overloaded(sock, self.server_line)
             self.refused_overloaded()
-            return
+            return None
         sock.setblocking(False)
         client = _Client(sock, peer_of(addr), new_connection(self))
         self._held += 1
         self._watch(client, deadline)
+        return client
 
     def _open_connections(self) -> int:
         # A connection is counted from accept to close, wherever it is: held by the
