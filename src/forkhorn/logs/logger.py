@@ -484,8 +484,16 @@ class Logger:
         if ini_file:
             # gunicorn's --log-config: a logging.config.fileConfig file. The loggers it
             # names get its handlers instead of the ones above; the others keep theirs.
+            # Python 3.10's fileConfig reads a missing or empty file as an empty config
+            # (KeyError 'formatters') and lets configparser's errors through: say what 3.11+ says.
+            if not os.path.exists(ini_file):
+                raise ConfigError(f"logconfig {ini_file!r}: {ini_file} doesn't exist")
+            if not os.path.getsize(ini_file):
+                raise ConfigError(f"logconfig {ini_file!r}: {ini_file} is an empty file")
             try:
                 logging.config.fileConfig(ini_file, disable_existing_loggers=False)
+            except configparser.Error as exc:
+                raise ConfigError(f"logconfig {ini_file!r}: {ini_file} is invalid: {exc}") from None
             except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
                 raise ConfigError(f"logconfig {ini_file!r}: {_config_failure(exc)}") from None
         self._share_with_gunicorn_names()
