@@ -530,6 +530,25 @@ class ServerConnection:
         return self._pos < len(self._buf)
 
     @property
+    def body_still_coming(self) -> bool:
+        """May the client still be sending the current request's body? (The app answered
+        without reading all of it; then a close with the rest arriving resets the
+        connection, which can destroy the response: the worker lingers instead.) False
+        when the body's end is received, the peer closed, or the client waits for a
+        ``100 Continue`` that was never sent."""
+        if self._their_state != _BODY or self._eof:
+            return False
+        request = self._request
+        reader = self._reader
+        if request is None or reader is None:
+            return False
+        if request.expect_continue and not self._continue_sent:
+            return False
+        if isinstance(reader, ContentLengthReader):
+            return reader.remaining > len(self._buf) - self._pos
+        return True  # chunked: its end is not received yet
+
+    @property
     def must_drain(self) -> bool:
         """The response is done and the request body must be read and discarded first."""
         return self._their_state == _BODY

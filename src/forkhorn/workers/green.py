@@ -50,9 +50,11 @@ from typing import Any
 
 from forkhorn.arbiter.scoreboard import WorkerState
 from forkhorn.http import ProtocolError, ServerConnection
+from forkhorn.wsgi.input import RECV_SIZE
 
 from .base import ACCEPT_BACKOFF, DRAIN_IDLE, Worker, listener_was_shut
 from .session import (
+    LINGER_TIME,
     new_connection,
     output_taken,
     output_waiting,
@@ -387,6 +389,8 @@ class GreenletWorker(Worker):
             pass  # the client went away
         finally:
             self._sessions.pop(me, None)
+            if conn.body_still_coming:
+                _linger(sock)
             _close(sock)
 
     def _keep_serving(self, me: Any, session: _Session, peer: tuple[str, str]) -> None:
@@ -441,6 +445,23 @@ def _refuse(fd: int, server_line: bytes) -> None:
         os.close(fd)
         return
     refuse_overloaded(raw, server_line)
+
+
+def _linger(sock: Any) -> None:
+    """The app answered without reading the whole body, which is still arriving: closed
+    now, with bytes unread, the socket would be reset, and the reset can destroy the
+    response before the client reads it. Our FIN goes out, and what the client sends is
+    read and dropped until it closes, for ``LINGER_TIME`` at most (RFC 9112 §9.6). A
+    green socket: the other connections run meanwhile."""
+    deadline = time.monotonic() + LINGER_TIME
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            if not sock.recv(RECV_SIZE):
+                return
+    except OSError:
+        pass
 
 
 def _close(sock: Any) -> None:

@@ -60,6 +60,7 @@ from forkhorn.wsgi.input import RECV_SIZE
 
 from .base import ACCEPT_BACKOFF, DRAIN_IDLE, Worker, listener_was_shut, unselect
 from .session import (
+    LINGER_TIME,
     answer_timeout,
     finish_request,
     new_connection,
@@ -104,7 +105,16 @@ STALE_SLACK = 64
 class _Client:
     """One open connection, held by the poller or by one pool thread."""
 
-    __slots__ = ("conn", "deadline", "fresh", "peer", "registered", "request", "sock")
+    __slots__ = (
+        "conn",
+        "deadline",
+        "fresh",
+        "lingering",
+        "peer",
+        "registered",
+        "request",
+        "sock",
+    )
 
     def __init__(self, sock: socket.socket, peer: tuple[str, str], conn: ServerConnection):
         self.sock = sock
@@ -114,6 +124,8 @@ class _Client:
         self.fresh = True  # no request yet: its deadline is its first head's, from accept
         self.registered = False
         self.request: Request | None = None
+        # Answered, our FIN sent, the rest of an unread body read and dropped (_linger).
+        self.lingering = False
 
 
 def _waiting_for(client: _Client, deadline: float) -> bool:
@@ -381,6 +393,10 @@ class ThreadWorker(Worker):
         except OSError:
             self._drop(client)
             return
+        if client.lingering:
+            if not data:
+                self._drop(client)  # the client closed: a clean close now
+            return
         conn = client.conn
         idle = not conn.buffered
         conn.receive_data(data)
@@ -433,6 +449,9 @@ class ThreadWorker(Worker):
             except OSError:
                 self._drop(client)
                 continue
+            if client.lingering:
+                self._watch(client, now + LINGER_TIME)
+                continue
             if client.conn.buffered:  # part of the next head came with the last request
                 deadline = now + self._head_timeout
             elif self._idle_timeout > 0:
@@ -448,6 +467,9 @@ class ThreadWorker(Worker):
             deadline, _, client = heapq.heappop(heap)
             if not _waiting_for(client, deadline):
                 continue  # a stale entry: the connection moved on
+            if client.lingering:
+                self._drop(client)
+                continue
             if not client.conn.buffered:
                 # Idle past its deadline, but its next request may have come in since the
                 # poll (this thread can wait for the GIL in between): closing with it
@@ -649,14 +671,31 @@ class ThreadWorker(Worker):
             # Even when stopping: the main thread gives it the drain window, since its
             # last response may have gone out before the stop, without Connection: close.
             self._returned.append(client)
+        elif client.conn.body_still_coming and _shut_for_writing(client.sock):
+            # The app answered without reading the whole body, which is still arriving:
+            # closed now, with bytes unread, the socket would be reset, and the reset
+            # can destroy the response before the client reads it. Our FIN is out; the
+            # poller reads and drops the rest for LINGER_TIME at most (RFC 9112 §9.6).
+            client.lingering = True
+            self._returned.append(client)
         else:
             _close(client.sock)
         with self._lock:
             self._busy.discard(client)
             self._abandoned.discard(client)
-        if keep or not self.alive or not self._accepting:
+        if keep or client.lingering or not self.alive or not self._accepting:
             # A free thread: the main thread takes the listeners back at once.
             self._poke()  # when stopping, the main thread may be waiting for the last one
+
+
+def _shut_for_writing(sock: socket.socket) -> bool:
+    """Our FIN after the response bytes still queued; False if the socket is gone."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        _close(sock)
+        return False
+    return True
 
 
 def _close(sock: socket.socket) -> None:

@@ -10,7 +10,9 @@ Rules kept:
 - A protocol error is answered with its status (if nothing was sent yet) and the
   connection is closed; a client that went away is closed quietly.
 - An unread request body is drained only when it is small (the core decided that when the
-  response head was framed); otherwise the connection is closed.
+  response head was framed); otherwise the connection is closed, lingering while the rest
+  still arrives (``ServerConnection.body_still_coming``; each class reads and drops it for
+  ``LINGER_TIME`` at most), so that a reset does not destroy the response.
 - The access log, ``pre_request``/``post_request`` and the scoreboard see every request
   that reached the app, whatever happened to it.
 
@@ -108,8 +110,9 @@ _TCPI_BYTES_ACKED = 120
 _TCP_INFO_SIZE = 232
 
 
-#: After the answer to a refused request, how long what the client still sends is read
-#: and dropped before the connection closes (a lingering close, RFC 9112 §9.6; Apache
+#: After the answer to a refused request, or a response to a request whose body the app
+#: left unread, how long what the client still sends is read and dropped before the
+#: connection closes (a lingering close, RFC 9112 §9.6; Apache
 #: lingers up to 2 s too).
 LINGER_TIME = 2.0
 

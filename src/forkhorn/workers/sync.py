@@ -230,8 +230,25 @@ class SyncWorker(Worker):
         if isinstance(event, Request):
             self._serve(pending, event)
             served = True
+            if pending.conn.body_still_coming:
+                # The app answered without reading the whole body: our FIN is out
+                # (_serve), and the rest is read and dropped, as after a refusal.
+                self._linger_after_response(pending)
+                return served
         pending.sock.close()
         return served
+
+    def _linger_after_response(self, pending: _Pending) -> None:
+        try:
+            pending.sock.setblocking(False)
+        except OSError:
+            pending.sock.close()
+            return
+        self.pending[pending.sock.fileno()] = pending
+        self.selector.register(pending.sock, selectors.EVENT_READ, pending)
+        pending.lingering = True
+        pending.deadline = time.monotonic() + LINGER_TIME
+        self.lingering += 1  # not counted against worker_connections
 
     def _serve(self, pending: _Pending, request: Request) -> None:
         sock = pending.sock
