@@ -379,17 +379,19 @@ class GreenletWorker(Worker):
         session = _Session(sock, conn)
         self._sessions[me] = session
         peer = peer_of(addr)
+        refused = False
         try:
             self._keep_serving(me, session, peer)
         except ProtocolError as exc:
             send_protocol_error(self, sock, conn, exc, peer)
+            refused = True  # the client may still be sending (a body past the limit)
         except RequestHungError:
             pass  # a request cut is answered in serve_request; an idle connection closes
         except OSError:
             pass  # the client went away
         finally:
             self._sessions.pop(me, None)
-            if conn.body_still_coming:
+            if refused or conn.body_still_coming:
                 _linger(sock)
             _close(sock)
 
@@ -448,7 +450,8 @@ def _refuse(fd: int, server_line: bytes) -> None:
 
 
 def _linger(sock: Any) -> None:
-    """The app answered without reading the whole body, which is still arriving: closed
+    """The app answered without reading the whole body, which is still arriving, or the
+    request was refused (413, say) while its body was on its way: closed
     now, with bytes unread, the socket would be reset, and the reset can destroy the
     response before the client reads it. Our FIN goes out, and what the client sends is
     read and dropped until it closes, for ``LINGER_TIME`` at most (RFC 9112 §9.6). A

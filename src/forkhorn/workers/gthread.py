@@ -413,9 +413,8 @@ class ThreadWorker(Worker):
         try:
             event = conn.next_event()
         except ProtocolError as exc:
-            self._unwatch(client)
             send_protocol_error(self, client.sock, conn, exc, client.peer)
-            self._drop(client)
+            self._linger(client)
             return
         if event is NEED_DATA:
             return
@@ -487,6 +486,19 @@ class ThreadWorker(Worker):
                     client.peer,
                 )
             self._drop(client)
+
+    def _linger(self, client: _Client) -> None:
+        """After the answer to a refused request: our FIN goes out behind it, and what the
+        client still sends (a body past the limit) is read and dropped until it closes,
+        for LINGER_TIME at most. Closed at once with bytes unread, the socket would be
+        reset, and the reset can destroy the answer (RFC 9112 §9.6). Runs in: main."""
+        try:
+            client.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._drop(client)
+            return
+        client.lingering = True
+        self._watch(client, time.monotonic() + LINGER_TIME)
 
     def _drop(self, client: _Client) -> None:
         """Close a connection the poller holds."""
