@@ -59,6 +59,31 @@ def test_request_finished_counts_and_clears_the_request() -> None:
     board.close()
 
 
+def test_a_leaving_worker_stays_exiting_through_the_requests_it_still_serves() -> None:
+    # A sync worker that retired (max_requests) still serves the connections it had
+    # accepted: each request marked the slot BUSY again, so the master could miss that
+    # it was leaving, start no replacement and apply no graceful_timeout.
+    board = Scoreboard(1)
+    slot = board.allocate(now=0.0)
+    slot.request_started(b"GET /a HTTP/1.1", now=1.0)
+    slot.set_state(WorkerState.EXITING)
+    slot.request_finished(now=2.0)
+    assert slot.snapshot().state is WorkerState.EXITING
+    slot.request_started(b"GET /b HTTP/1.1", now=3.0)
+    snap = slot.snapshot()
+    assert (snap.state, snap.request_line, snap.request_start) == (
+        WorkerState.EXITING,
+        b"GET /b HTTP/1.1",
+        3.0,
+    )
+    slot.set_state(WorkerState.IDLE)  # a WebSocket handed to the app, say
+    assert slot.snapshot().state is WorkerState.EXITING
+    slot.reset(generation=2, now=4.0)  # the master hands the slot out again
+    slot.request_started(b"GET / HTTP/1.1", now=5.0)
+    assert slot.snapshot().state is WorkerState.BUSY
+    board.close()
+
+
 def test_a_long_request_line_is_truncated() -> None:
     board = Scoreboard(1)
     slot = board.allocate()

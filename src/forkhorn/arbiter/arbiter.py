@@ -118,6 +118,7 @@ class WorkerRecord:
     spawned_at: float
     state: WorkerState = WorkerState.BOOTING
     heartbeat: float = 0.0
+    in_request: bool = False  # a request is in flight (BUSY, or EXITING and finishing one)
     reached_serving: bool = False
     ready_at: float | None = None  # when it first reported READY
     proven: bool = False  # it served a request, or lasted EARLY_CRASH after READY
@@ -149,6 +150,7 @@ class WorkerRecord:
             timeout=self.timeout,
             request_timeout=self.request_timeout,
             boot_failed_at=self.boot_failed_at,
+            in_request=self.in_request,
         )
 
 
@@ -1426,6 +1428,7 @@ class Arbiter:
             snap = rec.slot.snapshot()
             rec.state = snap.state
             rec.heartbeat = snap.heartbeat
+            rec.in_request = snap.request_start > 0.0
             if snap.state is WorkerState.BOOT_FAILED and rec.boot_failed_at is None:
                 rec.boot_failed_at = now  # it must now exit (policy rule 2)
             if snap.state is WorkerState.EXITING and rec.retiring_since is None:

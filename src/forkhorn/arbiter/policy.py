@@ -82,6 +82,9 @@ class WorkerView:
     timeout: float | None = None
     request_timeout: float | None = None
     boot_failed_at: float | None = None  # when the master first saw it BOOT_FAILED
+    # A request is in flight: BUSY, or EXITING while it finishes the ones it had accepted
+    # (request_timeout applies to those too).
+    in_request: bool = False
 
     @property
     def is_leaving(self) -> bool:
@@ -232,7 +235,7 @@ def decide(
             # Booting: the config's allowance, or the worker's own timeout (the same value
             # when it was forked).
             allowed = limits.boot_timeout if booting and w.timeout is None else timeout
-        if request_timeout > 0 and w.state is WorkerState.BUSY:
+        if request_timeout > 0 and (w.state is WorkerState.BUSY or w.in_request):
             allowed = min(allowed or request_timeout, request_timeout)
         if allowed > 0 and w.state is not WorkerState.BOOT_FAILED:
             stalled = now - w.heartbeat

@@ -88,6 +88,7 @@ _OFF_START = 8
 _monotonic = time.monotonic
 _BUSY = int(WorkerState.BUSY)
 _IDLE = int(WorkerState.IDLE)
+_EXITING = int(WorkerState.EXITING)
 _FREE = int(WorkerState.FREE)
 # Reads of a slot caught in the middle of its owner's store (see snapshot) before giving up.
 _TORN_READ_RETRIES = 3
@@ -109,7 +110,8 @@ class SlotSnapshot:
 
     def request_age(self, now: float) -> float | None:
         """Seconds the request in flight has run, or None when there is none."""
-        if self.state is not WorkerState.BUSY or self.request_start <= 0.0:
+        # EXITING: a leaving worker finishing a request it had accepted (set_state).
+        if self.state not in (WorkerState.BUSY, WorkerState.EXITING) or self.request_start <= 0:
             return None
         return max(0.0, now - self.request_start)
 
@@ -121,7 +123,7 @@ class ScoreboardSlot:
     ``reset`` before the slot is handed out).
     """
 
-    __slots__ = ("_base", "_beat", "_beats", "_buf", "_served", "index")
+    __slots__ = ("_base", "_beat", "_beats", "_buf", "_busy", "_idle", "_served", "index")
 
     def __init__(self, buf: mmap.mmap, beats: memoryview[float], base: int, index: int) -> None:
         self._buf = buf
@@ -132,11 +134,18 @@ class ScoreboardSlot:
         self._beat = base // 8
         self.index = index
         self._served = 0  # the owner's count, mirrored into the slot
+        # The states the request stores write; both EXITING once the worker is leaving
+        # (set_state), so a request it still serves (one already accepted) does not hide
+        # that from the master, which starts its replacement when it reads EXITING.
+        self._busy = _BUSY
+        self._idle = _IDLE
 
     # -- master side -------------------------------------------------------------------
     def reset(self, generation: int, now: float) -> None:
         """Clear the slot for a worker about to be forked (master only)."""
         self._served = 0
+        self._busy = _BUSY
+        self._idle = _IDLE
         _LAYOUT.pack_into(
             self._buf, self._base, now, 0.0, 0, WorkerState.BOOTING, 0, b"", now, 0, generation
         )
@@ -190,6 +199,10 @@ class ScoreboardSlot:
         _PID.pack_into(self._buf, self._base + _OFF_PID, pid)
 
     def set_state(self, state: WorkerState) -> None:
+        if state is WorkerState.EXITING:
+            self._busy = self._idle = _EXITING  # for good: see __init__
+        elif self._idle == _EXITING and state.is_serving:
+            state = WorkerState.EXITING
         _STATE.pack_into(self._buf, self._base + _OFF_STATE, state)
 
     def heartbeat(self, now: float | None = None) -> None:
@@ -212,7 +225,7 @@ class ScoreboardSlot:
             self._base + _OFF_START,
             t,
             self._served,
-            _BUSY,
+            self._busy,
             min(len(request_line), MAX_REQUEST_LINE_BYTES),
             request_line,
         )
@@ -222,7 +235,7 @@ class ScoreboardSlot:
         """The request ended: count it, mark IDLE, heartbeat.  Returns requests served.
         One store, like request_started."""
         self._served = served = self._served + 1
-        _FINISHED.pack_into(self._buf, self._base + _OFF_START, 0.0, served, _IDLE)
+        _FINISHED.pack_into(self._buf, self._base + _OFF_START, 0.0, served, self._idle)
         self._beats[self._beat] = _monotonic() if now is None else now
         return served
 
