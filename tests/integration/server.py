@@ -683,7 +683,9 @@ class RawConnection:
             raise TimeoutError(f"no complete response; have {self.buffer[:300]!r}")
         self.sock.settimeout(remaining)
         try:
-            data = self.sock.recv(65536)
+            # Large reads: read_response parses the whole buffer after each one, so an
+            # 8 MB body in 64 KiB reads cost seconds of CPU on a loaded machine.
+            data = self.sock.recv(1 << 20)
         except ConnectionResetError:
             data = b""
         except TimeoutError:

@@ -32,6 +32,28 @@ def app(environ, start_response):
 BAD = "raise RuntimeError('bad release on disk')\n"
 SYNTAX_ERROR = "def app(environ, start_response:\n    return []\n"
 HANGS_AT_IMPORT = "import time\nwhile True:\n    time.sleep(0.1)\n"
+# Appended to a release: the sync worker exits (code 1) once it is in its serving loop
+# (SyncWorker.run, entered after its slot says READY; matched by file, as a forked worker
+# also has the master's Arbiter.run on its stack) and the file die-now exists in its
+# working directory. Polled: never before both are true.
+DIES_ONCE_SERVING = """
+import os, sys, threading
+
+def _die_once_serving():
+    main = threading.main_thread().ident
+    while True:
+        frame = sys._current_frames().get(main)
+        while frame is not None and not (
+            frame.f_code.co_name == "run"
+            and frame.f_code.co_filename.endswith(os.path.join("workers", "sync.py"))
+        ):
+            frame = frame.f_back
+        if frame is not None and os.path.exists("die-now"):
+            os._exit(1)
+        threading.Event().wait(0.01)
+
+threading.Thread(target=_die_once_serving, daemon=True).start()
+"""
 
 
 def _release(directory: Path, text: str) -> None:
@@ -235,12 +257,13 @@ def test_a_worker_that_dies_right_after_booting_is_respawned_with_backoff(
     _release(tmp_path, GOOD.format(version="v1"))
     server = server_factory("release:app", "--workers", "1", cwd=tmp_path)
     mark = server.mark()
-    _release(
-        tmp_path,
-        GOOD.format(version="v2")
-        + "import os, threading\nthreading.Timer(0.2, os._exit, (1,)).start()\n",
-    )
+    # Each v2 worker dies in its serving loop (its slot says READY), never earlier, and
+    # only once the reload has completed (the file below): a timer from the import raced
+    # both (a loaded machine reached neither within 0.2 s, and the reload was abandoned).
+    _release(tmp_path, GOOD.format(version="v2") + DIES_ONCE_SERVING)
     server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reload complete: 1 new workers serving", since=mark, timeout=20)
+    (tmp_path / "die-now").touch()
     server.wait_for_log(
         r"failed to boot \(it died right after booting, before its first request "
         r"\(exit code 1\)\); retrying in 0\.2s \(failure 2\)",

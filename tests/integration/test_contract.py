@@ -530,7 +530,9 @@ def test_a_context_variable_lives_through_the_whole_body(
     for pieces, slow in ((3, False), (600, False), (2000, True)):
         mark = server.mark()
         target = f"/?pieces={pieces}&size=4096&id=req{pieces}{int(slow)}"
-        with RawConnection(server.port) as conn:
+        # 8 MB, parsed by the harness as it comes: a bound for a loaded machine (the
+        # default 10 s was passed there), well inside the test's own 60 s.
+        with RawConnection(server.port, timeout=40) as conn:
             conn.send(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
             if slow:  # 8 MB unread fill the socket: the body goes on from resume_writing
                 time.sleep(0.5)
@@ -1110,7 +1112,11 @@ def test_a_slow_but_steady_reader_is_not_cut(
         # reopens (and the server sees it read) every few KB it takes. With a large one
         # a reader this slow shows nothing for longer than the timeout: Linux reopens a
         # full window only once half of the buffer was read (docs/lifecycle.md).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # The smallest buffer Linux allows (it raises 2048 to 4608): an acknowledgement
+        # every 2 KB, about 0.4 s apart at this pace. With 4096 they came every 6 KB, 1.2
+        # to 1.4 s apart, longer than the watchdog's second look waits (half of timeout,
+        # 1 s): the reader was cut whenever that window fell between two of them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
         sock.settimeout(10)
         sock.connect(("127.0.0.1", server.port))
         sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
