@@ -317,6 +317,61 @@ def test_gthread_with_every_thread_busy_leaves_new_connections_to_others(
     assert busy.response is None and busy.error is None  # still in its C call
 
 
+HOLD_APP = """
+import os
+import time
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/hold":  # a long-poll (time.sleep is patched)
+        environ["wsgi.errors"].write(f"hold by {os.getpid()}\\n")
+        environ["wsgi.errors"].flush()
+        time.sleep(30)
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("worker_class", GREEN)
+def test_a_full_green_worker_leaves_new_connections_to_one_with_room(
+    tmp_path: Path, server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A green worker whose ``worker_connections`` are all taken (long-polls) took new
+    connections anyway and answered them 503 while its sibling had room: 2 to 6 of 10
+    here. It now waits a moment (FULL_DEFER), so that a worker with room takes them."""
+    (tmp_path / "holdapp.py").write_text(HOLD_APP)
+    srv = server_factory(
+        "holdapp:app", "-k", worker_class, "--workers", "2", "--worker-connections", "3",
+        "--graceful-timeout", "1", cwd=tmp_path,
+    )  # fmt: skip
+    workers = srv.wait_for_workers(2)
+    deadline = time.monotonic() + 30
+    answered: set[int] = set()
+    while answered != set(workers):  # both serving (a booting one takes no connection)
+        assert time.monotonic() < deadline, (answered, srv.logs)
+        answered.add(int(get(srv.port, "/", timeout=20).body))
+    mark = srv.mark()
+    held: list[RawConnection] = []
+    try:
+        holds: dict[int, int] = {}
+        while not holds or max(holds.values()) < 3:
+            conn = RawConnection(srv.port, timeout=20)
+            held.append(conn)
+            conn.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+            srv.wait_for_count(r"hold by \d+", len(held), since=mark)
+            pids = [int(m) for m in re.findall(r"hold by (\d+)", "\n".join(srv.lines[mark:]))]
+            holds = {pid: pids.count(pid) for pid in set(pids)}
+        (full,) = [pid for pid, count in holds.items() if count == 3]
+        statuses = [get(srv.port, "/", timeout=20) for _ in range(10)]
+        assert [r.status for r in statuses] == [200] * 10, srv.logs
+        assert {int(r.body) for r in statuses} == set(workers) - {full}
+    finally:
+        for conn in held:
+            conn.close()
+
+
 @pytest.mark.timeout(60)
 def test_gthread_thread_stuck_in_c_retires_its_worker(
     rendezvous: Callable[..., ServerProcess], tmp_path: Path

@@ -79,6 +79,10 @@ __all__ = ["GreenletWorker"]
 
 # Connections accepted per wake-up of an acceptor before it lets others run.
 ACCEPT_BATCH = 64
+# A worker whose pool is full waits this long before it takes a connection it would have
+# to refuse: the kernel woke every worker waiting on the socket, and one with room takes
+# it meanwhile. Only when none does is it answered 503 here.
+FULL_DEFER = 0.05
 # A header_timeout of 0 turns the head deadline off; an hour stands in for "none".
 NO_HEAD_DEADLINE = 3600.0
 # accept() errors that mean "out of resources now": wait a little, do not crash.
@@ -343,17 +347,23 @@ class GreenletWorker(Worker):
             fd = listener.fileno()
             while self.alive:
                 self.wait_readable(fd)
-                self._accept_some(listener)
+                self._accept_some(listener, defer_when_full=True)
         except _StopAccepting:
             return
         except (OSError, ValueError) as exc:
             if self.alive and not (isinstance(exc, OSError) and listener_was_shut(exc)):
                 self.log.exception("Accepting on %s failed; no longer accepting there", listener)
 
-    def _accept_some(self, listener: socket.socket) -> bool:
-        """Accept up to ACCEPT_BATCH connections; False once the queue is empty."""
+    def _accept_some(self, listener: socket.socket, defer_when_full: bool = False) -> bool:
+        """Accept up to ACCEPT_BATCH connections; False once the queue is empty.
+        ``defer_when_full``: the acceptor's call (see ``FULL_DEFER``), not the stop's."""
         accept_fd = listener._accept  # type: ignore[attr-defined]  # the descriptor, unwrapped
         for _ in range(ACCEPT_BATCH):
+            if defer_when_full and self.pool_full():
+                defer_when_full = False  # once per call: then refuse what is still queued
+                self.sleep(FULL_DEFER)
+                if not self.alive:
+                    return False
             try:
                 fd, addr = accept_fd()
             except (BlockingIOError, InterruptedError):
@@ -370,6 +380,8 @@ class GreenletWorker(Worker):
                 self.refused_overloaded()
                 continue
             self.spawn_in_pool(self._serve_connection, self.wrap_accepted(fd, listener), addr)
+            if defer_when_full and self.pool_full():
+                return True  # full now: wait_readable says whether another is waiting
         return True
 
     # -- connection ----------------------------------------------------------------------

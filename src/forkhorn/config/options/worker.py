@@ -57,9 +57,10 @@ class WorkerOptions:
         doc="""
         The most connections one worker keeps open at once (``gthread``, ``gevent``,
         ``eventlet``, ``fast``, and the sync worker's head-waiting pool). A connection
-        beyond it is answered 503 and closed at once, rather than left waiting (the
-        worker that accepted it decides, even if another has room); the error log counts
-        the refusals.
+        beyond it is answered 503 and closed at once, rather than left waiting; the error
+        log counts the refusals. A full ``gevent`` or ``eventlet`` worker waits 50 ms
+        before it takes a connection, so that a sibling with room takes it instead; on
+        the other classes the worker that accepted it decides, even if another has room.
         """,
     )
     max_requests = Setting(
