@@ -862,7 +862,9 @@ def test_abusive_clients_are_dropped_while_normal_requests_answer(
     # The fast worker buffers every body before the app runs (its design: wsgi.input must
     # never block the loop), so it takes the whole upload, spooled to a temporary file,
     # and answers after it; --limit-request-body is how to refuse such uploads there. The
-    # blocking workers answer at once and refuse the rest.
+    # blocking workers answer at once, then read and drop what still arrives for 2 s at
+    # most (a lingering close: closed with it arriving, the reset would destroy the
+    # answer), so on loopback all of it may go through.
     buffers_bodies = worker_class == "fast"
     bound = {
         "slowloris": HEADER_TIMEOUT + SLACK,
@@ -877,8 +879,6 @@ def test_abusive_clients_are_dropped_while_normal_requests_answer(
     assert upload.answer.startswith(b"HTTP/1.1 200 "), abusers
     if buffers_bodies:
         assert upload.sent == 100 * 1024 * 1024, abusers
-    else:
-        assert upload.sent < 100 * 1024 * 1024, abusers
     report(
         "abuse",
         worker_class,

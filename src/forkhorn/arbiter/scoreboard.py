@@ -231,6 +231,11 @@ class ScoreboardSlot:
         )
         self._beats[self._beat] = t
 
+    def request_unbound(self) -> None:
+        """The request became a connection the app keeps (a WebSocket): no request in
+        flight any more, as far as the master's ``request_timeout`` is concerned."""
+        _FINISHED.pack_into(self._buf, self._base + _OFF_START, 0.0, self._served, self._idle)
+
     def request_finished(self, now: float | None = None) -> int:
         """The request ended: count it, mark IDLE, heartbeat.  Returns requests served.
         One store, like request_started."""

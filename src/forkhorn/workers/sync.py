@@ -29,7 +29,6 @@ import socket
 import time
 from typing import Any
 
-from forkhorn.arbiter.scoreboard import WorkerState
 from forkhorn.http import NEED_DATA, ProtocolError, Request, RequestTimeoutError, ServerConnection
 from forkhorn.wsgi.input import RECV_SIZE
 
@@ -68,7 +67,7 @@ class SyncWorker(Worker):
         # The master bounds a BUSY worker by --request-timeout. A WebSocket handshake may
         # become a connection the app keeps for as long as its client stays: shown as
         # IDLE, it is bounded by the heartbeat alone (--timeout), as under gunicorn.
-        self.slot.set_state(WorkerState.IDLE)
+        self.slot.request_unbound()
 
     def run(self) -> None:
         prepare_http(self, multithread=False)
