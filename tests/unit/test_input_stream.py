@@ -79,3 +79,23 @@ def test_iteration_and_readlines_split_at_newlines() -> None:
     assert list(_stream(body, 3)) == [b"one\n", b"two\n", b"\n", b"three"]
     assert _stream(body, 5).readlines() == [b"one\n", b"two\n", b"\n", b"three"]
     assert _stream(body, 5).readlines(5) == [b"one\n", b"two\n"]
+
+
+def test_a_green_workers_body_reads_give_the_others_a_turn() -> None:
+    # gevent's recv does not switch while data is waiting: the body's reads must, every
+    # TURN_BYTES, or a fast upload holds every other connection (and the heartbeat).
+    from forkhorn.workers.session import TURN_BYTES, TURN_PIECE, _cooperating_recv
+
+    reads = 0
+    turns: list[int] = []  # the read each turn came after
+
+    def recv(size: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        return b"x" * size
+
+    recv_and_cooperate = _cooperating_recv(recv, lambda: turns.append(reads))
+    for _ in range(40):
+        recv_and_cooperate(65536)
+    per_turn = -(-TURN_BYTES // (65536 + TURN_PIECE))  # reads to use up a turn's budget
+    assert turns == list(range(per_turn, 41, per_turn))

@@ -295,9 +295,12 @@ def serve_request(
     # With header_timeout off, the body's allowance is the plain I/O timeout; with neither,
     # there is no deadline to start from and the minimum rate is not enforced.
     allowance = worker.body_allowance or io_timeout or 0.0
+    recv = sock.recv if watch is None else _receiving(sock.recv, watch)
+    if worker.cooperate is not None:
+        recv = _cooperating_recv(recv, worker.cooperate)
     body = InputStream(
         conn,
-        sock.recv if watch is None else _receiving(sock.recv, watch),
+        recv,
         send,
         sock.settimeout,
         io_timeout,
@@ -489,6 +492,26 @@ def _cooperating(send: Any, cooperate: Callable[[], None]) -> Any:
             cooperate()
 
     return send_and_cooperate
+
+
+def _cooperating_recv(recv: Any, cooperate: Callable[[], None]) -> Any:
+    """``recv`` for the request body that gives the other greenlets a turn every
+    ``TURN_BYTES`` read, as ``_cooperating`` does for output: gevent's recv returns without
+    switching while data is waiting, so an upload arriving as fast as it is read (a
+    buffering proxy replaying it on loopback) held every other connection of the worker,
+    and past ``timeout`` the master killed the worker as hung."""
+    left = TURN_BYTES
+
+    def recv_and_cooperate(size: int) -> bytes:
+        nonlocal left
+        data: bytes = recv(size)
+        left -= len(data) + TURN_PIECE
+        if left <= 0:
+            left = TURN_BYTES
+            cooperate()
+        return data
+
+    return recv_and_cooperate
 
 
 def _receiving(recv: Any, watch: InFlight[Any]) -> Any:
