@@ -248,12 +248,12 @@ class Exchange:
 
     def write(self, data: bytes) -> None:
         """The ``write()`` callable and the body path for iterated chunks."""
+        if data.__class__ is not bytes:
+            # Before the head is encoded: the app's error is then still a 500.
+            data = _as_bytes(data)
         if not self.head_sent:
             if self.status is None:
                 raise AssertionError("write() before start_response()")
-            if data.__class__ is not bytes and not isinstance(data, _BYTES_LIKE):
-                # Before the head is encoded: the app's error is then still a 500.
-                raise InvalidResponseError(f"app wrote {type(data).__name__}, not bytes")
             if not data:
                 return
             if self.conn.error is not None:
@@ -308,8 +308,18 @@ class Exchange:
             self.send(tail)
 
 
-#: What write() takes, as it always did: bytes, and the buffers the framing can send.
-_BYTES_LIKE = (bytes, bytearray, memoryview)
+def _as_bytes(data: object) -> bytes:
+    """What write() takes, as it always did: bytes, and the buffers the framing can send.
+    A memoryview as its bytes (``len()`` counts its items, which may be wider than a
+    byte: a chunk-size line of 3 for 6 bytes broke the stream); a bytearray as it is (it
+    counts bytes); anything else refused."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, bytearray):
+        return data  # type: ignore[return-value]  # (the framing takes any buffer)
+    if isinstance(data, memoryview):
+        return data.tobytes()
+    raise InvalidResponseError(f"app wrote {type(data).__name__}, not bytes")
 
 
 def error_body(status: int, reason: str, detail: str = "") -> bytes:

@@ -20,13 +20,15 @@
                   one before did
 ``/write-file``   write()s a prefix, then returns ``wsgi.file_wrapper`` of this file
 ``/write-str``    write()s a str before anything was sent
-``/write-buffers`` write()s a bytearray, then a memoryview (bytes-like: served)
+``/write-buffers`` write()s a bytearray, then memoryviews (bytes-like: served)
 ``/yield-none``   a generator that yields a chunk, None, then another chunk
 ``/first-none``   returns ``[None, b"after"]``
 ``/stop``         calls start_response, then raises StopIteration (next() on an exhausted
                   iterator), which is a takeover only on a request that asked to upgrade
 Each message names the point, so the test finds its traceback in the log.
 """
+
+import array
 
 PARTIAL = b"x" * 1000
 
@@ -98,6 +100,8 @@ def app(environ, start_response):
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(bytearray(b"array;"))
         write(memoryview(b"view;"))
+        # Items two bytes wide: framed by its 4 bytes, not its 2 items.
+        write(memoryview(array.array("H", [0x4241, 0x3B43])))
         return []
     if path == "/yield-none":
         start_response("200 OK", [("Content-Type", "text/plain")])
