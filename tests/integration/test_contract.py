@@ -554,6 +554,8 @@ def test_content_length_zero_reaches_the_environ(server: ServerProcess, worker_c
     without the header has none."""
     cases = [
         (b"POST /echo HTTP/1.1\r\nContent-Length: 0\r\n", "0"),
+        (b"POST /echo HTTP/1.1\r\nContent-Length: 0, 0\r\n", "0"),  # plain digits
+        (b"POST /echo HTTP/1.1\r\nContent-Length: 00\r\n", "0"),
         (b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\n", "3"),
         (b"GET /echo HTTP/1.1\r\n", None),
     ]
@@ -1415,6 +1417,16 @@ def test_absolute_form_target_overrides_host(server: ServerProcess, worker_class
     assert parse_responses(bad)[0].status == 400
     phish = b"GET http://user@target.example/echo HTTP/1.1\r\nHost: t\r\n\r\n"
     assert parse_responses(raw_request(server.port, phish))[0].status == 400
+    nameless = b"GET http://:80/echo HTTP/1.1\r\nHost: t\r\n\r\n"  # no host: RFC 9110 §4.2.1
+    assert parse_responses(raw_request(server.port, nameless))[0].status == 400
+    # A Host without a name (empty is legal) leaves SERVER_NAME and SERVER_PORT to the
+    # listener: PEP 3333 forbids them empty.
+    for host in (b"", b":81"):
+        data = raw_request(
+            server.port, b"GET /echo HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host
+        )
+        environ = json.loads(parse_responses(data)[0].body)["environ"]
+        assert (environ["SERVER_NAME"], environ["SERVER_PORT"]) == ("127.0.0.1", str(server.port))
 
 
 # -- server hooks ----------------------------------------------------------------------------------

@@ -769,10 +769,11 @@ class Worker(abc.ABC):
         self.slot.request_finished(now)
         if not self.alive:
             self.slot.set_state(WorkerState.EXITING)
-        elif self.nr >= self.max_requests:
-            self.retire("max_requests")
-        elif self.nr == self.max_requests - 1:
-            self.last_request_next()
+        elif self.nr >= self.max_requests - 1:  # one comparison on the hot path
+            if self.nr >= self.max_requests:
+                self.retire("max_requests")
+            else:
+                self.last_request_next()
 
     def last_request_next(self) -> None:
         """The next request to finish reaches ``max_requests``: a class that cannot tell

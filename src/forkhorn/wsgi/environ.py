@@ -14,8 +14,10 @@ Rules kept:
   gunicorn: a request under it has it taken off the front of ``PATH_INFO``; a request
   outside it is answered 404 (gunicorn answers 500). Matched on whole path segments, so
   ``/app`` does not swallow ``/application``.
-- ``SERVER_NAME``/``SERVER_PORT`` come from the Host header when present, else from the
-  listening address. gunicorn takes them from the listening address on TCP and from Host
+- ``SERVER_NAME``/``SERVER_PORT`` come from the Host header when it names a host (an
+  absolute-form target's authority replaces it; the default port follows
+  ``wsgi.url_scheme``), else from the listening address: PEP 3333 forbids them empty.
+  gunicorn takes them from the listening address on TCP and from Host
   only on unix sockets; here one rule serves every listener of a worker, and PEP 3333's
   URL reconstruction (and Werkzeug's and Django's host lookups) read ``HTTP_HOST`` first
   anyway.
@@ -144,8 +146,6 @@ def build_environ(
     environ["REMOTE_ADDR"] = remote_addr
     environ["REMOTE_PORT"] = remote_port
     environ["wsgi.input"] = wsgi_input
-    if request.content_length:
-        environ["CONTENT_LENGTH"] = str(request.content_length)
 
     keys = _KEYS[header_map]
     for name, value in request.headers:
@@ -158,7 +158,7 @@ def build_environ(
             if key == "CONTENT_TYPE":
                 raise BadRequestError("duplicate Content-Type")
             if key == "CONTENT_LENGTH":
-                continue  # set from the framing, or an equal duplicate
+                continue  # an equal duplicate (set from the framing below)
             sep = "; " if key == "HTTP_COOKIE" else ", "
             environ[key] = environ[key] + sep + value.decode("latin-1")
         elif key == _REFUSE:
@@ -166,6 +166,11 @@ def build_environ(
         else:
             environ[key] = value.decode("latin-1")
 
+    # From the framing, in plain digits: the header may say "0, 0" or "007".
+    if request.content_length:
+        environ["CONTENT_LENGTH"] = str(request.content_length)
+    elif "CONTENT_LENGTH" in environ:
+        environ["CONTENT_LENGTH"] = "0"
     if target[0] != 0x2F and target != b"*" and method != b"CONNECT":
         # RFC 9112 §3.2.2: with an absolute-form target the server MUST ignore Host and
         # use the target's authority, so the app sees the URL the client asked for.
@@ -180,7 +185,8 @@ def build_environ(
         server = _hosts.get(host)
         if server is None:
             server = _split_host(host, environ["wsgi.url_scheme"])
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = server
+        if server[0]:  # an empty Host (legal) or ":81" has no name: the listener's stays
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = server
     return environ
 
 
@@ -269,7 +275,8 @@ def _authority_of(target: bytes) -> str:
         if 0 <= at < end:
             end = at
     authority = rest[:end]
-    if not authority or HOST_RE.fullmatch(authority) is None:
+    # An http(s) URI with an empty host is invalid (RFC 9110 §4.2.1): ":80" has none.
+    if not authority or authority[:1] == b":" or HOST_RE.fullmatch(authority) is None:
         raise BadRequestError("invalid host in the request target")
     return authority.decode("latin-1")
 
