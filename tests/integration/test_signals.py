@@ -23,6 +23,7 @@ import pytest
 from .conftest import ServerFactory
 from .server import (
     InFlight,
+    RawConnection,
     Response,
     ServerError,
     ServerProcess,
@@ -216,6 +217,55 @@ def test_hup_applies_a_changed_bind(
         assert time.monotonic() < deadline, "the dropped address still answers or hangs"
         time.sleep(0.1)  # poll interval
     assert "Traceback" not in server.logs
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent", "eventlet", "fast"])
+def test_a_head_arriving_across_a_reload_is_served(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A request whose head was in part when a HUP retired its worker, and whose rest
+    came after the stop's one-second window for idle connections: gthread answered it 408
+    (the window was meant for connections that had sent nothing). A head already begun
+    keeps its own deadline (header_timeout), on every class."""
+    server = server_factory("slow:app", "-k", worker_class, "--workers", "1")
+    (old,) = server.wait_for_workers(1)
+    with connect(server.port, timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        assert get(server.port, "/").status == 200  # the worker is serving (and read it)
+        mark = server.mark()
+        server.signal(signal.SIGHUP)
+        server.wait_for_log(r"Reload complete", since=mark, timeout=30)
+        time.sleep(1.5)  # past the stop's window for idle connections (DRAIN_IDLE, 1 s)
+        assert old in server.worker_pids() or worker_class == "sync", "the old worker left"
+        sock.sendall(b"X-Late: 1\r\nConnection: close\r\n\r\n")
+        data = read_until_fin(sock)
+    assert data.startswith(b"HTTP/1.1 200 "), (data, server.logs)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent", "eventlet"])
+def test_a_kept_alive_response_ending_after_a_reloads_window_serves_the_next(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A streamed response whose head went out kept alive before a HUP, and which ended
+    after the stop's one-second window: gthread closed the connection as it came back,
+    unannounced, and the client's next request met our FIN. It gets a window of its own
+    (its next response says Connection: close)."""
+    server = server_factory("stream:app", "-k", worker_class, "--workers", "1")
+    with RawConnection(server.port, timeout=30) as conn:
+        conn.send(b"GET /?chunks=5&size=10&sleep=0.5 HTTP/1.1\r\nHost: t\r\n\r\n")
+        conn.sock.settimeout(10)
+        conn.buffer = conn.sock.recv(1)  # the head is out (kept alive): then the HUP
+        assert conn.buffer == b"H"
+        mark = server.mark()
+        server.signal(signal.SIGHUP)
+        server.wait_for_log(r"Reload complete", since=mark, timeout=30)
+        first = conn.read_response()
+        assert first.status == 200 and not first.closes
+        conn.send(b"GET /?chunks=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        second = conn.read_response()
+        assert (second.status, second.closes) == (200, True), server.logs
 
 
 RELEASE_APP = """

@@ -440,9 +440,6 @@ class ThreadWorker(Worker):
             client = self._returned.popleft()
             self._held += 1
             now = time.monotonic()
-            if not self.alive and now >= self._drain_until:
-                self._drop(client)
-                continue
             try:
                 client.sock.setblocking(False)
             except OSError:
@@ -453,12 +450,18 @@ class ThreadWorker(Worker):
                 continue
             if client.conn.buffered:  # part of the next head came with the last request
                 deadline = now + self._head_timeout
-            elif self._idle_timeout > 0:
-                deadline = now + self._idle_timeout
-            else:
+            elif self._idle_timeout <= 0:
                 self._drop(client)
                 continue
-            self._watch(client, deadline if self.alive else min(deadline, self._drain_until))
+            elif self.alive:
+                deadline = now + self._idle_timeout
+            else:
+                # Stopping: its response went out kept alive (its head before the stop),
+                # so a request may be on its way. It gets the drain window, or one of its
+                # own if it comes back after the window: dropped at once, the request that
+                # came meanwhile met our FIN unanswered.
+                deadline = max(self._drain_until, now + min(self._idle_timeout, DRAIN_IDLE))
+            self._watch(client, deadline)
 
     def _expire(self, now: float) -> None:
         heap = self._heap
@@ -538,7 +541,14 @@ class ThreadWorker(Worker):
             unselect(self.selector, listener.sock)
         self._drain_until = now + min(self._idle_timeout, DRAIN_IDLE)
         for _, _, client in list(self._heap):
-            if client.registered and client.deadline > self._drain_until:
+            # Idle ones only: a head that arrived in part keeps its own deadline, so a
+            # reload or a recycle drops no request (sync's rule too).
+            if (
+                client.registered
+                and client.deadline > self._drain_until
+                and not client.conn.buffered
+                and not client.lingering
+            ):
                 self._watch(client, self._drain_until)
         with self._lock:
             for client in self._busy:
@@ -678,21 +688,24 @@ class ThreadWorker(Worker):
         """Hand a served connection back to the poller, or close it. Runs in: pool."""
         client.request = None
         # Counted as open until it is in its next place (worker_connections): queued for
-        # the poller, or closed. Only then does it leave the busy set.
+        # the poller, or closed. Only then does it leave the busy set, under the lock that
+        # _dispatch takes to put it back: queued first and discarded after, a connection
+        # the main thread re-dispatched in between was discarded while in a thread again.
         if keep:
             # Even when stopping: the main thread gives it the drain window, since its
             # last response may have gone out before the stop, without Connection: close.
-            self._returned.append(client)
+            pass
         elif client.conn.body_still_coming and _shut_for_writing(client.sock):
             # The app answered without reading the whole body, which is still arriving:
             # closed now, with bytes unread, the socket would be reset, and the reset
             # can destroy the response before the client reads it. Our FIN is out; the
             # poller reads and drops the rest for LINGER_TIME at most (RFC 9112 §9.6).
             client.lingering = True
-            self._returned.append(client)
         else:
             _close(client.sock)
         with self._lock:
+            if keep or client.lingering:
+                self._returned.append(client)
             self._busy.discard(client)
             self._abandoned.discard(client)
         if keep or client.lingering or not self.alive or not self._accepting:
