@@ -75,6 +75,30 @@ def test_a_request_cut_at_graceful_timeout_is_named(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["gevent", "eventlet"])
+def test_a_green_request_cut_at_graceful_timeout_is_answered_and_logged(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A green worker ends the requests still running just before the master's kill at
+    graceful_timeout: a 500, an access line and a clean exit. Its own deadline started
+    after the master's, so the SIGKILL always came first: a bare close, no access line,
+    no post_request or worker_exit hook."""
+    server = server_factory(
+        "slow:app", "-k", worker_class, "--workers", "1", "--graceful-timeout", "2",
+        "--access-logfile", "-",
+    )  # fmt: skip
+    mark = server.mark()
+    request = InFlight(server.port, "/sleep?s=30")
+    server.wait_for_log(r"slow app: sleeping 30s", since=mark)
+    server.signal(signal.SIGTERM)
+    outcome = request.outcome()
+    assert isinstance(outcome, Response) and outcome.status == 500, server.logs
+    server.wait_for_log(r'"GET /sleep\?s=30 HTTP/1.1" 500', stream="stdout")
+    assert server.wait_exit() == 0
+    assert "killed (SIGKILL)" not in server.logs, server.logs
+
+
+@pytest.mark.timeout(60)
 def test_term_refuses_new_connections(server_factory: ServerFactory) -> None:
     """After TERM a new connection is refused, or served in full; never accepted and reset."""
     server = server_factory("slow:app", "--workers", "1", "--graceful-timeout", "20")

@@ -48,6 +48,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from greenlet import GreenletExit  # type: ignore[import-untyped]
+
 from forkhorn.arbiter.scoreboard import WorkerState
 from forkhorn.http import ProtocolError, ServerConnection
 from forkhorn.wsgi.input import RECV_SIZE
@@ -79,10 +81,14 @@ __all__ = ["GreenletWorker"]
 
 # Connections accepted per wake-up of an acceptor before it lets others run.
 ACCEPT_BATCH = 64
-# A worker whose pool is full waits this long before it takes a connection it would have
-# to refuse: the kernel woke every worker waiting on the socket, and one with room takes
-# it meanwhile. Only when none does is it answered 503 here.
-FULL_DEFER = 0.05
+# A worker whose pool is full waits up to this long before it takes a connection it would
+# have to refuse: the kernel woke every worker waiting on the socket, and one with room
+# takes it meanwhile (or a slot of its own frees up). Only when neither happens is it
+# answered 503 here. (50 ms was not enough for a busy sibling on a loaded host.)
+FULL_DEFER = 0.5
+FULL_POLL = 0.01
+# How long before the master's kill at graceful_timeout the worker ends what is left.
+GRACE_MARGIN = 0.5
 # A header_timeout of 0 turns the head deadline off; an hour stands in for "none".
 NO_HEAD_DEADLINE = 3600.0
 # accept() errors that mean "out of resources now": wait a little, do not crash.
@@ -103,6 +109,7 @@ class GreenletWorker(Worker):
     """A greenlet per connection; subclasses supply their library's primitives."""
 
     watches_requests = True  # RequestWatchdog
+    _stop_asked_at = 0.0  # TERM or retirement: when (handle_term, retire)
 
     def cooperate(self) -> None:
         self.sleep(0)
@@ -231,13 +238,17 @@ class GreenletWorker(Worker):
 
     def _wind_down(self) -> None:
         """Finish in-flight requests up to graceful_timeout. Runs in: main."""
+        # The master kills this process graceful_timeout after it asked it to stop: this
+        # deadline comes a little before, so that requests still running are answered,
+        # logged and their hooks run, instead of cut by the SIGKILL.
+        began = self._stop_asked_at or time.monotonic()
+        deadline = began + max(0.0, float(self.cfg.graceful_timeout) - GRACE_MARGIN)
         self.stop_accepting()  # idempotent; the loop may also end because the parent left
         # Another greenlet may be half-way through stop_accepting (killing the acceptors
         # switches): wait until what it drained from the queue is in the pool, or this
         # process could exit holding an accepted connection it never read.
         self.wait_event(self._accepting_stopped, float(self.cfg.graceful_timeout))
         now = time.monotonic()
-        deadline = now + float(self.cfg.graceful_timeout)
         # Idle keep-alive connections get a last short window: a request already on its
         # way is served (with Connection: close) instead of being cut off by our FIN.
         self._drain_until = drain_until = now + min(self._idle_timeout, DRAIN_IDLE)
@@ -275,6 +286,10 @@ class GreenletWorker(Worker):
 
     # -- stopping (signal handlers may run inside the hub: defer the work) ----------------
     def handle_term(self, signum: int, frame: FrameType | None) -> None:
+        # When the master's graceful_timeout began, for _wind_down's deadline: the hub may
+        # run what this schedules only at its next timer (eventlet's poll resumes its
+        # wait after the handler), up to a second later.
+        self._stop_asked_at = self._stop_asked_at or time.monotonic()
         self.alive = False
         self.retire_reason = self.retire_reason or "stop"
         self.slot.set_state(WorkerState.EXITING)
@@ -287,6 +302,7 @@ class GreenletWorker(Worker):
 
     def retire(self, reason: str) -> None:
         # Runs in: main or a connection greenlet (max_requests), never the hub.
+        self._stop_asked_at = self._stop_asked_at or time.monotonic()
         super().retire(reason)
         self._wake_main()
 
@@ -321,7 +337,10 @@ class GreenletWorker(Worker):
             return  # run() has not started: nothing to drain into (see queue_drained)
         current = self.current()
         for acceptor in acceptors:
-            if acceptor is not current:
+            # One that never started (a stop as run() begins) finds alive False when it
+            # does: killed before its start, it raised in this caller (eventlet: a failed
+            # boot) or printed an unhandled _StopAccepting (gevent).
+            if acceptor is not current and acceptor:
                 self.kill(acceptor, _StopAccepting, block=True)
         # Serve what is already queued rather than let the last close reset it; those
         # connections get the same short window as idle ones for their request to arrive.
@@ -361,7 +380,10 @@ class GreenletWorker(Worker):
         for _ in range(ACCEPT_BATCH):
             if defer_when_full and self.pool_full():
                 defer_when_full = False  # once per call: then refuse what is still queued
-                self.sleep(FULL_DEFER)
+                waited = 0.0
+                while waited < FULL_DEFER and self.pool_full() and self.alive:
+                    self.sleep(FULL_POLL)
+                    waited += FULL_POLL
                 if not self.alive:
                     return False
             try:
@@ -446,8 +468,10 @@ class GreenletWorker(Worker):
         return self.nr + self._busy >= self.max_requests
 
 
-class _StopAccepting(BaseException):
-    """Ends an acceptor greenlet at shutdown (BaseException: nothing may swallow it)."""
+class _StopAccepting(GreenletExit):  # type: ignore[misc]
+    """Ends an acceptor greenlet at shutdown (a BaseException: nothing may swallow it). A
+    GreenletExit, so that gevent does not print it as a failure when it ends a greenlet
+    that had been started but had not run yet (a stop as run() begins)."""
 
 
 def _refuse(fd: int, server_line: bytes) -> None:

@@ -58,7 +58,7 @@ class WorkerOptions:
         The most connections one worker keeps open at once (``gthread``, ``gevent``,
         ``eventlet``, ``fast``, and the sync worker's head-waiting pool). A connection
         beyond it is answered 503 and closed at once, rather than left waiting; the error
-        log counts the refusals. A full ``gevent`` or ``eventlet`` worker waits 50 ms
+        log counts the refusals. A full ``gevent`` or ``eventlet`` worker waits up to 0.5 s
         before it takes a connection, so that a sibling with room takes it instead; on
         the other classes the worker that accepted it decides, even if another has room.
         """,
