@@ -968,6 +968,32 @@ def test_access_log_counts_only_the_body_bytes_sent(
         assert f'HTTP/1.1" {status} {size} ' in line.string, line.string
 
 
+@pytest.mark.timeout(60)
+def test_a_file_download_the_client_leaves_logs_what_went_out(
+    server_factory: ServerFactory, worker_class: str, tmp_path: Path
+) -> None:
+    """A ``wsgi.file_wrapper`` download (sendfile) the client leaves after 1 MB: its
+    access line said 0 bytes on the blocking classes; it now says what went out (at least
+    what the client read), as a streamed body's line does."""
+    payload = tmp_path / "big.bin"
+    with payload.open("wb") as out:
+        out.truncate(64 * 1024 * 1024)
+    server = server_factory(
+        "files:app", *worker_args(worker_class), "--access-logfile", "-",
+        env={"FORKHORN_TEST_FILE": str(payload)},
+    )  # fmt: skip
+    with connect(server.port, timeout=20) as sock:
+        sock.sendall(b"GET /left HTTP/1.1\r\nHost: t\r\n\r\n")
+        got = 0
+        while got < 1024 * 1024:
+            chunk = sock.recv(65536)
+            assert chunk, "closed early"
+            got += len(chunk)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    line = server.wait_for_log(r'"GET /left HTTP/1\.1" 200 (\d+) ', stream="stdout", timeout=30)
+    assert 1024 * 1024 - 65536 <= int(line.group(1)) < 64 * 1024 * 1024, line.string
+
+
 @pytest.mark.timeout(30)
 def test_a_stop_iteration_on_a_plain_request_is_a_500(
     server: ServerProcess, worker_class: str

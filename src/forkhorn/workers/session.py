@@ -628,10 +628,10 @@ def _sendfile_for(
                     sent += max(file.tell() - at, 0)
                     stall = stall or _Stall(sock)
                     if not stall.progressed():
-                        raise ClientGoneError(str(exc)) from exc
+                        raise _gone(exc, sent) from exc
                     continue
                 except OSError as exc:
-                    raise ClientGoneError(str(exc)) from exc
+                    raise _gone(exc, sent + max(file.tell() - at, 0)) from exc
                 if not done:
                     break  # the file is shorter than it was: the caller closes
                 sent += done
@@ -639,6 +639,13 @@ def _sendfile_for(
         return sent
 
     return sendfile
+
+
+def _gone(exc: OSError, sent: int) -> ClientGoneError:
+    """The client left during a file: what went out before, for the access log."""
+    gone = ClientGoneError(str(exc))
+    gone.sent = sent
+    return gone
 
 
 #: Bytes read and sent at a time when a file is copied rather than sent with sendfile.

@@ -470,6 +470,9 @@ class ClientGoneError(ConnectionError):
     apart: that one is the app's failure, logged, where this one ends the request
     quietly."""
 
+    #: Bytes of a file that went out before the failure (sendfile), for the access log.
+    sent = 0
+
 
 def run_app(
     app: WSGIApp,
@@ -539,7 +542,11 @@ def _send_file(
     head, count = exchange.file_head(size)
     exchange.send(head)
     if count > 0:
-        sent = sendfile(fd, offset, count)
+        try:
+            sent = sendfile(fd, offset, count)
+        except ClientGoneError as exc:
+            exchange.sent += exc.sent  # the access log's %(b)s: what did go out
+            raise
         exchange.sent += sent
         if sent < count:
             raise ClientGoneError("the file ended or the client left before it was sent")
