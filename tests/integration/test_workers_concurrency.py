@@ -13,10 +13,12 @@ The behaviour every worker class shares is in ``test_contract.py``; here:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -315,6 +317,52 @@ def test_gthread_with_every_thread_busy_leaves_new_connections_to_others(
     served_by = {int(get(srv.port, "/", timeout=20).body) for _ in range(10)}
     assert len(served_by) == 1 and served_by < set(workers), served_by
     assert busy.response is None and busy.error is None  # still in its C call
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", CONCURRENT)
+@pytest.mark.parametrize("kind", ["unread", "refused"])
+def test_a_lingering_close_holds_no_connection_slot(
+    server_factory: ServerFactory, worker_class: str, kind: str
+) -> None:
+    """Two uploads answered while still arriving (unread by the app, or refused 413) are
+    closed lingering: what the client still sends is read and dropped for up to 2 s. That
+    held a slot of ``worker_connections`` (2 here), and a plain request got 503."""
+    limit = ["--limit-request-body", "100000"] if kind == "refused" else []
+    srv = server_factory(
+        "echo:app", "-k", worker_class, "--workers", "1", "--worker-connections", "2",
+        *(["--threads", "2"] if worker_class == "gthread" else []), *limit,
+    )  # fmt: skip
+    stop = threading.Event()
+    answered: list[bytes] = []
+
+    def upload() -> None:
+        with connect(srv.port, timeout=10) as sock:
+            sock.sendall(
+                b"POST /?read=none HTTP/1.1\r\nHost: t\r\nContent-Length: 50000000\r\n\r\n"
+                + b"x" * 1000
+            )
+            answered.append(sock.recv(12))
+            with contextlib.suppress(OSError):
+                while not stop.is_set():  # an uploader that goes on (curl, requests)
+                    sock.sendall(b"x" * 1000)
+                    stop.wait(0.02)
+
+    uploads = [threading.Thread(target=upload, daemon=True) for _ in range(2)]
+    for thread in uploads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(answered) < 2:
+            assert time.monotonic() < deadline, answered
+            time.sleep(0.01)  # poll interval
+        expected = b"HTTP/1.1 200" if kind == "unread" else b"HTTP/1.1 413"
+        assert answered == [expected] * 2
+        assert get(srv.port, "/", timeout=10).status == 200
+    finally:
+        stop.set()
+        for thread in uploads:
+            thread.join(10)
 
 
 HOLD_APP = """

@@ -426,8 +426,11 @@ class GreenletWorker(Worker):
         finally:
             self._sessions.pop(me, None)
             if refused or conn.body_still_coming:
-                _linger(sock)
-            _close(sock)
+                # In a greenlet of its own, outside the pool: a lingering close holds no
+                # slot of worker_connections, and a stop does not wait for it.
+                self.spawn(_linger_and_close, sock)
+            else:
+                _close(sock)
 
     def _keep_serving(self, me: Any, session: _Session, peer: tuple[str, str]) -> None:
         sock, conn = session.sock, session.conn
@@ -501,6 +504,11 @@ def _linger(sock: Any) -> None:
                 return
     except OSError:
         pass
+
+
+def _linger_and_close(sock: Any) -> None:
+    _linger(sock)
+    _close(sock)
 
 
 def _close(sock: Any) -> None:

@@ -152,6 +152,7 @@ class ThreadWorker(Worker):
         self._accepting = True  # the listeners are in the selector (see _listen)
         self._busy: set[_Client] = set()
         self._held = 0  # connections held by the poller
+        self._lingering = 0  # of them, closing (_linger): not counted as open, not waited for
         self._heap: list[tuple[float, int, _Client]] = []
         self._seq = 0
         self._returned: deque[_Client] = deque()
@@ -358,7 +359,7 @@ class ThreadWorker(Worker):
     def _open_connections(self) -> int:
         # A connection is counted from accept to close, wherever it is: held by the
         # poller, queued back to it by a thread, or busy (queued for or in a thread).
-        return self._held + len(self._returned) + len(self._busy)
+        return self._held - self._lingering + len(self._returned) + len(self._busy)
 
     def _watch(self, client: _Client, deadline: float) -> None:
         client.deadline = deadline
@@ -439,6 +440,7 @@ class ThreadWorker(Worker):
         while self._returned:
             client = self._returned.popleft()
             self._held += 1
+            self._lingering += client.lingering
             now = time.monotonic()
             try:
                 client.sock.setblocking(False)
@@ -501,12 +503,14 @@ class ThreadWorker(Worker):
             self._drop(client)
             return
         client.lingering = True
+        self._lingering += 1
         self._watch(client, time.monotonic() + LINGER_TIME)
 
     def _drop(self, client: _Client) -> None:
         """Close a connection the poller holds."""
         self._unwatch(client)
         self._held -= 1
+        self._lingering -= client.lingering
         _close(client.sock)
 
     def _poke(self) -> None:
@@ -562,7 +566,8 @@ class ThreadWorker(Worker):
             with self._lock:
                 busy = len(self._busy - self._abandoned)
             now = time.monotonic()
-            if not (busy or self._held or self._returned or self._drained) or now >= deadline:
+            held = self._held - self._lingering  # a lingering close is not waited for
+            if not (busy or held or self._returned or self._drained) or now >= deadline:
                 break
             self.notify()
             self._enforcer.run_once(now)
