@@ -137,6 +137,7 @@ class ThreadWorker(Worker):
     """A thread pool for requests, a poller for everything that is only waiting."""
 
     watches_requests = True  # RequestWatchdog
+    _lingering = 0  # held connections closing (_linger); set per run() too
 
     # -- main thread -------------------------------------------------------------------
     def run(self) -> None:
