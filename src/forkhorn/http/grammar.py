@@ -51,8 +51,11 @@ HEAD_RE = re.compile(REQUEST_LINE + rb"\r\n((?:" + FIELD_LINE + rb")*)")
 # RFC 9110 §4.2.1: an http(s) URI with an empty host is invalid and MUST be rejected;
 # §4.2.4: a recipient SHOULD treat userinfo ("user:pass@host") as an error, and we do
 # (the authority may hold no "@"; the path and query after it may).
+# The authority must name a host: RFC 9110 §4.2.1 makes an http(s) URI with an empty one
+# invalid, so it cannot start with the port's ":" ("http://:80/").
 ABSOLUTE_FORM_RE = re.compile(
-    rb"[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\x00-\x20\x7f-\xff]+(?:[/?][\x21-\x7e]*)?"
+    rb"[Hh][Tt][Tt][Pp][Ss]?://[^/?#@:\x00-\x20\x7f-\xff][^/?#@\x00-\x20\x7f-\xff]*"
+    rb"(?:[/?][\x21-\x7e]*)?"
 )
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP literal
 # in brackets or a reg-name (unreserved, pct-encoded, sub-delims). Empty is allowed (§7.2).

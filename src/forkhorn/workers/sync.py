@@ -238,6 +238,7 @@ class SyncWorker(Worker):
         return served
 
     def _linger_after_response(self, pending: _Pending) -> None:
+        """Back under the selector (the response took it out), to linger as a refusal."""
         try:
             pending.sock.setblocking(False)
         except OSError:
@@ -245,9 +246,7 @@ class SyncWorker(Worker):
             return
         self.pending[pending.sock.fileno()] = pending
         self.selector.register(pending.sock, selectors.EVENT_READ, pending)
-        pending.lingering = True
-        pending.deadline = time.monotonic() + LINGER_TIME
-        self.lingering += 1  # not counted against worker_connections
+        self._linger(pending)  # (its FIN is already out: shutting again changes nothing)
 
     def _serve(self, pending: _Pending, request: Request) -> None:
         sock = pending.sock

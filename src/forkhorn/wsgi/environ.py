@@ -275,8 +275,7 @@ def _authority_of(target: bytes) -> str:
         if 0 <= at < end:
             end = at
     authority = rest[:end]
-    # An http(s) URI with an empty host is invalid (RFC 9110 §4.2.1): ":80" has none.
-    if not authority or authority[:1] == b":" or HOST_RE.fullmatch(authority) is None:
+    if not authority or HOST_RE.fullmatch(authority) is None:
         raise BadRequestError("invalid host in the request target")
     return authority.decode("latin-1")
 
