@@ -13,7 +13,7 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -511,6 +511,59 @@ def test_a_filter_on_the_access_logger_drops_its_lines(
     assert logging.getLogger(name).filters == []
     _access(log, "/health")
     assert '"GET /health HTTP/1.1" 200' in lines(path)[-1]  # the filter went with its config
+
+
+class _NoProbes(logging.Filter):
+    """A gunicorn recipe: the atoms hold every request header, response header and environ
+    key, lower-cased, whether the format shows them or not."""
+
+    seen: ClassVar[list[tuple[object, ...]]] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        assert isinstance(args, dict)
+        _NoProbes.seen.append(
+            (
+                args.get("{x-request-id}i"),
+                args["{X-Request-Id}i"],
+                "{user-agent}i" in args,
+                args.get("{content-type}o"),
+                args["{remote_addr}e"],
+                args.get("{x-absent}i", "default"),
+                "{x-absent}i" in args,
+                args["{x-absent}o"],
+            )
+        )
+        return "kube-probe" not in str(args.get("{user-agent}i", ""))
+
+
+def test_an_access_filter_reads_headers_and_environ_keys_the_format_does_not_show(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """A filter written for gunicorn reads any header or environ atom, in any case, from
+    ``record.args``: forkhorn held only the format's own, so such a filter never matched
+    and the probe lines it was meant to drop were written."""
+    path = tmp_path / "access.log"
+    config = {
+        "filters": {"noprobes": {"()": _NoProbes}},
+        "loggers": {"gunicorn.access": {"filters": ["noprobes"]}},
+    }
+    log = make_logger(accesslog=str(path), access_log_format="%(U)s %(s)s", logconfig_dict=config)
+    _NoProbes.seen.clear()
+    for agent in ("kube-probe/1.29", "curl/8"):
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/",
+            "RAW_URI": "/",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_USER_AGENT": agent,
+            "HTTP_X_REQUEST_ID": "abc123",
+        }
+        log.access(environ, "200 OK", [("Content-Type", "text/plain")], 2, 0.001)
+    assert lines(path) == ["/ 200"]  # the probe's line was dropped
+    expected = ("abc123", "abc123", True, "text/plain", "127.0.0.1", "default", False, "-")
+    assert _NoProbes.seen == [expected, expected]
 
 
 def test_a_filter_added_by_code_stays_and_one_that_raises_costs_its_line(

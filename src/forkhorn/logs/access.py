@@ -264,10 +264,63 @@ def _atoms() -> dict[str, Getter]:
 
 
 class _Atoms(dict[str, object]):
-    """gunicorn's atoms mapping: an atom the format does not have reads as "-"."""
+    """gunicorn's atoms mapping, for access-log filters (``record.args``).
 
-    def __missing__(self, key: str) -> str:
-        return "-"
+    gunicorn puts every request header (``{user-agent}i``), response header
+    (``{content-type}o``) and environ key (``{remote_addr}e``) in it, lower-cased, and
+    reads ``{...}`` keys case-insensitively, so a filter may read one the format does not
+    show (``record.args.get("{user-agent}i")`` to drop a health check's lines). Here those
+    are looked up when asked for, not made for every line; an atom that is not there
+    reads as "-" (``get`` gives its default, ``in`` says False), as in gunicorn.
+    """
+
+    __slots__ = ("_environ", "_escape", "_headers")
+
+    def __init__(
+        self, environ: Mapping[str, Any], headers: Headers, escape: Callable[[str], str]
+    ) -> None:
+        super().__init__()
+        self._environ = environ
+        self._headers = headers
+        self._escape = escape
+
+    def _lookup(self, key: object) -> object | None:
+        """A ``{name}i``, ``{name}o`` or ``{name}e`` atom, any case (None: absent)."""
+        if not (isinstance(key, str) and len(key) > 3 and key[0] == "{" and key[-2] == "}"):
+            return None
+        name, kind = key[1:-2], key[-1]
+        value: object | None = None
+        if kind == "i":
+            value = self._environ.get(_header_environ_key(name))
+        elif kind == "o":
+            lower = name.lower()
+            for header, found in self._headers:
+                if header.lower() == lower:
+                    value = found  # the last one wins, as in gunicorn
+        elif kind == "e":
+            lower = name.lower()
+            for var, found in self._environ.items():
+                if var.lower() == lower:
+                    value = found if isinstance(found, str) else str(found)
+                    break
+        if value is None:
+            return None
+        value = self._escape(value) if type(value) is str else value
+        self[key] = value
+        return value
+
+    def __missing__(self, key: str) -> object:
+        value = self._lookup(key)
+        return "-" if value is None else value
+
+    def get(self, key: str, default: object = None) -> object:
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        value = self._lookup(key)
+        return default if value is None else value
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or self._lookup(key) is not None
 
 
 def _unknown(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> str:
@@ -360,8 +413,8 @@ class AccessFormat:
         it read (``record.args["U"]``). ``fmt % atoms`` is the line. Missing keys give
         "-", as in gunicorn. Made only when the access log has filters. (The loop is
         render's; kept apart so that render, run for every line, calls nothing more.)"""
-        atoms = _Atoms()
         escape_value = self._escape
+        atoms = _Atoms(environ, response_headers, escape_value)
         for key, get in (*_FIXED_ATOMS.items(), *self._getters):
             value = get(environ, status, response_headers, sent_bytes, request_time, now)
             atoms[key] = escape_value(value) if type(value) is str else value
