@@ -1570,6 +1570,25 @@ def test_file_wrapper_sends_what_read_gives(
     assert resp.body.startswith(b"Name:\t")
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sendfile", ["default", "--no-sendfile"])
+def test_a_file_that_shrinks_while_sent_is_cut_and_said_in_the_log(
+    server_factory: ServerFactory, worker_class: str, tmp_path: Path, sendfile: str
+) -> None:
+    """A file cut short after its length went out: the response ends where the file
+    does, the connection closes (the client sees the short body), and the error log says
+    why, as it does for an app's body short of its Content-Length. It said nothing."""
+    payload = tmp_path / "rotating.log"
+    payload.write_bytes(b"x" * 200_000)
+    server = file_server(server_factory, worker_class, payload, sendfile)
+    data = raw_request(server.port, b"GET /shrinking HTTP/1.1\r\nHost: t\r\n\r\n", 30)
+    (resp,) = parse_responses(data)
+    assert resp.status == 200 and resp.header("content-length") == "200000"
+    assert resp.body == b"x" * 1000 and not resp.complete
+    server.wait_for_log("the file ended after 1000 of the 200000 bytes announced")
+    assert "Traceback" not in server.logs
+
+
 def check_file_responses(server: ServerProcess, payload: Path, keep_alive: bool) -> None:
     """``/`` declares the size, ``/nolength`` does not, ``HEAD /`` must carry no body:
     on one connection (pipelined) where the class keeps connections, else one each."""

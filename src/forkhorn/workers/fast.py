@@ -83,6 +83,7 @@ from forkhorn.wsgi.cycle import (
     close_result,
     dates,
     error_response,
+    file_ended_early,
     is_app_error,
     protocol_error_answer,
     raw_error_response,
@@ -699,10 +700,12 @@ class HttpProtocol(asyncio.Protocol):
             self.worker.flush()
             transport.write(head)
             if count:
-                sent = await self._send_file_body(transport, fd, offset, count)
+                sent, ended = await self._send_file_body(transport, fd, offset, count)
                 exchange.sent += sent
                 if sent < count:
                     ok = False  # the file shrank, or the client left: close
+                    if ended:
+                        exchange.conn.body_mismatch = file_ended_early(sent, count)
             if self.transport is not None:
                 tail = exchange.conn.send_end()
                 if tail:
@@ -719,8 +722,9 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _send_file_body(
         self, transport: asyncio.Transport, fd: int, offset: int, count: int
-    ) -> int:
-        """Send ``count`` bytes of the file from ``offset``; return how many went.
+    ) -> tuple[int, bool]:
+        """Send ``count`` bytes of the file from ``offset``; return how many went, and
+        whether the file ended before them (it shrank meanwhile).
 
         uvloop has no ``loop.sendfile``, so the worker calls ``os.sendfile`` on the
         socket itself (as asyncio's own loop would), but only while the transport holds
@@ -735,6 +739,7 @@ class HttpProtocol(asyncio.Protocol):
         if out >= 0:
             transport.set_write_buffer_limits(high=0, low=0)
         sent = 0
+        ended = False
         try:
             while sent < count:
                 if self.write_paused:
@@ -754,10 +759,12 @@ class HttpProtocol(asyncio.Protocol):
                         out = -1  # a file system without sendfile: copy from now on
                         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
                     if n == 0:
-                        break  # the file is shorter than it was
+                        ended = True  # the file is shorter than it was
+                        break
                 if n < 0:
                     block = os.pread(fd, size, offset + sent)
                     if not block:
+                        ended = True
                         break
                     transport.write(block)
                     n = len(block)
@@ -767,7 +774,7 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             if out >= 0 and self.transport is not None:
                 transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        return sent
+        return sent, ended
 
     def _drained(self) -> asyncio.Future[None]:
         """A future that ``resume_writing`` (or ``connection_lost``) completes."""

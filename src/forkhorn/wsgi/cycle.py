@@ -549,10 +549,21 @@ def _send_file(
             raise
         exchange.sent += sent
         if sent < count:
-            raise ClientGoneError("the file ended or the client left before it was sent")
+            # sendfile (or the copy) found the file's end early: a client that left raises
+            # above. The worker logs it as it logs a body short of its Content-Length.
+            exchange.conn.body_mismatch = file_ended_early(sent, count)
+            raise ClientGoneError("the file ended before it was sent")
     tail = exchange.conn.send_end()
     if tail:
         exchange.send(tail)
+
+
+def file_ended_early(sent: int, count: int) -> str:
+    """What the log says of a file that was shorter than when its response began (it
+    was truncated or replaced meanwhile): its Content-Length was already out."""
+    return (
+        f"the file ended after {sent} of the {count} bytes announced (it shrank while being sent)"
+    )
 
 
 def app_failed(exchange: Exchange, environ: dict[str, Any], log: Any, exc: Any) -> bool:
