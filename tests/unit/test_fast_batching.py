@@ -331,8 +331,8 @@ def test_a_file_body_goes_through_sendfile_when_the_socket_takes_it(
 ) -> None:
     protocol, transport, fd, content, ours, theirs = file_body_setup(worker, tmp_path, 100_000)
     try:
-        sent = asyncio.run(protocol._send_file_body(transport, fd, 1000, 50_000))
-        assert sent == 50_000
+        sent, ended = asyncio.run(protocol._send_file_body(transport, fd, 1000, 50_000))
+        assert (sent, ended) == (50_000, False)
         assert transport.writes == []  # nothing copied
         theirs.settimeout(5)
         got = b""
@@ -356,7 +356,7 @@ def test_no_sendfile_copies_the_file_through_the_transport(
     size = 3 * fast.FILE_BLOCK + 5
     protocol, transport, fd, content, ours, theirs = file_body_setup(worker, tmp_path, size)
     try:
-        assert asyncio.run(protocol._send_file_body(transport, fd, 0, size)) == size
+        assert asyncio.run(protocol._send_file_body(transport, fd, 0, size)) == (size, False)
         assert b"".join(transport.writes) == content
         assert len(transport.writes) == 4  # in FILE_BLOCK pieces
     finally:
@@ -405,7 +405,8 @@ def test_a_sendfile_error_stops_or_falls_back_to_copying(
     size = 2 * fast.FILE_BLOCK
     protocol, transport, fd, content, ours, theirs = file_body_setup(worker, tmp_path, size)
     try:
-        sent = asyncio.run(protocol._send_file_body(transport, fd, 0, size))
+        sent, ended = asyncio.run(protocol._send_file_body(transport, fd, 0, size))
+        assert not ended
         assert (sent, b"".join(transport.writes)) == ((size, content) if copied else (0, b""))
     finally:
         os.close(fd)
