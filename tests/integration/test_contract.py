@@ -519,6 +519,45 @@ def test_a_unix_socket_peer_is_a_trusted_front_end(
 
 
 @pytest.mark.timeout(60)
+def test_a_request_without_host_gets_the_address_of_the_listener_it_came_in_on(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """PEP 3333's SERVER_NAME and SERVER_PORT, for a request with no Host to take them
+    from, are those of the socket it came in on, as in gunicorn. Every request got the
+    first listener's: the second port's number, or a TCP address on a Unix socket."""
+    work = Path(tempfile.mkdtemp(prefix="fh-", dir="/tmp"))
+    try:
+        path = work / "s.sock"
+        server = server_factory(
+            "routes:app",
+            *worker_args(worker_class),
+            "--bind",
+            f"unix:{path}",
+            "--bind",
+            "127.0.0.1:0",  # a second port of its own
+        )
+        ports = {
+            int(p) for p in re.findall(r"Listening at: http://127\.0\.0\.1:(\d+)", server.logs)
+        }
+        (other,) = ports - {server.port}
+        request = b"GET /echo HTTP/1.0\r\n\r\n"  # HTTP/1.0 needs no Host
+
+        def seen(data: bytes) -> tuple[str, str]:
+            environ = json.loads(parse_responses(data)[0].body)["environ"]
+            return environ["SERVER_NAME"], environ["SERVER_PORT"]
+
+        assert seen(raw_request(server.port, request)) == ("127.0.0.1", str(server.port))
+        assert seen(raw_request(other, request)) == ("127.0.0.1", str(other))
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(request)
+            assert seen(read_until_close(sock, 10)) == (str(path), "")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.timeout(60)
 def test_a_context_variable_lives_through_the_whole_body(
     server_factory: ServerFactory, worker_class: str
 ) -> None:

@@ -270,6 +270,8 @@ class Worker(abc.ABC):
         self.hook_pre_request = False
         self.hook_post_request = False
         self.base_environ: dict[str, Any] = {}
+        # One per listener when there are several (SERVER_NAME/PORT: base_environ_for).
+        self.base_environs: dict[Any, dict[str, Any]] | None = None
         self.header_map = "drop"
         # Trusted front ends and their secure_scheme_headers (wsgi/proxies.py); None when
         # no header is to be believed.

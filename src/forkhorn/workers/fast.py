@@ -95,6 +95,7 @@ from forkhorn.wsgi.input import BufferedInput, EmptyInput
 from .base import DRAIN_IDLE, Worker
 from .session import (
     LINGER_TIME,
+    base_environ_for,
     bytes_unsent,
     bytes_waiting,
     finish_request,
@@ -150,6 +151,7 @@ class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
     __slots__ = (
+        "base_environ",
         "body",
         "body_size",
         "busy",
@@ -182,6 +184,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer_addr = ""  # REMOTE_ADDR and REMOTE_PORT
         self.peer_port = ""
+        self.base_environ = worker.base_environ  # its listener's (connection_made)
         # The connection's own context: its requests' app calls, every step of their
         # bodies and their close() run in it, entered from each loop callback that leads
         # to app code (never from inside one another: a context cannot be entered twice).
@@ -233,6 +236,8 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.peer_addr = str(peer[0])
             self.peer_port = str(peer[1])
+        if worker.base_environs is not None:  # several listeners: which one is this?
+            self.base_environ = base_environ_for(worker, transport.get_extra_info("sockname"))
         front_ends = worker.front_ends
         if front_ends is not None:
             # Decided once per connection. A TCP client gone before this has no address
@@ -500,7 +505,7 @@ class HttpProtocol(asyncio.Protocol):
         request: Request = self.request  # type: ignore[assignment]
         conn = self.conn
         environ = build_environ(
-            worker.base_environ,
+            self.base_environ,
             request,
             self.peer_addr,
             self.peer_port,

@@ -310,7 +310,9 @@ def serve_request(
     try:
         front_ends = worker.front_ends
         environ = build_environ(
-            worker.base_environ,
+            worker.base_environ
+            if worker.base_environs is None
+            else base_environ_for(worker, sock.getsockname()),
             request,
             peer[0],
             peer[1],
@@ -763,17 +765,10 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
     worker.body_min_rate = float(cfg.body_min_rate or 0)
     worker.body_allowance = float(cfg.header_timeout or 0)
     worker.use_sendfile = cfg.sendfile is not False
-    server_name, server_port = "", ""
-    if worker.sockets:
-        name = worker.sockets[0].getsockname()
-        if isinstance(name, tuple):
-            server_name, server_port = str(name[0]), str(name[1])
-        else:
-            server_name = str(name)
     error_log = getattr(worker.log, "error_log", None)
-    worker.base_environ = make_base_environ(
-        server_name,
-        server_port,
+    base = make_base_environ(
+        "",
+        "",
         "http",
         WSGIErrors(error_log) if isinstance(error_log, logging.Logger) else sys.stderr,
         FileWrapper,
@@ -784,3 +779,39 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
         script_name=os.environ.get("SCRIPT_NAME", ""),
         multiprocess=int(cfg.workers) > 1,  # gunicorn's rule
     )
+    # SERVER_NAME and SERVER_PORT, where a request has no Host to take them from, are
+    # those of the listener it came in on, as in gunicorn: one base environ per listener.
+    environs: dict[Any, dict[str, Any]] = {}
+    for listener in worker.sockets:
+        address = listener.getsockname()
+        environ = dict(base)
+        if isinstance(address, tuple):
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = str(address[0]), str(address[1])
+        else:
+            environ["SERVER_NAME"] = str(address)
+        environs.setdefault(_listener_key(address), environ)
+    worker.base_environ = next(iter(environs.values()), base)
+    worker.base_environs = environs if len(environs) > 1 else None
+
+
+def _listener_key(address: Any) -> Any:
+    """A listener's address as ``base_environ_for`` finds it from a connection's local
+    address: a TCP listener on every interface by its port alone."""
+    if isinstance(address, tuple):
+        host = address[0]
+        return ("", address[1]) if host in ("0.0.0.0", "::") else (host, address[1])
+    return address
+
+
+def base_environ_for(worker: Worker, local: Any) -> dict[str, Any]:
+    """The base environ of the listener a connection came in on, from the connection's
+    own address (``getsockname()``; a Unix socket's names its listener's path). Asked only
+    when the worker has several listeners (``worker.base_environs``)."""
+    environs = worker.base_environs
+    if environs is None:
+        return worker.base_environ
+    if isinstance(local, tuple):
+        found = environs.get((local[0], local[1])) or environs.get(("", local[1]))
+    else:
+        found = environs.get(local)
+    return found if found is not None else worker.base_environ

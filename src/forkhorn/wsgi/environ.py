@@ -16,7 +16,8 @@ Rules kept:
   ``/app`` does not swallow ``/application``.
 - ``SERVER_NAME``/``SERVER_PORT`` come from the Host header when it names a host (an
   absolute-form target's authority replaces it; the default port follows
-  ``wsgi.url_scheme``), else from the listening address: PEP 3333 forbids them empty.
+  ``wsgi.url_scheme``), else from the address of the listener the request came in on
+  (``workers/session.py``, ``base_environ_for``): PEP 3333 forbids them empty.
   gunicorn takes them from the listening address on TCP and from Host
   only on unix sockets; here one rule serves every listener of a worker, and PEP 3333's
   URL reconstruction (and Werkzeug's and Django's host lookups) read ``HTTP_HOST`` first
