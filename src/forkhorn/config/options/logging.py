@@ -134,7 +134,11 @@ class LoggingOptions:
         alone) passes its lines to the root logger's handlers, as in gunicorn. An entry for
         one of these loggers merges with the one the settings make, so
         ``{"filters": ["nohealth"]}`` on ``gunicorn.access`` or ``forkhorn.access`` keeps
-        the access log's handler and drops the lines the filter refuses.
+        the access log's handler and drops the lines the filter refuses. As in gunicorn,
+        such a filter finds the access line's atoms in ``record.args``: the one-letter
+        ones (``record.args["U"]``) and any request header, response header or environ
+        key (``record.args.get("{user-agent}i")``, ``{content-type}o``,
+        ``{remote_addr}e``), in any case, whether the format shows them or not.
         """,
     )
     logconfig_json = Setting(
