@@ -9,6 +9,7 @@ import stat
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -358,6 +359,36 @@ def test_fd_and_unix_sockets_are_never_refusing(tmp_path: Path) -> None:
         by_fd.close()
         unix.close()
         raw.close()
+
+
+class _WildcardSocket:
+    """What a listener needs of a socket bound to a wildcard (not bound here: tests stay
+    on loopback)."""
+
+    def __init__(self, family: socket.AddressFamily, host: str, port: int) -> None:
+        self.family = family
+        self._name = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+
+    def getsockname(self) -> tuple[Any, ...]:
+        return self._name
+
+    def fileno(self) -> int:
+        return 1000
+
+
+def test_the_v4_and_v6_wildcards_are_two_sockets_to_a_reload() -> None:
+    """A HUP from ``0.0.0.0:P`` to ``[::]:P`` kept the IPv4 socket (every wildcard
+    matched every other), so the server never listened on IPv6 and said "Reload
+    complete"; v6 sockets are v6-only, so the two are different sockets."""
+    from forkhorn.arbiter.listeners import Listener, parse_address
+
+    v4 = Listener(_WildcardSocket(socket.AF_INET, "0.0.0.0", 8000))  # type: ignore[arg-type]
+    v6 = Listener(_WildcardSocket(socket.AF_INET6, "::", 8000))  # type: ignore[arg-type]
+    assert v4.serves(parse_address("0.0.0.0:8000")) and v4.serves(parse_address(":8000"))
+    assert not v4.serves(parse_address("[::]:8000"))
+    assert v6.serves(parse_address("[::]:8000"))
+    assert not v6.serves(parse_address("0.0.0.0:8000")) and not v6.serves(parse_address(":8000"))
+    assert not v4.serves(parse_address("0.0.0.0:8001"))
 
 
 def test_an_inherited_listener_is_matched_to_its_bind_entry_by_address() -> None:

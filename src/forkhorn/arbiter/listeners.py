@@ -37,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from forkhorn.errors import BindError
 
@@ -174,9 +175,11 @@ class Listener:
 
     def serves(self, address: Address) -> bool:
         """Is this listener bound to the parsed bind ``address``? (Sockets a re-exec
-        inherited come in the old master's order, not the bind list's.) A host name
-        counts when it resolves to the bound address; an empty or wildcard host matches
-        a wildcard; ``fd://N`` is the listener on descriptor N (a re-exec keeps it)."""
+        inherited come in the old master's order, not the bind list's.) A TCP address
+        matches when binding it now would give this socket: the same family and host as
+        its first resolution (``localhost:P`` is ``127.0.0.1:P`` where that comes first),
+        so ``0.0.0.0:P`` and ``[::]:P``, two sockets (v6 ones are v6-only), never stand
+        for each other; ``fd://N`` is the listener on descriptor N (a re-exec keeps it)."""
         if address.kind == "fd":
             return self.sock.fileno() == address.fd
         name = self._name
@@ -184,13 +187,11 @@ class Listener:
             return isinstance(name, str) and os.path.abspath(name) == os.path.abspath(address.path)
         if address.kind != "tcp" or isinstance(name, str) or name[1] != address.port:
             return False
-        if address.host in ("", "0.0.0.0", "::"):
-            return name[0] in ("0.0.0.0", "::")
         try:
-            infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+            family, sockaddr = _resolve_bind(address)
         except OSError:
             return False
-        return any(info[4][0] == name[0] for info in infos)
+        return family == self.sock.family and sockaddr[0] == name[0]
 
     def refuse_new(self) -> bool:
         """Stop the kernel queueing new connections on this socket, in every process that
@@ -327,11 +328,18 @@ def _socket_from_fd(fd: int) -> socket.socket:
     return _prepare(sock)
 
 
-def _bind_tcp(addr: Address, backlog: int, reuse_port: bool) -> socket.socket:
+def _resolve_bind(addr: Address) -> tuple[int, Any]:
+    """The family and socket address a TCP bind entry is bound to: its host's first
+    resolution (``Listener.serves`` asks the same, to know a socket already bound)."""
     infos = socket.getaddrinfo(
         addr.host or None, addr.port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
     )
     family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _bind_tcp(addr: Address, backlog: int, reuse_port: bool) -> socket.socket:
+    family, sockaddr = _resolve_bind(addr)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
