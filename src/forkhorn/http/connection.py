@@ -534,15 +534,15 @@ class ServerConnection:
         """May the client still be sending the current request's body? (The app answered
         without reading all of it; then a close with the rest arriving resets the
         connection, which can destroy the response: the worker lingers instead.) False
-        when the body's end is received, the peer closed, or the client waits for a
-        ``100 Continue`` that was never sent."""
+        when the body's end is received or the peer closed. A client that asked for
+        ``100 Continue`` and never got it counts: it may send the body anyway (RFC 9110
+        §10.1.1; curl does after a second), and one that waits sees the response and our
+        FIN, and closes, which ends the lingering at once."""
         if self._their_state != _BODY or self._eof:
             return False
         request = self._request
         reader = self._reader
         if request is None or reader is None:
-            return False
-        if request.expect_continue and not self._continue_sent:
             return False
         if isinstance(reader, ContentLengthReader):
             return reader.remaining > len(self._buf) - self._pos
