@@ -1119,6 +1119,54 @@ def test_an_upload_answered_unread_reaches_the_client(
     assert statuses == [413 if by == "limit" else 200] * 12, (statuses, server.logs)
 
 
+def upload_unread(port: int, path: str, size: int) -> tuple[bytes, str]:
+    """POST ``size`` bytes to ``path`` from a thread while reading the response until the
+    server closes: what arrived, and the error that ended the reading ("" for a FIN)."""
+    sock = connect(port, 30)
+    head = b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (path.encode(), size)
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(head)
+            piece = b"u" * 65536
+            for _ in range(size // len(piece)):
+                sock.sendall(piece)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    data = bytearray()
+    error = ""
+    with sock:
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except OSError as exc:
+            error = repr(exc)
+    sender.join(10)
+    return bytes(data), error
+
+
+@pytest.mark.timeout(60)
+def test_the_last_answer_before_a_worker_retires_survives_an_unread_upload(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """The lingering close after an unread upload was dropped when the worker then
+    exited (its last request before max_requests, or a reload or stop meanwhile): the
+    exit closed the socket with the upload still arriving, the reset threw away what the
+    send queue held, and a 4 MB answer arrived cut (0.7-2.5 MB). A stopping worker now
+    waits for a lingering close whose answer is still going out."""
+    size = 4 * 1024 * 1024
+    # Two requests: the start-up handshake's, then the upload; the worker then retires.
+    server = server_factory(
+        "stream:app", *worker_args(worker_class), "--workers", "1", "--max-requests", "2"
+    )
+    path = f"/?chunks=64&size=65536&length={size}&whole=1"
+    data, error = upload_unread(server.port, path, 20 * 1024 * 1024)
+    (resp,) = parse_responses(data)
+    assert (resp.status, len(resp.body), error) == (200, size, ""), server.logs[-2000:]
+    assert resp.complete
+
+
 @pytest.mark.timeout(30)
 def test_a_body_that_misses_its_content_length_is_logged(
     server_factory: ServerFactory, worker_class: str

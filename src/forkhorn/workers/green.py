@@ -56,6 +56,7 @@ from forkhorn.wsgi.input import RECV_SIZE
 
 from .base import ACCEPT_BACKOFF, DRAIN_IDLE, Worker, listener_was_shut
 from .session import (
+    LINGER_POLL,
     LINGER_TIME,
     new_connection,
     output_taken,
@@ -66,6 +67,7 @@ from .session import (
     refuse_overloaded,
     send_protocol_error,
     serve_request,
+    still_sending,
 )
 from .watchdog import (
     InFlight,
@@ -206,6 +208,7 @@ class GreenletWorker(Worker):
         self._idle_timeout = float(cfg.keepalive)
         self._io_timeout = float(cfg.timeout) or None
         self._sessions: dict[Any, _Session] = {}
+        self._lingering: set[Any] = set()  # sockets closing (_linger_and_close)
         self._busy = 0
         # Set when the wind-down begins (see DRAIN_IDLE); connections use it from then on.
         self._drain_until = float("inf")
@@ -269,6 +272,18 @@ class GreenletWorker(Worker):
             self.notify()
             self._enforcer.run_once(now)
             self.sleep(max(0.0, min(0.1, deadline - now)))
+        # Lingering closes whose response is still going out: exiting would close them
+        # with input unread, and the reset would cut the response (still_sending).
+        while still_sending(list(self._lingering)) and time.monotonic() < deadline:
+            self.notify()
+            self.sleep(LINGER_POLL)
+
+    def _linger_and_close(self, sock: Any) -> None:
+        try:
+            _linger(sock)
+        finally:
+            self._lingering.discard(sock)
+            _close(sock)
 
     def _close_idle(self) -> None:
         """Shut idle connections for reading: their greenlet reads end-of-file and closes
@@ -427,8 +442,14 @@ class GreenletWorker(Worker):
             self._sessions.pop(me, None)
             if refused or conn.body_still_coming:
                 # In a greenlet of its own, outside the pool: a lingering close holds no
-                # slot of worker_connections, and a stop does not wait for it.
-                self.spawn(_linger_and_close, sock)
+                # slot of worker_connections, and a stop waits for it only while its
+                # response is still going out (_wind_down).
+                self._lingering.add(sock)
+                try:  # our FIN now: a worker that exits before the greenlet runs sent it
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                self.spawn(self._linger_and_close, sock)
             else:
                 _close(sock)
 
@@ -504,11 +525,6 @@ def _linger(sock: Any) -> None:
                 return
     except OSError:
         pass
-
-
-def _linger_and_close(sock: Any) -> None:
-    _linger(sock)
-    _close(sock)
 
 
 def _close(sock: Any) -> None:

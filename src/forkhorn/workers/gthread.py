@@ -60,6 +60,7 @@ from forkhorn.wsgi.input import RECV_SIZE
 
 from .base import ACCEPT_BACKOFF, DRAIN_IDLE, Worker, listener_was_shut, unselect
 from .session import (
+    LINGER_POLL,
     LINGER_TIME,
     answer_timeout,
     finish_request,
@@ -71,6 +72,7 @@ from .session import (
     refuse_overloaded,
     send_protocol_error,
     serve_request,
+    still_sending,
 )
 from .watchdog import (
     InFlight,
@@ -567,12 +569,17 @@ class ThreadWorker(Worker):
             with self._lock:
                 busy = len(self._busy - self._abandoned)
             now = time.monotonic()
-            held = self._held - self._lingering  # a lingering close is not waited for
-            if not (busy or held or self._returned or self._drained) or now >= deadline:
+            held = self._held - self._lingering  # a lingering close is waited for only...
+            sending = self._lingering > 0 and still_sending(  # ...while its answer goes out
+                client.sock for _, _, client in self._heap if client.lingering
+            )
+            if not (busy or held or sending or self._returned or self._drained):
+                break
+            if now >= deadline:
                 break
             self.notify()
             self._enforcer.run_once(now)
-            wait = min(0.5, deadline - now)
+            wait = min(LINGER_POLL if sending else 0.5, deadline - now)
             if self._heap:
                 wait = min(wait, self._heap[0][0] - now)
             try:

@@ -59,7 +59,7 @@ from forkhorn.wsgi.input import RECV_SIZE, InputStream
 from .watchdog import timeout_response, timeout_status
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from .base import Worker
     from .watchdog import InFlight
@@ -115,6 +115,22 @@ _TCP_INFO_SIZE = 232
 #: connection closes (a lingering close, RFC 9112 §9.6; Apache
 #: lingers up to 2 s too).
 LINGER_TIME = 2.0
+#: How often a stopping worker looks at its lingering connections' send queues
+#: (``still_sending``): nothing wakes it when one empties.
+LINGER_POLL = 0.05
+
+
+def still_sending(socks: Iterable[Any]) -> bool:
+    """Does one of these lingering connections still hold response bytes its client has
+    not acknowledged? A worker that exits closes them all, and a socket closed with
+    unread input resets its connection, which throws away what its send queue holds:
+    the end of the response. So a stop waits for those (bounded by LINGER_TIME and the
+    graceful deadline), not for a client that goes on sending after it has everything."""
+    for sock in socks:
+        fd = sock.fileno()
+        if fd >= 0 and bytes_unsent(fd):
+            return True
+    return False
 
 
 def refuse_overloaded(sock: Any, server_line: bytes) -> None:

@@ -34,6 +34,7 @@ from forkhorn.wsgi.input import RECV_SIZE
 
 from .base import ACCEPT_BACKOFF, DRAIN_IDLE, Worker, listener_was_shut, unselect
 from .session import (
+    LINGER_POLL,
     LINGER_TIME,
     new_connection,
     peer_of,
@@ -41,6 +42,7 @@ from .session import (
     refuse_overloaded,
     send_protocol_error,
     serve_request,
+    still_sending,
 )
 
 _WAKE = object()  # selector key data of the worker's wake-up pipe
@@ -103,11 +105,16 @@ class SyncWorker(Worker):
                 self._adopt_drained(
                     time.monotonic() + (head_timeout if stop_deadline is None else DRAIN_IDLE)
                 )
-            if stop_deadline is not None and (
-                all(p.lingering for p in self.pending.values()) or time.monotonic() >= stop_deadline
-            ):
-                break
             wait = tick_every
+            if stop_deadline is not None:
+                if time.monotonic() >= stop_deadline:
+                    break
+                if all(p.lingering for p in self.pending.values()):
+                    # Only lingering closes are left: wait for those whose response is
+                    # still going out (still_sending), not for their clients' uploads.
+                    if not still_sending(p.sock for p in self.pending.values()):
+                        break
+                    wait = LINGER_POLL
             if self._accept_resume_at:
                 if time.monotonic() >= self._accept_resume_at:
                     self._accept_resume_at = 0.0
