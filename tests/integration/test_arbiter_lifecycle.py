@@ -7,6 +7,7 @@ as its working directory), so a test can put a bad release on disk and send HUP.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -327,6 +328,51 @@ def test_hup_switches_only_to_a_release_that_boots(
     server.signal(signal.SIGHUP)
     server.wait_for_log(r"Reload complete", since=mark, timeout=20)
     server.wait_for_workers(2)
+    assert {_version(server) for _ in range(10)} == {b"v2"}
+
+
+@pytest.mark.timeout(60)
+def test_a_new_worker_killed_while_booting_does_not_abandon_the_reload(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A SIGKILL from outside (the OOM killer, most likely while two generations run)
+    to one new worker still importing the release abandoned the whole reload, the
+    healthy new workers stopped and the new code never applied. It is replaced instead;
+    a release killed every time is still abandoned, at the third."""
+    _release(tmp_path, GOOD.format(version="v1"))
+    server = server_factory("release:app", "--workers", "2", "--timeout", "30", cwd=tmp_path)
+    _wait_all_serving(server, 2)
+    slow = "import time\ntime.sleep(1.5)\n" + GOOD.format(version="v2")
+    _release(tmp_path, slow)
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    booted = server.wait_for_log(r"Booting worker with pid: (\d+)", since=mark)
+    os.kill(int(booted.group(1)), signal.SIGKILL)  # sleeping in the import
+    server.wait_for_log(r"A new worker of the reload was killed while booting", since=mark)
+    server.wait_for_log(r"Reload complete", since=mark, timeout=30)
+    assert server.count_log(r"Reload abandoned", since=mark) == 0, server.logs
+    server.wait_for_workers(2)
+    _wait_all_serving(server, 2)
+    assert {_version(server) for _ in range(10)} == {b"v2"}
+
+    # Killed at each boot: abandoned at the third death, the previous release serving.
+    _release(tmp_path, "import time\ntime.sleep(30)\n")
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    killed: set[int] = set()
+    deadline = time.monotonic() + 30
+    while server.count_log(r"Reload abandoned", since=mark) == 0:
+        assert time.monotonic() < deadline, server.logs
+        for match in re.finditer(r"Booting worker with pid: (\d+)", "\n".join(server.lines[mark:])):
+            pid = int(match.group(1))
+            if pid not in killed:
+                killed.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    server.wait_for_log(
+        r"Reload abandoned: .*3 of them were killed \(SIGKILL\) while booting", since=mark
+    )
     assert {_version(server) for _ in range(10)} == {b"v2"}
 
 

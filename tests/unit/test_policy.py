@@ -282,6 +282,23 @@ def test_a_boot_error_of_the_new_generation_abandons_the_reload() -> None:
     assert verdict is Verdict.ABANDON_RELOAD
 
 
+def test_a_new_worker_killed_from_outside_is_replaced_up_to_the_limit() -> None:
+    """A SIGKILL the master did not send (the OOM killer) says nothing of the release:
+    replaced, until the reload's RELOAD_KILL_LIMIT-th such death abandons it."""
+    from forkhorn.arbiter.policy import RELOAD_KILL_LIMIT
+
+    reload = {"generation": 1, "current_generation": 1, "older_generation_serving": True}
+    for kills in range(RELOAD_KILL_LIMIT - 1):
+        verdict = _judge(exit_code=None, killed_outside=True, reload_kills=kills, **reload)
+        assert verdict is Verdict.REPLACE
+    last = _judge(exit_code=None, killed_outside=True, reload_kills=RELOAD_KILL_LIMIT - 1, **reload)
+    assert last is Verdict.ABANDON_RELOAD
+    # A crash of its own (SIGSEGV in a C extension's import), or a boot error, still abandons.
+    assert _judge(exit_code=None, **reload) is Verdict.ABANDON_RELOAD
+    # Outside a reload a kill at boot backs off as before.
+    assert _judge(exit_code=None, killed_outside=True) is Verdict.BACKOFF
+
+
 def test_ordinary_and_expected_deaths_are_replaced() -> None:
     assert _judge(exit_code=None, reached_serving=True) is Verdict.REPLACE
     assert _judge(exit_code=0, expected=True, ever_ready=False) is Verdict.REPLACE

@@ -50,6 +50,7 @@ from forkhorn.arbiter.listeners import (
 )
 from forkhorn.arbiter.pidfile import Pidfile
 from forkhorn.arbiter.policy import (
+    RELOAD_KILL_LIMIT,
     Abort,
     Backoff,
     Decision,
@@ -171,6 +172,9 @@ class _Release:
     # start directory may lead elsewhere by then (a ``current`` symlink moved to the
     # release that failed). None when it was gone already.
     directory: str | None = None
+    # New workers of this reload killed from outside while booting, each replaced
+    # (policy.RELOAD_KILL_LIMIT).
+    kills: int = 0
 
 
 def _close_quietly(file: Any) -> None:
@@ -1367,6 +1371,8 @@ class Arbiter:
             # It reported a failed boot, then hung on its way out (an atexit handler) and
             # was killed for it: judged as the boot failure it reported.
             code = WORKER_BOOT_ERROR
+        pending = self._pending_reload
+        killed_outside = code == -signal.SIGKILL and not rec.killed
         verdict = judge_exit(
             exit_code=code if code >= 0 else None,
             reached_serving=reached,
@@ -1375,9 +1381,27 @@ class Arbiter:
             generation=rec.generation,
             current_generation=self.generation,
             ever_ready=self.ever_ready,
-            older_generation_serving=self._pending_reload is not None,
+            older_generation_serving=pending is not None,
             boot_failures=self.backoff.failures,
+            killed_outside=killed_outside,
+            reload_kills=pending.kills if pending is not None else 0,
         )
+        if (
+            killed_outside
+            and pending is not None
+            and not reached
+            and rec.generation == self.generation
+        ):
+            pending.kills += 1
+            if verdict.verdict is Verdict.REPLACE:
+                self.log.warning(
+                    "A new worker of the reload was killed while booting, not by the "
+                    "master; booting another (%d so far; the reload is abandoned at %d)",
+                    pending.kills,
+                    RELOAD_KILL_LIMIT,
+                )
+            else:
+                reason = f"{pending.kills} of them were killed (SIGKILL) while booting"
         if verdict.verdict is Verdict.HALT:
             if verdict.exit_code == APP_LOAD_ERROR:
                 # The worker logged the traceback at debug level; say where it is.

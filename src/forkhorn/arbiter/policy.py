@@ -322,6 +322,13 @@ class ExitVerdict:
 #: nobody serving.
 START_FAILURE_LIMIT = 5
 
+#: New workers of one reload that may be killed from outside (SIGKILL the master did not
+#: send: the OOM killer, an operator) while booting, each replaced, before the reload is
+#: abandoned. Such a death says nothing about the release, and a reload is when both
+#: generations use memory at once; a release that the OOM killer stops every time is
+#: abandoned after this many.
+RELOAD_KILL_LIMIT = 3
+
 
 def judge_exit(
     *,
@@ -333,6 +340,8 @@ def judge_exit(
     ever_ready: bool,
     older_generation_serving: bool,
     boot_failures: int = 0,
+    killed_outside: bool = False,
+    reload_kills: int = 0,
 ) -> ExitVerdict:
     """Classify a reaped worker.  Pure.
 
@@ -340,6 +349,8 @@ def judge_exit(
     ever said READY/BUSY/IDLE.  ``expected``: the master told it to stop or killed it.
     ``ever_ready``: some worker has served since the master started.  ``boot_failures``:
     workers that died booting since the last one booted, not counting this one.
+    ``killed_outside``: it died of a SIGKILL the master did not send; ``reload_kills``:
+    new workers of the reload in progress that did so before it.
     """
     if expected or reached_serving:
         return ExitVerdict(Verdict.REPLACE)
@@ -351,6 +362,8 @@ def judge_exit(
     if not ever_ready and boot_failures + 1 >= START_FAILURE_LIMIT:
         return ExitVerdict(Verdict.HALT, WORKER_BOOT_ERROR)
     if generation == current_generation and older_generation_serving:
+        if killed_outside and reload_kills + 1 < RELOAD_KILL_LIMIT:
+            return ExitVerdict(Verdict.REPLACE)  # not the release's doing: another one
         return ExitVerdict(Verdict.ABANDON_RELOAD, exit_code or 0)
     if generation != current_generation:
         return ExitVerdict(Verdict.REPLACE)  # a leftover of an abandoned reload
