@@ -566,6 +566,75 @@ def test_an_access_filter_reads_headers_and_environ_keys_the_format_does_not_sho
     assert _NoProbes.seen == [expected, expected]
 
 
+class _JsonAccess(logging.Formatter):
+    """gunicorn's JSON access-log recipe: a formatter built on the atoms in record.args."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        args = record.args
+        assert isinstance(args, dict)
+        return json.dumps({"path": args["U"], "status": args["s"], "agent": args["a"]})
+
+
+class _HandlerFilterByAtoms(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        assert isinstance(args, dict)
+        return bool(args["U"] != "/health")
+
+
+@pytest.mark.parametrize("name", ["gunicorn.access", "forkhorn.access"])
+def test_an_access_formatter_or_handler_filter_reads_the_atoms_from_record_args(
+    tmp_path: Path, make_logger: Callable[..., Logger], name: str
+) -> None:
+    """A formatter or a handler's filter reading ``record.args`` got ``()`` (the atoms
+    went only to filters on the logger): no JSON line was written, and a filter that then
+    raised killed the sync worker at every request."""
+    path = tmp_path / "access.json"
+    config = {
+        "formatters": {"json": {"()": _JsonAccess}},
+        "filters": {"nohealth": {"()": _HandlerFilterByAtoms}},
+        "handlers": {
+            "jsonfile": {
+                "class": "logging.FileHandler",
+                "filename": str(path),
+                "formatter": "json",
+                "filters": ["nohealth"],
+            }
+        },
+        "loggers": {name: {"handlers": ["jsonfile"], "level": "INFO"}},
+    }
+    log = make_logger(accesslog="-", logconfig_dict=config)
+    _access(log, "/health")
+    _access(log, "/orders")
+    assert [json.loads(line) for line in lines(path)] == [
+        {"path": "/orders", "status": "200", "agent": "-"}
+    ]
+
+
+def test_a_raising_access_handler_costs_its_line_not_the_request(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """The plain path (no filter, a plain formatter) let a handler's exception escape
+    into the request: it must cost that line only, and be reported."""
+    errors = tmp_path / "error.log"
+    log = make_logger(errorlog=str(errors), accesslog=str(tmp_path / "access.log"))
+
+    class _Broken(logging.Handler):
+        def handle(self, record: logging.LogRecord) -> bool:
+            raise RuntimeError("handler broke")
+
+        def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover
+            pass
+
+    broken = _Broken()
+    log.access_log.addHandler(broken)
+    try:
+        _access(log, "/orders")  # must not raise
+    finally:
+        log.access_log.removeHandler(broken)
+    assert "An access-log filter or handler failed" in errors.read_text()
+
+
 def test_a_filter_added_by_code_stays_and_one_that_raises_costs_its_line(
     tmp_path: Path, make_logger: Callable[..., Logger], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -526,7 +526,6 @@ class Logger:
         for item in logging.getLogger("gunicorn.error").filters:
             if item not in self.error_log.filters:
                 self.error_log.addFilter(item)
-        self._access_handler_filters = any(h.filters for h in self.access_log.handlers)
         for ours, theirs in self._gunicorn_pairs():
             if theirs.propagate:
                 _release_handlers(ours)
@@ -541,6 +540,17 @@ class Logger:
                 ours.setLevel(theirs.level)
             theirs.handlers = list(ours.handlers)
             theirs.setLevel(ours.level)
+        # gunicorn's access records always carry the atoms as args: a handler's filter or
+        # a formatter of the user's (a JSON one built on record.args, a common recipe)
+        # may read them. Asked after the handlers above were shared, and of the root's
+        # too when the access log propagates.
+        handlers = list(self.access_log.handlers)
+        if self.access_log.propagate:
+            handlers += logging.getLogger().handlers
+        self._access_handler_filters = any(
+            h.filters or type(h.formatter) not in (type(None), logging.Formatter)
+            for h in handlers
+        )
 
     def _gunicorn_pairs(self) -> list[tuple[logging.Logger, logging.Logger]]:
         return [
@@ -811,7 +821,18 @@ class Logger:
         # makeRecord + handle skips Logger.info's findCaller() stack walk, which would cost
         # more than the formatting; the line is already formatted, so args are empty.
         record = log.makeRecord(log.name, logging.INFO, "(access)", 0, line, (), None)
-        log.handle(record)
+        try:
+            log.handle(record)
+        except Exception:
+            self._access_failed()
+
+    def _access_failed(self) -> None:
+        """A handler or filter raised: that line is lost, never the request (reported
+        once per WRITE_FAILURE_REPORT_EVERY)."""
+        now = time.monotonic()
+        if now - self._access_failed_at >= WRITE_FAILURE_REPORT_EVERY:
+            self._access_failed_at = now
+            self.error_log.exception("An access-log filter or handler failed")
 
     def _filtered_access(
         self,
@@ -837,7 +858,4 @@ class Logger:
                 return
             log.handle(record)
         except Exception:
-            now = time.monotonic()
-            if now - self._access_failed_at >= WRITE_FAILURE_REPORT_EVERY:
-                self._access_failed_at = now
-                self.error_log.exception("An access-log filter or handler failed")
+            self._access_failed()
