@@ -604,11 +604,16 @@ def test_an_access_formatter_or_handler_filter_reads_the_atoms_from_record_args(
         "loggers": {name: {"handlers": ["jsonfile"], "level": "INFO"}},
     }
     log = make_logger(accesslog="-", logconfig_dict=config)
-    _access(log, "/health")
-    _access(log, "/orders")
-    assert [json.loads(line) for line in lines(path)] == [
-        {"path": "/orders", "status": "200", "agent": "-"}
-    ]
+    try:
+        _access(log, "/health")
+        _access(log, "/orders")
+        assert [json.loads(line) for line in lines(path)] == [
+            {"path": "/orders", "status": "200", "agent": "-"}
+        ]
+    finally:  # the config's own handler: not the Logger's to close
+        for handler in log.access_log.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
 
 
 def test_a_raising_access_handler_costs_its_line_not_the_request(
@@ -814,3 +819,147 @@ def test_check_logging_config_finds_what_the_start_would_fail_on(
     with pytest.raises(ConfigError, match=re.escape(says)):
         check_logging_config(settings(**overrides))
     check_logging_config(settings())  # the defaults pass
+
+
+def test_syslog_on_a_unix_stream_socket_is_reached_without_saying_stream(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """``unix://PATH`` meant a datagram socket only: a syslog daemon on a stream socket
+    (syslog-ng's unix-stream) got nothing. Datagram first, then stream, as gunicorn."""
+    import socket
+
+    path = tmp_path / "log.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen()
+        server.settimeout(10)
+        log = make_logger(syslog=True, syslog_addr=f"unix://{path}", syslog_facility="local0")
+        log.warning("over a stream")
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(10)
+            data = conn.recv(4096).decode()
+    assert "over a stream" in data
+
+
+def test_a_logconfig_dict_keeps_syslog(tmp_path: Path, make_logger: Callable[..., Logger]) -> None:
+    """A dict that only adds a filter (the health-check recipe) turned --log-syslog off
+    for both logs: it is one of the settings the dict merges over."""
+    import socket
+
+    path = tmp_path / "log.sock"
+    config = {"loggers": {"gunicorn.access": {"level": "INFO"}}}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        server.settimeout(10)
+        log = make_logger(
+            syslog=True, syslog_addr=f"unix://{path}", syslog_facility="local0",
+            accesslog="-", logconfig_dict=config,
+        )  # fmt: skip
+        log.warning("error line")
+        assert "error line" in server.recv(4096).decode()
+        _access(log, "/orders")
+        assert "GET /orders HTTP/1.1" in server.recv(4096).decode()
+
+
+def test_usr1_reopens_every_loggers_files(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """A log config that gives the app's own logger a file: USR1 reopened only the error
+    and access logs, and the app's lines went on into the rotated file (gunicorn reopens
+    them all)."""
+    app_log = tmp_path / "app.log"
+    config = {
+        "handlers": {"appfile": {"class": "logging.FileHandler", "filename": str(app_log)}},
+        "loggers": {"myapp": {"handlers": ["appfile"], "level": "INFO"}},
+    }
+    log = make_logger(logconfig_dict=config)
+    app = logging.getLogger("myapp")
+    try:
+        app.info("before")
+        app_log.rename(tmp_path / "app.log.1")
+        log.reopen_files()
+        app.info("after")
+        assert lines(app_log) == ["after"]
+        assert lines(tmp_path / "app.log.1") == ["before"]
+    finally:
+        for handler in list(app.handlers):
+            app.removeHandler(handler)
+            handler.close()
+
+
+INI = """
+[loggers]
+keys=root
+
+[handlers]
+keys=file
+
+[formatters]
+keys=plain
+
+[logger_root]
+level=INFO
+handlers=file
+
+[handler_file]
+class=FileHandler
+formatter=plain
+args=('%(here)s/ini-error.log',)
+
+[formatter_plain]
+format=INI %(message)s
+"""
+
+
+def test_an_ini_log_config_has_gunicorns_here_and_file_defaults(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """``%(here)s`` and ``%(__file__)s`` were refused ("Bad value substitution"): gunicorn
+    gives fileConfig both, and ini files written for it put their logs beside them."""
+    ini = tmp_path / "log.ini"
+    ini.write_text(INI.replace("[logger_root]", "[logger_root]\n# %(__file__)s"))
+    make_logger(logconfig=str(ini))
+    root = logging.getLogger()
+    try:
+        root.info("from the root")
+        assert lines(tmp_path / "ini-error.log") == ["INI from the root"]
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+
+
+@pytest.mark.parametrize("text", ["class=NoSuchHandler", "class=nosuch.module.Handler"])
+def test_an_ini_naming_a_class_that_does_not_import_is_one_line(
+    tmp_path: Path, make_logger: Callable[..., Logger], text: str
+) -> None:
+    ini = tmp_path / "log.ini"
+    ini.write_text(INI.replace("class=FileHandler", text))
+    with pytest.raises(ConfigError, match=r"logconfig '.*log\.ini': "):
+        make_logger(logconfig=str(ini))
+
+
+def test_a_refused_reload_sets_the_previous_log_config_up_from_what_it_read(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """A HUP refused because the --log-config file on disk is now broken: the restore
+    read the same broken file, failed too, and left the logs half set up (the master's
+    lines off their file, new workers without an access log). ``restore`` uses what the
+    previous set-up read."""
+    ini = tmp_path / "log.ini"
+    ini.write_text(INI)
+    log = make_logger(logconfig=str(ini))
+    before = log.snapshot()
+    ini.write_text(INI.replace("class=FileHandler", "class=NoSuchHandler"))
+    with pytest.raises(ConfigError):
+        log.setup(before[0])
+    log.restore(before)
+    root = logging.getLogger()
+    try:
+        root.info("after the refused reload")
+        assert lines(tmp_path / "ini-error.log")[-1] == "INI after the refused reload"
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()

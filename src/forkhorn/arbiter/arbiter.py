@@ -175,6 +175,9 @@ class _Release:
     # New workers of this reload killed from outside while booting, each replaced
     # (policy.RELOAD_KILL_LIMIT).
     kills: int = 0
+    # The logging set-up before the reload (Logger.snapshot): what its config files
+    # held then, since a refused or abandoned reload finds the new ones on disk.
+    logging: Any = None
 
 
 def _close_quietly(file: Any) -> None:
@@ -794,6 +797,8 @@ class Arbiter:
                 self.log.error("Reload failed; the current workers keep serving: %s", exc)
                 systemd.ready(environ=self._environ)
                 return
+        snapshot = getattr(self.log, "snapshot", None)
+        old.logging = snapshot() if callable(snapshot) else None
         try:
             old.listeners = self._rebind_if_changed(new_cfg)
             self._apply_logging(new_cfg)
@@ -816,8 +821,7 @@ class Arbiter:
             if old.listeners is not None:
                 self._restore_listeners(old.listeners)
             if self.cfg is not new_cfg:  # (first: the line below goes to the current logs)
-                with contextlib.suppress(ForkhornError):
-                    self._apply_logging(self.cfg)
+                self._restore_logging(old, self.cfg)
             self.log.error("Reload failed; the current workers keep serving: %s", exc)
             systemd.ready(environ=self._environ)
             return
@@ -873,6 +877,23 @@ class Arbiter:
             raise
         except Exception as exc:
             raise ForkhornError(f"the new logging settings: {exc}") from exc
+
+    def _restore_logging(self, old: _Release, cfg: Any) -> None:
+        """The logging set-up from before the reload ``old`` again, from the config files'
+        contents it had read (``Logger.restore``): read again, a log config file the
+        deploy replaced with a broken one would fail the restore too, and leave the
+        master's lines off their log and the next workers without an access log."""
+        restore = getattr(self.log, "restore", None)
+        with contextlib.suppress(ForkhornError):
+            if old.logging is not None and callable(restore):
+                try:
+                    restore(old.logging)
+                except ForkhornError:
+                    raise
+                except Exception as exc:
+                    raise ForkhornError(f"the previous logging settings: {exc}") from exc
+            else:
+                self._apply_logging(cfg)
 
     def _switch_environment(self, old_cfg: Any, new_cfg: Any, directory: str | None = None) -> None:
         """What the master applied of the old config for its workers to inherit: the
@@ -1036,8 +1057,7 @@ class Arbiter:
         if old.listeners is not None:
             self._restore_listeners(old.listeners)
         self._switch_environment(self.cfg, old.cfg, old.directory)
-        with contextlib.suppress(ForkhornError):
-            self._apply_logging(old.cfg)
+        self._restore_logging(old, old.cfg)
         self.cfg = old.cfg
         self._set_master_title()
         self.worker_class = old.worker_class

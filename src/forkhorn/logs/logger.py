@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import configparser
 import copy
+import io
 import json
 import logging
 import logging.config
@@ -152,6 +153,9 @@ SYSLOG_MAX_BYTES = 8000
 class _OwnSyslogHandler(_QuietFailures, logging.handlers.SysLogHandler):
     """A syslog handler made by ``Logger``."""
 
+    #: How its failures name it (``syslog unix:///dev/log``), set by the Logger.
+    baseFilename = "syslog"
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         data = text.encode("utf-8", "surrogateescape")
@@ -184,6 +188,22 @@ def _open_file_handler(path: str, what: str) -> logging.FileHandler:
         return _OwnFileHandler(path, mode="a", encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot open {what} {path!r}: {exc.strerror or exc}") from None
+
+
+def _read_ini_config(path: str) -> str:
+    """``--log-config``: the text of a ``logging.config.fileConfig`` file. (Python 3.10's
+    fileConfig reads a missing or empty file as an empty config, KeyError 'formatters':
+    said here as 3.11+ says it.)"""
+    if not os.path.exists(path):
+        raise ConfigError(f"logconfig {path!r}: {path} doesn't exist")
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"logconfig {path!r}: {exc}") from None
+    if not text:
+        raise ConfigError(f"logconfig {path!r}: {path} is an empty file")
+    return text
 
 
 def _read_json_config(path: str) -> dict[str, Any]:
@@ -329,16 +349,19 @@ def _importable(name: str, where: str, ini: bool = False) -> Any:
         raise ConfigError(f"{where}: cannot import {name!r}: {_config_failure(exc)}") from None
 
 
-def _syslog_address(addr: str) -> tuple[str | tuple[str, int], socket.SocketKind]:
-    """gunicorn's syslog_addr forms: unix://PATH[#dgram|#stream], udp://H:P, tcp://H:P."""
+def _syslog_address(addr: str) -> tuple[str | tuple[str, int], socket.SocketKind | None]:
+    """gunicorn's syslog_addr forms: unix://PATH[#dgram|#stream], udp://H:P, tcp://H:P.
+    A unix socket of neither kind is tried as a datagram socket, then as a stream one
+    (``socktype`` None: logging's fallback, as gunicorn leaves it): syslog-ng and some
+    containers' log collectors listen on a stream socket."""
     scheme, sep, rest = addr.partition("://")
     if not sep:
         raise ConfigError(f"syslog_addr = {addr!r}: expected unix://, udp:// or tcp://")
     scheme = scheme.lower()
     if scheme == "unix":
         path, _, kind = rest.partition("#")
-        socktype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
-        return path, socktype
+        kinds = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM}
+        return path, kinds.get(kind)
     if scheme in ("udp", "tcp"):
         host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
         host = host.strip("[]") or "localhost"
@@ -422,13 +445,27 @@ class Logger:
         self._filters_before: dict[str, list[Any]] = {}
         self._capture_path: str | None = None
         self._capture_file: IO[str] | None = None
+        self._sources: dict[str, Any] = {}  # the logging config files' contents (snapshot)
         self.setup(cfg)
 
     # -- set-up ---------------------------------------------------------------------------
 
-    def setup(self, cfg: LogSettings) -> None:
-        """(Re)configure both logs from ``cfg``; also used on HUP with the new config."""
+    def snapshot(self) -> tuple[LogSettings, dict[str, Any]]:
+        """The current set-up, for ``restore``: the settings and what its logging config
+        files held when they were read (a refused or abandoned reload sets the previous
+        logging up again, and the file on disk may be the new, broken one by then)."""
+        return self.cfg, dict(self._sources)
+
+    def restore(self, snapshot: tuple[LogSettings, dict[str, Any]]) -> None:
+        """Set up again what ``snapshot`` saw, from the files' contents it kept."""
+        cfg, sources = snapshot
+        self.setup(cfg, sources)
+
+    def setup(self, cfg: LogSettings, sources: Mapping[str, Any] | None = None) -> None:
+        """(Re)configure both logs from ``cfg``; also used on HUP with the new config.
+        ``sources``: logging config files' contents to use instead of reading them."""
         self.cfg = cfg
+        read: dict[str, Any] = {}
         fmt = cfg.access_log_format or DEFAULT_ACCESS_LOG_FORMAT
         try:
             access_format = AccessFormat(fmt, getattr(cfg, "access_log_escape", "default"))
@@ -462,7 +499,12 @@ class Logger:
         user_dict = cfg.logconfig_dict
         json_file = getattr(cfg, "logconfig_json", None)
         if json_file:
-            user_dict = _read_json_config(json_file)
+            key = f"json:{json_file}"
+            if sources is not None and key in sources:
+                user_dict = sources[key]
+            else:
+                user_dict = _read_json_config(json_file)
+            read[key] = user_dict
         if user_dict:
             label = f"logconfig_json {json_file!r}" if json_file else "logconfig_dict"
             self._dict_config(user_dict, errorlog, cfg.accesslog, label)
@@ -470,6 +512,7 @@ class Logger:
             self._access_enabled = self.access_log.isEnabledFor(logging.INFO) and bool(
                 self.access_log.hasHandlers()
             )
+            self._sources = read
             return
 
         self.error_log.addHandler(self._make_error_handler(errorlog))
@@ -482,22 +525,37 @@ class Logger:
                 self.access_log.addHandler(self._make_syslog_handler("access"))
         ini_file = getattr(cfg, "logconfig", None)
         if ini_file:
+            key = f"ini:{ini_file}"
+            if sources is not None and key in sources:
+                text = sources[key]
+            else:
+                text = _read_ini_config(ini_file)
+            read[key] = text
             # gunicorn's --log-config: a logging.config.fileConfig file. The loggers it
             # names get its handlers instead of the ones above; the others keep theirs.
-            # Python 3.10's fileConfig reads a missing or empty file as an empty config
-            # (KeyError 'formatters') and lets configparser's errors through: say what 3.11+ says.
-            if not os.path.exists(ini_file):
-                raise ConfigError(f"logconfig {ini_file!r}: {ini_file} doesn't exist")
-            if not os.path.getsize(ini_file):
-                raise ConfigError(f"logconfig {ini_file!r}: {ini_file} is an empty file")
+            # gunicorn's defaults: ``%(here)s`` and ``%(__file__)s`` name the file's place.
+            defaults = {"__file__": ini_file, "here": os.path.dirname(ini_file)}
             try:
-                logging.config.fileConfig(ini_file, disable_existing_loggers=False)
+                logging.config.fileConfig(
+                    io.StringIO(text), defaults=defaults, disable_existing_loggers=False
+                )
             except configparser.Error as exc:
                 raise ConfigError(f"logconfig {ini_file!r}: {ini_file} is invalid: {exc}") from None
-            except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            except (
+                OSError,
+                KeyError,
+                ValueError,
+                TypeError,
+                RuntimeError,
+                ImportError,
+                NameError,
+                AttributeError,
+                SyntaxError,
+            ) as exc:
                 raise ConfigError(f"logconfig {ini_file!r}: {_config_failure(exc)}") from None
         self._share_with_gunicorn_names()
         self._access_enabled = bool(self.access_log.hasHandlers())
+        self._sources = read
 
     def _share_with_gunicorn_names(self) -> None:
         """Make ``gunicorn.error`` and ``gunicorn.access`` the same logs as ours.
@@ -548,8 +606,7 @@ class Logger:
         if self.access_log.propagate:
             handlers += logging.getLogger().handlers
         self._access_handler_filters = any(
-            h.filters or type(h.formatter) not in (type(None), logging.Formatter)
-            for h in handlers
+            h.filters or type(h.formatter) not in (type(None), logging.Formatter) for h in handlers
         )
 
     def _gunicorn_pairs(self) -> list[tuple[logging.Logger, logging.Logger]]:
@@ -591,6 +648,7 @@ class Logger:
             handler = _OwnSyslogHandler(address, facility, socktype)
         except OSError as exc:
             raise ConfigError(f"cannot open syslog {addr!r}: {exc.strerror or exc}") from None
+        handler.baseFilename = f"syslog {addr}"
         # gunicorn's tag and line, with our name: "forkhorn.<prefix>.error: [pid] message",
         # the prefix being syslog_prefix or the process name (the APP argument by
         # default). No level in the line: syslog's priority carries it.
@@ -617,10 +675,20 @@ class Logger:
         handlers: dict[str, Any] = {
             "forkhorn_error": {"()": lambda: self._make_error_handler(errorlog)}
         }
+        error_handlers = ["forkhorn_error"]
         access_handlers: list[str] = []
         if accesslog:
             handlers["forkhorn_access"] = {"()": lambda: self._make_access_handler(accesslog)}
             access_handlers.append("forkhorn_access")
+        if getattr(self.cfg, "syslog", False):
+            # --log-syslog is one of the settings the dict merges over, as gunicorn keeps it.
+            handlers["forkhorn_error_syslog"] = {"()": lambda: self._make_syslog_handler("error")}
+            error_handlers.append("forkhorn_error_syslog")
+            if not self.cfg.disable_redirect_access_to_syslog:
+                handlers["forkhorn_access_syslog"] = {
+                    "()": lambda: self._make_syslog_handler("access")
+                }
+                access_handlers.append("forkhorn_access_syslog")
         merged: dict[str, Any] = {
             "version": 1,
             "disable_existing_loggers": False,
@@ -629,7 +697,7 @@ class Logger:
             "loggers": {
                 "forkhorn.error": {
                     "level": self.error_log.level,
-                    "handlers": ["forkhorn_error"],
+                    "handlers": error_handlers,
                     "propagate": False,
                 },
                 "forkhorn.access": {
@@ -724,9 +792,18 @@ class Logger:
                 self._capture_output(self._capture_path)
             except ConfigError as exc:
                 self.error_log.error("Cannot reopen the captured output: %s", exc)
-        for logger in (self.error_log, self.access_log):
+        # Every logger's files, as gunicorn reopens them: a logging config may give the
+        # app's own logger a file, rotated with the others.
+        loggers = [logging.getLogger()] + [
+            each
+            for each in logging.Logger.manager.loggerDict.values()
+            if isinstance(each, logging.Logger)
+        ]
+        seen: set[int] = set()
+        for logger in loggers:
             for handler in logger.handlers:
-                if isinstance(handler, logging.FileHandler):
+                if isinstance(handler, logging.FileHandler) and id(handler) not in seen:
+                    seen.add(id(handler))
                     self._reopen_handler(handler)
 
     def _reopen_handler(self, handler: logging.FileHandler) -> None:

@@ -160,7 +160,13 @@ class LoggingOptions:
         convert=string,
         flags=("--log-syslog-to",),
         metavar="SYSLOG_ADDR",
-        doc="The syslog address: ``unix://PATH``, ``udp://HOST:PORT`` or ``tcp://HOST:PORT``.",
+        doc="""
+        The syslog address: ``unix://PATH``, ``udp://HOST:PORT`` or ``tcp://HOST:PORT``.
+        A unix socket is tried as a datagram socket, then as a stream one; ``#dgram`` or
+        ``#stream`` after the path says which. With ``logconfig_dict``, ``logconfig_json``
+        or ``logconfig`` too, the syslog handlers stay on both logs unless the logging
+        config replaces a log's handlers.
+        """,
     )
     syslog_prefix = Setting(
         default=None,
