@@ -919,6 +919,9 @@ def test_an_ini_log_config_has_gunicorns_here_and_file_defaults(
     gives fileConfig both, and ini files written for it put their logs beside them."""
     ini = tmp_path / "log.ini"
     ini.write_text(INI.replace("[logger_root]", "[logger_root]\n# %(__file__)s"))
+    from forkhorn.logs import check_logging_config
+
+    check_logging_config(settings(logconfig=str(ini)))  # --check-config takes it too
     make_logger(logconfig=str(ini))
     root = logging.getLogger()
     try:

@@ -246,7 +246,7 @@ def check_logging_config(cfg: Any) -> None:
     if ini:
         if not os.path.exists(ini):
             raise ConfigError(f"logconfig {ini!r}: {ini} doesn't exist")
-        parser = configparser.ConfigParser()
+        parser = configparser.ConfigParser({"__file__": ini, "here": os.path.dirname(ini)})
         try:
             parser.read(ini, encoding="utf-8")
         except (configparser.Error, UnicodeDecodeError) as exc:
