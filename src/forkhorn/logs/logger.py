@@ -37,7 +37,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, Protocol
 
 from forkhorn.errors import ConfigError
@@ -188,6 +188,15 @@ def _open_file_handler(path: str, what: str) -> logging.FileHandler:
         return _OwnFileHandler(path, mode="a", encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot open {what} {path!r}: {exc.strerror or exc}") from None
+
+
+def _kept_or_read(
+    sources: Mapping[str, Any] | None, key: str, read: Callable[[str], Any], path: str
+) -> Any:
+    """A logging config file's contents: as ``Logger.snapshot`` kept them, else read."""
+    if sources is not None and key in sources:
+        return sources[key]
+    return read(path)
 
 
 def _read_ini_config(path: str) -> str:
@@ -499,12 +508,9 @@ class Logger:
         user_dict = cfg.logconfig_dict
         json_file = getattr(cfg, "logconfig_json", None)
         if json_file:
-            key = f"json:{json_file}"
-            if sources is not None and key in sources:
-                user_dict = sources[key]
-            else:
-                user_dict = _read_json_config(json_file)
-            read[key] = user_dict
+            user_dict = read[f"json:{json_file}"] = _kept_or_read(
+                sources, f"json:{json_file}", _read_json_config, json_file
+            )
         if user_dict:
             label = f"logconfig_json {json_file!r}" if json_file else "logconfig_dict"
             self._dict_config(user_dict, errorlog, cfg.accesslog, label)
@@ -525,12 +531,9 @@ class Logger:
                 self.access_log.addHandler(self._make_syslog_handler("access"))
         ini_file = getattr(cfg, "logconfig", None)
         if ini_file:
-            key = f"ini:{ini_file}"
-            if sources is not None and key in sources:
-                text = sources[key]
-            else:
-                text = _read_ini_config(ini_file)
-            read[key] = text
+            text = read[f"ini:{ini_file}"] = _kept_or_read(
+                sources, f"ini:{ini_file}", _read_ini_config, ini_file
+            )
             # gunicorn's --log-config: a logging.config.fileConfig file. The loggers it
             # names get its handlers instead of the ones above; the others keep theirs.
             # gunicorn's defaults: ``%(here)s`` and ``%(__file__)s`` name the file's place.
