@@ -1147,6 +1147,29 @@ def upload_unread(port: int, path: str, size: int) -> tuple[bytes, str]:
 
 
 @pytest.mark.timeout(60)
+def test_an_upload_that_stops_midway_gets_408_not_the_hang_treatment(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """A client that sends part of a body and goes silent (a phone losing its network),
+    with timeout and header_timeout in the defaults' ratio: the body's deadline never
+    came before ``timeout``, so gthread and eventlet answered 500 with an ERROR and a
+    stack, gevent logged one, and sync's worker was killed by the master. Now 408 and one
+    INFO line, on every class."""
+    server = server_factory(
+        "echo:app", *worker_args(worker_class), "--timeout", "3", "--header-timeout", "3"
+    )
+    mark = server.mark()
+    with connect(server.port, 20) as sock:
+        sock.sendall(b"POST /?read=all HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+        sock.sendall(b"x" * 1000)  # then nothing more, connection kept open
+        (resp,) = parse_responses(read_until_close(sock, 20))
+    assert resp.status == 408
+    server.wait_for_log(r"\[INFO\] Request timeout from ip=127\.0\.0\.1: ", since=mark)
+    time.sleep(1.5)  # what a watchdog or the master would have done by now
+    assert server.count_log(r"WORKER TIMEOUT|\[ERROR\]|\[CRITICAL\]", since=mark) == 0, server.logs
+
+
+@pytest.mark.timeout(60)
 def test_the_last_answer_before_a_worker_retires_survives_an_unread_upload(
     server_factory: ServerFactory, worker_class: str
 ) -> None:

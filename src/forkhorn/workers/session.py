@@ -115,6 +115,9 @@ _TCP_INFO_SIZE = 232
 #: connection closes (a lingering close, RFC 9112 §9.6; Apache
 #: lingers up to 2 s too).
 LINGER_TIME = 2.0
+#: How much sooner than ``timeout`` a request body that stopped coming is answered 408
+#: (a tenth of ``timeout`` when that is shorter): the hang watchdogs then never see it.
+STALL_MARGIN = 1.0
 #: How often a stopping worker looks at its lingering connections' send queues
 #: (``still_sending``): nothing wakes it when one empties.
 LINGER_POLL = 0.05
@@ -314,6 +317,15 @@ def serve_request(
     recv = sock.recv if watch is None else _receiving(sock.recv, watch)
     if worker.cooperate is not None:
         recv = _cooperating_recv(recv, worker.cooperate)
+    # A body that stops coming gets 408 before the hang watchdogs act (wsgi/input.py):
+    # each receive ends a little under ``timeout`` (the watchdog's, from the last byte),
+    # and where the master bounds the whole request (no watchdog: sync), the body must be
+    # in a little before it would kill the worker.
+    read_timeout = limit_at = None
+    if io_timeout:
+        read_timeout = io_timeout - min(STALL_MARGIN, io_timeout / 10)
+        if watch is None:
+            limit_at = time.monotonic() + read_timeout
     body = InputStream(
         conn,
         recv,
@@ -322,6 +334,8 @@ def serve_request(
         io_timeout,
         allowance,
         worker.body_min_rate if allowance else 0.0,
+        read_timeout,
+        limit_at or 0.0,
     )
     try:
         front_ends = worker.front_ends

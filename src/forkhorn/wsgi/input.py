@@ -13,6 +13,11 @@ Rules kept:
   client that trickles a byte a second falls behind and gets 408, however regular it is.
   The socket's own timeout (``io_timeout``) is put back after each receive, so the
   response is sent with it.
+- A client that stops sending mid-body gets 408, not the hung-request treatment: each
+  receive waits at most ``read_timeout`` (a little under ``timeout``, which the worker's
+  watchdog applies from the last byte received), and, where the master bounds the whole
+  request by ``timeout`` (sync: no heartbeat while the app runs), the body must be in by
+  ``limit_at`` (a little before the master would kill the worker).
 
 Runs in: the worker, in whichever thread or greenlet runs the request.
 """
@@ -44,7 +49,9 @@ class InputStream:
         "_deadline",
         "_done",
         "_io_timeout",
+        "_limit_at",
         "_min_rate",
+        "_read_timeout",
         "_recv",
         "_scanned",
         "_send",
@@ -61,6 +68,8 @@ class InputStream:
         io_timeout: float | None = None,
         allowance: float = 0.0,
         min_rate: float = 0.0,
+        read_timeout: float | None = None,
+        limit_at: float = 0.0,
     ) -> None:
         self._conn = conn
         self._recv = recv
@@ -77,6 +86,9 @@ class InputStream:
         self._allowance = allowance
         self._min_rate = min_rate if settimeout is not None else 0.0
         self._deadline = 0.0
+        # The stall bounds (module docstring); off without ``settimeout``.
+        self._read_timeout = read_timeout if settimeout is not None else None
+        self._limit_at = limit_at if settimeout is not None else 0.0
 
     def _fill(self) -> bool:
         """Append the next piece of body to the buffer; False at the end of the body."""
@@ -95,7 +107,11 @@ class InputStream:
                 return True
             if event is NEED_DATA:
                 try:
-                    data = self._recv_paced() if self._min_rate else self._recv(RECV_SIZE)
+                    data = (
+                        self._recv_paced()
+                        if self._min_rate or self._read_timeout or self._limit_at
+                        else self._recv(RECV_SIZE)
+                    )
                 except TimeoutError:
                     raise RequestTimeoutError("request body not received in time") from None
                 except OSError as exc:
@@ -106,22 +122,32 @@ class InputStream:
             return False
 
     def _recv_paced(self) -> bytes:
-        """One receive under the minimum-rate deadline; raises TimeoutError past it."""
+        """One receive under the minimum-rate deadline and the stall bounds; raises
+        TimeoutError past them."""
         now = time.monotonic()
-        if not self._deadline:
-            self._deadline = now + self._allowance
-        remaining = self._deadline - now
-        if remaining <= 0:
-            raise TimeoutError
         io_timeout = self._io_timeout
+        wait = self._read_timeout or io_timeout
+        if self._min_rate:
+            if not self._deadline:
+                self._deadline = now + self._allowance
+            remaining = self._deadline - now
+            if remaining <= 0:
+                raise TimeoutError
+            wait = remaining if wait is None else min(remaining, wait)
+        if self._limit_at:
+            remaining = self._limit_at - now
+            if remaining <= 0:
+                raise TimeoutError
+            wait = remaining if wait is None else min(remaining, wait)
         settimeout = self._settimeout
         assert settimeout is not None
-        settimeout(remaining if io_timeout is None else min(remaining, io_timeout))
+        settimeout(wait)
         try:
             data = self._recv(RECV_SIZE)
         finally:
             settimeout(io_timeout)
-        self._deadline += len(data) / self._min_rate
+        if self._min_rate:
+            self._deadline += len(data) / self._min_rate
         return data
 
     def _take(self, size: int) -> bytes:
