@@ -1008,17 +1008,20 @@ def test_access_log_counts_only_the_body_bytes_sent(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("sendfile", ["default", "--no-sendfile"])
 def test_a_file_download_the_client_leaves_logs_what_went_out(
-    server_factory: ServerFactory, worker_class: str, tmp_path: Path
+    server_factory: ServerFactory, worker_class: str, tmp_path: Path, sendfile: str
 ) -> None:
-    """A ``wsgi.file_wrapper`` download (sendfile) the client leaves after 1 MB: its
-    access line said 0 bytes on the blocking classes; it now says what went out (at least
-    what the client read), as a streamed body's line does."""
+    """A ``wsgi.file_wrapper`` download the client leaves after 1 MB: its access line
+    said 0 bytes on the blocking classes (sendfile, then, after that was fixed, the
+    ``--no-sendfile`` copy); it now says what went out (at least what the client read),
+    as a streamed body's line does."""
     payload = tmp_path / "big.bin"
     with payload.open("wb") as out:
         out.truncate(64 * 1024 * 1024)
     server = server_factory(
         "files:app", *worker_args(worker_class), "--access-logfile", "-",
+        *([sendfile] if sendfile != "default" else []),
         env={"FORKHORN_TEST_FILE": str(payload)},
     )  # fmt: skip
     with connect(server.port, timeout=20) as sock:

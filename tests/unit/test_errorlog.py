@@ -966,3 +966,29 @@ def test_a_refused_reload_sets_the_previous_log_config_up_from_what_it_read(
         for handler in list(root.handlers):
             root.removeHandler(handler)
             handler.close()
+
+
+class _Redact(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        assert isinstance(args, dict)
+        args["{x-token}i"] = "***"  # gunicorn's atoms are lower-cased
+        return True
+
+
+def test_an_access_filter_can_redact_a_header_the_format_names_in_another_case(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """The format's ``%({X-Token}i)s`` was kept under that spelling, so a filter writing
+    gunicorn's lower-case key changed nothing and the secret was logged."""
+    path = tmp_path / "access.log"
+    config = {"filters": {"redact": {"()": _Redact}},
+              "loggers": {"gunicorn.access": {"filters": ["redact"]}}}  # fmt: skip
+    log = make_logger(
+        accesslog=str(path), access_log_format="%(U)s token=%({X-Token}i)s",
+        logconfig_dict=config,
+    )  # fmt: skip
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "RAW_URI": "/",
+               "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_X_TOKEN": "s3cret"}  # fmt: skip
+    log.access(environ, "200 OK", [], 2, 0.001)
+    assert lines(path) == ["/ token=***"]

@@ -306,20 +306,35 @@ class _Atoms(dict[str, object]):
         if value is None:
             return None
         value = self._escape(value) if type(value) is str else value
-        self[key] = value
+        dict.__setitem__(self, key.lower(), value)
         return value
 
-    def __missing__(self, key: str) -> object:
-        value = self._lookup(key)
-        return "-" if value is None else value
+    # ``{...}`` keys are kept lower-cased, and read and written in any case, as gunicorn's
+    # are: a filter that redacts ``record.args["{x-token}i"]`` changes what a format that
+    # says ``%({X-Token}i)s`` writes.
+    def __getitem__(self, key: str) -> object:
+        if key[:1] == "{":
+            key = key.lower()
+        try:
+            return dict.__getitem__(self, key)
+        except KeyError:
+            value = self._lookup(key)
+            return "-" if value is None else value
+
+    def __setitem__(self, key: str, value: object) -> None:
+        dict.__setitem__(self, key.lower() if key[:1] == "{" else key, value)
 
     def get(self, key: str, default: object = None) -> object:
+        if key[:1] == "{":
+            key = key.lower()
         if dict.__contains__(self, key):
             return dict.__getitem__(self, key)
         value = self._lookup(key)
         return default if value is None else value
 
     def __contains__(self, key: object) -> bool:
+        if isinstance(key, str) and key[:1] == "{":
+            key = key.lower()
         return dict.__contains__(self, key) or self._lookup(key) is not None
 
 

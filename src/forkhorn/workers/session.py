@@ -702,7 +702,11 @@ def _copy_for(
             block = os.pread(fd, min(COPY_BLOCK, count - sent), offset + sent)
             if not block:
                 break  # the file is shorter than it was: the caller closes the connection
-            send(block)
+            try:
+                send(block)
+            except ClientGoneError as exc:
+                exc.sent = sent  # what went out before, for the access log (as sendfile's)
+                raise
             sent += len(block)
             _block_sent(watch, cooperate)
         return sent
@@ -826,10 +830,13 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
 
 def _listener_key(address: Any) -> Any:
     """A listener's address as ``base_environ_for`` finds it from a connection's local
-    address: a TCP listener on every interface by its port alone."""
+    address: a TCP listener on every interface by its port and family (``0.0.0.0:P`` and
+    ``[::]:P`` can both be bound)."""
     if isinstance(address, tuple):
         host = address[0]
-        return ("", address[1]) if host in ("0.0.0.0", "::") else (host, address[1])
+        if host in ("0.0.0.0", "::"):
+            return ("", address[1], ":" in host)
+        return (host, address[1])
     return address
 
 
@@ -841,7 +848,12 @@ def base_environ_for(worker: Worker, local: Any) -> dict[str, Any]:
     if environs is None:
         return worker.base_environ
     if isinstance(local, tuple):
-        found = environs.get((local[0], local[1])) or environs.get(("", local[1]))
+        v6 = ":" in local[0]
+        found = (
+            environs.get((local[0], local[1]))
+            or environs.get(("", local[1], v6))
+            or environs.get(("", local[1], not v6))  # a dual-stack socket (fd://)
+        )
     else:
         found = environs.get(local)
     return found if found is not None else worker.base_environ
