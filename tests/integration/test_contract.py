@@ -1149,6 +1149,22 @@ def upload_unread(port: int, path: str, size: int) -> tuple[bytes, str]:
     return bytes(data), error
 
 
+@pytest.mark.timeout(30)
+def test_a_websocket_handshake_on_fast_says_why_it_fails(server_factory: ServerFactory) -> None:
+    """fast has no socket to hand over: a WebSocket app fails with a KeyError, and the
+    log said nothing of the cause. It says it once, naming the classes that can."""
+    server = server_factory("takeover:app", "-k", "fast", "--workers", "1")
+    handshake = (
+        b"GET /strict HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    for _ in range(2):
+        (resp,) = parse_responses(raw_request(server.port, handshake))
+        assert resp.status == 500
+    server.wait_for_log(r"the fast worker cannot hand a connection over")
+    assert server.count_log(r"cannot hand a connection over") == 1  # once per worker
+
+
 @pytest.mark.timeout(60)
 def test_an_upload_that_stops_midway_gets_408_not_the_hang_treatment(
     server_factory: ServerFactory, worker_class: str

@@ -543,6 +543,14 @@ class HttpProtocol(asyncio.Protocol):
             if not is_app_error(exc):
                 raise
             ok = app_failed(exchange, environ, worker.log, sys.exc_info())
+            if not worker.told_websocket and "websocket" in environ.get("HTTP_UPGRADE", "").lower():
+                # The likely cause, said once: this class has no socket to hand over.
+                worker.told_websocket = True
+                worker.log.warning(
+                    "A WebSocket handshake failed in the app: the fast worker cannot hand a "
+                    "connection over (no environ['gunicorn.socket']); serve WebSockets with "
+                    "-k gevent, eventlet or gthread"
+                )
             self._finish(exchange, environ, ok)
             return
         try:
@@ -1131,6 +1139,7 @@ class FastWorker(Worker):
         self.pending: list[tuple[asyncio.Transport, bytes]] = []
         self.pending_bytes = 0
         self.batch_started = 0.0  # when the first request of the pending batch started
+        self.told_websocket = False  # the WebSocket hint was logged (_respond)
 
     def serve_ready(self) -> None:
         """Serve the connections that received data in this turn, the one that has waited

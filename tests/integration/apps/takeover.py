@@ -2,12 +2,15 @@
 WebSocket libraries do (simple-websocket, so Flask-Sock): ``/echo`` answers 101 itself (a
 stand-in for a WebSocket handshake), reports the socket's timeout, echoes lines until
 ``bye`` and ends with ``StopIteration`` (gunicorn's convention for "the connection is
-mine"); ``/big`` answers BIG bytes as a plain response; ``/`` answers normally."""
+mine"); ``/big`` answers BIG bytes as a plain response; ``/strict`` reads the socket as
+Flask-Sock does, failing where there is none (fast); ``/`` answers normally."""
 
 BIG = 32 * 1024 * 1024
 
 
 def app(environ, start_response):
+    if environ["PATH_INFO"] == "/strict":
+        _ = environ["gunicorn.socket"]  # a KeyError where there is no socket
     sock = environ.get("gunicorn.socket")
     if environ["PATH_INFO"] == "/big":
         body = b"x" * BIG
