@@ -992,3 +992,51 @@ def test_an_access_filter_can_redact_a_header_the_format_names_in_another_case(
                "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_X_TOKEN": "s3cret"}  # fmt: skip
     log.access(environ, "200 OK", [], 2, 0.001)
     assert lines(path) == ["/ token=***"]
+
+
+def test_a_format_header_the_request_lacks_is_not_in_the_atoms(
+    make_logger: Callable[..., Logger],
+) -> None:
+    """A header the format shows but the request did not send: ``in`` said True and
+    ``get(key, default)`` gave "-", so a filter dropping requests that carry it dropped
+    every line. Absent, as in gunicorn; the line still reads "-"."""
+    from forkhorn.logs.access import AccessFormat
+
+    fmt = AccessFormat("%(U)s probe=%({X-Probe}i)s")
+    environ = {"PATH_INFO": "/", "HTTP_X_EMPTY": ""}
+    atoms = fmt.atoms(environ, "200 OK", [], 0, 0.0, 0.0)
+    assert "{x-probe}i" not in atoms and atoms.get("{x-probe}i", "none") == "none"
+    assert fmt.fmt % atoms == "/ probe=-"
+    atoms = fmt.atoms({**environ, "HTTP_X_PROBE": "1"}, "200 OK", [], 0, 0.0, 0.0)
+    assert "{x-probe}i" in atoms and fmt.fmt % atoms == "/ probe=1"
+
+
+def test_usr1_leaves_a_delayed_file_unopened(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """A handler with ``delay=True`` that has written nothing: USR1 created its file."""
+    path = tmp_path / "never.log"
+    config = {
+        "handlers": {"lazy": {"class": "logging.FileHandler", "filename": str(path),
+                              "delay": True}},
+        "loggers": {"quiet": {"handlers": ["lazy"]}},
+    }  # fmt: skip
+    log = make_logger(logconfig_dict=config)
+    quiet = logging.getLogger("quiet")
+    try:
+        log.reopen_files()
+        assert not path.exists()
+    finally:
+        for handler in list(quiet.handlers):
+            quiet.removeHandler(handler)
+            handler.close()
+
+
+def test_a_broken_ini_is_named_by_its_path(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    ini = tmp_path / "log.ini"
+    ini.write_text("[loggers]\nkeys=root\nthis is not ini\n")
+    with pytest.raises(ConfigError) as info:
+        make_logger(logconfig=str(ini))
+    assert str(ini) in str(info.value) and "StringIO" not in str(info.value)

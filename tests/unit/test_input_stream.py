@@ -99,3 +99,32 @@ def test_a_green_workers_body_reads_give_the_others_a_turn() -> None:
         recv_and_cooperate(65536)
     per_turn = -(-TURN_BYTES // (65536 + TURN_PIECE))  # reads to use up a turn's budget
     assert turns == list(range(per_turn, 41, per_turn))
+
+
+def test_past_the_body_limit_what_has_arrived_is_still_read() -> None:
+    """sync's whole-body limit (a little before the master's timeout): an app that worked
+    until past it and then read a body already received got 408; only waiting for more
+    is refused."""
+    import time
+
+    from forkhorn.http import RequestTimeoutError
+
+    body = b"y" * 5000
+    conn = ServerConnection()
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000\r\n\r\n")
+    assert isinstance(conn.next_event(), Request)
+    pieces = [body]
+    timeouts: list[float | None] = []
+
+    def recv(size: int) -> bytes:
+        if pieces:
+            return pieces.pop()
+        raise TimeoutError  # nothing more: the client stalled
+
+    stream = InputStream(
+        conn, recv, lambda data: None, timeouts.append, 30.0, 0.0, 0.0, 29.0, time.monotonic() - 1
+    )
+    assert stream.read(5000) == body  # arrived before: taken
+    assert timeouts[0] is not None and timeouts[0] <= 0.01  # no waiting past the limit
+    with pytest.raises(RequestTimeoutError):
+        stream.read()

@@ -432,6 +432,10 @@ class AccessFormat:
         atoms = _Atoms(environ, response_headers, escape_value)
         for key, get in (*_FIXED_ATOMS.items(), *self._getters):
             value = get(environ, status, response_headers, sent_bytes, request_time, now)
+            if key[:1] == "{" and value == "-" and atoms._lookup(key) is None:
+                # Not there: left out, as gunicorn leaves it, so that a filter's ``in``
+                # and ``get(key, default)`` say so; the line still reads "-".
+                continue
             atoms[key] = escape_value(value) if type(value) is str else value
         return atoms
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import configparser
 import copy
-import io
 import json
 import logging
 import logging.config
@@ -539,9 +538,9 @@ class Logger:
             # gunicorn's defaults: ``%(here)s`` and ``%(__file__)s`` name the file's place.
             defaults = {"__file__": ini_file, "here": os.path.dirname(ini_file)}
             try:
-                logging.config.fileConfig(
-                    io.StringIO(text), defaults=defaults, disable_existing_loggers=False
-                )
+                parser = configparser.ConfigParser(defaults)
+                parser.read_string(text, source=ini_file)  # its errors name the file
+                logging.config.fileConfig(parser, disable_existing_loggers=False)
             except configparser.Error as exc:
                 raise ConfigError(f"logconfig {ini_file!r}: {ini_file} is invalid: {exc}") from None
             except (
@@ -810,6 +809,8 @@ class Logger:
                     self._reopen_handler(handler)
 
     def _reopen_handler(self, handler: logging.FileHandler) -> None:
+        if handler.stream is None:
+            return  # opened on its first line (``delay=True``): nothing to reopen yet
         try:
             stream = handler._open()
         except OSError as exc:

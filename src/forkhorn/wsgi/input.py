@@ -135,9 +135,9 @@ class InputStream:
                 raise TimeoutError
             wait = remaining if wait is None else min(remaining, wait)
         if self._limit_at:
-            remaining = self._limit_at - now
-            if remaining <= 0:
-                raise TimeoutError
+            # Past it, what has already arrived is still taken (an app that worked for
+            # a while before reading its body): only waiting for more is refused.
+            remaining = max(self._limit_at - now, 0.001)
             wait = remaining if wait is None else min(remaining, wait)
         settimeout = self._settimeout
         assert settimeout is not None
