@@ -1150,6 +1150,32 @@ def upload_unread(port: int, path: str, size: int) -> tuple[bytes, str]:
 
 
 @pytest.mark.timeout(30)
+def test_an_access_formatter_set_in_post_fork_gets_the_atoms(
+    server_factory: ServerFactory, worker_class: str, tmp_path: Path
+) -> None:
+    """gunicorn's JSON access-log recipe done in a hook: the formatter is set on the
+    access handler in post_fork, after logging was set up. Whether records carry the
+    atoms was decided then, so the formatter got () and wrote nothing."""
+    conf = tmp_path / "json_access.conf.py"
+    conf.write_text(
+        "import json, logging\n"
+        "class Json(logging.Formatter):\n"
+        "    def format(self, record):\n"
+        "        return json.dumps({'path': record.args['U'], 'status': record.args['s']})\n"
+        "def post_fork(server, worker):\n"
+        "    for handler in logging.getLogger('gunicorn.access').handlers:\n"
+        "        handler.setFormatter(Json())\n"
+    )
+    server = server_factory(
+        "hello:app", *worker_args(worker_class), "--workers", "1", "-c", str(conf),
+        "--access-logfile", "-",
+    )  # fmt: skip
+    assert get(server.port, "/json-please").status == 200
+    line = server.wait_for_log(r'"path": "/json-please"', stream="stdout")
+    assert json.loads(line.string) == {"path": "/json-please", "status": "200"}
+
+
+@pytest.mark.timeout(30)
 def test_a_websocket_handshake_on_fast_says_why_it_fails(server_factory: ServerFactory) -> None:
     """fast has no socket to hand over: a WebSocket app fails with a KeyError, and the
     log said nothing of the cause. It says it once, naming the classes that can."""

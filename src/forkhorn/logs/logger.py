@@ -600,10 +600,15 @@ class Logger:
                 ours.setLevel(theirs.level)
             theirs.handlers = list(ours.handlers)
             theirs.setLevel(ours.level)
-        # gunicorn's access records always carry the atoms as args: a handler's filter or
-        # a formatter of the user's (a JSON one built on record.args, a common recipe)
-        # may read them. Asked after the handlers above were shared, and of the root's
-        # too when the access log propagates.
+        self.check_access_handlers()  # after the handlers above were shared
+
+    def check_access_handlers(self) -> None:
+        """gunicorn's access records always carry the atoms as args: a handler's filter or
+        a formatter of the user's (a JSON one built on record.args, a common recipe) may
+        read them, so records for such handlers are made with them. Asked at each set-up
+        and again as a worker starts serving (``prepare_http``), after the ``post_fork``
+        and ``post_worker_init`` hooks, which may have added one; of the root's handlers
+        too when the access log propagates."""
         handlers = list(self.access_log.handlers)
         if self.access_log.propagate:
             handlers += logging.getLogger().handlers

@@ -774,6 +774,11 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
     from forkhorn.wsgi.proxies import FrontEnds
 
     cfg = worker.cfg
+    # The hooks that ran before this (post_fork, post_worker_init) may have given the
+    # access log a formatter that reads the atoms (Logger.check_access_handlers).
+    check = getattr(worker.log, "check_access_handlers", None)
+    if callable(check):
+        check()
     # Read once: the request path tests these flags instead of calling a default no-op
     # hook or asking the logger on every request.
     worker.access_enabled = bool(worker.log.access_enabled)
