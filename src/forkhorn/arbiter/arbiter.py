@@ -884,16 +884,13 @@ class Arbiter:
         deploy replaced with a broken one would fail the restore too, and leave the
         master's lines off their log and the next workers without an access log."""
         restore = getattr(self.log, "restore", None)
-        with contextlib.suppress(ForkhornError):
+        try:
             if old.logging is not None and callable(restore):
-                try:
-                    restore(old.logging)
-                except ForkhornError:
-                    raise
-                except Exception as exc:
-                    raise ForkhornError(f"the previous logging settings: {exc}") from exc
+                restore(old.logging)
             else:
                 self._apply_logging(cfg)
+        except Exception as exc:  # said wherever the logs now go, not swallowed
+            self.log.error("Could not set the previous logging up again: %s", exc)
 
     def _switch_environment(self, old_cfg: Any, new_cfg: Any, directory: str | None = None) -> None:
         """What the master applied of the old config for its workers to inherit: the

@@ -164,33 +164,42 @@ def _environ_atom(key: str, empty: str = "-") -> Getter:
     return get
 
 
-def _environ_var_atom(name: str) -> Getter:
-    # gunicorn matches {var}e case-insensitively; try the spellings seen in practice first.
-    exact, upper, lower = name, name.upper(), name.lower()
+def _environ_var(e: Mapping[str, Any], name: str) -> str | None:
+    """A ``{var}e`` atom's value, None when the environ has no such key. gunicorn matches
+    it case-insensitively; the spellings seen in practice are tried first."""
+    for key in (name, name.upper()):
+        if key in e:
+            value = e[key]
+            break
+    else:
+        lower = name.lower()
+        value = next((v for k, v in e.items() if k.lower() == lower), None)
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
 
+
+def _response_header(o: Headers, name: str) -> str | None:
+    """A ``{name}o`` atom's value, None when the response has no such header."""
+    lower = name.lower()
+    found = None
+    for key, value in o:
+        if key.lower() == lower:
+            found = value  # the last one wins, as in gunicorn
+    return found
+
+
+def _environ_var_atom(name: str) -> Getter:
     def get(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> object:
-        for key in (exact, upper):
-            if key in e:
-                value = e[key]
-                break
-        else:
-            value = next((v for k, v in e.items() if k.lower() == lower), None)
-        if value is None or value == "":
-            return "-"
-        return value if isinstance(value, str) else str(value)
+        return _environ_var(e, name) or "-"
 
     return get
 
 
 def _response_header_atom(name: str) -> Getter:
-    lower = name.lower()
-
     def get(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: float) -> object:
-        found = "-"
-        for key, value in o:
-            if key.lower() == lower:
-                found = value  # the last one wins, as in gunicorn
-        return found
+        found = _response_header(o, name)
+        return "-" if found is None else found
 
     return get
 
@@ -293,16 +302,9 @@ class _Atoms(dict[str, object]):
         if kind == "i":
             value = self._environ.get(_header_environ_key(name))
         elif kind == "o":
-            lower = name.lower()
-            for header, found in self._headers:
-                if header.lower() == lower:
-                    value = found  # the last one wins, as in gunicorn
+            value = _response_header(self._headers, name)
         elif kind == "e":
-            lower = name.lower()
-            for var, found in self._environ.items():
-                if var.lower() == lower:
-                    value = found if isinstance(found, str) else str(found)
-                    break
+            value = _environ_var(self._environ, name)
         if value is None:
             return None
         value = self._escape(value) if type(value) is str else value
