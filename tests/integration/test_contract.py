@@ -888,6 +888,27 @@ def test_upgrade_header_does_not_unbound_a_plain_response(
     assert get(server.port, "/").body == b"plain\n"
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent", "eventlet"])
+def test_an_upgrade_header_alone_does_not_lift_the_request_limit(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """Any client can say ``Upgrade: websocket``: the watchdog lets a request go only once
+    its app has written on the socket itself (a WebSocket it took, test above). One whose
+    app just runs long is cut at ``--request-timeout`` like any other: 504."""
+    server = server_factory(
+        "takeover:app", *worker_args(worker_class), "--workers", "1",
+        "--timeout", "30", "--request-timeout", "1",
+    )  # fmt: skip
+    with connect(server.port, timeout=20) as sock:
+        sock.sendall(
+            b"GET /sleep?6 HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        (resp,) = parse_responses(read_until_close(sock, 20))
+    assert resp.status == 504, (resp, server.logs)
+    server.wait_for_log(r"Request timeout|request_timeout|504")
+
+
 # -- the app's thread ------------------------------------------------------------------------------
 
 

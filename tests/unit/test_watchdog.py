@@ -123,6 +123,22 @@ def test_a_finished_request_is_forgotten() -> None:
     assert len(wd) == 0
 
 
+def test_a_websocket_handshake_is_let_go_at_its_limit_only_once_taken_over() -> None:
+    """``taken_over`` is asked at the limit: a request whose app took the connection is
+    let go (no longer tracked, never interrupted); one whose app did not is overdue."""
+    wd: RequestWatchdog[str] = RequestWatchdog(limit=10.0, grace=2.0)
+    taken = wd.started("t1", b"GET /ws HTTP/1.1", now=100.0)
+    taken.taken_over = lambda: True
+    plain = wd.started("t2", b"GET /slow HTTP/1.1", now=100.0)
+    plain.taken_over = lambda: False
+    assert wd.check(109.0).overdue == []  # not asked before the limit
+    assert wd.check(110.0).overdue == [plain]
+    assert len(wd) == 1
+    assert wd.check(200.0).stuck == [plain]
+    wd.finished(taken)  # its end later is harmless
+    assert len(wd) == 1
+
+
 def test_disabled_watchdog_tracks_nothing() -> None:
     wd: RequestWatchdog[str] = RequestWatchdog(limit=0.0, grace=1.0)
     wd.started("t1", b"GET / HTTP/1.1", now=0.0)

@@ -87,6 +87,51 @@ def output_waiting(sock: Any) -> int:
         return 0
 
 
+def bytes_written(sock: Any) -> int | None:
+    """All the bytes written on a TCP connection so far, by anyone holding its socket: those
+    the peer acknowledged (``tcpi_bytes_acked``) and those still queued (``TIOCOUTQ``).
+    Read until the count holds still, so that an acknowledgement between the two readings
+    is not counted twice. None for other sockets, or where it cannot be read."""
+    if getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    acked = output_taken(sock)
+    for _ in range(3):
+        if acked is None:
+            return None
+        queued = bytes_unsent(sock.fileno())
+        again = output_taken(sock)
+        if again == acked:
+            return acked + queued
+        acked = again
+    return None
+
+
+class _Handshake:
+    """A request with ``Upgrade: websocket`` on a class with a watchdog (gthread, gevent,
+    eventlet): did the app take the connection over? It did if, with no response head of
+    the server's sent, bytes went out on the socket since the request began: the app's
+    own 101. The watchdog asks at the request's limit, and lets such a request go on."""
+
+    __slots__ = ("exchange", "mark", "sock")
+
+    def __init__(self, sock: Any, mark: int, exchange: Exchange) -> None:
+        self.sock = sock
+        self.mark = mark
+        self.exchange = exchange
+
+    def taken_over(self) -> bool:
+        if self.exchange.head_sent:
+            return False  # answered through WSGI: a plain response, bounded as any
+        written = bytes_written(self.sock)
+        return written is None or written > self.mark
+
+
+def _app_wrote(websocket: bool, handshake: _Handshake | None) -> bool:
+    """May the app have written on the socket itself (a WebSocket it took)? Then nothing
+    of the server's may follow. Unknown (no count) counts as yes."""
+    return websocket and (handshake is None or handshake.taken_over())
+
+
 def output_taken(sock: Any) -> int | None:
     """A reading that changes while the peer takes what was sent: the request watchdog's
     probe of a response's progress. For TCP, the bytes the peer acknowledged (Linux's
@@ -356,7 +401,7 @@ def serve_request(
     # The connection's socket, under gunicorn's key: WebSocket libraries (simple-websocket,
     # so Flask-Sock) take the connection over with it and end the app call with
     # StopIteration (wsgi/cycle.py). As in gunicorn, a WebSocket handshake's socket has no
-    # timeout, and the request is not bounded: a WebSocket may idle longer than --timeout.
+    # timeout, and a WebSocket the app took may idle longer than --timeout.
     environ["gunicorn.socket"] = sock
     websocket = (
         "HTTP_UPGRADE" in environ
@@ -369,7 +414,7 @@ def serve_request(
         # exchange: with the timeout back, so that adding "Upgrade: websocket" to a request
         # and then not reading the response cannot hold this thread forever.
         send = _bounded_send(sock, io_timeout)
-    elif watch is not None:
+    if watch is not None:
         send = _progressing(send, watch, sock)
     cooperate = worker.cooperate
     if cooperate is not None:
@@ -377,8 +422,18 @@ def serve_request(
     if not worker.alive:
         conn.close_after_response = True
     exchange = Exchange(conn, send, worker.request_started(request.request_line))
+    handshake = None
     if websocket:
-        worker.unbound_request()  # after request_started, which marks the worker busy
+        # The header alone does not lift the watchdog (any client can send it): the
+        # request stays bounded until the app has written on the socket itself, its 101.
+        # Where that cannot be counted (no watchdog: sync, bounded by the master; a unix
+        # socket), the header lifts it, as before.
+        mark = None if watch is None else bytes_written(sock)
+        if mark is None:
+            worker.unbound_request()  # after request_started, which marks the worker busy
+        else:
+            handshake = _Handshake(sock, mark, exchange)
+            watch.taken_over = handshake.taken_over  # type: ignore[union-attr]
     if watch is not None:
         watch.cycle = (request, environ, exchange)
     ok = False
@@ -423,7 +478,7 @@ def serve_request(
         # and a 500 would land inside the WebSocket's frames.
         # The main loop may have ended it already (watchdog.py, rule 3): one ending.
         claimed = watch is None or watch.claim()
-        if claimed and not exchange.head_sent and not websocket:
+        if claimed and not exchange.head_sent and not _app_wrote(websocket, handshake):
             answer_timeout(exchange, sock, worker.answer_504)
         raise
     except SystemExit:
@@ -431,7 +486,7 @@ def serve_request(
         # worker's only thread): as gunicorn's sync worker, tell the client with a 500
         # rather than drop it (a proxy would report 502) when no head went out yet.
         # Not on a WebSocket handshake: the app may have answered 101 on the socket itself.
-        if worker.aborted and not exchange.head_sent and not websocket:
+        if worker.aborted and not exchange.head_sent and not _app_wrote(websocket, handshake):
             answer_timeout(exchange, sock, request_timeout=False)
         raise
     finally:

@@ -138,6 +138,10 @@ class InFlight(Generic[H]):
     # (rule 2: progress a blocked send cannot record), and the probe's last reading.
     sock: Any = None
     probed: int = -1
+    # For a WebSocket handshake: has the app taken the connection over (written its 101
+    # on the socket)? Such a request lasts as long as its client stays: at its limit the
+    # watchdog lets it go instead of interrupting it. None: an ordinary request.
+    taken_over: Callable[[], bool] | None = None
 
     def elapsed(self, now: float) -> float:
         return max(0.0, now - self.started)
@@ -229,9 +233,13 @@ class RequestWatchdog(Generic[H]):
         if self.limit <= 0:
             return verdict
         with self._lock:
-            for entry in self._entries.values():
+            taken = []
+            for key, entry in self._entries.items():
                 if not entry.interrupted_at:
                     if now - entry.progress_at >= self.limit and not self._took_some(entry, now):
+                        if entry.taken_over is not None and entry.taken_over():
+                            taken.append(key)
+                            continue
                         entry.interrupted_at = now
                         verdict.overdue.append(entry)
                 else:
@@ -243,6 +251,8 @@ class RequestWatchdog(Generic[H]):
                     if not entry.reported_stuck and waited >= self.grace:
                         entry.reported_stuck = True
                         verdict.stuck.append(entry)
+            for key in taken:  # a WebSocket now, no longer a request (``release``)
+                del self._entries[key]
         return verdict
 
     def _took_some(self, entry: InFlight[H], now: float) -> bool:

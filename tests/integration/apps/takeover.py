@@ -3,7 +3,10 @@ WebSocket libraries do (simple-websocket, so Flask-Sock): ``/echo`` answers 101 
 stand-in for a WebSocket handshake), reports the socket's timeout, echoes lines until
 ``bye`` and ends with ``StopIteration`` (gunicorn's convention for "the connection is
 mine"); ``/big`` answers BIG bytes as a plain response; ``/strict`` reads the socket as
-Flask-Sock does, failing where there is none (fast); ``/`` answers normally."""
+Flask-Sock does, failing where there is none (fast); ``/sleep`` sleeps the seconds its query
+says and answers plainly, whatever the request asked for; ``/`` answers normally."""
+
+import time
 
 BIG = 32 * 1024 * 1024
 
@@ -12,6 +15,10 @@ def app(environ, start_response):
     if environ["PATH_INFO"] == "/strict":
         _ = environ["gunicorn.socket"]  # a KeyError where there is no socket
     sock = environ.get("gunicorn.socket")
+    if environ["PATH_INFO"] == "/sleep":
+        time.sleep(float(environ["QUERY_STRING"] or 0))
+        start_response("200 OK", [("Content-Length", "6")])
+        return [b"slept\n"]
     if environ["PATH_INFO"] == "/big":
         body = b"x" * BIG
         start_response("200 OK", [("Content-Length", str(len(body)))])
