@@ -1915,7 +1915,7 @@ def test_a_websocket_cut_at_a_retirements_deadline_gets_no_500(
         pytest.skip("sync bounds the handshake by timeout; fast has no takeover")
     server = server_factory(
         "takeover:app", *worker_args(worker_class), "--workers", "1",
-        "--max-requests", "2", "--graceful-timeout", "2",
+        "--max-requests", "2", "--graceful-timeout", "2", "--access-logfile", "-",
     )  # fmt: skip
     with connect(server.port, timeout=30) as sock:
         sock.sendall(b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\r\n")
@@ -1924,6 +1924,11 @@ def test_a_websocket_cut_at_a_retirements_deadline_gets_no_500(
         received = read_until_close(sock, 30)
     assert received.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert b"HTTP/1.1 5" not in received, received
+    # As at a WebSocket's normal end, no access line (the green classes wrote "000 0").
+    # The retired worker is gone, having logged all (gthread's thread blocked in recv
+    # cannot be interrupted: the master ends it at the deadline).
+    server.wait_for_log(r"Worker exiting|was killed", timeout=20)
+    assert '"GET /echo' not in server.stdout, server.stdout
 
 
 @pytest.mark.timeout(60)

@@ -478,8 +478,14 @@ def serve_request(
         # and a 500 would land inside the WebSocket's frames.
         # The main loop may have ended it already (watchdog.py, rule 3): one ending.
         claimed = watch is None or watch.claim()
-        if claimed and not exchange.head_sent and not _app_wrote(websocket, handshake):
-            answer_timeout(exchange, sock, worker.answer_504)
+        if not exchange.head_sent:
+            if not _app_wrote(websocket, handshake):
+                if claimed:
+                    answer_timeout(exchange, sock, worker.answer_504)
+            else:
+                # A WebSocket the app took, cut by a stop's deadline: no access line, as
+                # at its normal end (it has no response of the server's to log).
+                taken = True
         raise
     except SystemExit:
         # The master aborted this worker for a hang (SIGABRT, raised here on the sync
