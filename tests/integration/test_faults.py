@@ -490,6 +490,42 @@ def test_bad_release_then_hup_then_crash(
     )
 
 
+@pytest.mark.timeout(120)
+def test_a_refused_release_does_not_let_max_requests_empty_the_server(
+    start: StartServer, worker_class: str, tmp_path: Path
+) -> None:
+    """After a bad release is refused, the old workers keep serving, as the log says, even
+    past ``max_requests``: each replacement would load the bad release and fail, so the
+    master holds recycling until a worker boots (every request waited in the queue once
+    the old workers had retired). When the fixed release is in, recycling resumes."""
+    _write_release(tmp_path, RELEASE.format(version="v1"))
+    server = start("--max-requests", "20", app="release:app")
+    old = server.wait_for_workers(2)
+    seen: set[int] = set()
+    wait_until(lambda: seen.add(pid_of(get(server.port))) or seen >= set(old), "both answer")
+    _write_release(tmp_path, SYNTAX_ERROR_RELEASE)
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reload abandoned", since=mark, timeout=20)
+    server.wait_for_log(r"Holding worker recycling \(max_requests\)", since=mark)
+    # Three times max_requests each: every request answered, by the old code, in time.
+    for _ in range(120):
+        resp = get(server.port, timeout=10)
+        assert resp.status == 200 and resp.body.startswith(b"v1 "), resp
+    server.wait_for_log(r"Not recycling this worker yet \(max_requests reached\)", since=mark)
+    assert server.count_log(r"Autorestarting worker", since=mark) == 0, server.logs
+    assert set(server.wait_for_workers(2)) == set(old)
+    # The fix: the reload completes, and the new workers recycle again.
+    _write_release(tmp_path, RELEASE.format(version="v2"))
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"worker recycling resumes", since=mark, timeout=20)
+    wait_until(lambda: get(server.port).body.startswith(b"v2 "), "the fixed release serves")
+    for _ in range(60):
+        assert get(server.port, timeout=10).status == 200
+    server.wait_for_log(r"Autorestarting worker", since=mark)
+
+
 # -- stopping --------------------------------------------------------------------------------------
 
 

@@ -14,14 +14,17 @@ import pytest
 from forkhorn.arbiter.scoreboard import Scoreboard
 from forkhorn.config import load_config
 from forkhorn.logs import Logger
+from forkhorn.workers.base import HELD_RECYCLE_STEP
 from forkhorn.workers.sync import SyncWorker
 
 
-def _worker(monkeypatch: pytest.MonkeyPatch, *args: str) -> SyncWorker:
+def _worker(
+    monkeypatch: pytest.MonkeyPatch, *args: str, board: Scoreboard | None = None
+) -> SyncWorker:
     cfg = load_config([*args, "examples.hello:app"], {})
     worker = SyncWorker(
         1, os.getppid(), [], "examples.hello:app", 30, cfg, Logger(cfg),
-        Scoreboard(1).allocate(),
+        (board or Scoreboard(1)).allocate(),
     )  # fmt: skip
     monkeypatch.setattr(worker, "tell_master", lambda: None)
     worker._apply_recycling_limits()
@@ -54,3 +57,34 @@ def test_the_jitter_is_added_per_worker(monkeypatch: pytest.MonkeyPatch) -> None
         for _ in range(60)
     }
     assert limits <= set(range(10, 16)) and len(limits) > 1
+
+
+def test_held_recycling_keeps_the_worker_serving_until_released(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the master holds recycling (new workers fail to boot), a worker past
+    max_requests serves on and looks again HELD_RECYCLE_STEP requests later; once the hold
+    is released, it retires at that next look."""
+    board = Scoreboard(2)
+    worker = _worker(monkeypatch, "--max-requests", "3", board=board)
+    board.hold_recycling(True)
+    for _ in range(3):
+        worker.request_finished()
+    assert worker.alive and worker.max_requests == 3 + HELD_RECYCLE_STEP
+    board.hold_recycling(False)
+    for _ in range(HELD_RECYCLE_STEP - 1):
+        worker.request_finished()
+    assert worker.alive
+    worker.request_finished()
+    assert not worker.alive and worker.retire_reason == "max_requests"
+
+
+def test_held_recycling_also_holds_the_lifetime_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    board = Scoreboard(2)
+    worker = _worker(monkeypatch, "--max-worker-lifetime", "1", board=board)
+    board.hold_recycling(True)
+    worker.tick(now=worker._started_at + 5)
+    assert worker.alive
+    board.hold_recycling(False)
+    worker.tick(now=worker._started_at + 6)
+    assert not worker.alive and worker.retire_reason == "max_worker_lifetime"

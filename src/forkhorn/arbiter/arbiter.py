@@ -1051,6 +1051,7 @@ class Arbiter:
         )
         failed_generation = self.generation
         self._pending_reload = None
+        self._hold_recycling(True)
         if old.listeners is not None:
             self._restore_listeners(old.listeners)
         self._switch_environment(self.cfg, old.cfg, old.directory)
@@ -1441,10 +1442,37 @@ class Arbiter:
             why = reason or (f"exit code {code}" if code >= 0 else signal_full_name(-code))
             self._back_off(f"Worker (pid:{rec.pid}) failed to boot ({why})")
 
+    def _hold_recycling(self, held: bool) -> None:
+        """While new workers fail to boot (a bad release on disk, a refused reload), the
+        workers serving must not recycle themselves: each replacement would fail too, and
+        max_requests alone would take the server down worker by worker. Held from a boot
+        failure until a worker of the current generation is ready."""
+        board = self.scoreboard
+        if board is None or board.recycling_held == held:
+            return
+        board.hold_recycling(held)
+        cfg = self.cfg
+        recycles = [
+            name
+            for name in ("max_requests", "max_worker_lifetime", "max_worker_memory")
+            if float(getattr(cfg, name, 0) or 0) > 0
+        ]
+        if not recycles:
+            return
+        if held:
+            self.log.warning(
+                "Holding worker recycling (%s) until a new worker boots: its replacement "
+                "would fail to boot too",
+                ", ".join(recycles),
+            )
+        else:
+            self.log.info("A new worker booted: worker recycling resumes")
+
     def _back_off(self, what: str) -> None:
         """A worker failed to boot, or could not be started: count it in the boot
         backoff, and say so with when the next one will be tried."""
         self.backoff = self.backoff.failed(time.monotonic())
+        self._hold_recycling(True)
         if self._any_serving():
             others = "the other workers keep serving"
         elif self.ever_ready:
@@ -1494,6 +1522,7 @@ class Arbiter:
                 current_proven = True
         if current_ready:
             self._refill_traceback_token()
+            self._hold_recycling(False)
         if current_proven and self.backoff.failures:
             self.log.info("A worker booted and stayed up; boot backoff reset")
             self.backoff = self.backoff.succeeded()

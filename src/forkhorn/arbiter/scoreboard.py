@@ -10,8 +10,10 @@ Rules it keeps:
 
 1. A slot is written only by the worker that owns it (the master writes it only while no
    process owns it: when it hands the slot out and after it reaped the owner).  The master
-   only reads.  So there is no lock: a read may be torn between fields, which at worst
-   pairs a request line with the previous request's start time in a log line.  The
+   only reads.  (The one exception goes the other way: a single byte outside the slots
+   that the master writes and the workers read, ``hold_recycling``.)  So there is no
+   lock: a read may be torn between fields, which at worst pairs a request line with the
+   previous request's start time in a log line.  The
    heartbeat, the one field decisions hang on, is stored and loaded as one aligned
    8-byte double (never through ``struct``, which zeroes a range before it fills it;
    see ``ScoreboardSlot.snapshot``), which Linux and every CPU we run on perform at once.
@@ -123,10 +125,22 @@ class ScoreboardSlot:
     ``reset`` before the slot is handed out).
     """
 
-    __slots__ = ("_base", "_beat", "_beats", "_buf", "_busy", "_idle", "_served", "index")
+    __slots__ = (
+        "_base", "_beat", "_beats", "_buf", "_busy", "_idle", "_notice", "_served", "index",
+    )  # fmt: skip
 
-    def __init__(self, buf: mmap.mmap, beats: memoryview[float], base: int, index: int) -> None:
+    def __init__(
+        self,
+        buf: mmap.mmap,
+        beats: memoryview[float],
+        base: int,
+        index: int,
+        notice: mmap.mmap | None = None,
+    ) -> None:
         self._buf = buf
+        # The master's notice to every worker (``Scoreboard.hold_recycling``): the one
+        # thing the master writes that workers read.
+        self._notice = notice
         self._base = base
         # The heartbeat as one aligned 8-byte double of the segment seen as doubles: an
         # item store or load through the view is a single machine store or load.
@@ -244,6 +258,12 @@ class ScoreboardSlot:
         self._beats[self._beat] = _monotonic() if now is None else now
         return served
 
+    def recycling_held(self) -> bool:
+        """Has the master asked workers not to recycle themselves (max_requests, lifetime,
+        memory) for now, new workers failing to boot? One byte read."""
+        notice = self._notice
+        return notice is not None and notice[0] == 1
+
     def boot_failed(self, reason: str) -> None:
         """Record why the app could not load, for the master to log after reaping."""
         self._set_line(reason.encode("utf-8", "replace"))
@@ -266,6 +286,10 @@ class Scoreboard:
         self._slots: list[ScoreboardSlot] = []
         self._free: list[int] = []
         self._in_use: set[int] = set()
+        # One byte the master writes and every worker reads (rule 1's exception, a single
+        # byte store): while set, workers do not recycle themselves. Mapped before any
+        # fork, like the first segment, so every worker shares it.
+        self._notice = mmap.mmap(-1, mmap.PAGESIZE)
         self._add_segment()
 
     def _add_segment(self) -> None:
@@ -275,9 +299,19 @@ class Scoreboard:
         self._beat_views.append(beats)
         first = len(self._slots)
         for i in range(self._segment_slots):
-            self._slots.append(ScoreboardSlot(buf, beats, i * SLOT_SIZE, first + i))
+            self._slots.append(ScoreboardSlot(buf, beats, i * SLOT_SIZE, first + i, self._notice))
         # Hand out low indexes first: pop() takes from the end.
         self._free.extend(range(len(self._slots) - 1, first - 1, -1))
+
+    def hold_recycling(self, held: bool) -> None:
+        """Ask every worker not to recycle itself (or let them again): while new workers
+        fail to boot, a worker that retires for max_requests, max_worker_lifetime or
+        max_worker_memory would take the server's capacity down with it (master only)."""
+        self._notice[0] = 1 if held else 0
+
+    @property
+    def recycling_held(self) -> bool:
+        return self._notice[0] == 1
 
     @property
     def capacity(self) -> int:
@@ -314,3 +348,4 @@ class Scoreboard:
         for buf in self._segments:
             buf.close()
         self._segments.clear()
+        self._notice.close()

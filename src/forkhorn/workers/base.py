@@ -81,6 +81,9 @@ DRAIN_IDLE = 1.0
 # /proc is read at most this often for max_worker_memory: RSS moves slowly, and a read per
 # request would cost more than the check is worth.
 MEMORY_CHECK_INTERVAL = 1.0
+# While the master holds recycling (new workers fail to boot), a worker past max_requests
+# looks again after this many more requests.
+HELD_RECYCLE_STEP = 100
 #: Connections refused with 503 (worker_connections in use) are logged at most once per
 #: this many seconds, with their count: overload shows in the log without a line per client.
 OVERLOAD_LOG_EVERY = 10.0
@@ -238,6 +241,7 @@ class Worker(abc.ABC):
         # The jitter is applied after the fork (reseeded random).
         self.max_requests = sys.maxsize
         self.retire_reason = ""
+        self._told_held = False  # said once that recycling is held (_recycling_held)
         # When True (the server was up before this worker), a boot failure is logged with
         # its traceback; at first start-up one clear line is enough.
         self.log_boot_traceback = False
@@ -672,9 +676,34 @@ class Worker(abc.ABC):
             self._say_orphaned()
             return False
         reason = self.should_retire(time.monotonic() if now is None else now)
-        if reason:
+        if reason and not self._recycling_held(reason):
             self.retire(reason)
         return self.alive
+
+    def _recycling_held(self, reason: str) -> bool:
+        """The master holds recycling (scoreboard's notice): new workers fail to boot (a
+        bad release on disk, a refused reload), so this worker's replacement would fail
+        too and its capacity would be lost. It serves on, and looks again after
+        ``HELD_RECYCLE_STEP`` more requests (max_requests) or at the next tick."""
+        if not self.slot.recycling_held():
+            self._told_held = False
+            return False
+        if not self._told_held:
+            self._told_held = True
+            self.log.warning(
+                "Not recycling this worker yet (%s reached): new workers fail to boot, "
+                "so it serves on until one boots",
+                reason,
+            )
+        if reason == "max_requests":
+            self.max_requests = self.nr + HELD_RECYCLE_STEP
+            self.recycling_deferred()
+        return True
+
+    def recycling_deferred(self) -> None:
+        """``max_requests`` was pushed back (``_recycling_held``): a class that announced
+        Connection: close for its last request (``last_request_next``) takes it back."""
+        return None
 
     def refused_overloaded(self) -> None:
         """Count a connection just refused with 503 because ``worker_connections`` are in
@@ -773,7 +802,8 @@ class Worker(abc.ABC):
             self.slot.set_state(WorkerState.EXITING)
         elif self.nr >= self.max_requests - 1:  # one comparison on the hot path
             if self.nr >= self.max_requests:
-                self.retire("max_requests")
+                if not self._recycling_held("max_requests"):
+                    self.retire("max_requests")
             else:
                 self.last_request_next()
 

@@ -1279,6 +1279,10 @@ class FastWorker(Worker):
         if nap is not None:
             self.loop.call_soon_threadsafe(_settle, nap)
 
+    def recycling_deferred(self) -> None:
+        if self.alive:
+            self.close_connections = self.keepalive <= 0
+
     def last_request_next(self) -> None:
         # The response that reaches max_requests says Connection: close, as on the other
         # classes; without this it went out kept alive and one more request was served.
