@@ -378,7 +378,10 @@ def test_pipelining_client_that_never_reads_is_not_buffered_without_bound(
                 continue
             except (BrokenPipeError, ConnectionResetError):
                 break  # the sync worker answers one request and closes
-        assert sent < len(data), "the server read 8 MB of pipelined requests nobody reads"
+        if keeps_alive(worker_class):
+            # (sync answers one request and closes: what follows is read and dropped, for
+            # LINGER_TIME at most, so that a reset does not cut the answer; nothing built.)
+            assert sent < len(data), "the server read 8 MB of pipelined requests nobody reads"
         # The connection still works: the responses come, in order, as the client reads.
         sock.setblocking(True)
         with RawConnection(server.port, timeout=20, sock=sock) as conn:

@@ -1874,6 +1874,42 @@ def test_a_large_body_in_one_piece_read_steadily_outlives_the_limit(
     assert server.count_log(r"Request timeout", since=mark) == 0
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("follow", ["request", "stray-byte", "pipelined"])
+def test_a_response_the_server_closes_on_is_not_cut_by_what_the_client_sends_next(
+    server_factory: ServerFactory, worker_class: str, follow: str
+) -> None:
+    """RFC 9112 §9.6: a close with client bytes unread, or arriving after it, resets the
+    connection, and the reset throws away what of the response the kernel still holds.
+    Here the response (300 kB, more than the client's buffer) is the last on its
+    connection (``Connection: close`` from the client, or ``--keep-alive 0``) and the
+    client sends more before it reads: a next request 50 ms later, a stray byte, or a
+    request pipelined right behind. It got 113-160 kB and a reset, on every class."""
+    size = 300_000
+    server = server_factory(
+        "bulk:app", *worker_args(worker_class), "--workers", "1", "--keep-alive", "0"
+    )
+    head = f"GET /?size={size} HTTP/1.1\r\nHost: t\r\n".encode()
+    for attempt in range(3):
+        with connect(server.port, timeout=20) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            if follow == "pipelined":
+                sock.sendall(head + b"\r\n" + head + b"\r\n")
+            else:
+                sock.sendall(head + b"Connection: close\r\n\r\n")
+                time.sleep(0.05)
+                sock.sendall(head + b"\r\n" if follow == "request" else b"x")
+            time.sleep(0.3)  # the response waits in the kernel's buffers meanwhile
+            received = read_until_fin(sock, 20)  # a reset fails here
+        responses = parse_responses(received)
+        assert responses, (attempt, len(received))
+        assert responses[0].status == 200, responses[0]
+        assert (responses[0].complete, len(responses[0].body)) == (True, size), (
+            attempt,
+            len(received),
+        )
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", ["all", "lines"])
 def test_a_64_mib_body_read_whole_is_answered_before_the_timeout(

@@ -218,10 +218,13 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         worker = self.worker
-        if len(worker.connections) >= worker.max_connections:
+        if len(worker.connections) + len(worker.lingering) >= worker.max_connections and (
+            len(worker.connections) + worker.lingering_with_output() >= worker.max_connections
+        ):
             # Refused politely: a status the client can read, our FIN, and its request
             # read and dropped until it closes (a close with it unread would be a reset,
-            # which can destroy the answer). Closing ones do not count against the cap.
+            # which can destroy the answer). Closing ones count against the cap only
+            # while their last response is still in our buffer (memory held for them).
             answer = raw_error_response(503, "Service Unavailable", worker.server_line)
             transport.write(answer)  # type: ignore[attr-defined]
             if transport.can_write_eof():  # type: ignore[attr-defined]
@@ -300,16 +303,8 @@ class HttpProtocol(asyncio.Protocol):
         self.paused_size = self._pending_output()
 
     def _pending_output(self) -> int:
-        """Bytes of output its client has yet to take: in the transport's buffer and in
-        the kernel's send queue. The transport's buffer alone moves only when the kernel
-        wakes us for room, after a third of its own buffer drained: a slow reader then
-        shows no progress for longer than the send timeout."""
         transport = self.transport
-        if transport is None:
-            return 0
-        sock = transport.get_extra_info("socket")
-        unsent = bytes_unsent(sock.fileno()) if sock is not None else 0
-        return transport.get_write_buffer_size() + unsent
+        return 0 if transport is None else _pending_output_of(transport)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -874,7 +869,12 @@ class HttpProtocol(asyncio.Protocol):
             if conn.body_mismatch:
                 log_body_mismatch(worker, environ, conn.body_mismatch)
             self.phase = _CLOSING
-            self._close()
+            # Our FIN after the response, and what the client still sends dropped until
+            # it closes: closed at once, the socket would be reset by a request sent
+            # meanwhile, and the reset throws away what of this response the kernel still
+            # holds (session.py's close_must_linger; here the response is always still in
+            # our buffer, written at the end of the loop's turn).
+            self._linger()
             return
         self.phase = _IDLE
         # From the response's end, not from the sweep's clock: that one can be a second
@@ -893,10 +893,11 @@ class HttpProtocol(asyncio.Protocol):
         self._linger()
 
     def _linger(self) -> None:
-        """After the answer to a refused request: our FIN goes out behind it, and what the
-        client still sends is read and dropped (``_Lingering``) until it closes, for
-        LINGER_TIME at most. Closed at once, a socket with unread bytes resets the
-        connection, and the reset can destroy the answer before the client reads it
+        """After the last response (a refusal's answer, or any response the connection
+        closes on): our FIN goes out behind it, and what the client still sends is read
+        and dropped (``_Lingering``) until it closes, for LINGER_TIME at most once the
+        response has left our buffer. Closed at once, a socket with unread bytes resets
+        the connection, and the reset can destroy the answer before the client reads it
         (RFC 9112 §9.6)."""
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -907,7 +908,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.worker.pending:
             self.worker.flush()  # the answer, before our FIN
         transport.write_eof()
-        transport.set_protocol(_Lingering(self.worker, transport))
+        request = self.request or self.conn.request
+        line = request.request_line if request is not None else b""
+        transport.set_protocol(_Lingering(self.worker, transport, line))
         if self.paused_reading:
             transport.resume_reading()
         self.connection_lost(None)  # this protocol's part ends here: its cleanup
@@ -1013,17 +1016,42 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+def _pending_output_of(transport: Any) -> int:
+    """Bytes of output a transport's client has yet to take: in the transport's buffer and
+    in the kernel's send queue. The transport's buffer alone moves only when the kernel
+    wakes us for room, after a third of its own buffer drained: a slow reader then shows
+    no progress for longer than the send timeout."""
+    sock = transport.get_extra_info("socket")
+    unsent = bytes_unsent(sock.fileno()) if sock is not None else 0
+    return int(transport.get_write_buffer_size()) + unsent
+
+
 class _Lingering(asyncio.Protocol):
-    """A refused connection's last moments (``HttpProtocol._linger``): its input is
-    dropped until the client closes or the sweep finds LINGER_TIME passed."""
+    """A connection's last moments after its last response (``HttpProtocol._linger``):
+    its input is dropped until the client closes or the sweep finds LINGER_TIME passed
+    since the response left our buffer. Until then the response is bounded as any send:
+    a client that takes none of it for ``send_timeout`` is dropped."""
 
-    __slots__ = ("deadline", "transport", "worker")
+    __slots__ = ("deadline", "progress_at", "request_line", "size", "transport", "worker")
 
-    def __init__(self, worker: FastWorker, transport: asyncio.Transport) -> None:
+    def __init__(
+        self, worker: FastWorker, transport: asyncio.Transport, request_line: bytes = b""
+    ) -> None:
         self.worker = worker
         self.transport = transport
-        self.deadline = _monotonic() + LINGER_TIME
+        self.request_line = request_line  # for the log line of a client dropped
+        self.progress_at = now = _monotonic()
+        self.deadline = now + LINGER_TIME
+        self.size = _pending_output_of(transport)
         worker.lingering.add(self)
+
+    def sending(self) -> bool:
+        """Is the response still going out (in our buffer, or the kernel's, not
+        acknowledged)? A stopping worker waits for it: exiting would cut it."""
+        if self.transport.get_write_buffer_size():
+            return True
+        sock = self.transport.get_extra_info("socket")
+        return sock is not None and bytes_unsent(sock.fileno()) > 0
 
     def data_received(self, data: bytes) -> None:
         pass
@@ -1035,8 +1063,23 @@ class _Lingering(asyncio.Protocol):
         self.worker.lingering.discard(self)
 
     def expire(self, now: float) -> None:
+        transport = self.transport
+        if transport.get_write_buffer_size():  # abort() would throw the rest away
+            size = _pending_output_of(transport)
+            if size < self.size:  # the client took some: as a completed send elsewhere
+                self.size, self.progress_at = size, now
+            elif now >= self.progress_at + self.worker.send_timeout:
+                self.worker.log.info(
+                    "Dropped a client that read nothing more of its response for %gs: %s",
+                    self.worker.send_timeout,
+                    self.request_line.decode("latin-1"),
+                )
+                transport.abort()
+                return
+            self.deadline = now + LINGER_TIME
+            return
         if now >= self.deadline:
-            self.transport.abort()
+            transport.abort()
 
 
 def _quit_now() -> None:
@@ -1479,10 +1522,22 @@ class FastWorker(Worker):
         except Exception:
             self.log.exception("Error logging the aborted request")
 
+    def lingering_with_output(self) -> int:
+        """Lingering connections whose last response is still in the transport's buffer:
+        they hold memory, so they count against worker_connections (``connection_made``)
+        as an open connection does."""
+        return sum(1 for lingering in self.lingering if lingering.transport.get_write_buffer_size())
+
     def _draining(self) -> bool:
         """Work left before exit: open connections, drained connections being adopted,
         sendfile tasks (each belongs to a connection) and a scheduled _close_servers."""
-        return bool(self.connections or self.adopting or self.tasks or self.closing_servers)
+        return bool(
+            self.connections
+            or self.adopting
+            or self.tasks
+            or self.closing_servers
+            or any(lingering.sending() for lingering in self.lingering)
+        )
 
     async def _pause(self, delay: float, wakeable: bool = False) -> None:
         """``asyncio.sleep(delay)``, which asks for the running loop (cleared, see _serve);

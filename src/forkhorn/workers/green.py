@@ -58,6 +58,7 @@ from .base import ACCEPT_BACKOFF, DRAIN_IDLE, Worker, listener_was_shut
 from .session import (
     LINGER_POLL,
     LINGER_TIME,
+    close_must_linger,
     new_connection,
     output_taken,
     output_waiting,
@@ -440,7 +441,7 @@ class GreenletWorker(Worker):
             pass  # the client went away
         finally:
             self._sessions.pop(me, None)
-            if refused or conn.body_still_coming:
+            if refused or close_must_linger(conn, sock):
                 # In a greenlet of its own, outside the pool: a lingering close holds no
                 # slot of worker_connections, and a stop waits for it only while its
                 # response is still going out (_wind_down).

@@ -63,6 +63,7 @@ from .session import (
     LINGER_POLL,
     LINGER_TIME,
     answer_timeout,
+    close_must_linger,
     finish_request,
     new_connection,
     output_taken,
@@ -708,11 +709,12 @@ class ThreadWorker(Worker):
             # Even when stopping: the main thread gives it the drain window, since its
             # last response may have gone out before the stop, without Connection: close.
             pass
-        elif client.conn.body_still_coming and _shut_for_writing(client.sock):
-            # The app answered without reading the whole body, which is still arriving:
-            # closed now, with bytes unread, the socket would be reset, and the reset
-            # can destroy the response before the client reads it. Our FIN is out; the
-            # poller reads and drops the rest for LINGER_TIME at most (RFC 9112 §9.6).
+        elif close_must_linger(client.conn, client.sock) and _shut_for_writing(client.sock):
+            # The app answered without reading the whole body, or the client sent more
+            # or may be sending its next request: closed now, with bytes unread, the
+            # socket would be reset, and the reset can destroy the response before the
+            # client reads it. Our FIN is out; the poller reads and drops the rest for
+            # LINGER_TIME at most (RFC 9112 §9.6).
             client.lingering = True
         else:
             _close(client.sock)

@@ -36,6 +36,7 @@ from .base import ACCEPT_BACKOFF, DRAIN_IDLE, Worker, listener_was_shut, unselec
 from .session import (
     LINGER_POLL,
     LINGER_TIME,
+    close_must_linger,
     new_connection,
     peer_of,
     prepare_http,
@@ -236,9 +237,10 @@ class SyncWorker(Worker):
         if isinstance(event, Request):
             self._serve(pending, event)
             served = True
-            if pending.conn.body_still_coming:
-                # The app answered without reading the whole body: our FIN is out
-                # (_serve), and the rest is read and dropped, as after a refusal.
+            if close_must_linger(pending.conn, pending.sock):
+                # The app answered without reading the whole body, or the client sent
+                # more or may be sending its next request: our FIN is out (_serve), and
+                # what comes is read and dropped, as after a refusal.
                 self._linger_after_response(pending)
                 return served
         pending.sock.close()
