@@ -334,6 +334,14 @@ def test_logger_class_gunicorns_default_is_not_warned(tmp_path: Path) -> None:
     result = run(["--check-config", "--logger-class", "myproj.logs.Quiet", "hello:app"], tmp_path)
     assert "logger_class is accepted" in result.stderr
     assert "logging.Filter" in result.stderr
+    # gunicorn's recipe subclasses its Logger in the config file itself: warned the same,
+    # not refused for being unimportable (forkhorn never loads it).
+    (tmp_path / "conf.py").write_text(
+        "import logging\nclass JsonLogger(logging.Logger):\n    pass\nlogger_class = JsonLogger\n"
+    )
+    result = run(["--check-config", "-c", "conf.py", "hello:app"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "logger_class is accepted" in result.stderr
 
 
 def test_a_worker_ported_from_gunicorn_is_told_its_request_methods_are_unused(

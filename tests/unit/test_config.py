@@ -433,7 +433,9 @@ def test_a_misspelt_setting_in_a_config_file_is_pointed_out(tmp_path: Path) -> N
         "MAX_WORKERS = 9\n"
         "def post_forks(server, worker):\n    pass\n"
         "def worker_count():\n    return 4\n"
-        "def make_app():\n    pass\n",
+        "def make_app():\n    pass\n"
+        "preload = True\n"
+        "access_logfile = '-'\n",
     )
     cfg = load_config(["-c", path], {})
     assert cfg.workers == 1
@@ -441,6 +443,9 @@ def test_a_misspelt_setting_in_a_config_file_is_pointed_out(tmp_path: Path) -> N
         f"wokers (from config file {path}) is not a setting: did you mean workers?",
         f"timout (from config file {path}) is not a setting: did you mean timeout?",
         f"post_forks (from config file {path}) is not a setting: did you mean post_fork?",
+        # A flag's name: the setting behind the flag (not reload, the nearest spelling).
+        f"preload (from config file {path}) is not a setting: did you mean preload_app?",
+        f"access_logfile (from config file {path}) is not a setting: did you mean accesslog?",
     ]
 
 

@@ -158,6 +158,15 @@ def string_list(raw: object) -> list[str]:
     raise ValueError("expected a string or a list of strings")
 
 
+def logger_class_path(raw: object) -> str:
+    """``logger_class``: as ``dotted_path``, but a class defined in the config file itself
+    is taken too (gunicorn's recipes subclass its Logger there): forkhorn does not load
+    the class (the setting is warned as unused), so it need not be importable."""
+    if inspect.isclass(raw):
+        return f"{raw.__module__}:{raw.__qualname__}"
+    return dotted_path(raw)
+
+
 def dotted_path(raw: object) -> str:
     """A worker or logger class: a short name, ``pkg.mod.Class`` or ``pkg.mod:Class``.
 

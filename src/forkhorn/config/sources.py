@@ -236,6 +236,14 @@ def _take_gunicorn_only_flags(argv: Sequence[str], where: str) -> tuple[list[str
     return kept, warned
 
 
+_SETTING_BY_FLAG = {
+    flag.lstrip("-").replace("-", "_"): key
+    for key, setting in SETTINGS.items()
+    for flag in setting.flags
+    if flag.startswith("--") and flag.lstrip("-").replace("-", "_") != key
+}
+
+
 def _misspelt_setting(name: str, value: object) -> str:
     """The setting a config file's other name probably meant (``wokers = 4``), or "".
     A config file also holds its own helpers (imports, functions, ``import os``, constants
@@ -245,6 +253,12 @@ def _misspelt_setting(name: str, value: object) -> str:
         return ""  # known (a gunicorn one set to its default, say)
     if name.startswith("_") or not name.islower() or isinstance(value, type(builtins)):
         return ""
+    # A flag's name written as a setting (``preload`` for --preload, ``access_logfile``
+    # for --access-logfile): the setting behind the flag, not the nearest spelling
+    # (``preload`` is close to ``reload``, which would turn on the code reloader).
+    by_flag = _SETTING_BY_FLAG.get(name)
+    if by_flag:
+        return by_flag
     if callable(value):
         # A function is a helper unless its name is very close to a hook's (post_forks,
         # not worker_count for worker_int).

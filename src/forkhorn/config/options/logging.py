@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from forkhorn.config.converters import (
     boolean,
     choice,
-    dotted_path,
+    logger_class_path,
     mapping,
     optional_string,
     string,
@@ -94,7 +94,7 @@ class LoggingOptions:
     )
     logger_class = Setting(
         default="forkhorn.logs.Logger",
-        convert=dotted_path,
+        convert=logger_class_path,
         flags=("--logger-class",),
         metavar="STRING",
         doc="""
