@@ -1040,3 +1040,68 @@ def test_a_broken_ini_is_named_by_its_path(
     with pytest.raises(ConfigError) as info:
         make_logger(logconfig=str(ini))
     assert str(ini) in str(info.value) and "StringIO" not in str(info.value)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_handlers_added_to_gunicorns_loggers_get_the_lines(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """As under gunicorn, where these are the loggers that write: a handler an app adds to
+    ``gunicorn.error`` or ``gunicorn.access`` (Sentry, JSON, a file) gets the error lines
+    and the access lines, besides the configured logs; one a config file adds at its top,
+    before the set-up, too, and it stays through a set-up again (HUP)."""
+    early, late_error, late_access = _Collect(), _Collect(), _Collect()
+    logging.getLogger("gunicorn.error").addHandler(early)  # a config file's top level
+    error_path, access_path = tmp_path / "error.log", tmp_path / "access.log"
+    log = make_logger(errorlog=str(error_path), accesslog=str(access_path))
+    try:
+        logging.getLogger("gunicorn.error").addHandler(late_error)  # the app, at import
+        logging.getLogger("gunicorn.access").addHandler(late_access)
+        log.error("Error handling request /boom")
+        log.access({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, "200 OK", [], 2, 0.001)
+        assert early.messages == late_error.messages == ["Error handling request /boom"]
+        assert len(late_access.messages) == 1 and "GET" in late_access.messages[0]
+        assert "Error handling request /boom" in error_path.read_text()  # still there too
+        assert len(lines(access_path)) == 1
+        log.setup(settings(errorlog=str(error_path), accesslog=str(access_path)))  # HUP
+        log.warning("after the reload")
+        assert early.messages[-1] == "after the reload"
+        assert logging.getLogger("gunicorn.error").handlers.count(early) == 1
+    finally:
+        for name, handler in (
+            ("gunicorn.error", early), ("gunicorn.error", late_error),
+            ("gunicorn.access", late_access),
+        ):  # fmt: skip
+            logging.getLogger(name).removeHandler(handler)
+
+
+def test_gunicorns_access_logger_disabled_turns_the_access_log_off(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """``logging.getLogger("gunicorn.access").disabled = True`` (a config file's way to
+    turn the access log off) does so here too, set before the set-up or after."""
+    path = tmp_path / "access.log"
+    gunicorn_access = logging.getLogger("gunicorn.access")
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}
+    gunicorn_access.disabled = True
+    try:
+        log = make_logger(accesslog=str(path))
+        log.access(environ, "200 OK", [], 2, 0.001)
+        assert lines(path) == []
+        gunicorn_access.disabled = False
+        log.setup(settings(accesslog=str(path)))
+        log.access(environ, "200 OK", [], 2, 0.001)
+        assert len(lines(path)) == 1
+        gunicorn_access.disabled = True  # the app, later
+        log.access(environ, "200 OK", [], 2, 0.001)
+        assert len(lines(path)) == 1
+    finally:
+        gunicorn_access.disabled = False

@@ -36,6 +36,7 @@ import os
 import socket
 import sys
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, Protocol
 
@@ -165,6 +166,9 @@ class _OwnSyslogHandler(_QuietFailures, logging.handlers.SysLogHandler):
 
 
 _OWN_HANDLERS = (_OwnFileHandler, _OwnStreamHandler, _OwnSyslogHandler)
+#: Handlers a logging config (``--log-config``, ``logconfig_dict``) gave our logs: the next
+#: set-up replaces them, where handlers that code added to gunicorn's loggers are kept.
+_CONFIG_MADE: weakref.WeakSet[logging.Handler] = weakref.WeakSet()
 
 
 def parse_level(name: str | int) -> int:
@@ -447,6 +451,9 @@ class Logger:
         self._access_format = AccessFormat()
         self._access_enabled = False
         self._gunicorn_access = logging.getLogger("gunicorn.access")
+        # Handlers code added to gunicorn's loggers (kept across set-ups) and those the
+        # user's logging config made (replaced by each set-up): _close_own_handlers.
+        self._added: dict[str, list[logging.Handler]] = {}
         self._access_handler_filters = False
         self._access_failed_at = -WRITE_FAILURE_REPORT_EVERY
         self._config_filters: list[tuple[logging.Logger, Any]] = []
@@ -598,8 +605,16 @@ class Logger:
                     ours.addHandler(handler)
             if theirs.level != logging.NOTSET:
                 ours.setLevel(theirs.level)
-            theirs.handlers = list(ours.handlers)
+            _CONFIG_MADE.update(h for h in ours.handlers if not isinstance(h, _OWN_HANDLERS))
+            for handler in self._added.get(theirs.name, ()):
+                ours.addHandler(handler)
+            # One list for both names: a handler added to gunicorn.error or gunicorn.access
+            # later (an app's Sentry or JSON handler) gets the lines, as under gunicorn.
+            theirs.handlers = ours.handlers
             theirs.setLevel(ours.level)
+            # gunicorn's logger turned off (``logging.getLogger("gunicorn.access").disabled
+            # = True`` in a config file) turns ours off; access() also asks it each time.
+            ours.disabled = theirs.disabled
         self.check_access_handlers()  # after the handlers above were shared
 
     def check_access_handlers(self) -> None:
@@ -766,8 +781,16 @@ class Logger:
 
     def _close_own_handlers(self) -> None:
         for _, theirs in self._gunicorn_pairs():
-            # A mirror of ours (_share_with_gunicorn_names), set again after the new
-            # configuration, which may also name these loggers itself.
+            # Handlers code added to gunicorn's logger (a config file's top level, a hook,
+            # a preloaded app) stay, as under gunicorn: handed to ours again after the
+            # set-up. Ours, and those the previous logging config made, go.
+            self._added[theirs.name] = [
+                h
+                for h in theirs.handlers
+                if not isinstance(h, _OWN_HANDLERS) and h not in _CONFIG_MADE
+            ]
+            # The same list as ours (_share_with_gunicorn_names) until here: set again
+            # after the new configuration, which may also name these loggers itself.
             theirs.handlers = []
             theirs.setLevel(logging.NOTSET)
         for logger in (self.error_log, self.access_log):
@@ -889,7 +912,7 @@ class Logger:
 
         Runs in: a worker, after the response was sent. Never raises.
         """
-        if not self._access_enabled:
+        if not self._access_enabled or self._gunicorn_access.disabled:
             return
         log = self.access_log
         if not log.isEnabledFor(logging.INFO):

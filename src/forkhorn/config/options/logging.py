@@ -114,8 +114,10 @@ class LoggingOptions:
         A ``logging.config.fileConfig`` file that configures logging. The error and access
         logs are the loggers ``forkhorn.error`` and ``forkhorn.access``; a file written for
         gunicorn that configures ``gunicorn.error`` or ``gunicorn.access`` configures them
-        too, and those names share forkhorn's handlers (so an app that borrows
-        ``logging.getLogger("gunicorn.error").handlers`` logs to the error log). The logs do
+        too, and those names share forkhorn's handler list (so an app that borrows
+        ``logging.getLogger("gunicorn.error").handlers`` logs to the error log, and a
+        handler an app or a config file adds to ``gunicorn.error`` gets the error lines).
+        The logs do
         not propagate to the root logger unless the file says so for the logger it names
         (``propagate=1``, the ini default); then, as in gunicorn, its lines also go to the
         root's handlers, and a logger given ``handlers=`` and ``propagate=1`` logs through
