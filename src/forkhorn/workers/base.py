@@ -283,6 +283,7 @@ class Worker(abc.ABC):
         self.body_min_rate = 0.0  # bytes/s; 0: no minimum (see wsgi/input.py)
         self.body_allowance = 0.0  # seconds a body read starts with
         self.use_sendfile = True  # False: --no-sendfile, file bodies are read and written
+        self.watch_limit = 0.0  # the request watchdog's limit (gthread, green), 0: none
         self._wake_r = -1
         self._wake_w = -1
 

@@ -56,7 +56,7 @@ from forkhorn.wsgi.cycle import (
 from forkhorn.wsgi.environ import build_environ, refused_environ
 from forkhorn.wsgi.input import RECV_SIZE, InputStream
 
-from .watchdog import timeout_response, timeout_status
+from .watchdog import request_limit, timeout_response, timeout_status
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -384,7 +384,7 @@ def serve_request(
     # With header_timeout off, the body's allowance is the plain I/O timeout; with neither,
     # there is no deadline to start from and the minimum rate is not enforced.
     allowance = worker.body_allowance or io_timeout or 0.0
-    recv = sock.recv if watch is None else _receiving(sock.recv, watch)
+    recv = sock.recv if watch is None else _receiving(sock, watch, worker.watch_limit)
     if worker.cooperate is not None:
         recv = _cooperating_recv(recv, worker.cooperate)
     # A body that stops coming gets 408 before the hang watchdogs act (wsgi/input.py):
@@ -632,12 +632,30 @@ def _cooperating_recv(recv: Any, cooperate: Callable[[], None]) -> Any:
     return recv_and_cooperate
 
 
-def _receiving(recv: Any, watch: InFlight[Any]) -> Any:
+def _receiving(sock: Any, watch: InFlight[Any], limit: float) -> Any:
     """``recv`` for the request body, recording each read as progress: a client that
-    keeps uploading is not cut at the limit (its pace is the body deadline's business)."""
+    keeps uploading is not cut at the limit (its pace is the body deadline's business).
+
+    A wait for more ends a little before the watchdog's limit, counted as the watchdog
+    counts it (from the last progress, not from this read): an app that worked for a while
+    before reading a body that then stops coming gets a 408, not the hang's 500 with a
+    stack (STALL_MARGIN). What has arrived is still taken past it."""
+    recv = sock.recv
+    margin = min(STALL_MARGIN, limit / 10)
 
     def recv_and_record(size: int) -> bytes:
-        data: bytes = recv(size)
+        if limit:
+            left = max(watch.progress_at + limit - margin - time.monotonic(), 0.001)
+            timeout = sock.gettimeout()
+            if timeout is None or left < timeout:
+                sock.settimeout(left)
+                try:
+                    data: bytes = recv(size)
+                finally:
+                    sock.settimeout(timeout)
+                watch.progress_at = time.monotonic()
+                return data
+        data = recv(size)
         watch.progress_at = time.monotonic()
         return data
 
@@ -890,6 +908,7 @@ def prepare_http(worker: Worker, multithread: bool) -> None:
     worker.body_min_rate = float(cfg.body_min_rate or 0)
     worker.body_allowance = float(cfg.header_timeout or 0)
     worker.use_sendfile = cfg.sendfile is not False
+    worker.watch_limit = request_limit(cfg)  # the watchdog's, where there is one
     error_log = getattr(worker.log, "error_log", None)
     base = make_base_environ(
         "",

@@ -6,11 +6,13 @@ parameter ``read`` picks how ``wsgi.input`` is read, so each reading method is e
 ``all`` (read()), ``sized`` (a read(n) loop), ``lines`` (readline() loop), ``readlines``,
 ``iter`` (iteration), ``none`` (the body is left unread); ``sizedkw``, ``lineskw`` and
 ``readlineskw`` pass their sizes by keyword (``read(size=7)``), as PEP 3333's names allow.
-With ``digest=1`` the body is given as its length and SHA-256 (``body_sha256``) instead.
+With ``digest=1`` the body is given as its length and SHA-256 (``body_sha256``) instead;
+with ``sleep=S`` the app works S seconds before it reads the body.
 """
 
 import hashlib
 import json
+import time
 from urllib.parse import parse_qs
 
 
@@ -59,6 +61,7 @@ def read_body(stream, mode):
 def app(environ, start_response):
     query = parse_qs(environ.get("QUERY_STRING", ""))
     mode = query.get("read", ["all"])[0]
+    time.sleep(float(query.get("sleep", ["0"])[0]))
     body = read_body(environ["wsgi.input"], mode)
     payload = {
         "method": environ["REQUEST_METHOD"],
