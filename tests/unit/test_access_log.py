@@ -409,3 +409,11 @@ def test_the_escaping_setting_reaches_the_access_log() -> None:
     with pytest.raises(ConfigError):
         load_config(["--access-log-escape", "yaml", "x:app"], {})
     assert load_config(["--access-log-escape", "json", "x:app"], {}).access_log_escape == "json"
+
+
+def test_the_atom_kind_is_read_in_any_case_as_gunicorn_reads_it() -> None:
+    """gunicorn looks every ``{...}`` key up lower-cased, so ``%({user-agent}I)s`` is the
+    request header there; it was "-" here unless a filter was installed."""
+    assert render("%({User-Agent}I)s|%({CONTENT-TYPE}O)s|%({remote_addr}E)s") == (
+        "curl/8.5.0|text/plain|192.0.2.7"
+    )

@@ -297,7 +297,7 @@ class _Atoms(dict[str, object]):
         """A ``{name}i``, ``{name}o`` or ``{name}e`` atom, any case (None: absent)."""
         if not (isinstance(key, str) and len(key) > 3 and key[0] == "{" and key[-2] == "}"):
             return None
-        name, kind = key[1:-2], key[-1]
+        name, kind = key[1:-2], key[-1].lower()
         value: object | None = None
         if kind == "i":
             value = self._environ.get(_header_environ_key(name))
@@ -379,7 +379,9 @@ class AccessFormat:
         if key in fixed:
             return fixed[key]
         if key.startswith("{") and len(key) > 3 and key[-2] == "}":
-            name, kind = key[1:-2], key[-1]
+            # The kind in any case, as gunicorn reads the whole key lower-cased: its
+            # ``%({x-token}I)s`` is ``{x-token}i``.
+            name, kind = key[1:-2], key[-1].lower()
             if kind == "i":
                 return _environ_atom(_header_environ_key(name))
             if kind == "o":
