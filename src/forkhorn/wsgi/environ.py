@@ -17,7 +17,8 @@ Rules kept:
 - ``SERVER_NAME``/``SERVER_PORT`` come from the Host header when it names a host (an
   absolute-form target's authority replaces it; the default port follows
   ``wsgi.url_scheme``), else from the address of the listener the request came in on
-  (``workers/session.py``, ``base_environ_for``): PEP 3333 forbids them empty.
+  (``workers/session.py``, ``base_environ_for``): PEP 3333 forbids them empty. A unix
+  socket's listener has no port: the scheme's default, as gunicorn gives.
   gunicorn takes them from the listening address on TCP and from Host
   only on unix sockets; here one rule serves every listener of a worker, and PEP 3333's
   URL reconstruction (and Werkzeug's and Django's host lookups) read ``HTTP_HOST`` first
@@ -188,6 +189,10 @@ def build_environ(
             server = _split_host(host, environ["wsgi.url_scheme"])
         if server[0]:  # an empty Host (legal) or ":81" has no name: the listener's stays
             environ["SERVER_NAME"], environ["SERVER_PORT"] = server
+            return environ
+    if not environ["SERVER_PORT"]:
+        # A unix socket's listener has no port: the scheme's, as gunicorn gives it.
+        environ["SERVER_PORT"] = "443" if environ["wsgi.url_scheme"] == "https" else "80"
     return environ
 
 
