@@ -314,6 +314,19 @@ def test_slowloris_does_not_pin_any_worker_class(
 
 
 @pytest.mark.timeout(60)
+def test_a_lone_empty_line_then_silence_is_an_idle_connection(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """The one empty line a server skips before a request line (RFC 9112 §2.2) begins no
+    request: silence after it is closed quietly at header_timeout, as a connection that
+    sent nothing is (gevent and eventlet answered 408, the other classes closed)."""
+    srv = server_factory("hello:app", *worker_args(worker_class), "--header-timeout", "1")
+    with connect(srv.port, timeout=20) as sock:
+        sock.sendall(b"\r\n")
+        assert read_until_close(sock, timeout=15) == b""
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "trickling"])
 def test_head_not_complete_within_header_timeout_gets_408(
     server_factory: ServerFactory, worker_class: str, trickle: bool

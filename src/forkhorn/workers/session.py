@@ -324,11 +324,13 @@ def read_request(
     stayed idle (sent nothing); raises ProtocolError (408 for a late head).
     """
     deadline = head_due
-    started = False  # a byte of this head arrived (blank lines before it count too)
     while True:
         event = conn.next_event()
         if event is NEED_DATA:
-            begun = started or bool(conn.buffered)
+            # The head began once the parser holds some of it: the one empty line it
+            # skips before a request line (RFC 9112 §2.2) leaves the connection idle, as
+            # on the other classes (a lone CRLF then silence got 408 here only).
+            begun = conn.has_buffered
             if begun and not deadline:
                 deadline = time.monotonic() + head_timeout
             if deadline:
@@ -352,8 +354,6 @@ def read_request(
                 if bytes_waiting(sock.fileno()):
                     continue  # it arrived as the wait ended: read it, do not reset it
                 return None  # idle keep-alive connection: close quietly
-            if data:
-                started = True
             conn.receive_data(data)
             continue
         if event is CLOSED:
