@@ -606,6 +606,30 @@ def test_request_hung_past_timeout_is_dumped_while_others_are_served(
 
 
 @pytest.mark.timeout(60)
+def test_fast_answers_503_to_requests_that_waited_behind_a_hung_one(
+    start: StartServer, worker_class: str
+) -> None:
+    """A fast worker's app holds its loop until the master aborts the worker: requests
+    sent meanwhile on its other keep-alive connections were never run. They were reset
+    by the exit, unlogged (a proxy does not send a POST again after that); they get a
+    503 now (never run: safe to send again), and a line says how many."""
+    if worker_class != "fast":
+        pytest.skip("the other classes serve other connections while one request hangs")
+    server = start("--timeout", "2", "--graceful-timeout", "3", workers=1)
+    mark = server.mark()
+    with RawConnection(server.port, timeout=20) as other:
+        other.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert other.read_response().status == 200  # a keep-alive connection of that worker
+        hung = InFlight(server.port, "/hang", timeout=30)
+        server.wait_for_log(r"fault app: hanging", since=mark)
+        other.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+        resp = other.read_response()
+    assert resp.status == 503, resp
+    assert isinstance(hung.outcome(timeout=30), Response)
+    server.wait_for_log(r"Answered 1 request\(s\) that waited behind the hung one", since=mark)
+
+
+@pytest.mark.timeout(60)
 def test_a_reload_that_lowers_graceful_timeout_lets_running_requests_finish(
     start: StartServer, worker_class: str, tmp_path: Path
 ) -> None:

@@ -102,6 +102,7 @@ from .session import (
     log_body_mismatch,
     log_refused,
     prepare_http,
+    refuse_overloaded,
 )
 
 #: Bodies up to this size stay in memory; larger ones are spilled to a temporary file.
@@ -1472,9 +1473,40 @@ class FastWorker(Worker):
 
         Idle keep-alive connections get our FIN first: a proxy's pooled connection would
         otherwise stay open until the process is gone, and a request sent on it meanwhile
-        was reset (nginx answered 502 for a POST)."""
+        was reset (nginx answered 502 for a POST).
+
+        Connections whose next request came while the app held the loop (in the kernel's
+        buffer, or read and queued) are answered 503: the app never saw it, so a client
+        or proxy may send it again; without an answer, the exit reset them."""
         self.flush()
         connections = list(getattr(self, "connections", ()))
+        waiting = 0
+        for protocol in connections:
+            transport = protocol.transport
+            if (
+                transport is None
+                or protocol.dispatching
+                or protocol.busy
+                or protocol.iterator is not None
+            ):
+                continue
+            if protocol.queued or protocol.conn.has_buffered or protocol._bytes_waiting():
+                sock = transport.get_extra_info("socket")
+                if sock is None:
+                    continue
+                try:
+                    # On a duplicate, closed after the answer and the drain of what the
+                    # client sent (refuse_overloaded), so the exit closes cleanly.
+                    dup = socket.socket(fileno=os.dup(sock.fileno()))
+                except OSError:
+                    continue
+                refuse_overloaded(dup, self.server_line)
+                waiting += 1
+        if waiting:
+            self.log.warning(
+                "Answered %d request(s) that waited behind the hung one with 503: never run",
+                waiting,
+            )
         for protocol in connections:
             transport = protocol.transport
             if protocol.phase == _IDLE and transport is not None:
