@@ -72,8 +72,11 @@ class SecurityOptions:
         flags=("--limit-request-body",),
         metavar="BYTES",
         doc="""
-        The largest request body in bytes; a larger declared or received body gets 413
-        without running the app. 0 means unlimited.
+        The largest request body in bytes; a larger declared body (``Content-Length``) gets
+        413 without running the app. A chunked body is counted as it is read: on the fast
+        worker, which reads bodies before the app runs, before the app; on the others when
+        the app reads past the limit (``wsgi.input`` raises, and the answer is 413). 0 means
+        unlimited.
         """,
     )
     header_timeout = Setting(
