@@ -21,11 +21,14 @@ when that fails does ``_diagnose_fields`` walk the lines to name the precise err
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from .errors import (
     BadRequestError,
     BodyTooLargeError,
     ExpectationFailedError,
     HeaderFieldsTooLargeError,
+    ProtocolError,
     UnsupportedTransferCodingError,
     UnsupportedVersionError,
     UriTooLongError,
@@ -74,24 +77,45 @@ def check_partial_head(
     """
     if not _starts_with_method(buf, start):
         raise BadRequestError(_NO_METHOD)
+    # A bare CR or LF in the new bytes is refused first when it comes before where a
+    # size limit was passed: the status then follows the stream, not how it was split
+    # into reads (all at once, a bare LF followed by a long line was a 414).
+    bare = None
+    lf = BARE_LF_RE.search(buf, new)
+    if lf is not None:
+        bare = (lf.start(), "bare LF in request head")
+    cr = BARE_CR_RE.search(buf, new)
+    if cr is not None and cr.end() < len(buf) and (bare is None or cr.start() < bare[0]):
+        bare = (cr.start(), "bare CR in request head")
     size = len(buf) - start
     first_eol = buf.find(b"\r\n", start)
     if first_eol < 0:
         if size > max_line_size + 1:  # +1: the CR of the CRLF may already be here
-            raise UriTooLongError("request line too long")
+            _refuse_first(bare, start + max_line_size, UriTooLongError("request line too long"))
     elif first_eol - start > max_line_size:
-        raise UriTooLongError("request line too long")
+        _refuse_first(bare, start + max_line_size, UriTooLongError("request line too long"))
     if size > max_head_size:
-        raise HeaderFieldsTooLargeError("request head too large")
+        _refuse_first(
+            bare, start + max_head_size, HeaderFieldsTooLargeError("request head too large")
+        )
     if first_eol >= 0:
         last_eol = buf.rfind(b"\n", start)
         if len(buf) - last_eol - 1 > max_field_size + 1:
-            raise HeaderFieldsTooLargeError("header field line too long")
-    if BARE_LF_RE.search(buf, new) is not None:
-        raise BadRequestError("bare LF in request head")
-    cr = BARE_CR_RE.search(buf, new)
-    if cr is not None and cr.end() < len(buf):
-        raise BadRequestError("bare CR in request head")
+            _refuse_first(
+                bare,
+                last_eol + max_field_size + 1,
+                HeaderFieldsTooLargeError("header field line too long"),
+            )
+    if bare is not None:
+        raise BadRequestError(bare[1])
+
+
+def _refuse_first(bare: tuple[int, str] | None, at: int, error: ProtocolError) -> NoReturn:
+    """Raise ``error`` (a limit passed at offset ``at``), or the bare CR/LF refusal if that
+    comes earlier in the stream."""
+    if bare is not None and bare[0] <= at:
+        raise BadRequestError(bare[1])
+    raise error
 
 
 _NO_METHOD = (
