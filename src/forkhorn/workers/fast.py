@@ -870,12 +870,17 @@ class HttpProtocol(asyncio.Protocol):
             if conn.body_mismatch:
                 log_body_mismatch(worker, environ, conn.body_mismatch)
             self.phase = _CLOSING
-            # Our FIN after the response, and what the client still sends dropped until
-            # it closes: closed at once, the socket would be reset by a request sent
+            # Closed at once, the socket would be reset by a request the client sends
             # meanwhile, and the reset throws away what of this response the kernel still
-            # holds (session.py's close_must_linger; here the response is always still in
-            # our buffer, written at the end of the loop's turn).
-            self._linger()
+            # holds: so it lingers (our FIN, what comes read and dropped until the client
+            # closes) while the client sent more or has not acknowledged all of the
+            # response (session.py's close_must_linger), looked at once it is written.
+            if worker.pending:
+                worker.flush()
+            if conn.has_buffered or self._pending_output() or self._bytes_waiting():
+                self._linger()
+            else:
+                self._close()
             return
         self.phase = _IDLE
         # From the response's end, not from the sweep's clock: that one can be a second

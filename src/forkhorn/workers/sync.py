@@ -53,7 +53,7 @@ class _Pending:
     """An accepted connection whose request head has not fully arrived, or, once it was
     refused (``lingering``), whose client's last bytes are read and dropped."""
 
-    __slots__ = ("addr", "conn", "deadline", "lingering", "sock")
+    __slots__ = ("addr", "conn", "deadline", "linger", "lingering", "sock")
 
     def __init__(self, sock: socket.socket, addr: Any, conn: ServerConnection, deadline: float):
         self.sock = sock
@@ -61,6 +61,7 @@ class _Pending:
         self.conn = conn
         self.deadline = deadline
         self.lingering = False
+        self.linger = False  # its close must linger (close_must_linger, asked by _serve)
 
 
 class SyncWorker(Worker):
@@ -237,7 +238,7 @@ class SyncWorker(Worker):
         if isinstance(event, Request):
             self._serve(pending, event)
             served = True
-            if close_must_linger(pending.conn, pending.sock):
+            if pending.linger:
                 # The app answered without reading the whole body, or the client sent
                 # more or may be sending its next request: our FIN is out (_serve), and
                 # what comes is read and dropped, as after a refusal.
@@ -267,6 +268,8 @@ class SyncWorker(Worker):
             serve_request(self, sock, pending.conn, request, peer_of(pending.addr), io_timeout)
         finally:
             self.notify()
+            # Asked before our FIN, which counts as output until the client acknowledges it.
+            pending.linger = close_must_linger(pending.conn, sock)
             try:
                 sock.shutdown(socket.SHUT_WR)
             except OSError:
