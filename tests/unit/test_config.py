@@ -435,7 +435,10 @@ def test_a_misspelt_setting_in_a_config_file_is_pointed_out(tmp_path: Path) -> N
         "def worker_count():\n    return 4\n"
         "def make_app():\n    pass\n"
         "preload = True\n"
-        "access_logfile = '-'\n",
+        "access_logfile = '-'\n"
+        "env = 'production'\n"  # a file's own variables, named like one-word flags
+        "name = 'api'\n"
+        "pid = 12\n",
     )
     cfg = load_config(["-c", path], {})
     assert cfg.workers == 1

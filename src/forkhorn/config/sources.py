@@ -236,11 +236,16 @@ def _take_gunicorn_only_flags(argv: Sequence[str], where: str) -> tuple[list[str
     return kept, warned
 
 
+# Flags' names written as settings. Not the one-word ones a config file uses for its own
+# variables (``env``, ``name``, ``pid = os.getpid()``), except ``preload``, which is
+# close to ``reload`` and would be hinted there.
 _SETTING_BY_FLAG = {
-    flag.lstrip("-").replace("-", "_"): key
+    name: key
     for key, setting in SETTINGS.items()
     for flag in setting.flags
-    if flag.startswith("--") and flag.lstrip("-").replace("-", "_") != key
+    if flag.startswith("--")
+    and (name := flag.lstrip("-").replace("-", "_")) != key
+    and ("_" in name or name == "preload")
 }
 
 
