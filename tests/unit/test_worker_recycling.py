@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from forkhorn.arbiter.scoreboard import Scoreboard
+from forkhorn.arbiter.scoreboard import HOLD_FAILING, Scoreboard, WorkerState
 from forkhorn.config import load_config
 from forkhorn.logs import Logger
 from forkhorn.workers.base import HELD_RECYCLE_STEP
@@ -67,11 +67,11 @@ def test_held_recycling_keeps_the_worker_serving_until_released(
     is released, it retires at that next look."""
     board = Scoreboard(2)
     worker = _worker(monkeypatch, "--max-requests", "3", board=board)
-    board.hold_recycling(True)
+    board.hold_recycling(HOLD_FAILING)
     for _ in range(3):
         worker.request_finished()
     assert worker.alive and worker.max_requests == 3 + HELD_RECYCLE_STEP
-    board.hold_recycling(False)
+    board.hold_recycling(0)
     for _ in range(HELD_RECYCLE_STEP - 1):
         worker.request_finished()
     assert worker.alive
@@ -82,9 +82,30 @@ def test_held_recycling_keeps_the_worker_serving_until_released(
 def test_held_recycling_also_holds_the_lifetime_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     board = Scoreboard(2)
     worker = _worker(monkeypatch, "--max-worker-lifetime", "1", board=board)
-    board.hold_recycling(True)
+    board.hold_recycling(HOLD_FAILING)
     worker.tick(now=worker._started_at + 5)
     assert worker.alive
-    board.hold_recycling(False)
+    board.hold_recycling(0)
     worker.tick(now=worker._started_at + 6)
     assert not worker.alive and worker.retire_reason == "max_worker_lifetime"
+
+
+@pytest.mark.parametrize("state", [WorkerState.BOOTING, WorkerState.EXITING])
+def test_another_worker_booting_or_leaving_holds_recycling(
+    monkeypatch: pytest.MonkeyPatch, state: WorkerState
+) -> None:
+    """While another worker boots (a replacement, a reload's) or leaves, one at its limit
+    waits, seeing it in the scoreboard itself: with two workers, recycling goes one at a
+    time (at most half of them at once)."""
+    board = Scoreboard(2)
+    worker = _worker(monkeypatch, "--max-requests", "2", board=board)
+    other = board.allocate()  # BOOTING
+    other.set_pid(12345)
+    other.set_state(state)
+    worker.request_finished()
+    worker.request_finished()
+    assert worker.alive
+    board.free(other)  # ready and serving, or gone
+    for _ in range(HELD_RECYCLE_STEP):
+        worker.request_finished()
+    assert not worker.alive

@@ -64,7 +64,12 @@ from forkhorn.arbiter.policy import (
     decide,
     judge_exit,
 )
-from forkhorn.arbiter.scoreboard import Scoreboard, ScoreboardSlot, WorkerState
+from forkhorn.arbiter.scoreboard import (
+    HOLD_FAILING,
+    Scoreboard,
+    ScoreboardSlot,
+    WorkerState,
+)
 from forkhorn.arbiter.signals import (
     SignalQueue,
     blocked_across_fork,
@@ -270,6 +275,7 @@ class Arbiter:
         self.generation = 0
         self.backoff = self._new_backoff()
         self.ever_ready = False
+        self._boots_failing = False  # recycling held until a worker boots (_hold_recycling)
         # One failed-load traceback per reload or respawn, not one per worker: a pipe
         # holding one byte, which the first worker that fails to load takes (an atomic
         # read) before it logs the traceback. Refilled by a new generation and by a worker
@@ -1442,15 +1448,16 @@ class Arbiter:
             why = reason or (f"exit code {code}" if code >= 0 else signal_full_name(-code))
             self._back_off(f"Worker (pid:{rec.pid}) failed to boot ({why})")
 
-    def _hold_recycling(self, held: bool) -> None:
+    def _hold_recycling(self, failing: bool) -> None:
         """While new workers fail to boot (a bad release on disk, a refused reload), the
         workers serving must not recycle themselves: each replacement would fail too, and
         max_requests alone would take the server down worker by worker. Held from a boot
-        failure until a worker of the current generation is ready."""
-        board = self.scoreboard
-        if board is None or board.recycling_held == held:
+        failure until a worker of the current generation is ready; said when it starts
+        and ends."""
+        if failing == self._boots_failing:
             return
-        board.hold_recycling(held)
+        self._boots_failing = failing
+        self._update_recycling_hold()
         cfg = self.cfg
         recycles = [
             name
@@ -1459,14 +1466,26 @@ class Arbiter:
         ]
         if not recycles:
             return
-        if held:
+        if failing:
             self.log.warning(
                 "Holding worker recycling (%s) until a new worker boots: its replacement "
-                "would fail to boot too",
+                "would fail to boot too (a fixed release needs a HUP, unless a worker is "
+                "being respawned)",
                 ", ".join(recycles),
             )
         else:
             self.log.info("A new worker booted: worker recycling resumes")
+
+    def _update_recycling_hold(self) -> None:
+        """The scoreboard's notice to the workers: recycling held while boots fail. (That
+        no more than half of them recycle at once, each worker sees in the scoreboard
+        itself: ``ScoreboardSlot.too_many_changing``.)"""
+        board = self.scoreboard
+        if board is None:
+            return
+        why = HOLD_FAILING if self._boots_failing else 0
+        if board.recycling_held != why:
+            board.hold_recycling(why)
 
     def _back_off(self, what: str) -> None:
         """A worker failed to boot, or could not be started: count it in the boot
@@ -1500,6 +1519,7 @@ class Arbiter:
             rec.in_request = snap.request_start > 0.0
             if snap.state is WorkerState.BOOT_FAILED and rec.boot_failed_at is None:
                 rec.boot_failed_at = now  # it must now exit (policy rule 2)
+                self._hold_recycling(True)  # before its slot is freed (too_many_changing)
             if snap.state is WorkerState.EXITING and rec.retiring_since is None:
                 # It retired itself (max_requests, lifetime, memory): no longer active,
                 # so its replacement starts now, and graceful_timeout bounds its exit.

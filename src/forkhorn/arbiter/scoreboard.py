@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass
 
 __all__ = [
+    "HOLD_FAILING",
     "MAX_REQUEST_LINE_BYTES",
     "Scoreboard",
     "ScoreboardSlot",
@@ -92,6 +93,12 @@ _BUSY = int(WorkerState.BUSY)
 _IDLE = int(WorkerState.IDLE)
 _EXITING = int(WorkerState.EXITING)
 _FREE = int(WorkerState.FREE)
+# A worker booting, leaving, or whose boot just failed (until the master, holding
+# recycling for it, reaps it): another one at its recycling limit waits.
+_CHANGING = (int(WorkerState.BOOTING), _EXITING, int(WorkerState.BOOT_FAILED))
+# The master's notice to the workers (Scoreboard.hold_recycling): new workers fail to boot,
+# so none may recycle itself.
+HOLD_FAILING = 1
 # Reads of a slot caught in the middle of its owner's store (see snapshot) before giving up.
 _TORN_READ_RETRIES = 3
 
@@ -258,11 +265,31 @@ class ScoreboardSlot:
         self._beats[self._beat] = _monotonic() if now is None else now
         return served
 
-    def recycling_held(self) -> bool:
+    def recycling_held(self) -> int:
         """Has the master asked workers not to recycle themselves (max_requests, lifetime,
-        memory) for now, new workers failing to boot? One byte read."""
+        memory) for now? 0: no; ``HOLD_FAILING``: new workers fail to boot. One byte
+        read."""
         notice = self._notice
-        return notice is not None and notice[0] == 1
+        return 0 if notice is None else notice[0]
+
+    def too_many_changing(self) -> bool:
+        """Are as many of the other workers of this segment booting, leaving, or just
+        failed to boot as may be at once (half of the workers, at least one)? A worker at
+        its recycling limit waits then, seeing it here at once, where the master's notice
+        comes a loop later: two workers that reached their limits together both left
+        before the master saw either, and one left as a reload's new workers failed,
+        before the master held recycling, so a bad release could take every worker. A
+        read of one byte per slot."""
+        buf = self._buf
+        own = self._base
+        changing = in_use = 0
+        for base in range(0, len(buf), SLOT_SIZE):
+            state = buf[base + _OFF_STATE]
+            if state != _FREE:
+                in_use += 1
+                if base != own and state in _CHANGING:
+                    changing += 1
+        return changing >= max(1, in_use // 2)
 
     def boot_failed(self, reason: str) -> None:
         """Record why the app could not load, for the master to log after reaping."""
@@ -303,15 +330,16 @@ class Scoreboard:
         # Hand out low indexes first: pop() takes from the end.
         self._free.extend(range(len(self._slots) - 1, first - 1, -1))
 
-    def hold_recycling(self, held: bool) -> None:
-        """Ask every worker not to recycle itself (or let them again): while new workers
-        fail to boot, a worker that retires for max_requests, max_worker_lifetime or
-        max_worker_memory would take the server's capacity down with it (master only)."""
-        self._notice[0] = 1 if held else 0
+    def hold_recycling(self, why: int) -> None:
+        """Ask every worker not to recycle itself (``why``: ``HOLD_FAILING``), or let them
+        again (0). A worker that retires for max_requests, max_worker_lifetime or
+        max_worker_memory while its replacement would fail to boot takes the server's
+        capacity down with it (master only)."""
+        self._notice[0] = why
 
     @property
-    def recycling_held(self) -> bool:
-        return self._notice[0] == 1
+    def recycling_held(self) -> int:
+        return self._notice[0]
 
     @property
     def capacity(self) -> int:

@@ -61,7 +61,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from forkhorn.arbiter.scoreboard import ScoreboardSlot, WorkerState
+from forkhorn.arbiter.scoreboard import HOLD_FAILING, ScoreboardSlot, WorkerState
 from forkhorn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, AppImportError, WorkerExit
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ DRAIN_IDLE = 1.0
 MEMORY_CHECK_INTERVAL = 1.0
 # While the master holds recycling (new workers fail to boot), a worker past max_requests
 # looks again after this many more requests.
-HELD_RECYCLE_STEP = 100
+HELD_RECYCLE_STEP = 10
 #: Connections refused with 503 (worker_connections in use) are logged at most once per
 #: this many seconds, with their count: overload shows in the log without a line per client.
 OVERLOAD_LOG_EVERY = 10.0
@@ -682,14 +682,18 @@ class Worker(abc.ABC):
         return self.alive
 
     def _recycling_held(self, reason: str) -> bool:
-        """The master holds recycling (scoreboard's notice): new workers fail to boot (a
-        bad release on disk, a refused reload), so this worker's replacement would fail
-        too and its capacity would be lost. It serves on, and looks again after
-        ``HELD_RECYCLE_STEP`` more requests (max_requests) or at the next tick."""
-        if not self.slot.recycling_held():
+        """Not now: the master holds recycling (scoreboard's notice), new workers failing
+        to boot (a bad release on disk, a refused reload), so this worker's replacement
+        would fail too and its capacity would be lost; or half of the other workers (one of
+        two) are booting or leaving already (two that reached their limits together both
+        left, and a bad release slow to fail took every worker before the master knew).
+        It serves on, and looks again after ``HELD_RECYCLE_STEP`` more requests
+        (max_requests) or at the next tick."""
+        why = self.slot.recycling_held()
+        if not why and not self.slot.too_many_changing():
             self._told_held = False
             return False
-        if not self._told_held:
+        if why == HOLD_FAILING and not self._told_held:
             self._told_held = True
             self.log.warning(
                 "Not recycling this worker yet (%s reached): new workers fail to boot, "
