@@ -81,8 +81,9 @@ DRAIN_IDLE = 1.0
 # /proc is read at most this often for max_worker_memory: RSS moves slowly, and a read per
 # request would cost more than the check is worth.
 MEMORY_CHECK_INTERVAL = 1.0
-# While the master holds recycling (new workers fail to boot), a worker past max_requests
-# looks again after this many more requests.
+# While recycling is held (new workers fail to boot, or half of the others are booting or
+# leaving: Worker._recycling_held), a worker past max_requests looks again after this many
+# more requests.
 HELD_RECYCLE_STEP = 10
 #: Connections refused with 503 (worker_connections in use) are logged at most once per
 #: this many seconds, with their count: overload shows in the log without a line per client.
