@@ -493,6 +493,18 @@ def test_bad_release_then_hup_then_crash(
 SLOW_BAD_RELEASE = "import time\ntime.sleep(2)\nimport no_such_module_in_this_release\n"
 
 
+def _release_v1_with_max_requests(
+    start: StartServer, tmp_path: Path, max_requests: int
+) -> tuple[ServerProcess, list[int]]:
+    """Two workers serving release v1, both seen answering, under --max-requests."""
+    _write_release(tmp_path, RELEASE.format(version="v1"))
+    server = start("--max-requests", str(max_requests), app="release:app")
+    old = server.wait_for_workers(2)
+    seen: set[int] = set()
+    wait_until(lambda: seen.add(pid_of(get(server.port))) or seen >= set(old), "both answer")
+    return server, old
+
+
 @pytest.mark.timeout(120)
 def test_a_bad_release_slow_to_fail_does_not_let_max_requests_empty_the_server(
     start: StartServer, worker_class: str, tmp_path: Path
@@ -500,12 +512,8 @@ def test_a_bad_release_slow_to_fail_does_not_let_max_requests_empty_the_server(
     """A bad release that takes a while to fail (an app's imports): recycling was held
     only once a boot had failed, and in those seconds the busy old workers reached
     max_requests and left, so no worker served for about 10 s. Now a worker at its limit
-    waits while another boots (a reload's, a replacement's): one recycles at a time."""
-    _write_release(tmp_path, RELEASE.format(version="v1"))
-    server = start("--max-requests", "10", app="release:app")
-    old = server.wait_for_workers(2)
-    seen: set[int] = set()
-    wait_until(lambda: seen.add(pid_of(get(server.port))) or seen >= set(old), "both answer")
+    waits while half of the others (one of two) boot or leave (a reload's, a replacement's)."""
+    server, _ = _release_v1_with_max_requests(start, tmp_path, 10)
     _write_release(tmp_path, SLOW_BAD_RELEASE)
     mark = server.mark()
     server.signal(signal.SIGHUP)
@@ -529,11 +537,7 @@ def test_a_refused_release_does_not_let_max_requests_empty_the_server(
     past ``max_requests``: each replacement would load the bad release and fail, so the
     master holds recycling until a worker boots (every request waited in the queue once
     the old workers had retired). When the fixed release is in, recycling resumes."""
-    _write_release(tmp_path, RELEASE.format(version="v1"))
-    server = start("--max-requests", "20", app="release:app")
-    old = server.wait_for_workers(2)
-    seen: set[int] = set()
-    wait_until(lambda: seen.add(pid_of(get(server.port))) or seen >= set(old), "both answer")
+    server, old = _release_v1_with_max_requests(start, tmp_path, 20)
     _write_release(tmp_path, SYNTAX_ERROR_RELEASE)
     mark = server.mark()
     server.signal(signal.SIGHUP)
