@@ -122,7 +122,7 @@ def test_past_the_body_limit_what_has_arrived_is_still_read() -> None:
         raise TimeoutError  # nothing more: the client stalled
 
     stream = InputStream(
-        conn, recv, lambda data: None, timeouts.append, 30.0, 0.0, 0.0, 29.0, time.monotonic() - 1
+        conn, recv, lambda data: None, timeouts.append, 30.0, 0.0, 0.0, time.monotonic() - 1
     )
     assert stream.read(5000) == body  # arrived before: taken
     assert timeouts[0] is not None and timeouts[0] <= 0.01  # no waiting past the limit

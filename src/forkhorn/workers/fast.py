@@ -1054,10 +1054,7 @@ class _Lingering(asyncio.Protocol):
     def sending(self) -> bool:
         """Is the response still going out (in our buffer, or the kernel's, not
         acknowledged)? A stopping worker waits for it: exiting would cut it."""
-        if self.transport.get_write_buffer_size():
-            return True
-        sock = self.transport.get_extra_info("socket")
-        return sock is not None and bytes_unsent(sock.fileno()) > 0
+        return _pending_output_of(self.transport) > 0
 
     def data_received(self, data: bytes) -> None:
         pass

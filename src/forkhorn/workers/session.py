@@ -168,6 +168,12 @@ STALL_MARGIN = 1.0
 LINGER_POLL = 0.05
 
 
+def _stall_bound(limit: float) -> float:
+    """How long a body may go without a byte before it is answered 408: a little under the
+    limit a hang is judged by (STALL_MARGIN, or a tenth of a short limit)."""
+    return limit - min(STALL_MARGIN, limit / 10)
+
+
 def close_must_linger(conn: ServerConnection, sock: Any) -> bool:
     """Closing after a response: must the close linger (our FIN, then what the client
     still sends read and dropped until it closes, LINGER_TIME at most) rather than happen
@@ -387,15 +393,13 @@ def serve_request(
     recv = sock.recv if watch is None else _receiving(sock, watch, worker.watch_limit)
     if worker.cooperate is not None:
         recv = _cooperating_recv(recv, worker.cooperate)
-    # A body that stops coming gets 408 before the hang watchdogs act (wsgi/input.py):
-    # each receive ends a little under ``timeout`` (the watchdog's, from the last byte),
-    # and where the master bounds the whole request (no watchdog: sync), the body must be
-    # in a little before it would kill the worker.
-    read_timeout = limit_at = None
-    if io_timeout:
-        read_timeout = io_timeout - min(STALL_MARGIN, io_timeout / 10)
-        if watch is None:
-            limit_at = time.monotonic() + read_timeout
+    # A body that stops coming gets 408 before the hang watchdogs act: where a watchdog
+    # bounds the request, each wait for more ends a little before its limit
+    # (``_receiving``); where the master bounds the whole request (sync, no watchdog), the
+    # body must be in a little before it would kill the worker (wsgi/input.py).
+    limit_at = 0.0
+    if watch is None and io_timeout:
+        limit_at = time.monotonic() + _stall_bound(io_timeout)
     body = InputStream(
         conn,
         recv,
@@ -404,8 +408,7 @@ def serve_request(
         io_timeout,
         allowance,
         worker.body_min_rate if allowance else 0.0,
-        read_timeout,
-        limit_at or 0.0,
+        limit_at,
     )
     try:
         front_ends = worker.front_ends
@@ -641,11 +644,11 @@ def _receiving(sock: Any, watch: InFlight[Any], limit: float) -> Any:
     before reading a body that then stops coming gets a 408, not the hang's 500 with a
     stack (STALL_MARGIN). What has arrived is still taken past it."""
     recv = sock.recv
-    margin = min(STALL_MARGIN, limit / 10)
+    bound = _stall_bound(limit) if limit else 0.0
 
     def recv_and_record(size: int) -> bytes:
-        if limit:
-            left = max(watch.progress_at + limit - margin - time.monotonic(), 0.001)
+        if bound:
+            left = max(watch.progress_at + bound - time.monotonic(), 0.001)
             timeout = sock.gettimeout()
             if timeout is None or left < timeout:
                 sock.settimeout(left)

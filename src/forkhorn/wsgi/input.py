@@ -13,11 +13,11 @@ Rules kept:
   client that trickles a byte a second falls behind and gets 408, however regular it is.
   The socket's own timeout (``io_timeout``) is put back after each receive, so the
   response is sent with it.
-- A client that stops sending mid-body gets 408, not the hung-request treatment: each
-  receive waits at most ``read_timeout`` (a little under ``timeout``, which the worker's
-  watchdog applies from the last byte received), and, where the master bounds the whole
-  request by ``timeout`` (sync: no heartbeat while the app runs), the body must be in by
-  ``limit_at`` (a little before the master would kill the worker).
+- A client that stops sending mid-body gets 408, not the hung-request treatment: where the
+  master bounds the whole request by ``timeout`` (sync: no heartbeat while the app runs),
+  the body must be in by ``limit_at`` (a little before the master would kill the worker).
+  Where a watchdog bounds it instead, the worker's ``recv`` ends each wait a little before
+  the watchdog's limit (``workers/session.py``).
 
 Runs in: the worker, in whichever thread or greenlet runs the request.
 """
@@ -51,7 +51,6 @@ class InputStream:
         "_io_timeout",
         "_limit_at",
         "_min_rate",
-        "_read_timeout",
         "_recv",
         "_scanned",
         "_send",
@@ -68,7 +67,6 @@ class InputStream:
         io_timeout: float | None = None,
         allowance: float = 0.0,
         min_rate: float = 0.0,
-        read_timeout: float | None = None,
         limit_at: float = 0.0,
     ) -> None:
         self._conn = conn
@@ -86,8 +84,7 @@ class InputStream:
         self._allowance = allowance
         self._min_rate = min_rate if settimeout is not None else 0.0
         self._deadline = 0.0
-        # The stall bounds (module docstring); off without ``settimeout``.
-        self._read_timeout = read_timeout if settimeout is not None else None
+        # The stall bound (module docstring); off without ``settimeout``.
         self._limit_at = limit_at if settimeout is not None else 0.0
 
     def _fill(self) -> bool:
@@ -109,7 +106,7 @@ class InputStream:
                 try:
                     data = (
                         self._recv_paced()
-                        if self._min_rate or self._read_timeout or self._limit_at
+                        if self._min_rate or self._limit_at
                         else self._recv(RECV_SIZE)
                     )
                 except TimeoutError:
@@ -122,11 +119,11 @@ class InputStream:
             return False
 
     def _recv_paced(self) -> bytes:
-        """One receive under the minimum-rate deadline and the stall bounds; raises
+        """One receive under the minimum-rate deadline and the stall bound; raises
         TimeoutError past them."""
         now = time.monotonic()
         io_timeout = self._io_timeout
-        wait = self._read_timeout or io_timeout
+        wait = io_timeout
         if self._min_rate:
             if not self._deadline:
                 self._deadline = now + self._allowance
