@@ -693,6 +693,9 @@ class Worker(abc.ABC):
         why = self.slot.recycling_held()
         if not why and not self.slot.too_many_changing():
             self._told_held = False
+            # Leaving is claimed at once, in the scoreboard the others read: gthread's
+            # retire runs later, in its main thread, and its twin at the limit saw none.
+            self.slot.set_state(WorkerState.EXITING)
             return False
         if why == HOLD_FAILING and not self._told_held:
             self._told_held = True
