@@ -1508,8 +1508,11 @@ def open_deleted_files(pids: list[int]) -> list[str]:
         for fd in fd_dir.iterdir() if fd_dir.exists() else ():
             with contextlib.suppress(OSError):
                 target = os.readlink(fd)
-                # (Not the stack dump file each worker holds for the master, in memory.)
-                if target.endswith("(deleted)") and "forkhorn-stacks" not in target:
+                # (Not the stack dump file each worker holds for the master, nor the
+                # scoreboard's claims lock, both in memory.)
+                if target.endswith("(deleted)") and not any(
+                    name in target for name in ("forkhorn-stacks", "forkhorn-claims")
+                ):
                     held.append(target)
     return held
 

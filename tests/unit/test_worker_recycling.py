@@ -109,3 +109,40 @@ def test_another_worker_booting_or_leaving_holds_recycling(
     for _ in range(HELD_RECYCLE_STEP):
         worker.request_finished()
     assert not worker.alive
+
+
+def test_a_worker_deciding_to_leave_holds_the_others_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The look at the others and the claim of leaving are one step under a lock the
+    workers share: two workers at their limits in the same instant both saw the other
+    serving and both left. A worker that finds another deciding serves on and looks again
+    later. Here a forked process holds the lock, as a twin in the middle of its claim."""
+    import fcntl
+
+    board = Scoreboard(2)
+    worker = _worker(monkeypatch, "--max-requests", "2", board=board)
+    ready, hold = os.pipe()
+    release, done = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            fcntl.lockf(board._claims.fd, fcntl.LOCK_EX)
+            os.write(hold, b"x")
+            os.read(release, 1)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready, 1) == b"x"
+        worker.request_finished()
+        worker.request_finished()
+        assert worker.alive and worker.max_requests == 2 + HELD_RECYCLE_STEP
+    finally:
+        os.write(done, b"x")
+        os.waitpid(pid, 0)
+    for _ in range(HELD_RECYCLE_STEP):
+        worker.request_finished()
+    assert not worker.alive and worker.retire_reason == "max_requests"
+    assert worker.slot.snapshot().state is WorkerState.EXITING
+    for fd in (ready, hold, release, done):
+        os.close(fd)

@@ -12,7 +12,8 @@ Rules it keeps:
    process owns it: when it hands the slot out and after it reaped the owner).  The master
    only reads.  (The one exception goes the other way: a single byte outside the slots
    that the master writes and the workers read, ``hold_recycling``.)  So there is no
-   lock: a read may be torn between fields, which at worst pairs a request line with the
+   lock on the slots (the one lock here is between workers, around a claim to leave:
+   ``claim_leaving``): a read may be torn between fields, which at worst pairs a request line with the
    previous request's start time in a log line.  The
    heartbeat, the one field decisions hang on, is stored and loaded as one aligned
    8-byte double (never through ``struct``, which zeroes a range before it fills it;
@@ -32,9 +33,13 @@ and ``scoreboard.free(slot)`` after reaping.
 from __future__ import annotations
 
 import enum
+import fcntl
 import mmap
+import os
 import struct
+import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 
 __all__ = [
@@ -133,7 +138,8 @@ class ScoreboardSlot:
     """
 
     __slots__ = (
-        "_base", "_beat", "_beats", "_buf", "_busy", "_idle", "_notice", "_served", "index",
+        "_base", "_beat", "_beats", "_buf", "_busy", "_claims", "_idle", "_notice", "_served",
+        "index",
     )  # fmt: skip
 
     def __init__(
@@ -143,8 +149,11 @@ class ScoreboardSlot:
         base: int,
         index: int,
         notice: mmap.mmap | None = None,
+        claims: ClaimsLock | None = None,
     ) -> None:
         self._buf = buf
+        # The lock every worker shares around ``claim_leaving`` (None: none).
+        self._claims = claims
         # The master's notice to every worker (``Scoreboard.hold_recycling``): the one
         # thing the master writes that workers read.
         self._notice = notice
@@ -291,6 +300,28 @@ class ScoreboardSlot:
                     changing += 1
         return changing >= max(1, in_use // 2)
 
+    def claim_leaving(self) -> bool:
+        """Mark this worker EXITING unless too many others are changing already
+        (``too_many_changing``). The look and the claim are one step under a lock every
+        worker shares (a POSIX record lock, per process): two workers that reached their
+        recycling limits in the same instant both saw the other still serving, and both
+        left. A worker that finds the lock taken does not wait for it (its owner may be
+        stopped by a signal, or a debugger): it is told no, and looks again later."""
+        fd = -1 if self._claims is None else self._claims.fd
+        if fd >= 0:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False
+        try:
+            if self.too_many_changing():
+                return False
+            self.set_state(WorkerState.EXITING)
+            return True
+        finally:
+            if fd >= 0:
+                fcntl.lockf(fd, fcntl.LOCK_UN)
+
     def boot_failed(self, reason: str) -> None:
         """Record why the app could not load, for the master to log after reaping."""
         self._set_line(reason.encode("utf-8", "replace"))
@@ -298,6 +329,23 @@ class ScoreboardSlot:
 
     def __repr__(self) -> str:
         return f"<ScoreboardSlot {self.index}>"
+
+
+class ClaimsLock:
+    """The file ``ScoreboardSlot.claim_leaving`` locks, shared by every worker forked after
+    it was made. Open for writing (a POSIX write lock needs that), in memory where Linux
+    allows: a read-only or full temporary directory does not stop the master. Every slot
+    holds it, so its descriptor lives as long as any of them."""
+
+    __slots__ = ("__weakref__", "close", "fd")
+
+    def __init__(self) -> None:
+        if hasattr(os, "memfd_create"):
+            self.fd = os.memfd_create("forkhorn-claims")
+        else:
+            self.fd, path = tempfile.mkstemp(prefix="forkhorn-claims-")
+            os.unlink(path)
+        self.close = weakref.finalize(self, os.close, self.fd)
 
 
 class Scoreboard:
@@ -317,6 +365,8 @@ class Scoreboard:
         # byte store): while set, workers do not recycle themselves. Mapped before any
         # fork, like the first segment, so every worker shares it.
         self._notice = mmap.mmap(-1, mmap.PAGESIZE)
+        # The file ScoreboardSlot.claim_leaving locks; in memory where Linux allows it.
+        self._claims = ClaimsLock()
         self._add_segment()
 
     def _add_segment(self) -> None:
@@ -326,7 +376,9 @@ class Scoreboard:
         self._beat_views.append(beats)
         first = len(self._slots)
         for i in range(self._segment_slots):
-            self._slots.append(ScoreboardSlot(buf, beats, i * SLOT_SIZE, first + i, self._notice))
+            self._slots.append(
+                ScoreboardSlot(buf, beats, i * SLOT_SIZE, first + i, self._notice, self._claims)
+            )
         # Hand out low indexes first: pop() takes from the end.
         self._free.extend(range(len(self._slots) - 1, first - 1, -1))
 
@@ -377,3 +429,4 @@ class Scoreboard:
             buf.close()
         self._segments.clear()
         self._notice.close()
+        self._claims.close()

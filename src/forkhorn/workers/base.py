@@ -691,11 +691,10 @@ class Worker(abc.ABC):
         It serves on, and looks again after ``HELD_RECYCLE_STEP`` more requests
         (max_requests) or at the next tick."""
         why = self.slot.recycling_held()
-        if not why and not self.slot.too_many_changing():
+        # Leaving is claimed at once, in the scoreboard the others read: gthread's retire
+        # runs later, in its main thread, and its twin at the limit saw none.
+        if not why and self.slot.claim_leaving():
             self._told_held = False
-            # Leaving is claimed at once, in the scoreboard the others read: gthread's
-            # retire runs later, in its main thread, and its twin at the limit saw none.
-            self.slot.set_state(WorkerState.EXITING)
             return False
         if why == HOLD_FAILING and not self._told_held:
             self._told_held = True
