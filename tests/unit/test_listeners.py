@@ -22,7 +22,7 @@ from forkhorn.arbiter.listeners import (
     inherited_fds,
     parse_address,
 )
-from forkhorn.errors import BindError
+from forkhorn.errors import BindError, ConfigError
 
 
 def _has_ipv6_loopback() -> bool:
@@ -408,3 +408,24 @@ def test_an_inherited_listener_is_matched_to_its_bind_entry_by_address() -> None
         assert not listener.serves(parse_address(f"fd://{sock.fileno() + 100}"))
         assert not listener.serves(parse_address(f"127.0.0.1:{port + 1}"))
         assert not listener.serves(parse_address(f"0.0.0.0:{port}"))
+
+
+def test_one_address_spelt_two_ways_is_listed_twice() -> None:
+    """``localhost:P`` beside ``127.0.0.1:P`` (where localhost resolves there first) is
+    one address: the second bind retried for seconds, then blamed "Connection in use" on
+    forkhorn itself."""
+    if socket.getaddrinfo("localhost", None, socket.AF_UNSPEC, socket.SOCK_STREAM)[0][4][0] != (
+        "127.0.0.1"
+    ):
+        pytest.skip("localhost does not resolve to 127.0.0.1 first here")
+    first = create_listeners(["127.0.0.1:0"])
+    port = first[0].getsockname()[1]
+    for listener in first:
+        listener.close()
+    waits: list[str] = []
+    with pytest.raises(ConfigError, match=r"^bind = 'localhost:\d+' is the same address as"):
+        create_listeners([f"127.0.0.1:{port}", f"localhost:{port}"], warn=waits.append)
+    assert waits == []  # at once, without the retries for an address in use
+    # And the first one was closed: the port is free again.
+    for listener in create_listeners([f"127.0.0.1:{port}"]):
+        listener.close()

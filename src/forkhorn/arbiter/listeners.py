@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from forkhorn.errors import BindError
+from forkhorn.errors import BindError, ConfigError
 
 __all__ = [
     "FD_ENV",
@@ -502,9 +502,17 @@ def create_listeners(
     made: list[Listener] = []
     try:
         for bind in binds:
+            address = parse_address(bind)
+            for listener, earlier in zip(made, binds, strict=False):
+                if listener.serves(address):
+                    # Spelt two ways (localhost:P and 127.0.0.1:P): the second bind would
+                    # retry for seconds and blame "Connection in use" on ourselves.
+                    raise ConfigError(
+                        f"bind = {bind!r} is the same address as {earlier!r}: listed twice"
+                    )
             made.append(
                 bind_one(
-                    parse_address(bind),
+                    address,
                     backlog=backlog,
                     reuse_port=reuse_port,
                     umask=umask,
