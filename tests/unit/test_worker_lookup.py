@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from forkhorn.config import load_config
 from forkhorn.errors import ConfigError
 from forkhorn.workers import effective_worker_class, load_worker_class
 from forkhorn.workers.base import Worker
@@ -80,6 +82,7 @@ def test_threads_switch_sync_to_gthread() -> None:
         ("uvicorn.workers.UvicornH11Worker", "uvicorn's worker for ASGI apps"),
         ("uvicorn_worker.UvicornWorker", "uvicorn's worker for ASGI apps"),
         ("meinheld.gmeinheld.MeinheldWorker", "-k fast replaces it"),
+        ("egg:meinheld#gunicorn_worker", "-k fast replaces it"),  # meinheld's docs' form
         ("asgi", "names an ASGI worker"),  # gunicorn 27's own
         ("egg:gunicorn#asgi", "names an ASGI worker"),
         ("gunicorn.workers.gtornado.TornadoWorker", "gunicorn's classes that forkhorn"),
@@ -95,3 +98,32 @@ def test_other_projects_worker_classes_get_advice(name: str, says: str) -> None:
 
 def test_gunicorns_own_names_for_forkhorns_classes_still_work() -> None:
     assert load_worker_class("gunicorn.workers.sync.SyncWorker").__name__ == "SyncWorker"
+
+
+def test_another_projects_entry_point_is_answered_with_the_form_to_use() -> None:
+    with pytest.raises(ConfigError, match=r"reads no entry points but gunicorn's"):
+        load_worker_class("egg:someproject#worker")
+    assert load_config(["-k", "egg:someproject#worker"], {}).worker_class == (
+        "egg:someproject#worker"
+    )
+
+
+def test_a_worker_module_whose_own_import_fails_is_named_with_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "cannot import badw" (which reads as if badw were missing): the module was
+    found, and an import inside it failed, at this line."""
+    (tmp_path / "forkhorn_test_badw.py").write_text(
+        "import os\nimport nosuch_module_xyz\nfrom forkhorn.workers.sync import SyncWorker\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        load_worker_class("forkhorn_test_badw:SyncWorker")
+    line = str(caught.value)
+    assert line.startswith(
+        "worker_class 'forkhorn_test_badw:SyncWorker': importing forkhorn_test_badw raised "
+        "ModuleNotFoundError: No module named 'nosuch_module_xyz' ("
+    )
+    assert line.endswith("forkhorn_test_badw.py, line 2)")
+    with pytest.raises(ConfigError, match=r"cannot import forkhorn_test_nosuch_pkg.sub: No module"):
+        load_worker_class("forkhorn_test_nosuch_pkg.sub:Worker")

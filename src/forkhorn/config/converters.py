@@ -29,6 +29,8 @@ _DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-
 _FIELD_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 _OCTAL_DIGITS = re.compile(r"0[0-7]+")
+# A setuptools entry point as gunicorn names worker classes: egg:PROJECT#NAME.
+_ENTRY_POINT = re.compile(r"egg:[A-Za-z_][\w.-]*#[A-Za-z_][\w.]*")
 
 # The __name__ a config file runs under (see sources.py); classes defined there have it.
 CONFIG_FILE_MODULE = "__forkhorn_config__"
@@ -182,7 +184,9 @@ def dotted_path(raw: object) -> str:
         text = raw.strip()
         # gunicorn's entry-point form of its own classes, kept in older configs.
         name = text.removeprefix("egg:gunicorn#")
-        if _DOTTED_PATH.fullmatch(name):
+        # Another project's (egg:meinheld#gunicorn_worker) passes too: loading the class
+        # says what to use instead.
+        if _DOTTED_PATH.fullmatch(name) or _ENTRY_POINT.fullmatch(text):
             return text
     raise ValueError("expected a name or a dotted path such as pkg.module:Class")
 

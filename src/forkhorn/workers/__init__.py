@@ -128,6 +128,18 @@ def load_worker_class(name: str) -> type[Worker]:
     key = name.strip()
     if key.startswith("egg:gunicorn#"):
         key = key[len("egg:gunicorn#") :]
+    elif key.startswith("egg:") and "#" in key:
+        # Another project's entry point (meinheld's docs: egg:meinheld#gunicorn_worker).
+        project = key[len("egg:") :].partition("#")[0]
+        advice = _FOREIGN_WORKERS.get(project)
+        if advice is not None:
+            raise ConfigError(
+                f"worker_class {name!r} {advice}; forkhorn's classes: {', '.join(BUILTIN_WORKERS)}"
+            )
+        raise ConfigError(
+            f"worker_class {name!r}: forkhorn reads no entry points but gunicorn's "
+            "(egg:gunicorn#sync); name the class by its path, as in 'pkg.mod:MyWorker'"
+        )
     key = _GUNICORN_ALIASES.get(key, key)
     builtin = key.lower() in BUILTIN_WORKERS
     if not builtin:
@@ -156,7 +168,15 @@ def load_worker_class(name: str) -> type[Worker]:
             ) from exc
         if builtin and exc.name == module_name:
             raise ConfigError(f"worker_class {name!r} is not available in this build") from exc
-        raise ConfigError(f"worker_class {name!r}: cannot import {module_name}: {exc}") from exc
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise ConfigError(f"worker_class {name!r}: cannot import {module_name}: {exc}") from exc
+        from forkhorn.wsgi.loader import where_raised
+
+        # The module was found, and its own import of something else failed: say where.
+        raise ConfigError(
+            f"worker_class {name!r}: importing {module_name} raised "
+            f"{type(exc).__name__}: {exc}{where_raised(exc)}"
+        ) from exc
     except Exception as exc:  # the module itself fails: say what and where, on one line
         from forkhorn.wsgi.loader import where_raised
 
