@@ -126,11 +126,15 @@ def _check_config(cfg: Config) -> int:
     from forkhorn.workers import effective_worker_class, gunicorn_methods_warning, load_worker_class
     from forkhorn.wsgi.loader import load_app
 
-    _check_logging(cfg)  # a bad logging setting exits 2 here, as at start-up
+    # A bad setting exits 2 here, as at start-up: the logging ones, no APP, a --chdir
+    # that does not exist, a pid file's place that cannot be written.
+    _check_logging(cfg)
+    uri = _require_app(cfg)
+    # The paths first, as the start applies them: a worker class may live beside the app,
+    # and a relative pid file is written from --chdir.
+    prepare_app_environment(cfg)
+    _check_pidfile(cfg)
     try:
-        uri = _require_app(cfg)
-        # The paths first, as the start applies them: a worker class may live beside the app.
-        prepare_app_environment(cfg)
         name = effective_worker_class(str(cfg.worker_class), int(cfg.threads or 1))
         warning = gunicorn_methods_warning(name, load_worker_class(name))
         load_app(uri)
@@ -143,6 +147,21 @@ def _check_config(cfg: Config) -> int:
         print(f"Warning: {warning}", file=sys.stderr)
     print(f"Config OK: app {uri!r} loads")
     return EXIT_OK
+
+
+def _check_pidfile(cfg: Config) -> None:
+    """The pid file's directory must exist and be writable (the start writes the file
+    beside it, then renames it; a file already there is replaced, not opened)."""
+    if not cfg.pidfile:
+        return
+    directory = os.path.dirname(os.path.abspath(cfg.pidfile))
+    if not os.path.isdir(directory):
+        reason = f"no directory {directory}"
+    elif not os.access(directory, os.W_OK):
+        reason = "permission denied"
+    else:
+        return
+    raise ConfigError(f"pidfile = {cfg.pidfile!r}: Cannot write pid file: {reason}")
 
 
 def _check_logging(cfg: Config) -> None:

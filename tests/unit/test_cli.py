@@ -139,9 +139,35 @@ def test_check_config_not_callable(tmp_path: Path) -> None:
 
 
 def test_check_config_without_app(tmp_path: Path) -> None:
-    result = run(["--check-config"], tmp_path)
-    assert result.returncode == 1
-    assert "No application module specified" in one_error_line(result)
+    # The config error's code, as at start-up.
+    for args in (["--check-config"], []):
+        result = run(args, tmp_path)
+        assert result.returncode == 2
+        assert "No application module specified" in one_error_line(result)
+
+
+def test_check_config_and_the_start_refuse_a_pid_file_that_cannot_be_written(
+    tmp_path: Path,
+) -> None:
+    """--check-config said "Config OK"; the start bound, then exited with the bind
+    error's code. Both now stop with the config error's."""
+    (tmp_path / "hello.py").write_text(APP)
+    pid = str(tmp_path / "no" / "such" / "dir" / "x.pid")
+    result = run(["--check-config", "--pid", pid, "hello:app"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Cannot write pid file: no directory" in one_error_line(result)
+    result = run(["--pid", pid, "-b", "127.0.0.1:0", "hello:app"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Cannot write pid file" in result.stderr
+
+
+def test_check_config_warns_of_reload_with_preload(tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text(APP)
+    result = run(["--check-config", "--reload", "--preload", "hello:app"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Warning: --reload restarts workers on code changes, but with --preload" in (
+        result.stderr
+    )
 
 
 def test_print_config(tmp_path: Path) -> None:
@@ -322,6 +348,38 @@ def test_check_config_checks_the_logging_settings_without_opening_logs(tmp_path:
     assert result.stdout.strip() == "Config OK: app 'hello:app' loads"
     assert running.read_text() == "a running server's lines\n"
     assert not (tmp_path / "error.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--access-logformat", "%s"],
+            "Error: access_log_format = '%s' (from command line): every field must be named",
+        ),
+        (
+            ["--log-syslog", "--log-syslog-to", "bogus://x"],
+            "Error: syslog_addr = 'bogus://x' (from command line): expected unix://",
+        ),
+        (
+            ["--log-syslog", "--log-syslog-facility", "nonsense"],
+            "Error: syslog_facility = 'nonsense' (from command line): unknown facility",
+        ),
+    ],
+)
+def test_check_config_refuses_what_the_logs_set_up_refuses(
+    tmp_path: Path, args: list[str], line: str
+) -> None:
+    """The access format and the syslog address and facility were checked only when the
+    logs were set up: --check-config said "Config OK" for values that stop the start."""
+    (tmp_path / "hello.py").write_text(APP)
+    for command in (
+        ["--check-config", *args, "hello:app"],
+        [*args, "-b", "127.0.0.1:0", "hello:app"],
+    ):
+        result = run(command, tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert one_error_line(result).startswith(line)
 
 
 def test_logger_class_gunicorns_default_is_not_warned(tmp_path: Path) -> None:

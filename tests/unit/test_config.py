@@ -387,13 +387,33 @@ def test_limits_and_cross_field_rules(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="limit_request_line"):
         load_config(["--limit-request-line", "-1"], {})
     assert load_config(["--limit-request-field_size", "100"], {}).limit_request_field_size == 100
+    # gunicorn reads 0 as no limit for these two; forkhorn keeps a bound and says so.
+    cfg = load_config(["--limit-request-line", "0", "--limit-request-field-size", "0"], {})
+    assert cfg.no_effect() == [
+        "limit_request_line = 0 (from command line) means no limit to gunicorn; forkhorn "
+        "reads it as the maximum, 8190 bytes (longer lines get 414)",
+        "limit_request_field_size = 0 (from command line) means no limit to gunicorn; "
+        "forkhorn reads it as the default, 8190 bytes (larger fields get 431; set the size "
+        "you need instead)",
+    ]
     with pytest.raises(ConfigError, match=r"request_timeout.*timeout"):
         load_config(["--request-timeout", "60", "--timeout", "30"], {})
+    # A jitter without its limit does nothing: accepted (gunicorn does), and said.
+    cfg = load_config(["--max-requests-jitter", "5", "--max-worker-lifetime-jitter", "3"], {})
+    assert cfg.no_effect() == [
+        "max_requests_jitter = 5 (from command line) has no effect without max_requests",
+        "max_worker_lifetime_jitter = 3.0 (from command line) has no effect without "
+        "max_worker_lifetime",
+    ]
     path = write_config(
         tmp_path / "conf.py", "logconfig = 'x.ini'\nlogconfig_dict = {'version': 1}\n"
     )
-    with pytest.raises(ConfigError, match="set only one of them"):
-        load_config(["-c", path], {})
+    # gunicorn uses the first of logconfig_dict, logconfig_json and logconfig; so does
+    # forkhorn, and it says which is not used.
+    assert load_config(["-c", path], {}).no_effect() == [
+        f"logconfig (from config file {path}) is not used: logconfig_dict (from config "
+        f"file {path}) is set too and comes first, as in gunicorn"
+    ]
 
 
 def test_server_header_and_raw_env() -> None:

@@ -394,6 +394,28 @@ def test_log_config_json_file_is_a_dict_config(
     assert lines(custom) == ["JSON INFO via the json file"]
 
 
+def test_of_several_logging_configs_the_first_in_gunicorns_order_is_used(
+    tmp_path: Path, make_logger: Callable[..., Logger]
+) -> None:
+    """gunicorn takes logconfig_dict, then logconfig_json, then logconfig: a config
+    file setting two of them works there, and must here (the unused one is not read)."""
+    custom = tmp_path / "dict.log"
+    as_dict = {
+        "formatters": {"short": {"format": "DICT %(message)s"}},
+        "handlers": {"f": {"class": "logging.FileHandler", "filename": str(custom),
+                           "formatter": "short"}},
+        "loggers": {"forkhorn.error": {"level": "INFO", "handlers": ["f"]}},
+    }  # fmt: skip
+    missing = str(tmp_path / "missing")
+    log = make_logger(logconfig_dict=as_dict, logconfig_json=missing + ".json", logconfig=missing)
+    log.info("the dict wins")
+    for handler in log.error_log.handlers:
+        handler.close()
+    assert lines(custom) == ["DICT the dict wins"]
+    with pytest.raises(ConfigError, match=r"^logconfig_json '.*missing.json': "):
+        make_logger(logconfig_json=missing + ".json", logconfig=missing)
+
+
 def test_a_log_config_file_that_cannot_be_read_is_one_config_error(
     tmp_path: Path, make_logger: Callable[..., Logger]
 ) -> None:

@@ -459,11 +459,6 @@ class Arbiter:
             hazard = self.worker_class.preload_hazard()
             if hazard:
                 self.log.warning(hazard)
-            if getattr(self.cfg, "reload_enabled", False):
-                self.log.warning(
-                    "--reload restarts workers on code changes, but with --preload they "
-                    "keep the app the master loaded: edits to it take effect only on USR2"
-                )
         self._watchdog_interval = systemd.watchdog_interval(self._environ)
 
     def _warn_unimplemented(self) -> None:

@@ -18,15 +18,22 @@ import errno
 import os
 import tempfile
 
-from forkhorn.errors import ForkhornError
+from forkhorn.errors import CONFIG_ERROR, ForkhornError
 
-__all__ = ["Pidfile", "PidfileError", "read_pid"]
+__all__ = ["Pidfile", "PidfileError", "PidfileUnwritable", "read_pid"]
 
 
 class PidfileError(ForkhornError):
     """The pid file cannot be written, or names a running master."""
 
     exit_code = 1
+
+
+class PidfileUnwritable(PidfileError):
+    """The pid file's place cannot be written: the ``pidfile`` setting names a place this
+    process may not write, so the exit is the config error's, as for a log file."""
+
+    exit_code = CONFIG_ERROR
 
 
 def read_pid(path: str) -> int | None:
@@ -81,7 +88,7 @@ class Pidfile:
         try:
             fd, tmp = tempfile.mkstemp(prefix=".forkhorn-pid.", dir=directory)
         except OSError as exc:
-            raise PidfileError(f"Cannot write pid file {path!r}: {exc.strerror}") from None
+            raise PidfileUnwritable(f"Cannot write pid file {path!r}: {exc.strerror}") from None
         try:
             with os.fdopen(fd, "w", encoding="ascii") as f:
                 f.write(f"{pid}\n")
@@ -92,7 +99,7 @@ class Pidfile:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise PidfileError(f"Cannot write pid file {path!r}: {exc.strerror}") from None
+            raise PidfileUnwritable(f"Cannot write pid file {path!r}: {exc.strerror}") from None
 
     def rename(self, path: str) -> None:
         """Move our pid to ``path`` (USR2: ``x.pid`` <-> ``x.pid.2``), removing the old file."""

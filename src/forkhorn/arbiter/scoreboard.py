@@ -13,11 +13,11 @@ Rules it keeps:
    only reads.  (The one exception goes the other way: a single byte outside the slots
    that the master writes and the workers read, ``hold_recycling``.)  So there is no
    lock on the slots (the one lock here is between workers, around a claim to leave:
-   ``claim_leaving``): a read may be torn between fields, which at worst pairs a request line with the
-   previous request's start time in a log line.  The
-   heartbeat, the one field decisions hang on, is stored and loaded as one aligned
-   8-byte double (never through ``struct``, which zeroes a range before it fills it;
-   see ``ScoreboardSlot.snapshot``), which Linux and every CPU we run on perform at once.
+   ``claim_leaving``): a read may be torn between fields, which at worst pairs a request
+   line with the previous request's start time in a log line.  The heartbeat, the one
+   field decisions hang on, is stored and loaded as one aligned 8-byte double (never
+   through ``struct``, which zeroes a range before it fills it; see
+   ``ScoreboardSlot.snapshot``), which Linux and every CPU we run on perform at once.
 2. Every time in a slot is ``time.monotonic()``; it is shared across processes on one host.
 3. Slots never move.  When the master runs out it maps one more segment; only workers
    forked afterwards see it, and they only ever touch their own slot.  Start-up allocates

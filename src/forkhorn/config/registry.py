@@ -22,7 +22,12 @@ from forkhorn.config.converters import parse_bind
 from forkhorn.config.options.hooks import HookOptions
 from forkhorn.config.options.logging import LoggingOptions
 from forkhorn.config.options.process import ProcessOptions
-from forkhorn.config.options.security import MAX_HEADERS, MAX_REQUEST_LINE, SecurityOptions
+from forkhorn.config.options.security import (
+    DEFAULT_MAX_FIELD_SIZE,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+    SecurityOptions,
+)
 from forkhorn.config.options.server import ServerOptions
 from forkhorn.config.options.worker import WorkerOptions
 from forkhorn.config.setting import Setting
@@ -82,6 +87,26 @@ NO_EFFECT_ADVICE = {
 #: silently): the HTTP core reads no longer request line and no more fields. A config
 #: asking for more still loads, with a warning (``Config.no_effect``).
 CAPPED_LIMITS = {"limit_request_line": MAX_REQUEST_LINE, "limit_request_fields": MAX_HEADERS}
+
+#: Limits where gunicorn reads 0 as "no limit" and forkhorn keeps a bound (a migrated
+#: config is warned: requests gunicorn served would get 414 or 431), and what 0 means here.
+ZERO_IS_NOT_UNLIMITED = {
+    "limit_request_line": f"the maximum, {MAX_REQUEST_LINE} bytes (longer lines get 414)",
+    "limit_request_field_size": (
+        f"the default, {DEFAULT_MAX_FIELD_SIZE} bytes (larger fields get 431; set the size "
+        "you need instead)"
+    ),
+}
+
+#: Jitters and the limits they spread; one set without its limit does nothing.
+JITTERS = {
+    "max_requests_jitter": "max_requests",
+    "max_worker_lifetime_jitter": "max_worker_lifetime",
+}
+
+#: The logging configs in the order gunicorn takes the first one set; the others are
+#: not used (and warned).
+LOGGING_CONFIGS = ("logconfig_dict", "logconfig_json", "logconfig")
 
 #: gunicorn's switches that loosen its parser; forkhorn has none.
 LENIENT_PARSER = frozenset(
@@ -185,6 +210,29 @@ class Config(
                 lines.append(
                     f"{name} = {value} (from {self._sources[name]}) is above the maximum, "
                     f"{maximum}, which is used instead (gunicorn caps it the same way)"
+                )
+        for jitter, limit in JITTERS.items():
+            if self._values[jitter] and not self._values[limit]:
+                lines.append(
+                    f"{jitter} = {self._values[jitter]} (from {self._sources[jitter]}) has no "
+                    f"effect without {limit}"
+                )
+        if self._values["reload"] and self._values["preload_app"]:
+            lines.append(
+                "--reload restarts workers on code changes, but with --preload they keep the "
+                "app the master loaded: edits to it take effect only on USR2"
+            )
+        chosen = [name for name in LOGGING_CONFIGS if self._values[name]]
+        for name in chosen[1:]:
+            lines.append(
+                f"{name} (from {self._sources[name]}) is not used: {chosen[0]} (from "
+                f"{self._sources[chosen[0]]}) is set too and comes first, as in gunicorn"
+            )
+        for name, meaning in ZERO_IS_NOT_UNLIMITED.items():
+            if self._values[name] == 0 and self._sources[name] != DEFAULT_SOURCE:
+                lines.append(
+                    f"{name} = 0 (from {self._sources[name]}) means no limit to gunicorn; "
+                    f"forkhorn reads it as {meaning}"
                 )
         for name, source in self._ignored:
             why = IGNORED_BECAUSE.get(name) or (
@@ -347,17 +395,6 @@ def validate(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
     def where(name: str) -> str:
         return f"{name} = {values[name]!r} (from {sources.get(name, DEFAULT_SOURCE)})"
 
-    logging_configs = [
-        name for name in ("logconfig", "logconfig_dict", "logconfig_json") if values[name]
-    ]
-    if len(logging_configs) > 1:
-        raise ConfigError(
-            f"{' and '.join(where(name) for name in logging_configs)}: set only one of them"
-        )
-    if values["max_worker_lifetime_jitter"] and not values["max_worker_lifetime"]:
-        raise ConfigError(
-            f"{where('max_worker_lifetime_jitter')}: needs max_worker_lifetime to be set"
-        )
     if values["timeout"] and values["request_timeout"] > values["timeout"]:
         # The worker-level timeout would fire first and the request deadline would never
         # be seen, which is not what the user asked for.

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["DEFAULT_ACCESS_LOG_FORMAT", "AccessFormat"]
+__all__ = ["DEFAULT_ACCESS_LOG_FORMAT", "AccessFormat", "AccessFormatError"]
 
 # gunicorn's default: Apache's "combined" format.
 DEFAULT_ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
@@ -347,6 +347,15 @@ def _unknown(e: Mapping[str, Any], s: str, o: Headers, n: int, rt: float, now: f
 _FIXED_ATOMS = _atoms()
 
 
+class AccessFormatError(ValueError):
+    """An access log format that cannot render a line; ``reason`` says why, without the
+    format (the settings' errors name the setting and value themselves)."""
+
+    def __init__(self, fmt: str, reason: str) -> None:
+        super().__init__(f"invalid access_log_format {fmt!r}: {reason}")
+        self.reason = reason
+
+
 class AccessFormat:
     """One compiled access-log format. Safe to share between threads.
 
@@ -402,9 +411,7 @@ class AccessFormat:
     def _check(self) -> None:
         # "%s" with a mapping would print the whole atoms dict; only named fields are allowed.
         if "%" in _ATOM_RE.sub("", self._fmt.replace("%%", "")):
-            raise ValueError(
-                f"invalid access_log_format {self._fmt!r}: every field must be named, as in %(h)s"
-            )
+            raise AccessFormatError(self._fmt, "every field must be named, as in %(h)s")
         sample = {
             "REQUEST_METHOD": "GET",
             "RAW_URI": "/?a=1",
@@ -416,7 +423,7 @@ class AccessFormat:
         try:
             self.render(sample, "200 OK", [("Content-Length", "2")], 2, 0.001, 0.0)
         except (TypeError, ValueError, KeyError) as exc:
-            raise ValueError(f"invalid access_log_format {self._fmt!r}: {exc}") from None
+            raise AccessFormatError(self._fmt, str(exc)) from None
 
     def atoms(
         self,

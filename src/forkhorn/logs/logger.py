@@ -27,6 +27,7 @@ from the main loop of each process, never from a signal handler.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import copy
 import json
 import logging
@@ -41,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, Protocol
 
 from forkhorn.errors import ConfigError
-from forkhorn.logs.access import DEFAULT_ACCESS_LOG_FORMAT, AccessFormat
+from forkhorn.logs.access import DEFAULT_ACCESS_LOG_FORMAT, AccessFormat, AccessFormatError
 
 __all__ = ["ERROR_LOG_DATEFMT", "ERROR_LOG_FORMAT", "LogSettings", "Logger"]
 
@@ -250,11 +251,23 @@ def check_logging_config(cfg: Any) -> None:
     ``logconfig`` file exists and has its sections, ``logconfig_json`` is a JSON object,
     and every handler, formatter and filter class a config names can be imported.
     Raises ``ConfigError`` (one line), as the start would."""
+    _access_format(cfg)
+    if getattr(cfg, "syslog", False):
+        _syslog_settings(cfg)
     for setting in ("errorlog", "accesslog"):
         path = getattr(cfg, setting, None)
         if path and path != "-":
             _writable(path, setting)
-    ini = getattr(cfg, "logconfig", None)
+    # Only the one the set-up uses (gunicorn's order: logconfig_dict, logconfig_json,
+    # logconfig).
+    json_file = (
+        None if getattr(cfg, "logconfig_dict", None) else getattr(cfg, "logconfig_json", None)
+    )
+    ini = (
+        None
+        if getattr(cfg, "logconfig_dict", None) or json_file
+        else getattr(cfg, "logconfig", None)
+    )
     if ini:
         if not os.path.exists(ini):
             raise ConfigError(f"logconfig {ini!r}: {ini} doesn't exist")
@@ -292,7 +305,6 @@ def check_logging_config(cfg: Any) -> None:
             for handler_key in _keys(parser[section], "handlers"):
                 if handler_key not in handler_keys:
                     raise ConfigError(f"{where}: {section} names no handler {handler_key!r}")
-    json_file = getattr(cfg, "logconfig_json", None)
     user = _read_json_config(json_file) if json_file else getattr(cfg, "logconfig_dict", None)
     if not user:
         return
@@ -361,14 +373,19 @@ def _importable(name: str, where: str, ini: bool = False) -> Any:
         raise ConfigError(f"{where}: cannot import {name!r}: {_config_failure(exc)}") from None
 
 
-def _syslog_address(addr: str) -> tuple[str | tuple[str, int], socket.SocketKind | None]:
+_SyslogAddress = tuple[str | tuple[str, int], socket.SocketKind | None]
+
+
+def parse_syslog_address(addr: str) -> _SyslogAddress:
     """gunicorn's syslog_addr forms: unix://PATH[#dgram|#stream], udp://H:P, tcp://H:P.
     A unix socket of neither kind is tried as a datagram socket, then as a stream one
     (``socktype`` None: logging's fallback, as gunicorn leaves it): syslog-ng and some
-    containers' log collectors listen on a stream socket."""
+    containers' log collectors listen on a stream socket. Raises ``ValueError`` saying
+    what was expected (the setting's converter, which names the setting and its
+    source)."""
     scheme, sep, rest = addr.partition("://")
     if not sep:
-        raise ConfigError(f"syslog_addr = {addr!r}: expected unix://, udp:// or tcp://")
+        raise ValueError("expected unix://, udp:// or tcp://")
     scheme = scheme.lower()
     if scheme == "unix":
         path, _, kind = rest.partition("#")
@@ -380,10 +397,57 @@ def _syslog_address(addr: str) -> tuple[str | tuple[str, int], socket.SocketKind
         try:
             number = int(port) if port else _SYSLOG_PORT
         except ValueError:
-            raise ConfigError(f"syslog_addr = {addr!r}: bad port {port!r}") from None
+            raise ValueError(f"bad port {port!r}") from None
         socktype = socket.SOCK_DGRAM if scheme == "udp" else socket.SOCK_STREAM
         return (host, number), socktype
-    raise ConfigError(f"syslog_addr = {addr!r}: expected unix://, udp:// or tcp://")
+    raise ValueError("expected unix://, udp:// or tcp://")
+
+
+def syslog_facility(name: str) -> int:
+    """A syslog facility's number from its name, in any case (``ValueError`` if unknown)."""
+    facility = logging.handlers.SysLogHandler.facility_names.get(name.lower())
+    if facility is None:
+        raise ValueError(
+            "unknown facility; expected one of "
+            + ", ".join(sorted(logging.handlers.SysLogHandler.facility_names))
+        )
+    return facility
+
+
+def _setting_error(cfg: Any, name: str, value: object, reason: str) -> ConfigError:
+    """A bad logging value, named as the config's own errors name a setting: with where
+    it came from, when the settings know (a ``Config``)."""
+    origin = ""
+    source = getattr(cfg, "source", None)
+    if callable(source):
+        with contextlib.suppress(KeyError):
+            origin = f" (from {source(name)})"
+    return ConfigError(f"{name} = {value!r}{origin}: {reason}")
+
+
+def _access_format(cfg: Any) -> AccessFormat:
+    fmt = getattr(cfg, "access_log_format", None) or DEFAULT_ACCESS_LOG_FORMAT
+    try:
+        return AccessFormat(fmt, getattr(cfg, "access_log_escape", "default"))
+    except AccessFormatError as exc:
+        raise _setting_error(cfg, "access_log_format", fmt, exc.reason) from None
+
+
+def _syslog_settings(
+    cfg: Any,
+) -> tuple[str, tuple[str | tuple[str, int], socket.SocketKind | None], int]:
+    """``syslog_addr`` (as given, and parsed) and ``syslog_facility``'s number."""
+    addr = getattr(cfg, "syslog_addr", None) or _SYSLOG_DEFAULT_ADDR
+    try:
+        parsed = parse_syslog_address(addr)
+    except ValueError as exc:
+        raise _setting_error(cfg, "syslog_addr", addr, str(exc)) from None
+    name = getattr(cfg, "syslog_facility", None) or "user"
+    try:
+        facility = syslog_facility(name)
+    except ValueError as exc:
+        raise _setting_error(cfg, "syslog_facility", name, str(exc)) from None
+    return addr, parsed, facility
 
 
 def _release_handlers(logger: logging.Logger) -> None:
@@ -481,11 +545,7 @@ class Logger:
         ``sources``: logging config files' contents to use instead of reading them."""
         self.cfg = cfg
         read: dict[str, Any] = {}
-        fmt = cfg.access_log_format or DEFAULT_ACCESS_LOG_FORMAT
-        try:
-            access_format = AccessFormat(fmt, getattr(cfg, "access_log_escape", "default"))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        access_format = _access_format(cfg)
         level = parse_level(cfg.loglevel or "info")
 
         self._close_own_handlers()
@@ -511,8 +571,10 @@ class Logger:
         if cfg.capture_output and errorlog != "-":
             self._capture_output(errorlog)
 
+        # gunicorn's order: logconfig_dict, then logconfig_json, then logconfig; the first
+        # one set is used (the config warns of the others).
         user_dict = cfg.logconfig_dict
-        json_file = getattr(cfg, "logconfig_json", None)
+        json_file = None if user_dict else getattr(cfg, "logconfig_json", None)
         if json_file:
             user_dict = read[f"json:{json_file}"] = _kept_or_read(
                 sources, f"json:{json_file}", _read_json_config, json_file
@@ -660,12 +722,7 @@ class Logger:
         return handler
 
     def _make_syslog_handler(self, which: str) -> logging.Handler:
-        addr = getattr(self.cfg, "syslog_addr", None) or _SYSLOG_DEFAULT_ADDR
-        address, socktype = _syslog_address(addr)
-        facility_name = (getattr(self.cfg, "syslog_facility", None) or "user").lower()
-        facility = logging.handlers.SysLogHandler.facility_names.get(facility_name)
-        if facility is None:
-            raise ConfigError(f"syslog_facility = {facility_name!r}: unknown facility")
+        addr, (address, socktype), facility = _syslog_settings(self.cfg)
         try:
             handler = _OwnSyslogHandler(address, facility, socktype)
         except OSError as exc:

@@ -148,7 +148,12 @@ class LoggingOptions:
         convert=optional_string,
         flags=("--log-config-json",),
         metavar="FILE",
-        doc="A JSON file holding a ``logging.config.dictConfig`` dict.",
+        doc="""
+        A JSON file holding a ``logging.config.dictConfig`` dict, used as
+        ``logconfig_dict`` is. When more than one of ``logconfig_dict``,
+        ``logconfig_json`` and ``logconfig`` is set, the first of them in that order is
+        used, as in gunicorn, and the others are warned at start-up as unused.
+        """,
     )
     syslog = Setting(
         default=False,

@@ -42,8 +42,9 @@ class SecurityOptions:
         metavar="INT",
         doc=f"""
         The longest request line (method, target and version) in bytes, up to
-        {MAX_REQUEST_LINE}; 0 or more means the maximum, {MAX_REQUEST_LINE} (more is
-        warned at start-up). Longer lines get 414.
+        {MAX_REQUEST_LINE}; 0, or more than {MAX_REQUEST_LINE}, means {MAX_REQUEST_LINE}
+        (both are warned at start-up: gunicorn reads 0 as no limit). Longer lines get
+        414.
         """,
     )
     limit_request_fields = Setting(
@@ -52,8 +53,8 @@ class SecurityOptions:
         flags=("--limit-request-fields",),
         metavar="INT",
         doc=f"""
-        The most header fields in a request, up to {MAX_HEADERS}; 0 or more means
-        {MAX_HEADERS} (more is warned at start-up). More get 431.
+        The most header fields in a request, up to {MAX_HEADERS}; 0, or more than
+        {MAX_HEADERS}, means {MAX_HEADERS} (more is warned at start-up). More get 431.
         """,
     )
     limit_request_field_size = Setting(
@@ -63,7 +64,8 @@ class SecurityOptions:
         metavar="INT",
         doc=f"""
         The largest header field (name, colon and value) in bytes; 0 means the default,
-        {DEFAULT_MAX_FIELD_SIZE}. Larger get 431.
+        {DEFAULT_MAX_FIELD_SIZE} (warned at start-up: gunicorn reads 0 as no limit; set
+        the size a large cookie or token needs instead). Larger get 431.
         """,
     )
     limit_request_body = Setting(
@@ -111,9 +113,11 @@ class SecurityOptions:
         flags=("--header-map",),
         metavar="STRING",
         doc="""
-        What to do with headers whose names map to the same WSGI environ key
-        (``X-Forwarded_For`` vs ``X-Forwarded-For``): ``drop`` the underscore forms,
-        ``refuse`` the request with 400, or pass them (``dangerous``).
+        What to do with request headers whose names contain ``_``, which would map to the
+        same WSGI environ key as a dashed name (``X-Forwarded_For`` and
+        ``X-Forwarded-For`` are both ``HTTP_X_FORWARDED_FOR``): ``drop`` every such
+        header (a lone ``X_Api_Key`` too, as gunicorn does), ``refuse`` the request with
+        400, or pass them (``dangerous``).
         """,
     )
     server_header = Setting(

@@ -121,7 +121,7 @@ class WorkerOptions:
         metavar="MIB",
         doc="""
         Retire a worker whose resident memory (RSS) passes this many MiB, after its current
-        requests; its replacement starts first. 0 turns it off.
+        requests; its replacement starts while it finishes them. 0 turns it off.
         """,
     )
     max_worker_lifetime = Setting(
@@ -136,7 +136,10 @@ class WorkerOptions:
         convert=seconds,
         flags=("--max-worker-lifetime-jitter",),
         metavar="SECONDS",
-        doc="Add a random 0..N seconds to ``max_worker_lifetime`` per worker.",
+        doc="""
+        Add a random 0..N seconds to ``max_worker_lifetime`` per worker (without
+        ``max_worker_lifetime`` it does nothing, which start-up warns).
+        """,
     )
     request_timeout = Setting(
         default=0.0,
@@ -150,7 +153,8 @@ class WorkerOptions:
         eventlet); a response its client keeps reading goes on. sync and fast run the app
         on their only thread or loop: there the master aborts (stack dump) and replaces a
         worker stuck in one request this long, as it does at ``timeout``. 0 is off;
-        ``timeout`` still bounds every worker.
+        ``timeout`` still bounds every worker, so a value above ``timeout`` (when that is
+        not 0) stops start-up.
         """,
     )
     worker_tmp_dir = Setting(
