@@ -333,19 +333,20 @@ def test_sized_iterable_of_one_chunk_keeps_the_connection(
 
 
 @pytest.mark.timeout(30)
-def test_chunks_past_the_content_length_are_cut_and_the_connection_closed(
+def test_chunks_past_the_content_length_are_cut_there(
     server: ServerProcess, worker_class: str
 ) -> None:
     """An app that yields more than it declared: the client gets exactly the declared
-    bytes, and the connection is not trusted with another request."""
+    bytes, and then the next response, not the rest of the app's (the framing held, so
+    the connection goes on, as in gunicorn)."""
     with RawConnection(server.port) as conn:
         conn.send(b"GET /stream?chunks=3&size=10&length=10 HTTP/1.1\r\nHost: t\r\n\r\n")
         resp = conn.read_response()
         assert resp.status == 200 and resp.body == b"0" * 10
-        # At once, well inside the keep-alive window: a server that kept the connection
-        # would answer this one.
-        with contextlib.suppress(OSError):  # the close may already have arrived
-            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        if keeps_alive(worker_class):
+            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            follow = conn.read_response()
+            assert (follow.status, follow.body) == (200, b"Hello, World!")
         assert conn.read_until_close() == b""
 
 
@@ -1285,12 +1286,36 @@ def test_a_body_that_misses_its_content_length_is_logged(
         line = server.wait_for_log(
             rf"\[WARNING\] Response to GET {re.escape(target)}: ", since=mark
         )
-        assert words in line.string and line.string.endswith("; the connection is closed")
+        assert words in line.string
+        # A short body can only end with the connection; a long one cut at its length
+        # leaves the framing intact, and the connection goes on (as in gunicorn).
+        closes = target.startswith("/short")
+        assert line.string.endswith("; the connection is closed") == closes, line.string
     # A body that matches says nothing.
     mark = server.mark()
     raw_request(server.port, b"GET /ok?chunks=2&size=5&length=10 HTTP/1.1\r\nHost: t\r\n\r\n")
     assert get(server.port, "/").status == 200
     assert server.count_log(r"Response to GET /ok", since=mark) == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_body_cut_at_its_content_length_keeps_the_connection(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """The app sent more than its Content-Length: exactly the announced bytes go out, so
+    the next request on the connection is served. The connection was closed without a
+    ``Connection: close``, and a client's next request on it failed."""
+    if worker_class == "sync":
+        pytest.skip("sync closes every connection after its response")
+    server = server_factory("stream:app", *worker_args(worker_class))
+    targets = ["/longwhole?chunks=2&size=10&length=15&whole=1", "/long?chunks=2&size=10&length=15"]
+    request = b"".join(f"GET {t} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for t in targets)
+    data = raw_request(
+        server.port, request + b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    responses = parse_responses(data)
+    assert [(r.status, len(r.body)) for r in responses[:2]] == [(200, 15), (200, 15)], data
+    assert len(responses) == 3 and responses[2].status == 200, data
 
 
 @pytest.mark.timeout(90)

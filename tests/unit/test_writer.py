@@ -277,13 +277,16 @@ def test_short_body_closes_the_connection() -> None:
     assert not conn.keep_alive
 
 
-def test_long_body_is_cut_and_closes_the_connection() -> None:
+def test_long_body_is_cut_and_the_connection_goes_on() -> None:
+    """Exactly the declared bytes go out, so the framing holds (as in gunicorn); the
+    mismatch is there for the worker to log."""
     conn = conn_for(GET11, server_header=b"")
     conn.send_response("200 OK", [("Content-Length", "3")])
     assert conn.send_data(b"abcdef") == b"abc"
     assert conn.send_data(b"more") == b""
     conn.send_end()
-    assert not conn.keep_alive
+    assert conn.keep_alive
+    assert conn.body_mismatch == "the app's body went past its Content-Length, 3, and was cut there"
 
 
 def test_unread_chunked_body_closes_the_connection() -> None:
@@ -497,9 +500,14 @@ def test_send_whole_exact_bytes() -> None:
     assert conn.keep_alive
 
 
-@pytest.mark.parametrize(("declared", "kept"), [("3", b"abc"), ("9", b"abcdef")])
-def test_send_whole_with_wrong_app_length_closes(declared: str, kept: bytes) -> None:
+@pytest.mark.parametrize(
+    ("declared", "kept", "keeps"), [("3", b"abc", True), ("9", b"abcdef", False)]
+)
+def test_send_whole_with_wrong_app_length(declared: str, kept: bytes, keeps: bool) -> None:
+    """Too long: cut at the declared length, the framing holds and the connection goes
+    on (as in gunicorn). Too short: only the close can end the response."""
     conn = conn_for(GET11, server_header=b"")
     out = conn.send_whole("200 OK", [("Content-Length", declared)], b"", b"abcdef")
     assert out == b"HTTP/1.1 200 OK\r\nContent-Length: " + declared.encode() + b"\r\n\r\n" + kept
-    assert not conn.keep_alive
+    assert conn.keep_alive is keeps
+    assert conn.body_mismatch

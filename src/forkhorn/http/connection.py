@@ -121,8 +121,8 @@ class ServerConnection:
         #: Body bytes of the current response the framing let through (the access log's
         #: ``%(b)s``): none for HEAD, 204 and 304, and not more than a Content-Length.
         self.body_bytes = 0
-        #: How the app's body missed its own Content-Length, for the worker to log; set
-        #: only then, and the connection then closes after the response.
+        #: How the app's body missed its own Content-Length, for the worker to log (and
+        #: clear, when the connection goes on: a body cut at its length); set only then.
         self.body_mismatch = ""
 
     # ------------------------------------------------------------------ receiving
@@ -407,17 +407,18 @@ class ServerConnection:
         if self._framing == _LENGTH:
             remaining = self._out_remaining
             if len(body) > remaining:
+                # Cut at the Content-Length, the framing is intact: the connection goes on,
+                # as in gunicorn (closing it unannounced failed a client's next request).
                 self.body_mismatch = (
                     f"the app's body of {len(body)} bytes was cut at its Content-Length, "
                     f"{remaining}"
                 )
                 body = body[:remaining]
-                self._keep = False
             elif len(body) < remaining:
                 self._keep = False  # the app's Content-Length promised more
                 self.body_mismatch = (
                     f"the app sent {len(body)} of the {remaining} bytes its Content-Length "
-                    "announced"
+                    "announced; the connection is closed"
                 )
             self._out_remaining = 0
             self._our_state = _DONE
@@ -432,14 +433,14 @@ class ServerConnection:
         if framing == _LENGTH:
             remaining = self._out_remaining
             if len(data) > remaining:
-                # The app wrote more than its Content-Length: cut it, and do not trust this
-                # connection for another request.
+                # The app wrote more than its Content-Length: cut it. Exactly the announced
+                # bytes go out, so the framing is intact and the connection goes on, as in
+                # gunicorn (closing it unannounced failed a client's next request on it).
                 self.body_mismatch = (
                     "the app's body went past its Content-Length, "
                     f"{self.body_bytes + remaining}, and was cut there"
                 )
                 data = data[:remaining]
-                self._keep = False
             self._out_remaining = remaining - len(data)
             self.body_bytes += len(data)
             return data
@@ -479,7 +480,8 @@ class ServerConnection:
             self._keep = False
             self.body_mismatch = (
                 f"the app sent {self.body_bytes} of the "
-                f"{self.body_bytes + self._out_remaining} bytes its Content-Length announced"
+                f"{self.body_bytes + self._out_remaining} bytes its Content-Length announced; "
+                "the connection is closed"
             )
         return b""
 

@@ -882,6 +882,9 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._close()
             return
+        if conn.body_mismatch:  # cut at its Content-Length: the framing held, it goes on
+            log_body_mismatch(worker, environ, conn.body_mismatch)
+            conn.body_mismatch = ""
         self.phase = _IDLE
         # From the response's end, not from the sweep's clock: that one can be a second
         # old, which would cut the keep-alive window short by as much.

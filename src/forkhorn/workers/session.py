@@ -534,6 +534,9 @@ def serve_request(
         if conn.body_mismatch:
             log_body_mismatch(worker, environ, conn.body_mismatch)
         return False
+    if conn.body_mismatch:  # cut at its Content-Length: the framing held, it goes on
+        log_body_mismatch(worker, environ, conn.body_mismatch)
+        conn.body_mismatch = ""
     if conn.must_drain:
         try:
             if not body.drain(conn.max_drain_size):
@@ -823,9 +826,10 @@ def _copy_for(
 
 def log_body_mismatch(worker: Worker, environ: dict[str, Any], mismatch: str) -> None:
     """The app's body missed its own Content-Length: the framing cut it or the connection
-    closes to end it, and the operator hears why clients saw "transfer closed"."""
+    closes to end it (``mismatch`` says which), and the operator hears why clients saw
+    "transfer closed"."""
     worker.log.warning(
-        "Response to %s %s: %s; the connection is closed",
+        "Response to %s %s: %s",
         environ.get("REQUEST_METHOD"),
         environ.get("RAW_URI"),
         mismatch,

@@ -562,7 +562,8 @@ def file_ended_early(sent: int, count: int) -> str:
     """What the log says of a file that was shorter than when its response began (it
     was truncated or replaced meanwhile): its Content-Length was already out."""
     return (
-        f"the file ended after {sent} of the {count} bytes announced (it shrank while being sent)"
+        f"the file ended after {sent} of the {count} bytes announced (it shrank while being "
+        "sent); the connection is closed"
     )
 
 

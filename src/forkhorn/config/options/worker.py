@@ -68,7 +68,15 @@ class WorkerOptions:
         convert=non_negative_int,
         flags=("--max-requests",),
         metavar="INT",
-        doc="Restart a worker after this many requests (a leak bound). 0 turns it off.",
+        doc="""
+        Restart a worker after this many requests (a leak bound). 0 turns it off. At most
+        half of the workers (one of two) recycle at once, and none while new workers fail
+        to boot (a bad release on disk): a worker at its limit then serves on, looking
+        again every 10 requests, so with few workers, a small limit and a high request
+        rate it can serve many more than this (a boot's worth of requests) before it
+        leaves. This, max_worker_lifetime and max_worker_memory keep the server's capacity
+        where gunicorn would let every worker leave at once.
+        """,
     )
     max_requests_jitter = Setting(
         default=0,
