@@ -818,3 +818,79 @@ def test_term_to_a_worker_still_importing_the_app_is_a_clean_exit(
         assert time.monotonic() < deadline, server.logs
         time.sleep(0.2)
     assert "App failed to load" not in server.logs
+
+
+SAYS_WHEN_SERVING = """
+import threading, time
+
+
+def post_worker_init(worker):
+    # Its slot says READY once this hook has returned: say so from a thread, which the
+    # test waits for (no sleep to guess when the worker is in its serving loop).
+    def watch():
+        while not worker.slot.snapshot().state.is_serving:
+            time.sleep(0.01)
+        worker.log.info("serving now")
+
+    threading.Thread(target=watch, daemon=True).start()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_fresh_worker_killed_from_outside_is_not_a_failed_boot(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """SIGKILL from outside (the OOM killer, an operator) to a worker that had just booted
+    and served nothing was judged a crash right after booting: "failed to boot", a
+    backoff, and recycling held as if the release were bad. It says nothing of the
+    release: the worker is replaced at once."""
+    config = tmp_path / "ready.conf.py"
+    config.write_text(SAYS_WHEN_SERVING)
+    server = server_factory(
+        "hello:app", "--workers", "1", "--max-requests", "1000", "-c", str(config)
+    )
+    (first,) = server.wait_for_workers(1)
+    mark = server.mark()
+    server.signal(signal.SIGTTIN)
+    fresh = server.wait_for_workers(2)
+    (new,) = set(fresh) - {first}
+    server.wait_for_log(rf"\[{new}\] \[INFO\] serving now", since=mark)
+    os.kill(new, signal.SIGKILL)
+    server.wait_for_log(rf"Worker \(pid:{new}\) was sent SIGKILL", since=mark)
+    replaced = server.wait_for_workers(2)
+    assert new not in replaced and first in replaced
+    assert server.count_log(r"failed to boot|Holding worker recycling", since=mark) == 0, (
+        server.logs
+    )
+
+
+@pytest.mark.timeout(60)
+def test_workers_missing_after_an_abandoned_reload_start_one_at_a_time(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """TTIN during a reload whose release cannot boot: once the reload is abandoned, the
+    previous generation is two workers short, and both were forked at once onto the same
+    bad release (a burst of failing imports per missing worker). They start as after any
+    failed boot: one probe at a time, with the backoff."""
+    _release(tmp_path, GOOD.format(version="v1"))
+    server = server_factory("release:app", "--workers", "2", cwd=tmp_path)
+    server.wait_for_workers(2)
+    _release(tmp_path, "import time\ntime.sleep(1)\n" + BAD)
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reloading: booting 2 new workers", since=mark)
+    server.signal(signal.SIGTTIN)
+    server.wait_for_log(r"Handling signal: ttin", since=mark)
+    server.signal(signal.SIGTTIN)
+    server.wait_for_count(r"Handling signal: ttin", 2, since=mark)
+    abandoned = server.wait_for_log(r"Reload abandoned", since=mark, timeout=20)
+    assert "the previous workers keep serving" in abandoned.string
+    after = server.lines.index(abandoned.string, mark)
+    server.wait_for_log(r"failed to boot .*retrying in .*\(failure 3\)", since=after, timeout=20)
+    lines = server.lines[after:]
+    first_failure = next(
+        i for i, line in enumerate(lines) if re.search(r"Worker \(pid:\d+\) failed to boot", line)
+    )
+    booted = [line for line in lines[:first_failure] if "Booting worker with pid" in line]
+    assert len(booted) == 1, "\n".join(lines)
+    assert _version(server) == b"v1"

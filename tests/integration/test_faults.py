@@ -490,6 +490,42 @@ def test_bad_release_then_hup_then_crash(
     )
 
 
+@pytest.mark.timeout(90)
+def test_a_worker_that_served_unseen_means_the_server_has_served(
+    start: StartServer, worker_class: str, tmp_path: Path
+) -> None:
+    """One worker, a small max_requests: it answers its requests and leaves before the
+    master's loop has seen it serving, with a bad release on disk by then. The master
+    judged its replacement's failed boot as at start-up ("no worker has ever served")
+    and halted, exit 4. It has served: the master backs off and waits for a fix."""
+    _write_release(tmp_path, RELEASE.format(version="v1"))
+    server = start("--max-requests", "3", app="release:app", workers=1)
+    while True:  # as soon as it answers: before the master's next look, most often
+        with contextlib.suppress(OSError):
+            if get(server.port, timeout=5).status == 200:
+                break
+        time.sleep(0.005)  # poll interval
+    _write_release(tmp_path, SYNTAX_ERROR_RELEASE)
+    mark = server.mark()
+    for _ in range(3):  # up to its limit; once it left, nothing answers (one worker)
+        try:
+            assert get(server.port, timeout=2).status == 200
+        except OSError:
+            break
+    server.wait_for_log(r"failed to boot .*retrying in", since=mark, timeout=20)
+    assert server.proc is not None and server.proc.poll() is None, server.logs
+    assert server.count_log(r"App failed to load", since=mark) == 0, server.logs
+    _write_release(tmp_path, RELEASE.format(version="v2"))
+
+    def fixed() -> bool:
+        try:
+            return get(server.port, timeout=5).body.startswith(b"v2 ")
+        except OSError:
+            return False
+
+    wait_until(fixed, "the fixed release serves", timeout=60)
+
+
 SLOW_BAD_RELEASE = "import time\ntime.sleep(2)\nimport no_such_module_in_this_release\n"
 
 

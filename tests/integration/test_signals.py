@@ -66,12 +66,35 @@ def test_a_request_cut_at_graceful_timeout_is_named(
     server.signal(signal.SIGTERM)
     server.wait_for_log(
         r"\[WARNING\] Worker \(pid:\d+\) was killed \(SIGKILL\) by the master while serving "
-        r"'GET /sleep\?s=30 HTTP/1\.1' for \d+\.\ds",
+        r"'GET /sleep\?s=30 HTTP/1\.1' for \d+\.\ds: the stop's graceful_timeout \(1s\) ran out",
         since=mark,
     )
     assert server.wait_exit() == 0
     with pytest.raises(OSError):
         request.result()
+
+
+@pytest.mark.timeout(60)
+def test_a_reloads_kill_at_graceful_timeout_says_why(server_factory: ServerFactory) -> None:
+    """A previous worker retired by a HUP and killed when graceful_timeout ran out: the
+    line said only "was killed (SIGKILL) by the master" when no request was on its slot,
+    and never why."""
+    server = server_factory("slow:app", "--workers", "1", "--graceful-timeout", "1")
+    (old,) = server.wait_for_workers(1)
+    mark = server.mark()
+    request = InFlight(server.port, "/sleep?s=30")
+    server.wait_for_log(r"slow app: sleeping 30s", since=mark)
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(
+        rf"\[WARNING\] Worker \(pid:{old}\) was killed \(SIGKILL\) by the master while "
+        r"serving 'GET /sleep\?s=30 HTTP/1\.1' for \d+\.\ds: graceful_timeout \(1s\) ran out "
+        r"before it finished its requests",
+        since=mark,
+        timeout=20,
+    )
+    with pytest.raises(OSError):
+        request.result()
+    assert get(server.port).status == 200
 
 
 @pytest.mark.timeout(60)

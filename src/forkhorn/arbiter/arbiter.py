@@ -55,6 +55,7 @@ from forkhorn.arbiter.policy import (
     Backoff,
     Decision,
     Kill,
+    KillReason,
     Limits,
     Retire,
     RetireReason,
@@ -133,6 +134,7 @@ class WorkerRecord:
     aborted_at: float | None = None
     abort_reason: str = ""  # why a booting worker was aborted, for its boot failure's line
     killed: bool = False
+    kill_reason: KillReason | None = None  # why the master sent SIGKILL
     # The graceful_timeout of the config it was started with: a reload that lowers it
     # does not cut the requests the old generation is finishing (as in gunicorn). Its
     # timeout and request_timeout likewise.
@@ -1045,12 +1047,18 @@ class Arbiter:
         old = self._pending_reload
         if old is None:
             return
-        self.log.error(
-            "Reload abandoned: the new workers failed to boot (%s); the previous workers "
-            "keep serving",
-            reason,
-        )
         failed_generation = self.generation
+        previous_serve = any(
+            r.reached_serving and r.retiring_since is None and r.generation != failed_generation
+            for r in self.workers.values()
+        )
+        self.log.error(
+            "Reload abandoned: the new workers failed to boot (%s); %s",
+            reason,
+            "the previous workers keep serving"
+            if previous_serve
+            else "no previous worker is left to serve: starting them again, one at a time",
+        )
         self._pending_reload = None
         self._hold_recycling(True)
         if old.listeners is not None:
@@ -1073,7 +1081,10 @@ class Arbiter:
                 self.num_workers,
                 old.num_workers,
             )
-        self.backoff = self._new_backoff()
+        # As after a failed boot: the previous workers that are missing (killed, crashed,
+        # TTIN) start one at a time, since they load the app from the same disk the new
+        # ones just failed on (all of them at once made a burst of failing imports).
+        self.backoff = self._new_backoff().failed(time.monotonic())
         # The token is not refilled here: the failed generation's slower workers are
         # still failing, and one of them would log the same traceback again.
         now = time.monotonic()
@@ -1340,10 +1351,18 @@ class Arbiter:
     def _on_worker_exit(self, rec: WorkerRecord, code: int) -> None:
         snap = rec.slot.snapshot()
         reached = rec.reached_serving or snap.state.is_serving or snap.requests > 0
+        if snap.requests > 0 and not self.ever_ready:
+            # It served and left between two looks of the master (a small max_requests):
+            # the server has served, and a replacement that fails to boot must back off,
+            # not halt the master as at start-up.
+            self.ever_ready = True
+            systemd.ready(environ=self._environ)
         reason = snap.request_line.decode("utf-8", "replace") or rec.abort_reason
+        killed_outside = code == -signal.SIGKILL and not rec.killed
         if (
             reached
             and code != 0
+            and not killed_outside  # the OOM killer or an operator: not the release's doing
             and snap.requests == 0
             and rec.retiring_since is None
             and not rec.killed
@@ -1367,13 +1386,19 @@ class Arbiter:
                 # Cut mid-request (graceful_timeout ran out, or an abort did not end it):
                 # name the request, as the timeout's own lines do, so it can be found.
                 self.log.warning(
-                    "Worker (pid:%s) was killed (SIGKILL) by the master while serving %r for %.1fs",
+                    "Worker (pid:%s) was killed (SIGKILL) by the master while serving %r "
+                    "for %.1fs%s",
                     rec.pid,
                     snap.request_line.decode("latin-1"),
                     max(0.0, time.monotonic() - snap.request_start),
+                    self._kill_why(rec),
                 )
             elif sig == signal.SIGKILL:
-                self.log.warning("Worker (pid:%s) was killed (SIGKILL) by the master", rec.pid)
+                self.log.warning(
+                    "Worker (pid:%s) was killed (SIGKILL) by the master%s",
+                    rec.pid,
+                    self._kill_why(rec),
+                )
             elif (rec.retiring_since is None or rec.retired_itself) and rec.aborted_at is None:
                 # (Not told to stop by the master: a signal from elsewhere, or a crash.)
                 self.log.error("Worker (pid:%s) was sent %s!", rec.pid, signal_full_name(sig))
@@ -1391,7 +1416,6 @@ class Arbiter:
             # was killed for it: judged as the boot failure it reported.
             code = WORKER_BOOT_ERROR
         pending = self._pending_reload
-        killed_outside = code == -signal.SIGKILL and not rec.killed
         verdict = judge_exit(
             exit_code=code if code >= 0 else None,
             reached_serving=reached,
@@ -1442,6 +1466,17 @@ class Arbiter:
         elif verdict.verdict is Verdict.BACKOFF:
             why = reason or (f"exit code {code}" if code >= 0 else signal_full_name(-code))
             self._back_off(f"Worker (pid:{rec.pid}) failed to boot ({why})")
+
+    def _kill_why(self, rec: WorkerRecord) -> str:
+        """Why the master killed ``rec``, for its exit line ("" when it does not know)."""
+        grace = rec.grace if rec.grace is not None else self.cfg.graceful_timeout
+        if rec.kill_reason is KillReason.GRACEFUL_TIMEOUT:
+            return f": graceful_timeout ({grace:g}s) ran out before it finished its requests"
+        if rec.kill_reason is KillReason.STOP_DEADLINE:
+            return f": the stop's graceful_timeout ({grace:g}s) ran out"
+        if rec.kill_reason is KillReason.ABORT_GRACE:
+            return ": it did not exit after its stacks were dumped (SIGABRT)"
+        return ""
 
     def _hold_recycling(self, failing: bool) -> None:
         """While new workers fail to boot (a bad release on disk, a refused reload), the
@@ -1598,6 +1633,7 @@ class Arbiter:
                     continue
                 self._send(rec.pid, signal.SIGKILL)
                 rec.killed = True
+                rec.kill_reason = action.reason
         if self._pending_reload is not None and (
             retired_for_reload or self._new_generation_alone_serves()
         ):

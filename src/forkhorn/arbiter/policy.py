@@ -52,6 +52,7 @@ __all__ = [
     "Decision",
     "ExitVerdict",
     "Kill",
+    "KillReason",
     "Limits",
     "Retire",
     "RetireReason",
