@@ -1244,6 +1244,36 @@ def test_an_upload_that_stops_midway_gets_408_not_the_hang_treatment(
 
 
 @pytest.mark.timeout(60)
+def test_a_body_sent_after_100_continue_late_in_the_limit_is_read(
+    server_factory: ServerFactory, worker_class: str
+) -> None:
+    """``Expect: 100-continue``, and the app works most of ``timeout`` before it reads:
+    the client sends its body only once the ``100 Continue`` came, one round trip later.
+    The wait for that body was bounded from the request's last progress, the app's own
+    work included, and the answer was a 408 right behind the 100 that asked for the body
+    (gthread, gevent, eventlet). The first read now starts the client's clock."""
+    if worker_class in ("sync", "fast"):
+        pytest.skip("sync bounds the request by timeout; fast reads bodies before the app")
+    server = server_factory("echo:app", *worker_args(worker_class), "--timeout", "4")
+    with connect(server.port, 20) as sock:
+        sock.sendall(
+            b"POST /?read=all&sleep=3.6 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            piece = sock.recv(100)
+            assert piece, interim
+            interim += piece
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n"), interim
+        time.sleep(0.3)  # the client's round trip (not a measurement)
+        sock.sendall(b"hello")
+        (resp,) = parse_responses(interim.partition(b"\r\n\r\n")[2] + read_until_close(sock, 20))
+    assert resp.status == 200, resp
+    assert json.loads(resp.body)["body"] == "hello"
+
+
+@pytest.mark.timeout(60)
 def test_the_last_answer_before_a_worker_retires_survives_an_unread_upload(
     server_factory: ServerFactory, worker_class: str
 ) -> None:

@@ -645,11 +645,19 @@ def _receiving(sock: Any, watch: InFlight[Any], limit: float) -> Any:
     A wait for more ends a little before the watchdog's limit, counted as the watchdog
     counts it (from the last progress, not from this read): an app that worked for a while
     before reading a body that then stops coming gets a 408, not the hang's 500 with a
-    stack (STALL_MARGIN). What has arrived is still taken past it."""
+    stack (STALL_MARGIN). What has arrived is still taken past it. The first read counts as
+    progress itself: until the app asks for the body, the client has nothing to send (with
+    ``Expect: 100-continue`` it waits for the ``100 Continue`` this read sends), so the
+    app's own work before it is not the client's stall (that was a 408 after the 100)."""
     recv = sock.recv
     bound = _stall_bound(limit) if limit else 0.0
+    first = True
 
     def recv_and_record(size: int) -> bytes:
+        nonlocal first
+        if first:
+            first = False
+            watch.progress_at = time.monotonic()
         if bound:
             left = max(watch.progress_at + bound - time.monotonic(), 0.001)
             timeout = sock.gettimeout()
