@@ -99,16 +99,25 @@ def test_another_worker_booting_or_leaving_holds_recycling(
     time (at most half of them at once)."""
     board = Scoreboard(2)
     worker = _worker(monkeypatch, "--max-requests", "2", board=board)
+    said: list[str] = []
+    monkeypatch.setattr(worker.log, "info", lambda msg, *args: said.append(msg % args))
     other = board.allocate()  # BOOTING
     other.set_pid(12345)
     other.set_state(state)
     worker.request_finished()
     worker.request_finished()
     assert worker.alive
+    for _ in range(HELD_RECYCLE_STEP):
+        worker.request_finished()  # looked again, still held: said once, not per look
+    assert said == [
+        "Not recycling this worker yet (max_requests reached): other workers are booting "
+        "or leaving, and at most half of them recycle at once; it serves on meanwhile"
+    ]
     board.free(other)  # ready and serving, or gone
     for _ in range(HELD_RECYCLE_STEP):
         worker.request_finished()
     assert not worker.alive
+    assert len(said) == 2 and said[1].startswith("Autorestarting worker")
 
 
 def test_a_worker_deciding_to_leave_holds_the_others_back(

@@ -243,6 +243,7 @@ class Worker(abc.ABC):
         self.max_requests = sys.maxsize
         self.retire_reason = ""
         self._told_held = False  # said once that recycling is held (_recycling_held)
+        self._told_waiting = False  # said once that it waits for the others (likewise)
         # When True (the server was up before this worker), a boot failure is logged with
         # its traceback; at first start-up one clear line is enough.
         self.log_boot_traceback = False
@@ -694,13 +695,22 @@ class Worker(abc.ABC):
         # Leaving is claimed at once, in the scoreboard the others read: gthread's retire
         # runs later, in its main thread, and its twin at the limit saw none.
         if not why and self.slot.claim_leaving():
-            self._told_held = False
+            self._told_held = self._told_waiting = False
             return False
         if why == HOLD_FAILING and not self._told_held:
             self._told_held = True
             self.log.warning(
                 "Not recycling this worker yet (%s reached): new workers fail to boot, "
                 "so it serves on until one boots",
+                reason,
+            )
+        elif not why and not self._told_waiting:
+            # Said once: under a high request rate a worker can serve a boot's worth of
+            # requests past its limit here, which the operator should not have to guess.
+            self._told_waiting = True
+            self.log.info(
+                "Not recycling this worker yet (%s reached): other workers are booting or "
+                "leaving, and at most half of them recycle at once; it serves on meanwhile",
                 reason,
             )
         if reason == "max_requests":
