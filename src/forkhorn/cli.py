@@ -126,14 +126,15 @@ def _check_config(cfg: Config) -> int:
     from forkhorn.workers import effective_worker_class, gunicorn_methods_warning, load_worker_class
     from forkhorn.wsgi.loader import load_app
 
-    # A bad setting exits 2 here, as at start-up: the logging ones, no APP, a --chdir
-    # that does not exist, a pid file's place that cannot be written.
-    _check_logging(cfg)
+    # A bad setting exits 2 here, as at start-up: no APP, a --chdir that does not exist,
+    # the logging ones, a pid file's place that cannot be written, an address listed twice.
     uri = _require_app(cfg)
     # The paths first, as the start applies them: a worker class may live beside the app,
-    # and a relative pid file is written from --chdir.
+    # and relative log, logging config and pid file paths are read from --chdir.
     prepare_app_environment(cfg)
+    _check_logging(cfg)
     _check_pidfile(cfg)
+    _check_binds(cfg)
     try:
         name = effective_worker_class(str(cfg.worker_class), int(cfg.threads or 1))
         warning = gunicorn_methods_warning(name, load_worker_class(name))
@@ -150,18 +151,32 @@ def _check_config(cfg: Config) -> int:
 
 
 def _check_pidfile(cfg: Config) -> None:
-    """The pid file's directory must exist and be writable (the start writes the file
-    beside it, then renames it; a file already there is replaced, not opened)."""
+    """The pid file's directory must be one this process may write (the start writes the
+    file beside it, then renames it). A directory that does not exist yet passes: an
+    ``on_starting`` hook may make it, before the start writes the file."""
     if not cfg.pidfile:
         return
     directory = os.path.dirname(os.path.abspath(cfg.pidfile))
+    if not os.path.exists(directory):
+        return
     if not os.path.isdir(directory):
-        reason = f"no directory {directory}"
+        reason = f"{directory} is not a directory"
     elif not os.access(directory, os.W_OK):
         reason = "permission denied"
     else:
         return
     raise ConfigError(f"pidfile = {cfg.pidfile!r}: Cannot write pid file: {reason}")
+
+
+def _check_binds(cfg: Config) -> None:
+    """One address spelt two ways (``127.0.0.1:P`` and ``localhost:P``) stops the start;
+    say so here too (nothing is bound)."""
+    from forkhorn.arbiter.listeners import same_address_twice
+
+    twice = same_address_twice(cfg.bind)
+    if twice is not None:
+        earlier, bind = twice
+        raise ConfigError(f"bind = {bind!r} is the same address as {earlier!r}: listed twice")
 
 
 def _check_logging(cfg: Config) -> None:

@@ -249,6 +249,17 @@ def test_hup_applies_a_changed_bind(
         taken.listen()
         busy = taken.getsockname()[1]
         reload([first, busy], r"Reload failed; the current workers keep serving: .*in use")
+    # Both spellings at once: one address listed twice (its second bind failed "in use"
+    # on our own socket).
+    mark = server.mark()
+    config.write_text(f"bind = ['localhost:{first}', '127.0.0.1:{first}']\n")
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(
+        rf"Reload failed; the current workers keep serving: bind = '127\.0\.0\.1:{first}' is "
+        rf"the same address as 'localhost:{first}': listed twice",
+        since=mark,
+        timeout=30,
+    )
     for port in (first, second):
         assert get(port, "/").status == 200
     reload([second], r"No longer listening at: http://127\.0\.0\.1:" + str(first))

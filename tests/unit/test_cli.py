@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -150,15 +151,53 @@ def test_check_config_and_the_start_refuse_a_pid_file_that_cannot_be_written(
     tmp_path: Path,
 ) -> None:
     """--check-config said "Config OK"; the start bound, then exited with the bind
-    error's code. Both now stop with the config error's."""
+    error's code. Both now stop with the config error's. A directory that does not
+    exist yet passes the check: an on_starting hook may make it before the start writes
+    the file."""
     (tmp_path / "hello.py").write_text(APP)
-    pid = str(tmp_path / "no" / "such" / "dir" / "x.pid")
+    (tmp_path / "afile").write_text("")
+    pid = str(tmp_path / "afile" / "x.pid")
     result = run(["--check-config", "--pid", pid, "hello:app"], tmp_path)
     assert result.returncode == 2, result.stderr
-    assert "Cannot write pid file: no directory" in one_error_line(result)
-    result = run(["--pid", pid, "-b", "127.0.0.1:0", "hello:app"], tmp_path)
+    assert "Cannot write pid file: " in one_error_line(result)
+    assert "is not a directory" in result.stderr
+    missing = str(tmp_path / "no" / "such" / "dir" / "x.pid")
+    result = run(["--pid", missing, "-b", "127.0.0.1:0", "hello:app"], tmp_path)
     assert result.returncode == 2, result.stderr
     assert "Cannot write pid file" in result.stderr
+    (tmp_path / "mkdir_conf.py").write_text(
+        "import os\n\ndef on_starting(server):\n"
+        f"    os.makedirs({os.path.dirname(missing)!r}, exist_ok=True)\n"
+    )
+    result = run(["--check-config", "-c", "mkdir_conf.py", "--pid", missing, "hello:app"], tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_config_finds_an_address_listed_twice_in_two_spellings(tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text(APP)
+    args = ["--check-config", "-b", "127.0.0.1:27999", "-b", "localhost:27999", "hello:app"]
+    if socket.getaddrinfo("localhost", 27999)[0][4][0] != "127.0.0.1":
+        pytest.skip("localhost does not resolve to 127.0.0.1 first here")
+    result = run(args, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert one_error_line(result) == (
+        "Error: bind = 'localhost:27999' is the same address as '127.0.0.1:27999': listed twice"
+    )
+
+
+def test_check_config_reads_a_relative_logging_config_from_chdir(tmp_path: Path) -> None:
+    """As the start does: --chdir first, then the logging config's path."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "hello.py").write_text(APP)
+    (site / "log.ini").write_text(
+        "[loggers]\nkeys=root\n[handlers]\nkeys=h\n[formatters]\nkeys=\n"
+        "[logger_root]\nhandlers=h\n[handler_h]\nclass=StreamHandler\nargs=(sys.stderr,)\n"
+    )
+    result = run(
+        ["--check-config", "--chdir", "site", "--log-config", "log.ini", "hello:app"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_check_config_warns_of_reload_with_preload(tmp_path: Path) -> None:

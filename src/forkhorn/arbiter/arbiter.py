@@ -47,6 +47,7 @@ from forkhorn.arbiter.listeners import (
     create_listeners,
     export_fds,
     parse_address,
+    same_address_twice,
 )
 from forkhorn.arbiter.pidfile import Pidfile
 from forkhorn.arbiter.policy import (
@@ -914,6 +915,11 @@ class Arbiter:
         abandoned reload puts everything back."""
         if self._systemd_sockets or list(new_cfg.bind) == list(self.cfg.bind):
             return None  # (systemd's sockets are its own: their bind is its unit's)
+        twice = same_address_twice(new_cfg.bind)
+        if twice is not None:  # its second bind would fail "in use" on our own socket
+            raise ConfigError(
+                f"bind = {twice[1]!r} is the same address as {twice[0]!r}: listed twice"
+            )
         current = self._listeners_by_bind()
         wanted: dict[Any, str] = {}  # each address once, as first written, in order
         for bind in new_cfg.bind:
@@ -1081,6 +1087,11 @@ class Arbiter:
                 self.num_workers,
                 old.num_workers,
             )
+        for rec in self.workers.values():
+            if rec.generation == old.generation and rec.reached_serving:
+                # They served before the HUP: their lasting 5 s now says nothing of the
+                # release on disk, which must not reset the backoff below.
+                rec.proven = True
         # As after a failed boot: the previous workers that are missing (killed, crashed,
         # TTIN) start one at a time, since they load the app from the same disk the new
         # ones just failed on (all of them at once made a burst of failing imports).
@@ -1359,10 +1370,10 @@ class Arbiter:
             systemd.ready(environ=self._environ)
         reason = snap.request_line.decode("utf-8", "replace") or rec.abort_reason
         killed_outside = code == -signal.SIGKILL and not rec.killed
+        early_kill = False
         if (
             reached
             and code != 0
-            and not killed_outside  # the OOM killer or an operator: not the release's doing
             and snap.requests == 0
             and rec.retiring_since is None
             and not rec.killed
@@ -1372,6 +1383,10 @@ class Arbiter:
             reached = False  # it died right after booting (EARLY_CRASH): backoff
             how = f"exit code {code}" if code >= 0 else signal_full_name(-code)
             reason = reason or f"it died right after booting, before its first request ({how})"
+            # A SIGKILL from outside (the OOM killer, an operator) says nothing of the
+            # release: not a failed boot, and recycling goes on. The respawn still backs
+            # off: something that kills every new worker must not make a fork loop.
+            early_kill = killed_outside
         if code < 0:
             sig = -code
             if sig == signal.SIGKILL and not rec.killed:
@@ -1463,6 +1478,12 @@ class Arbiter:
                 self._halt(WORKER_BOOT_ERROR, "Worker failed to boot.")
         elif verdict.verdict is Verdict.ABANDON_RELOAD:
             self._abandon_reload(reason or f"exit code {code}")
+        elif verdict.verdict is Verdict.BACKOFF and early_kill:
+            self._back_off(
+                f"Worker (pid:{rec.pid}) was killed (SIGKILL) from outside right after "
+                "booting, before its first request",
+                failing=False,
+            )
         elif verdict.verdict is Verdict.BACKOFF:
             why = reason or (f"exit code {code}" if code >= 0 else signal_full_name(-code))
             self._back_off(f"Worker (pid:{rec.pid}) failed to boot ({why})")
@@ -1517,11 +1538,13 @@ class Arbiter:
         if board.recycling_held != why:
             board.hold_recycling(why)
 
-    def _back_off(self, what: str) -> None:
+    def _back_off(self, what: str, failing: bool = True) -> None:
         """A worker failed to boot, or could not be started: count it in the boot
-        backoff, and say so with when the next one will be tried."""
+        backoff, and say so with when the next one will be tried. ``failing``: hold
+        recycling too (its replacement would fail the same way)."""
         self.backoff = self.backoff.failed(time.monotonic())
-        self._hold_recycling(True)
+        if failing:
+            self._hold_recycling(True)
         if self._any_serving():
             others = "the other workers keep serving"
         elif self.ever_ready:

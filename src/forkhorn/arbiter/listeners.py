@@ -479,6 +479,29 @@ def inherited_fds(environ: Mapping[str, str], pid: int | None = None) -> list[in
     return None
 
 
+def same_address_twice(binds: Sequence[str]) -> tuple[str, str] | None:
+    """Two entries of ``binds`` that bind the same socket address (as ``_resolve_bind``
+    resolves them: ``localhost:P`` is ``127.0.0.1:P`` where that comes first), or None.
+    A port 0 is a new port each time; unresolvable hosts are left to the bind's error."""
+    seen: dict[tuple[int, Any, int], str] = {}
+    for bind in binds:
+        try:
+            addr = parse_address(bind)
+        except BindError:
+            continue
+        if addr.kind != "tcp" or not addr.port:
+            continue
+        try:
+            family, sockaddr = _resolve_bind(addr)
+        except OSError:
+            continue
+        key = (family, sockaddr[0], addr.port)
+        if key in seen:
+            return seen[key], bind
+        seen[key] = bind
+    return None
+
+
 def create_listeners(
     binds: Sequence[str],
     *,
@@ -499,20 +522,18 @@ def create_listeners(
     fds = inherited_fds(environ if environ is not None else os.environ)
     if fds is not None:
         return [Listener(_socket_from_fd(fd)) for fd in fds]
+    # Spelt two ways (localhost:P and 127.0.0.1:P): the second bind would retry for
+    # seconds and blame "Connection in use" on ourselves (or, with reuse_port, bind the
+    # same address twice).
+    twice = same_address_twice(binds)
+    if twice is not None:
+        raise ConfigError(f"bind = {twice[1]!r} is the same address as {twice[0]!r}: listed twice")
     made: list[Listener] = []
     try:
         for bind in binds:
-            address = parse_address(bind)
-            for listener, earlier in zip(made, binds, strict=False):
-                if listener.serves(address):
-                    # Spelt two ways (localhost:P and 127.0.0.1:P): the second bind would
-                    # retry for seconds and blame "Connection in use" on ourselves.
-                    raise ConfigError(
-                        f"bind = {bind!r} is the same address as {earlier!r}: listed twice"
-                    )
             made.append(
                 bind_one(
-                    address,
+                    parse_address(bind),
                     backlog=backlog,
                     reuse_port=reuse_port,
                     umask=umask,

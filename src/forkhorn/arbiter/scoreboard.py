@@ -33,6 +33,7 @@ and ``scoreboard.free(slot)`` after reaping.
 from __future__ import annotations
 
 import enum
+import errno
 import fcntl
 import mmap
 import os
@@ -311,8 +312,12 @@ class ScoreboardSlot:
         if fd >= 0:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return False
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EAGAIN):
+                    return False  # taken: another worker is deciding
+                # Not ours any more (an app that closed every descriptor): unlocked, as
+                # before the lock, rather than never recycling.
+                fd = -1
         try:
             if self.too_many_changing():
                 return False
