@@ -69,6 +69,21 @@ def test_retires_the_oldest_first_when_there_are_too_many() -> None:
     ]
 
 
+def test_retires_workers_not_serving_yet_before_the_serving_ones() -> None:
+    """TTOU while a replacement boots (a bad release on disk, say): the booting one goes,
+    not the oldest worker, which may be the only one serving."""
+    table = [worker(10, age=1), worker(11, age=2, state=BOOTING), worker(12, age=3, state=BOOTING)]
+    assert run(table, desired=1) == [
+        Retire(12, RetireReason.EXCESS),
+        Retire(11, RetireReason.EXCESS),
+    ]
+    table = [worker(10, age=1), worker(11, age=2), worker(12, age=3, state=BOOTING)]
+    assert run(table, desired=1) == [
+        Retire(12, RetireReason.EXCESS),
+        Retire(10, RetireReason.EXCESS),
+    ]
+
+
 def test_leaving_workers_are_replaced_at_once() -> None:
     table = [worker(1, retiring_since=95.0), worker(2, aborted_at=99.0), worker(3)]
     assert run(table) == [Spawn(2)]

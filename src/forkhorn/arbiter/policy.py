@@ -23,8 +23,8 @@ Rules ``decide`` keeps, in the order it applies them:
    hung: ``judge_exit`` decides then, rather than a replacement that would hang too).
    Fewer than ``desired``: spawn the difference, unless the boot backoff says wait;
    while the backoff holds failures, spawn one probe at a time and only when no other
-   worker of this generation is booting.  More than ``desired``: retire the oldest first
-   (gunicorn's TTOU order).
+   worker of this generation is booting.  More than ``desired``: retire those not serving
+   yet first (newest first), then the oldest (gunicorn's TTOU order).
 4. **Reload.**  Workers of an older generation (left by HUP) are not replaced when they
    die, and are retired all together only once ``desired`` workers of the current
    generation report that they serve.  Until then, they keep serving: a release that
@@ -291,7 +291,15 @@ def decide(
         else:
             actions.append(Spawn(missing))
     elif missing < 0:
-        for w in current[:-missing]:
+        # Workers that do not serve yet go first (newest first: they cost no request),
+        # then the oldest (gunicorn's TTOU order). Oldest first alone retired the one
+        # worker still serving while its replacement booted a bad release, which failed:
+        # nothing served until the release was fixed.
+        waiting = sorted(
+            (w for w in current if not w.state.is_serving), key=lambda w: w.age, reverse=True
+        )
+        serving = [w for w in current if w.state.is_serving]
+        for w in (waiting + serving)[:-missing]:
             actions.append(Retire(w.pid, RetireReason.EXCESS))
 
     # Rule 4: reload.
