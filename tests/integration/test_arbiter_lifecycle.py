@@ -901,3 +901,28 @@ def test_workers_missing_after_an_abandoned_reload_start_one_at_a_time(
     booted = [line for line in lines[:first_failure] if "Booting worker with pid" in line]
     assert len(booted) == 1, "\n".join(lines)
     assert _version(server) == b"v1"
+
+
+@pytest.mark.timeout(60)
+def test_ttou_while_a_replacement_boots_a_bad_release_keeps_the_serving_worker(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A worker dies with a bad release on disk; while its replacement boots it, TTOU.
+    The oldest worker, the one serving, was retired (gunicorn's order), the replacement
+    failed, and nothing served until the release was fixed. The booting one goes."""
+    _release(tmp_path, GOOD.format(version="v1"))
+    config = tmp_path / "ready.conf.py"
+    config.write_text(SAYS_WHEN_SERVING)
+    server = server_factory("release:app", "--workers", "2", "-c", str(config), cwd=tmp_path)
+    victim, survivor = server.wait_for_workers(2)
+    server.wait_for_count(r"\[INFO\] serving now", 2)  # both loaded v1
+    _release(tmp_path, "import time\ntime.sleep(2)\n" + BAD)
+    mark = server.mark()
+    os.kill(victim, signal.SIGKILL)
+    replacement = server.wait_for_log(r"\[(\d+)\] \[INFO\] Booting worker", since=mark)
+    server.signal(signal.SIGTTOU)
+    server.wait_for_log(r"Handling signal: ttou", since=mark)
+    wait = server.wait_for_workers(1, exclude=[victim, int(replacement.group(1))], timeout=30)
+    assert wait == [survivor], server.logs
+    for _ in range(5):
+        assert _version(server) == b"v1"
