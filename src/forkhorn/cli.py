@@ -152,14 +152,16 @@ def _check_config(cfg: Config) -> int:
 
 def _check_pidfile(cfg: Config) -> None:
     """The pid file's directory must be one this process may write (the start writes the
-    file beside it, then renames it). A directory that does not exist yet passes: an
-    ``on_starting`` hook may make it, before the start writes the file."""
+    file beside it, then renames it). A directory that does not exist yet passes when an
+    ``on_starting`` hook is set: it may make it, before the start writes the file."""
     if not cfg.pidfile:
         return
     directory = os.path.dirname(os.path.abspath(cfg.pidfile))
     if not os.path.exists(directory):
-        return
-    if not os.path.isdir(directory):
+        if cfg.source("on_starting") != "default":
+            return  # the hook may make it
+        reason = f"no directory {directory}"
+    elif not os.path.isdir(directory):
         reason = f"{directory} is not a directory"
     elif not os.access(directory, os.W_OK):
         reason = "permission denied"

@@ -162,6 +162,9 @@ def test_check_config_and_the_start_refuse_a_pid_file_that_cannot_be_written(
     assert "Cannot write pid file: " in one_error_line(result)
     assert "is not a directory" in result.stderr
     missing = str(tmp_path / "no" / "such" / "dir" / "x.pid")
+    result = run(["--check-config", "--pid", missing, "hello:app"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Cannot write pid file: no directory" in one_error_line(result)
     result = run(["--pid", missing, "-b", "127.0.0.1:0", "hello:app"], tmp_path)
     assert result.returncode == 2, result.stderr
     assert "Cannot write pid file" in result.stderr

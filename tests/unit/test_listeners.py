@@ -21,6 +21,7 @@ from forkhorn.arbiter.listeners import (
     create_listeners,
     inherited_fds,
     parse_address,
+    same_address_twice,
 )
 from forkhorn.errors import BindError, ConfigError
 
@@ -429,3 +430,13 @@ def test_one_address_spelt_two_ways_is_listed_twice() -> None:
     # And the first one was closed: the port is free again.
     for listener in create_listeners([f"127.0.0.1:{port}"]):
         listener.close()
+
+
+def test_same_address_twice_compares_unix_paths_and_fds_as_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    sock = str(tmp_path / "u.sock")
+    assert same_address_twice([f"unix:{sock}", "unix:u.sock"]) == (f"unix:{sock}", "unix:u.sock")
+    assert same_address_twice(["fd://3", "fd://3"]) == ("fd://3", "fd://3")
+    assert same_address_twice(["127.0.0.1:0", "127.0.0.1:0", "unix:a.sock", "fd://4"]) is None

@@ -84,6 +84,15 @@ def test_retires_workers_not_serving_yet_before_the_serving_ones() -> None:
     ]
 
 
+def test_a_worker_that_failed_to_boot_counts_toward_the_excess_unretired() -> None:
+    """Retired, its exit would be "expected" and its failed boot never judged (a reload
+    onto the release that just failed); it is leaving anyway."""
+    failed = worker(11, age=2, state=WorkerState.BOOT_FAILED, boot_failed_at=99.0)
+    assert run([worker(10, age=1), failed], desired=1) == []
+    aborted = worker(11, age=2, state=BOOTING, aborted_at=99.0)
+    assert [a for a in run([worker(10, age=1), aborted], desired=1) if isinstance(a, Retire)] == []
+
+
 def test_leaving_workers_are_replaced_at_once() -> None:
     table = [worker(1, retiring_since=95.0), worker(2, aborted_at=99.0), worker(3)]
     assert run(table) == [Spawn(2)]

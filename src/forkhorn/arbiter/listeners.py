@@ -481,21 +481,28 @@ def inherited_fds(environ: Mapping[str, str], pid: int | None = None) -> list[in
 
 def same_address_twice(binds: Sequence[str]) -> tuple[str, str] | None:
     """Two entries of ``binds`` that bind the same socket address (as ``_resolve_bind``
-    resolves them: ``localhost:P`` is ``127.0.0.1:P`` where that comes first), or None.
-    A port 0 is a new port each time; unresolvable hosts are left to the bind's error."""
-    seen: dict[tuple[int, Any, int], str] = {}
+    resolves them: ``localhost:P`` is ``127.0.0.1:P`` where that comes first; a unix
+    path however written; one ``fd://N``), or None. A port 0 is a new port each time;
+    unresolvable hosts are left to the bind's error."""
+    seen: dict[tuple[Any, ...], str] = {}
     for bind in binds:
         try:
             addr = parse_address(bind)
         except BindError:
             continue
-        if addr.kind != "tcp" or not addr.port:
+        key: tuple[Any, ...]
+        if addr.kind == "unix":
+            key = ("unix", os.path.abspath(addr.path))
+        elif addr.kind == "fd":
+            key = ("fd", addr.fd)
+        elif addr.port:
+            try:
+                family, sockaddr = _resolve_bind(addr)
+            except OSError:
+                continue
+            key = (family, sockaddr[0], addr.port)
+        else:
             continue
-        try:
-            family, sockaddr = _resolve_bind(addr)
-        except OSError:
-            continue
-        key = (family, sockaddr[0], addr.port)
         if key in seen:
             return seen[key], bind
         seen[key] = bind

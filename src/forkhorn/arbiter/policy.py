@@ -295,12 +295,22 @@ def decide(
         # then the oldest (gunicorn's TTOU order). Oldest first alone retired the one
         # worker still serving while its replacement booted a bad release, which failed:
         # nothing served until the release was fixed.
+        # One that failed to boot, or was aborted, is on its way out already: it counts
+        # toward the excess without a Retire (which would make its failure "expected",
+        # and a reload's bad release would pass unjudged).
+        doomed = [
+            w for w in current if w.state is WorkerState.BOOT_FAILED or w.aborted_at is not None
+        ]
+        doomed_pids = {w.pid for w in doomed}
         waiting = sorted(
-            (w for w in current if not w.state.is_serving), key=lambda w: w.age, reverse=True
+            (w for w in current if w.pid not in doomed_pids and not w.state.is_serving),
+            key=lambda w: w.age,
+            reverse=True,
         )
-        serving = [w for w in current if w.state.is_serving]
-        for w in (waiting + serving)[:-missing]:
-            actions.append(Retire(w.pid, RetireReason.EXCESS))
+        in_service = [w for w in current if w.pid not in doomed_pids and w.state.is_serving]
+        for w in (doomed + waiting + in_service)[:-missing]:
+            if w.pid not in doomed_pids:
+                actions.append(Retire(w.pid, RetireReason.EXCESS))
 
     # Rule 4: reload.
     if older:
