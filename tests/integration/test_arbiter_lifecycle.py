@@ -881,7 +881,7 @@ def test_workers_missing_after_an_abandoned_reload_start_one_at_a_time(
     failed boot: one probe at a time, with the backoff."""
     _release(tmp_path, GOOD.format(version="v1"))
     server = server_factory("release:app", "--workers", "2", cwd=tmp_path)
-    server.wait_for_workers(2)
+    _wait_all_serving(server, 2)  # both loaded v1 (one still importing would load the bad one)
     _release(tmp_path, "import time\ntime.sleep(1)\n" + BAD)
     mark = server.mark()
     server.signal(signal.SIGHUP)
