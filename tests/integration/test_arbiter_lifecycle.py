@@ -926,3 +926,35 @@ def test_ttou_while_a_replacement_boots_a_bad_release_keeps_the_serving_worker(
     assert wait == [survivor], server.logs
     for _ in range(5):
         assert _version(server) == b"v1"
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_reload_leaves_the_old_release_importable(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A deploy moves ``current`` to a new release whose config is refused ("Reload
+    failed; the current workers keep serving"). Reading that config had put the new
+    release's directory first on sys.path, and stayed: the next worker forked (a crash
+    here; a recycle or TTIN likewise) ran the refused release's code."""
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+        _release(tmp_path / version, GOOD.format(version=version))
+        (tmp_path / version / "conf.py").write_text("workers = 1\n")
+    (tmp_path / "v2" / "conf.py").write_text("workers = 1\nworker_class = 'synk'\n")
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "v1")
+    # PWD: started "in current" as a shell does, so a reload reads current's release.
+    server = server_factory("release:app", "-c", "conf.py", cwd=current, env={"PWD": str(current)})
+    (old,) = server.wait_for_workers(1)
+    assert _version(server) == b"v1"
+    nxt = tmp_path / "current.new"
+    nxt.symlink_to(tmp_path / "v2")
+    nxt.replace(current)
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(
+        r"Reload failed; the current workers keep serving: worker_class", since=mark
+    )
+    os.kill(old, signal.SIGKILL)
+    server.wait_for_workers(1, exclude=[old])
+    assert _version(server) == b"v1"

@@ -792,12 +792,17 @@ class Arbiter:
             directory=_current_directory(),
         )
         new_cfg = self.cfg
+        # Reading the new config puts its directory (a new release's) first on sys.path,
+        # as gunicorn does; a refused reload must take it back, or the next worker forked
+        # (a crash, a recycle, TTIN) imports the refused release's code.
+        saved_path = list(sys.path)
         reload_cfg = getattr(self.cfg, "reload", None)
         if callable(reload_cfg):
             try:
                 new_cfg = reload_cfg()
             except ForkhornError as exc:
                 # Not half a deploy: the current workers, their config and code, go on.
+                sys.path[:] = saved_path
                 self.log.error("Reload failed; the current workers keep serving: %s", exc)
                 systemd.ready(environ=self._environ)
                 return
@@ -822,6 +827,7 @@ class Arbiter:
                     "old master) to load new code"
                 )
         except ForkhornError as exc:
+            sys.path[:] = saved_path
             if old.listeners is not None:
                 self._restore_listeners(old.listeners)
             if self.cfg is not new_cfg:  # (first: the line below goes to the current logs)
