@@ -343,6 +343,44 @@ def test_a_master_promoted_by_usr2_applies_a_changed_bind_on_hup(
         assert get(second).status == 200
 
 
+@pytest.mark.timeout(90)
+def test_a_bind_changed_before_usr2_is_said_and_applied_by_hup(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """The config's bind gained an address, then USR2: the new master serves only the
+    sockets it inherited (as gunicorn's), and said nothing; a HUP with that same config
+    changed nothing either, as it compared the config with itself. It is said at the
+    promotion, and a HUP binds what the list adds."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        first = probe.getsockname()[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        second = probe.getsockname()[1]
+    config = tmp_path / "bind.conf.py"
+    config.write_text(f"bind = ['127.0.0.1:{first}']\nworkers = 1\n")
+    pidfile = tmp_path / "forkhorn.pid"
+    server = server_factory(
+        "hello:app", "-c", str(config), "--pid", str(pidfile), bind=False, cwd=tmp_path
+    )
+    config.write_text(f"bind = ['127.0.0.1:{first}', '127.0.0.1:{second}']\nworkers = 1\n")
+    mark = server.mark()
+    with _upgraded(server, pidfile) as new_master:
+        server.wait_for_log(
+            rf"not this config's bind list \(not bound: 127\.0\.0\.1:{second}\); send HUP",
+            since=mark,
+        )
+        server.signal(signal.SIGTERM)
+        server.wait_for_log(r"Master has been promoted\.", since=mark, timeout=15)
+        os.kill(new_master, signal.SIGHUP)
+        server.wait_for_log(
+            rf"Listening at: http://127\.0\.0\.1:{second} \({new_master}\)", since=mark, timeout=30
+        )
+        server.wait_for_log(r"Reload complete", since=mark, timeout=30)
+        assert get(first).status == 200
+        assert get(second).status == 200
+
+
 @contextlib.contextmanager
 def _upgraded(server: ServerProcess, pidfile: Path) -> Iterator[int]:
     """USR2 to ``server``: the new master's pid once it listens; it is stopped (with its

@@ -564,6 +564,18 @@ class Arbiter:
             # Consumed: our workers and a later USR2 must not see stale values.
             for key in (FD_ENV, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
                 self._environ.pop(key, None)
+            unbound, unnamed = self._bind_mismatch()
+            if unbound or unnamed:
+                # A USR2 after the config's bind changed: the sockets are the old master's
+                # (as in gunicorn). Said, and a HUP applies the bind list.
+                self.log.warning(
+                    "The sockets inherited from the previous master are not this config's "
+                    "bind list (%s); send HUP to apply it",
+                    "; ".join(
+                        [f"not bound: {', '.join(unbound)}"] * bool(unbound)
+                        + [f"not in bind: {', '.join(map(str, unnamed))}"] * bool(unnamed)
+                    ),
+                )
         for listener in self.listeners:
             self.log.info("Listening at: %s (%s)", listener, self.pid)
 
@@ -919,8 +931,10 @@ class Arbiter:
         is refused, nothing changed) when an address cannot be bound. The dropped
         listeners stay open until the reload completes (``_drop_old_listeners``): an
         abandoned reload puts everything back."""
-        if self._systemd_sockets or list(new_cfg.bind) == list(self.cfg.bind):
+        if self._systemd_sockets:
             return None  # (systemd's sockets are its own: their bind is its unit's)
+        if list(new_cfg.bind) == list(self.cfg.bind) and self._bind_mismatch() == ([], []):
+            return None  # (the same list, and served as it says: unlike after a USR2)
         twice = same_address_twice(new_cfg.bind)
         if twice is not None:  # its second bind would fail "in use" on our own socket
             raise ConfigError(
@@ -980,6 +994,17 @@ class Arbiter:
         for listener in made.values():
             self.log.info("Listening at: %s (%s)", listener, self.pid)
         return before
+
+    def _bind_mismatch(self) -> tuple[list[str], list[Listener]]:
+        """The bind entries no listener serves, and the listeners no entry names: both
+        empty unless the sockets were inherited (USR2) from a master whose bind list was
+        different. Never for systemd's sockets, whose bind is their unit's."""
+        if not self._inherited_sockets or self._systemd_sockets:
+            return [], []
+        current = self._listeners_by_bind()
+        unbound = [str(b) for b in self.cfg.bind if parse_address(b) not in current]
+        named = list(current.values())
+        return unbound, [each for each in self.listeners if each not in named]
 
     def _listeners_by_bind(self) -> dict[Any, Listener]:
         """The listeners by the address of the ``bind`` entry each serves, as written
