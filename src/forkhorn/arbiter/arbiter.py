@@ -279,6 +279,7 @@ class Arbiter:
         self.backoff = self._new_backoff()
         self.ever_ready = False
         self._boots_failing = False  # recycling held until a worker boots (_hold_recycling)
+        self._hold_said = False  # the hold was logged, so its end is too
         # One failed-load traceback per reload or respawn, not one per worker: a pipe
         # holding one byte, which the first worker that fails to load takes (an atomic
         # read) before it logs the traceback. Refilled by a new generation and by a worker
@@ -1548,14 +1549,16 @@ class Arbiter:
         ]
         if not recycles:
             return
-        if failing:
+        if failing and self.ever_ready:  # (at start-up a failed boot halts, or backs off)
+            self._hold_said = True
             self.log.warning(
                 "Holding worker recycling (%s) until a new worker boots: its replacement "
                 "would fail to boot too (a fixed release needs a HUP, unless a worker is "
                 "being respawned)",
                 ", ".join(recycles),
             )
-        else:
+        elif not failing and self._hold_said:
+            self._hold_said = False
             self.log.info("A new worker booted: worker recycling resumes")
 
     def _update_recycling_hold(self) -> None:
