@@ -314,23 +314,33 @@ def test_usr2_leaves_raw_env_to_the_new_config_and_survives_a_lost_pid_file(
         assert get(server.port).body == b"None"
 
 
+def _bound_by_config(
+    server_factory: ServerFactory, tmp_path: Path, host: str
+) -> tuple[ServerProcess, Path, Path, tuple[int, int]]:
+    """A one-worker server bound by its config file to ``host`` on the first of two
+    free ports, with a pid file: the server, the config, the pid file and the ports."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    config = tmp_path / "bind.conf.py"
+    config.write_text(f"bind = ['{host}:{ports[0]}']\nworkers = 1\n")
+    pidfile = tmp_path / "forkhorn.pid"
+    server = server_factory(
+        "hello:app", "-c", str(config), "--pid", str(pidfile), bind=False, cwd=tmp_path
+    )
+    return server, config, pidfile, (ports[0], ports[1])
+
+
 @pytest.mark.timeout(60)
 def test_a_master_promoted_by_usr2_applies_a_changed_bind_on_hup(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:
     """After a USR2 upgrade the promoted master took its sockets for someone else's (as
     systemd's are) and ignored a bind that HUP changed, without a word."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        first = probe.getsockname()[1]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        second = probe.getsockname()[1]
-    config = tmp_path / "bind.conf.py"
-    config.write_text(f"bind = ['localhost:{first}']\nworkers = 1\n")
-    pidfile = tmp_path / "forkhorn.pid"
-    server = server_factory(
-        "hello:app", "-c", str(config), "--pid", str(pidfile), bind=False, cwd=tmp_path
+    server, config, pidfile, (first, second) = _bound_by_config(
+        server_factory, tmp_path, "localhost"
     )
     mark = server.mark()
     with _upgraded(server, pidfile) as new_master:
@@ -351,17 +361,8 @@ def test_a_bind_changed_before_usr2_is_said_and_applied_by_hup(
     sockets it inherited (as gunicorn's), and said nothing; a HUP with that same config
     changed nothing either, as it compared the config with itself. It is said at the
     promotion, and a HUP binds what the list adds."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        first = probe.getsockname()[1]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        second = probe.getsockname()[1]
-    config = tmp_path / "bind.conf.py"
-    config.write_text(f"bind = ['127.0.0.1:{first}']\nworkers = 1\n")
-    pidfile = tmp_path / "forkhorn.pid"
-    server = server_factory(
-        "hello:app", "-c", str(config), "--pid", str(pidfile), bind=False, cwd=tmp_path
+    server, config, pidfile, (first, second) = _bound_by_config(
+        server_factory, tmp_path, "127.0.0.1"
     )
     config.write_text(f"bind = ['127.0.0.1:{first}', '127.0.0.1:{second}']\nworkers = 1\n")
     mark = server.mark()
