@@ -173,12 +173,9 @@ def _check_pidfile(cfg: Config) -> None:
 def _check_binds(cfg: Config) -> None:
     """One address spelt two ways (``127.0.0.1:P`` and ``localhost:P``) stops the start;
     say so here too (nothing is bound)."""
-    from forkhorn.arbiter.listeners import same_address_twice
+    from forkhorn.arbiter.listeners import refuse_same_address_twice
 
-    twice = same_address_twice(cfg.bind)
-    if twice is not None:
-        earlier, bind = twice
-        raise ConfigError(f"bind = {bind!r} is the same address as {earlier!r}: listed twice")
+    refuse_same_address_twice(cfg.bind)
 
 
 def _check_logging(cfg: Config) -> None:

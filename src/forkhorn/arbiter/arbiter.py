@@ -47,7 +47,7 @@ from forkhorn.arbiter.listeners import (
     create_listeners,
     export_fds,
     parse_address,
-    same_address_twice,
+    refuse_same_address_twice,
 )
 from forkhorn.arbiter.pidfile import Pidfile
 from forkhorn.arbiter.policy import (
@@ -936,11 +936,7 @@ class Arbiter:
             return None  # (systemd's sockets are its own: their bind is its unit's)
         if list(new_cfg.bind) == list(self.cfg.bind) and self._bind_mismatch() == ([], []):
             return None  # (the same list, and served as it says: unlike after a USR2)
-        twice = same_address_twice(new_cfg.bind)
-        if twice is not None:  # its second bind would fail "in use" on our own socket
-            raise ConfigError(
-                f"bind = {twice[1]!r} is the same address as {twice[0]!r}: listed twice"
-            )
+        refuse_same_address_twice(new_cfg.bind)
         current = self._listeners_by_bind()
         wanted: dict[Any, str] = {}  # each address once, as first written, in order
         for bind in new_cfg.bind:
@@ -1540,7 +1536,10 @@ class Arbiter:
         if failing == self._boots_failing:
             return
         self._boots_failing = failing
-        self._update_recycling_hold()
+        # The scoreboard's notice to the workers. (That no more than half of them recycle
+        # at once, each worker sees in the scoreboard itself: ``too_many_changing``.)
+        if self.scoreboard is not None:
+            self.scoreboard.hold_recycling(HOLD_FAILING if failing else 0)
         cfg = self.cfg
         recycles = [
             name
@@ -1560,17 +1559,6 @@ class Arbiter:
         elif not failing and self._hold_said:
             self._hold_said = False
             self.log.info("A new worker booted: worker recycling resumes")
-
-    def _update_recycling_hold(self) -> None:
-        """The scoreboard's notice to the workers: recycling held while boots fail. (That
-        no more than half of them recycle at once, each worker sees in the scoreboard
-        itself: ``ScoreboardSlot.too_many_changing``.)"""
-        board = self.scoreboard
-        if board is None:
-            return
-        why = HOLD_FAILING if self._boots_failing else 0
-        if board.recycling_held != why:
-            board.hold_recycling(why)
 
     def _back_off(self, what: str, failing: bool = True) -> None:
         """A worker failed to boot, or could not be started: count it in the boot

@@ -509,6 +509,15 @@ def same_address_twice(binds: Sequence[str]) -> tuple[str, str] | None:
     return None
 
 
+def refuse_same_address_twice(binds: Sequence[str]) -> None:
+    """``ConfigError`` when one address is in ``binds`` twice, however written
+    (``same_address_twice``): its second bind would fail "in use" on our own socket, or,
+    with ``reuse_port``, bind the address twice. The start, a HUP and --check-config ask."""
+    twice = same_address_twice(binds)
+    if twice is not None:
+        raise ConfigError(f"bind = {twice[1]!r} is the same address as {twice[0]!r}: listed twice")
+
+
 def create_listeners(
     binds: Sequence[str],
     *,
@@ -529,12 +538,7 @@ def create_listeners(
     fds = inherited_fds(environ if environ is not None else os.environ)
     if fds is not None:
         return [Listener(_socket_from_fd(fd)) for fd in fds]
-    # Spelt two ways (localhost:P and 127.0.0.1:P): the second bind would retry for
-    # seconds and blame "Connection in use" on ourselves (or, with reuse_port, bind the
-    # same address twice).
-    twice = same_address_twice(binds)
-    if twice is not None:
-        raise ConfigError(f"bind = {twice[1]!r} is the same address as {twice[0]!r}: listed twice")
+    refuse_same_address_twice(binds)  # (else a retry for seconds, then "in use" on ourselves)
     made: list[Listener] = []
     try:
         for bind in binds:

@@ -258,16 +258,7 @@ def check_logging_config(cfg: Any) -> None:
         path = getattr(cfg, setting, None)
         if path and path != "-":
             _writable(path, setting)
-    # Only the one the set-up uses (gunicorn's order: logconfig_dict, logconfig_json,
-    # logconfig).
-    json_file = (
-        None if getattr(cfg, "logconfig_dict", None) else getattr(cfg, "logconfig_json", None)
-    )
-    ini = (
-        None
-        if getattr(cfg, "logconfig_dict", None) or json_file
-        else getattr(cfg, "logconfig", None)
-    )
+    json_file, ini = _logging_config_files(cfg)  # only the one the set-up uses
     if ini:
         if not os.path.exists(ini):
             raise ConfigError(f"logconfig {ini!r}: {ini} doesn't exist")
@@ -360,6 +351,16 @@ def _keys(section: configparser.SectionProxy, option: str = "keys") -> list[str]
     return [key.strip() for key in section.get(option, "").split(",") if key.strip()]
 
 
+def _logging_config_files(cfg: Any) -> tuple[str | None, str | None]:
+    """``logconfig_json`` and ``logconfig``, each None unless it is the logging config
+    used: gunicorn takes the first set of ``logconfig_dict``, ``logconfig_json`` and
+    ``logconfig`` (the config warns of the others)."""
+    if getattr(cfg, "logconfig_dict", None):
+        return None, None
+    json_file = getattr(cfg, "logconfig_json", None)
+    return json_file, None if json_file else getattr(cfg, "logconfig", None)
+
+
 def _importable(name: str, where: str, ini: bool = False) -> Any:
     """Resolve a class named in a logging config as ``logging.config`` would."""
     try:
@@ -381,8 +382,7 @@ def parse_syslog_address(addr: str) -> _SyslogAddress:
     A unix socket of neither kind is tried as a datagram socket, then as a stream one
     (``socktype`` None: logging's fallback, as gunicorn leaves it): syslog-ng and some
     containers' log collectors listen on a stream socket. Raises ``ValueError`` saying
-    what was expected (the setting's converter, which names the setting and its
-    source)."""
+    what was expected (``_syslog_settings`` names the setting and its source)."""
     scheme, sep, rest = addr.partition("://")
     if not sep:
         raise ValueError("expected unix://, udp:// or tcp://")
@@ -433,9 +433,7 @@ def _access_format(cfg: Any) -> AccessFormat:
         raise _setting_error(cfg, "access_log_format", fmt, exc.reason) from None
 
 
-def _syslog_settings(
-    cfg: Any,
-) -> tuple[str, tuple[str | tuple[str, int], socket.SocketKind | None], int]:
+def _syslog_settings(cfg: Any) -> tuple[str, _SyslogAddress, int]:
     """``syslog_addr`` (as given, and parsed) and ``syslog_facility``'s number."""
     addr = getattr(cfg, "syslog_addr", None) or _SYSLOG_DEFAULT_ADDR
     try:
@@ -571,10 +569,8 @@ class Logger:
         if cfg.capture_output and errorlog != "-":
             self._capture_output(errorlog)
 
-        # gunicorn's order: logconfig_dict, then logconfig_json, then logconfig; the first
-        # one set is used (the config warns of the others).
         user_dict = cfg.logconfig_dict
-        json_file = None if user_dict else getattr(cfg, "logconfig_json", None)
+        json_file, ini_file = _logging_config_files(cfg)
         if json_file:
             user_dict = read[f"json:{json_file}"] = _kept_or_read(
                 sources, f"json:{json_file}", _read_json_config, json_file
@@ -597,7 +593,6 @@ class Logger:
             self.error_log.addHandler(self._make_syslog_handler("error"))
             if not cfg.disable_redirect_access_to_syslog:
                 self.access_log.addHandler(self._make_syslog_handler("access"))
-        ini_file = getattr(cfg, "logconfig", None)
         if ini_file:
             text = read[f"ini:{ini_file}"] = _kept_or_read(
                 sources, f"ini:{ini_file}", _read_ini_config, ini_file

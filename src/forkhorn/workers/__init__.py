@@ -118,6 +118,28 @@ def _split(name: str) -> tuple[str, str]:
     return module, attr
 
 
+def _import_failure(name: str, module_name: str, builtin: bool, exc: Exception) -> ConfigError:
+    """The one line for a worker class module that would not import."""
+    if isinstance(exc, ImportError):
+        missing = (exc.name or "").split(".")[0]
+        if missing in _EXTRAS:
+            return ConfigError(
+                f"worker_class {name!r} needs {missing}, which is not installed: "
+                f"pip install 'forkhorn[{_EXTRAS[missing]}]'"
+            )
+        if builtin and exc.name == module_name:
+            return ConfigError(f"worker_class {name!r} is not available in this build")
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            return ConfigError(f"worker_class {name!r}: cannot import {module_name}: {exc}")
+    from forkhorn.wsgi.loader import where_raised
+
+    # The module itself fails, or its own import of something else: say what and where.
+    return ConfigError(
+        f"worker_class {name!r}: importing {module_name} raised "
+        f"{type(exc).__name__}: {exc}{where_raised(exc)}"
+    )
+
+
 def load_worker_class(name: str) -> type[Worker]:
     """Import and return the worker class for ``name``.  Raises ``ConfigError`` (one line).
 
@@ -128,26 +150,24 @@ def load_worker_class(name: str) -> type[Worker]:
     key = name.strip()
     if key.startswith("egg:gunicorn#"):
         key = key[len("egg:gunicorn#") :]
-    elif key.startswith("egg:") and "#" in key:
-        # Another project's entry point (meinheld's docs: egg:meinheld#gunicorn_worker).
-        project = key[len("egg:") :].partition("#")[0]
-        advice = _FOREIGN_WORKERS.get(project)
-        if advice is not None:
-            raise ConfigError(
-                f"worker_class {name!r} {advice}; forkhorn's classes: {', '.join(BUILTIN_WORKERS)}"
-            )
-        raise ConfigError(
-            f"worker_class {name!r}: forkhorn reads no entry points but gunicorn's "
-            "(egg:gunicorn#sync); name the class by its path, as in 'pkg.mod:MyWorker'"
-        )
+    # Another project's entry point (meinheld's docs: egg:meinheld#gunicorn_worker).
+    entry_point = key.startswith("egg:") and "#" in key
     key = _GUNICORN_ALIASES.get(key, key)
     builtin = key.lower() in BUILTIN_WORKERS
     if not builtin:
-        project = key.partition(":")[0].split(".")[0]
+        if entry_point:
+            project = key[len("egg:") :].partition("#")[0]
+        else:
+            project = key.partition(":")[0].split(".")[0]
         advice = _FOREIGN_WORKERS.get("uvicorn" if project == "uvicorn_worker" else project)
         if advice is not None:
             raise ConfigError(
                 f"worker_class {name!r} {advice}; forkhorn's classes: {', '.join(BUILTIN_WORKERS)}"
+            )
+        if entry_point:
+            raise ConfigError(
+                f"worker_class {name!r}: forkhorn reads no entry points but gunicorn's "
+                "(egg:gunicorn#sync); name the class by its path, as in 'pkg.mod:MyWorker'"
             )
     if key.lower() in ("asgi", "uvicorn"):  # gunicorn 27's built-in ASGI class, uvicorn's
         raise ConfigError(
@@ -158,32 +178,8 @@ def load_worker_class(name: str) -> type[Worker]:
     module_name, attr = BUILTIN_WORKERS[key.lower()] if builtin else _split(key)
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        missing = (exc.name or "").split(".")[0]
-        if missing in _EXTRAS:
-            extra = _EXTRAS[missing]
-            raise ConfigError(
-                f"worker_class {name!r} needs {missing}, which is not installed: "
-                f"pip install 'forkhorn[{extra}]'"
-            ) from exc
-        if builtin and exc.name == module_name:
-            raise ConfigError(f"worker_class {name!r} is not available in this build") from exc
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise ConfigError(f"worker_class {name!r}: cannot import {module_name}: {exc}") from exc
-        from forkhorn.wsgi.loader import where_raised
-
-        # The module was found, and its own import of something else failed: say where.
-        raise ConfigError(
-            f"worker_class {name!r}: importing {module_name} raised "
-            f"{type(exc).__name__}: {exc}{where_raised(exc)}"
-        ) from exc
-    except Exception as exc:  # the module itself fails: say what and where, on one line
-        from forkhorn.wsgi.loader import where_raised
-
-        raise ConfigError(
-            f"worker_class {name!r}: importing {module_name} raised "
-            f"{type(exc).__name__}: {exc}{where_raised(exc)}"
-        ) from exc
+    except Exception as exc:
+        raise _import_failure(name, module_name, builtin, exc) from exc
     cls = getattr(module, attr, None)
     if cls is None:
         raise ConfigError(f"worker_class {name!r}: {module_name} has no attribute {attr!r}")

@@ -74,8 +74,8 @@ class WorkerOptions:
         to boot (a bad release on disk): a worker at its limit then serves on, looking
         again every 10 requests, so with few workers, a small limit and a high request
         rate it can serve many more than this (a boot's worth of requests) before it
-        leaves. This, max_worker_lifetime and max_worker_memory keep the server's capacity
-        where gunicorn would let every worker leave at once.
+        leaves. ``max_worker_lifetime`` and ``max_worker_memory`` wait the same way; in
+        gunicorn every worker may leave at once.
         """,
     )
     max_requests_jitter = Setting(
